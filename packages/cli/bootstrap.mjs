@@ -1,0 +1,137 @@
+#!/usr/bin/env node
+// The two README commands, `npm start` and `npm test`, land here. Plain JavaScript with Node's
+// own modules only, because it runs before anything is installed. It installs what is missing
+// (pnpm itself, the workspace's npm packages), then starts the system or runs every test.
+// Decisions behind each step: docs/decisions.md.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const PNPM_VERSION = '12.21.0';
+// onnxruntime-node's install script downloads CUDA libraries from outside the npm registry;
+// better-sqlite3 compiles against the machine's Node headers (its prebuilt download fails here).
+const INSTALL_ENV = { ...process.env, ONNXRUNTIME_NODE_INSTALL: 'skip', npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr' };
+
+function step(message) {
+  console.log(`==> ${message}`);
+}
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: 'inherit', env: INSTALL_ENV, ...opts });
+  if (r.error) throw new Error(`${cmd} could not start: ${r.error.message}`);
+  return r.status ?? 1;
+}
+
+function must(cmd, args, what) {
+  const code = run(cmd, args);
+  if (code !== 0) throw new Error(`${what} failed (${cmd} ${args.join(' ')} exited ${code})`);
+}
+
+function pnpmVersion() {
+  const r = spawnSync('pnpm', ['--version'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+function ensureNode() {
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major < 20) throw new Error(`Node ${process.versions.node} is too old: splitllm needs Node 20 or newer`);
+}
+
+function ensurePnpm() {
+  const v = pnpmVersion();
+  if (v && v.split('.')[0] === PNPM_VERSION.split('.')[0]) return;
+  step(v ? `pnpm ${v} found, installing pnpm ${PNPM_VERSION}` : `installing pnpm ${PNPM_VERSION} with npm`);
+  must('npm', ['install', '--global', `pnpm@${PNPM_VERSION}`], 'installing pnpm');
+}
+
+function ensurePackages() {
+  const marker = join(ROOT, 'node_modules/.modules.yaml');
+  const lock = join(ROOT, 'pnpm-lock.yaml');
+  if (existsSync(marker) && statSync(marker).mtimeMs >= statSync(lock).mtimeMs) return;
+  step('installing npm packages (pnpm install --frozen-lockfile)');
+  must('pnpm', ['install', '--frozen-lockfile'], 'pnpm install');
+}
+
+function ensureAll() {
+  ensureNode();
+  ensurePnpm();
+  ensurePackages();
+}
+
+/** Packages with tests: every workspace folder that has a vitest.config.ts. */
+function testedPackages() {
+  const out = [];
+  for (const group of ['packages', 'apps']) {
+    for (const name of readdirSync(join(ROOT, group)).sort()) {
+      if (existsSync(join(ROOT, group, name, 'vitest.config.ts'))) out.push(join(group, name));
+    }
+  }
+  return out;
+}
+
+function test() {
+  ensureAll();
+  step('type check (tsc --noEmit, strict)');
+  const tscOk = run('pnpm', ['typecheck']) === 0;
+  const reports = mkdtempSync(join(tmpdir(), 'splitllm-tests-'));
+  let passed = 0;
+  let failed = 0;
+  let skipped = 0;
+  const failedPackages = [];
+  for (const pkg of testedPackages()) {
+    step(`tests: ${pkg}`);
+    const report = join(reports, pkg.replace('/', '-') + '.json');
+    const code = run('pnpm', ['exec', 'vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`], {
+      cwd: join(ROOT, pkg),
+    });
+    if (existsSync(report)) {
+      const r = JSON.parse(readFileSync(report, 'utf8'));
+      passed += r.numPassedTests;
+      failed += r.numFailedTests;
+      skipped += r.numPendingTests + r.numTodoTests;
+      if (r.numTotalTests === 0) failedPackages.push(`${pkg} (ran no test)`);
+    }
+    if (code !== 0) failedPackages.push(pkg);
+  }
+  rmSync(reports, { recursive: true, force: true });
+  if (!tscOk) failedPackages.push('typecheck');
+  if (skipped > 0) failedPackages.push(`${skipped} skipped test(s): a skipped test is not a passing one`);
+  if (failedPackages.length > 0) console.log(`failed: ${[...new Set(failedPackages)].join(', ')}`);
+  // the closing line CI reads
+  console.log(`${passed} passed, ${failed} failed`);
+  return failedPackages.length === 0 && failed === 0 && passed > 0 ? 0 : 1;
+}
+
+function start() {
+  ensureAll();
+  const model = 'packages/assets/models/moby-tiny';
+  step(`evaluating the shipped model ${model} on held-out Moby Dick chapters`);
+  const code = run('pnpm', ['splitllm', 'eval', '--model', model, '--text', 'packages/assets/data/moby-dick/heldout.txt']);
+  if (code !== 0) return code;
+  step('fine-tuning it with LoRA on one demo user\'s text (State of the Union, 1970-2021), then evaluating');
+  const out = join(ROOT, 'out/start-adapter');
+  const args = ['--model', model];
+  const trained = run('pnpm', ['splitllm', 'train-central', ...args, '--text', 'packages/assets/data/sotu/train/user-4.txt', '--steps', '40', '--seed', '1', '--out', out]);
+  if (trained !== 0) return trained;
+  step('held-out text of the same user: before, then after fine-tuning');
+  const heldout = 'packages/assets/data/sotu/heldout/user-4.txt';
+  const before = run('pnpm', ['splitllm', 'eval', ...args, '--text', heldout]);
+  if (before !== 0) return before;
+  return run('pnpm', ['splitllm', 'eval', ...args, '--adapter', out, '--text', heldout]);
+}
+
+const commands = { start, test };
+const name = process.argv[2];
+if (!(name in commands)) {
+  console.error(`usage: node packages/cli/bootstrap.mjs ${Object.keys(commands).join('|')}`);
+  process.exit(2);
+}
+try {
+  process.exitCode = commands[name]();
+} catch (e) {
+  console.error(`splitllm ${name}: ${e.message}`);
+  process.exitCode = 1;
+}
