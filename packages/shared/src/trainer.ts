@@ -1,0 +1,134 @@
+/**
+ * Training loops on the reference model: LoRA fine-tuning of the whole model in one process
+ * (the centralized baseline every split run is compared with) and full pre-training.
+ * Parameters are handled as named flat arrays so one AdamW serves both.
+ */
+import type { Gpt2Config } from './config';
+import { sampleBatch } from './data';
+import type { LoraAdapter, LoraConfig } from './lora';
+import { initLoraAdapter } from './lora';
+import type { Gpt2Model, LoraGrads } from './model';
+import { gpt2ForwardBackward } from './model';
+import { adamwInit, adamwStep, type AdamWOptions, type AdamWState } from './ops/adamw';
+import { Rng } from './rng';
+
+export type NamedArrays = Map<string, Float32Array>;
+
+/** `h.{i}.{target}.A` / `.B`: the adapter's trainable arrays, shared (not copied). */
+export function loraParameters(adapter: LoraAdapter): NamedArrays {
+  const out: NamedArrays = new Map();
+  for (const [path, pair] of adapter.layers) {
+    out.set(`${path}.A`, pair.A.data);
+    out.set(`${path}.B`, pair.B.data);
+  }
+  return out;
+}
+
+export function loraGradArrays(grads: LoraGrads): NamedArrays {
+  const out: NamedArrays = new Map();
+  for (const [path, g] of grads) {
+    out.set(`${path}.A`, g.A);
+    out.set(`${path}.B`, g.B);
+  }
+  return out;
+}
+
+/** AdamW over named arrays, updated in place. */
+export class AdamW {
+  private readonly state = new Map<string, AdamWState>();
+  t = 0;
+
+  constructor(
+    private readonly params: NamedArrays,
+    readonly options: AdamWOptions,
+  ) {
+    for (const [name, p] of params) this.state.set(name, adamwInit(p.length));
+  }
+
+  /** One update; every parameter must have a gradient (a missing one is a wiring bug). */
+  step(grads: NamedArrays, lr = this.options.lr): void {
+    this.t++;
+    const o = { ...this.options, lr };
+    for (const [name, p] of this.params) {
+      const g = grads.get(name);
+      if (!g) throw new Error(`AdamW: no gradient for parameter "${name}"`);
+      if (g.length !== p.length) throw new Error(`AdamW: gradient of "${name}" has ${g.length} elements, parameter ${p.length}`);
+      adamwStep(p, g, this.state.get(name)!, this.t, o);
+    }
+  }
+}
+
+/** Scales gradients in place so their global L2 norm is at most maxNorm; returns the norm before. */
+export function clipGradNorm(grads: NamedArrays, maxNorm: number): number {
+  let sq = 0;
+  for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+  const norm = Math.sqrt(sq);
+  if (maxNorm > 0 && norm > maxNorm) {
+    const k = maxNorm / (norm + 1e-6);
+    for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] *= k;
+  }
+  return norm;
+}
+
+export interface LrSchedule {
+  lr: number;
+  warmupSteps: number;
+  /** cosine decay to lr * minRatio over totalSteps; 0 keeps lr constant after warm-up */
+  totalSteps: number;
+  minRatio: number;
+}
+
+/** Learning rate for 0-based step. */
+export function learningRateAt(step: number, s: LrSchedule): number {
+  if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps;
+  if (s.totalSteps <= 0) return s.lr;
+  const progress = Math.min(1, (step - s.warmupSteps) / Math.max(1, s.totalSteps - s.warmupSteps));
+  return s.lr * (s.minRatio + (1 - s.minRatio) * 0.5 * (1 + Math.cos(Math.PI * progress)));
+}
+
+export interface LoraTrainOptions {
+  lora: LoraConfig;
+  steps: number;
+  seed: number;
+  batchSize: number;
+  seqLen: number;
+  adamw: AdamWOptions;
+}
+
+export const DEFAULT_LORA_TRAIN: Omit<LoraTrainOptions, 'lora' | 'steps' | 'seed'> = {
+  batchSize: 4,
+  seqLen: 64,
+  adamw: { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+};
+
+export interface StepReport {
+  step: number;
+  loss: number;
+  tokens: number;
+  ms: number;
+}
+
+/**
+ * Centralized LoRA fine-tuning: the adapter starts from initLoraAdapter(seed) and batches are
+ * drawn from Rng(seed + 1), so a split run with the same seed sees the same adapters and data.
+ */
+export function trainLoraCentral(
+  model: Gpt2Model,
+  tokens: ArrayLike<number>,
+  o: LoraTrainOptions,
+  onStep?: (r: StepReport) => void,
+): LoraAdapter {
+  const c: Gpt2Config = model.config;
+  if (o.seqLen > c.nPositions) throw new Error(`sequence length ${o.seqLen} exceeds the model's n_positions ${c.nPositions}`);
+  const adapter = initLoraAdapter(c, o.lora, o.seed);
+  const opt = new AdamW(loraParameters(adapter), o.adamw);
+  const rng = new Rng(o.seed + 1);
+  for (let step = 1; step <= o.steps; step++) {
+    const t0 = performance.now();
+    const batch = sampleBatch(tokens, o.batchSize, o.seqLen, rng, c.eosTokenId);
+    const r = gpt2ForwardBackward(model, adapter, batch);
+    opt.step(loraGradArrays(r.loraGrads));
+    onStep?.({ step, loss: r.loss, tokens: r.count, ms: performance.now() - t0 });
+  }
+  return adapter;
+}
