@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { Gpt2Config } from '../src/config';
 import { randomGpt2Weights } from '../src/init';
 import { initLoraAdapter, LORA_TARGETS, type LoraAdapter, type LoraTarget } from '../src/lora';
+import { mergeLoraIntoWeights } from '../src/peft';
 import {
   cloudSegmentStep,
   edgeSegmentBackward,
@@ -98,6 +99,17 @@ describe('gpt2ForwardBackward', () => {
     const b = batch();
     const fresh = initLoraAdapter(tiny, { r: 4, alpha: 8, targets: ['attn.c_attn', 'mlp.c_fc'] }, 1);
     expect(gpt2Loss(model, fresh, b).loss).toBe(gpt2Loss(model, undefined, b).loss);
+  });
+
+  it('an adapter merged into the base weights gives the same loss with no adapter', () => {
+    const model = tinyModel(10);
+    const b = batch();
+    const adapter = randomAdapter([...LORA_TARGETS], 11);
+    const merged: Gpt2Model = { config: tiny, weights: mergeLoraIntoWeights(tiny, model.weights, adapter) };
+    const withAdapter = gpt2Loss(model, adapter, b).loss;
+    expect(withAdapter).not.toBeCloseTo(gpt2Loss(model, undefined, b).loss, 2);
+    // W + s A B rounded to float32 once vs x W + s (x A) B: equal to float32 rounding
+    expect(Math.abs(gpt2Loss(merged, undefined, b).loss - withAdapter)).toBeLessThan(1e-5 * Math.abs(withAdapter));
   });
 
   it('padded positions do not change the loss of real ones', () => {
