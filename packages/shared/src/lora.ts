@@ -66,6 +66,12 @@ export function loraModulePath(layer: number, target: LoraTarget): string {
   return `h.${layer}.${target}`;
 }
 
+/** Inverse of loraModulePath; undefined for anything else. */
+export function parseLoraModulePath(path: string): { layer: number; target: LoraTarget } | undefined {
+  const m = /^h\.(\d+)\.(.+)$/.exec(path);
+  return m && isLoraTarget(m[2]) ? { layer: Number(m[1]), target: m[2] } : undefined;
+}
+
 /**
  * A fresh adapter for blocks [from, to): A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's default,
  * Kaiming-uniform with a = sqrt(5)), B = 0. Deterministic from the seed and independent of
@@ -97,11 +103,10 @@ export function initLoraAdapter(
 /** Throws a clear error when an adapter does not belong to a model of this config. */
 export function checkAdapterFits(c: Gpt2Config, adapter: LoraAdapter): void {
   for (const [path, pair] of adapter.layers) {
-    const m = /^h\.(\d+)\.(.+)$/.exec(path);
-    if (!m || !isLoraTarget(m[2])) throw new Error(`adapter: unknown module "${path}"`);
-    const layer = Number(m[1]);
-    if (layer >= c.nLayer) throw new Error(`adapter: module "${path}" is past the model's ${c.nLayer} layers`);
-    const [din, dout] = loraTargetDims(c, m[2]);
+    const parsed = parseLoraModulePath(path);
+    if (!parsed) throw new Error(`adapter: unknown module "${path}"`);
+    if (parsed.layer >= c.nLayer) throw new Error(`adapter: module "${path}" is past the model's ${c.nLayer} layers`);
+    const [din, dout] = loraTargetDims(c, parsed.target);
     const r = adapter.config.r;
     if (pair.A.shape[0] !== din || pair.A.shape[1] !== r || pair.B.shape[0] !== r || pair.B.shape[1] !== dout) {
       throw new Error(

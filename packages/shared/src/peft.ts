@@ -13,7 +13,7 @@
  */
 import type { Gpt2Config } from './config';
 import type { LoraAdapter, LoraPair, LoraTarget } from './lora';
-import { LORA_TARGETS, isLoraTarget, loraScale, loraTargetDims } from './lora';
+import { LORA_TARGETS, loraScale, loraTargetDims, parseLoraModulePath } from './lora';
 import { readSafetensors, writeSafetensors } from './safetensors';
 import type { Tensor } from './tensor';
 import { assertShape } from './tensor';
@@ -53,14 +53,10 @@ function transpose(t: Tensor): Tensor {
   return { shape: [cols, rows], data: out };
 }
 
-const MODULE_PATH_RE = /^h\.(\d+)\.(.+)$/;
-
 function parseModulePath(path: string): { layer: number; target: LoraTarget } {
-  const m = MODULE_PATH_RE.exec(path);
-  if (!m || !isLoraTarget(m[2])) {
-    throw new PeftError(`LoRA adapter: module path "${path}" is not h.{i}.{${LORA_TARGETS.join('|')}}`);
-  }
-  return { layer: Number(m[1]), target: m[2] };
+  const parsed = parseLoraModulePath(path);
+  if (!parsed) throw new PeftError(`LoRA adapter: module path "${path}" is not h.{i}.{${LORA_TARGETS.join('|')}}`);
+  return parsed;
 }
 
 /** The PEFT `adapter_config.json` object and `adapter_model.safetensors` bytes of an adapter. */
