@@ -114,7 +114,7 @@ function start() {
   step('fine-tuning it with LoRA on one demo user\'s text (State of the Union, 1970-2021), then evaluating');
   const out = join(ROOT, 'out/start-adapter');
   const args = ['--model', model];
-  const trained = run('pnpm', ['splitllm', 'train-central', ...args, '--text', 'packages/assets/data/sotu/train/user-4.txt', '--steps', '40', '--seed', '1', '--out', out]);
+  const trained = run('pnpm', ['splitllm', 'train-central', ...args, '--text', 'packages/assets/data/sotu/train/user-4.txt', '--steps', '100', '--seed', '1', '--out', out]);
   if (trained !== 0) return trained;
   step('held-out text of the same user: before, then after fine-tuning');
   const heldout = 'packages/assets/data/sotu/heldout/user-4.txt';

@@ -98,7 +98,7 @@ export interface LoraTrainOptions {
 export const DEFAULT_LORA_TRAIN: Omit<LoraTrainOptions, 'lora' | 'steps' | 'seed'> = {
   batchSize: 4,
   seqLen: 64,
-  adamw: { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+  adamw: { lr: 5e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
 };
 
 export interface StepReport {

@@ -1,0 +1,62 @@
+/** `splitllm train-central`: LoRA fine-tuning of the whole model in one process (the baseline). */
+import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, trainLoraCentral } from '@splitllm/shared';
+import { saveAdapterDir } from '@splitllm/shared/node';
+import { Args } from '../args';
+import { SHIPPED_MODEL_DIR, loadModel, readText } from '../io';
+import { Progress } from '../progress';
+
+export const trainCentralHelp = `splitllm train-central --text FILE --steps N --seed S --out DIR [--model DIR] [--json]
+    [--rank R] [--alpha A] [--targets attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]
+    [--lr LR] [--batch-size B] [--seq-len T]
+  LoRA fine-tuning of the whole model on FILE; writes the adapter to DIR in PEFT layout.
+  Defaults: the shipped model, rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha}, targets ${DEFAULT_LORA_CONFIG.targets.join(',')},
+  lr ${DEFAULT_LORA_TRAIN.adamw.lr}, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens. --json prints one object per step.`;
+
+export async function trainCentralCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('train-central', argv, {
+    model: { type: 'string' },
+    text: { type: 'string' },
+    steps: { type: 'string' },
+    seed: { type: 'string' },
+    out: { type: 'string' },
+    rank: { type: 'string' },
+    alpha: { type: 'string' },
+    targets: { type: 'string' },
+    lr: { type: 'string' },
+    'batch-size': { type: 'string' },
+    'seq-len': { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const textPath = args.string('text');
+  const steps = args.int('steps', undefined, 1);
+  const seed = args.int('seed');
+  const outDir = args.string('out');
+  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const r = args.int('rank', DEFAULT_LORA_CONFIG.r, 1);
+  const lora = {
+    r,
+    alpha: args.float('alpha', DEFAULT_LORA_CONFIG.alpha),
+    targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets')) : DEFAULT_LORA_CONFIG.targets,
+  };
+  const lr = args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr);
+  const batchSize = args.int('batch-size', DEFAULT_LORA_TRAIN.batchSize, 1);
+  const seqLen = args.int('seq-len', DEFAULT_LORA_TRAIN.seqLen, 2);
+  const json = args.flag('json');
+
+  const { model, tokenizer } = loadModel(modelDir);
+  const tokens = tokenizer.encode(readText(textPath, '--text'));
+  const progress = new Progress('train-central', steps);
+  const adapter = trainLoraCentral(
+    model,
+    tokens,
+    { lora, steps, seed, batchSize, seqLen, adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr } },
+    (s) => {
+      if (json) console.log(JSON.stringify({ step: s.step, loss: s.loss, tokens: s.tokens, ms: Math.round(s.ms) }));
+      else if (!process.stderr.isTTY) console.log(`step ${s.step}/${steps}  loss ${s.loss.toFixed(4)}  ${s.ms.toFixed(0)} ms`);
+      progress.tick(`loss ${s.loss.toFixed(4)}`);
+    },
+  );
+  progress.done();
+  saveAdapterDir(outDir, adapter, { baseModel: modelDir, nLayer: model.config.nLayer });
+  if (!json) console.log(`adapter written to ${outDir} (PEFT layout)`);
+}
