@@ -5,6 +5,7 @@
  * piece's UTF-8 bytes to GPT-2's printable "byte characters", then apply merges lowest rank first.
  * Browser-safe: only TextEncoder/TextDecoder, no Node APIs.
  */
+import { Heap } from './heap';
 
 export class TokenizerError extends Error {
   readonly code = 'BAD_TOKENIZER';
@@ -55,44 +56,6 @@ const utf8Lenient = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
 
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-/** Minimal binary min-heap of numbers (used for the (rank, position) merge queue). */
-class NumberHeap {
-  private readonly a: number[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  push(x: number): void {
-    const a = this.a;
-    let i = a.length;
-    a.push(x);
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (a[p] <= x) break;
-      a[i] = a[p];
-      i = p;
-    }
-    a[i] = x;
-  }
-  pop(): number {
-    const a = this.a;
-    const top = a[0];
-    const last = a.pop()!;
-    if (a.length > 0) {
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= a.length) break;
-        const c = l + 1 < a.length && a[l + 1] < a[l] ? l + 1 : l;
-        if (a[c] >= last) break;
-        a[i] = a[c];
-        i = c;
-      }
-      a[i] = last;
-    }
-    return top;
-  }
 }
 
 export class Gpt2Tokenizer {
@@ -325,7 +288,7 @@ export class Gpt2Tokenizer {
       next[i] = i + 1 < n ? i + 1 : -1;
       prev[i] = i - 1;
     }
-    const heap = new NumberHeap();
+    const heap = new Heap<number>((x, y) => x < y);
     const pushPair = (i: number): void => {
       const j = next[i];
       if (j < 0) return;
@@ -335,7 +298,7 @@ export class Gpt2Tokenizer {
     for (let i = 0; i < n - 1; i++) pushPair(i);
 
     while (heap.size > 0) {
-      const key = heap.pop();
+      const key = heap.pop()!; // size > 0
       const rank = Math.floor(key / POS);
       const i = key - rank * POS;
       const j = next[i];

@@ -7,8 +7,8 @@ import type { Gpt2Config } from './config';
 import { sampleBatch } from './data';
 import type { LoraAdapter, LoraConfig } from './lora';
 import { initLoraAdapter } from './lora';
-import type { Gpt2Model, LoraGrads } from './model';
-import { gpt2ForwardBackward } from './model';
+import type { Gpt2Model, LoraGrads, TokenBatch } from './model';
+import { gpt2ForwardBackward, gpt2Loss } from './model';
 import { adamwInit, adamwStep, type AdamWOptions, type AdamWState } from './ops/adamw';
 import { Rng } from './rng';
 
@@ -131,4 +131,23 @@ export function trainLoraCentral(
     onStep?.({ step, loss: r.loss, tokens: r.count, ms: performance.now() - t0 });
   }
   return adapter;
+}
+
+/** Token-weighted mean loss over batches (evaluation); onBatch reports progress. */
+export function meanLoss(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  batches: TokenBatch[],
+  onBatch?: () => void,
+): { loss: number; tokens: number } {
+  let nll = 0;
+  let tokens = 0;
+  for (const b of batches) {
+    const r = gpt2Loss(model, adapter, b);
+    nll += r.loss * r.count;
+    tokens += r.count;
+    onBatch?.();
+  }
+  if (tokens === 0) throw new Error('no targets to evaluate');
+  return { loss: nll / tokens, tokens };
 }

@@ -1,5 +1,5 @@
 /** `splitllm eval`: mean next-token loss and perplexity of a model (+ adapter) over a text file. */
-import { evalBatches, gpt2Loss, unigramLoss } from '@splitllm/shared';
+import { evalBatches, meanLoss, unigramLoss } from '@splitllm/shared';
 import { Args } from '../args';
 import { SHIPPED_MODEL_DIR, loadAdapterFor, loadModel, readText } from '../io';
 import { Progress } from '../progress';
@@ -32,21 +32,13 @@ export async function evalCommand(argv: string[]): Promise<void> {
 
   const batches = evalBatches(tokens, batchSize, seqLen, model.config.eosTokenId);
   const progress = new Progress('eval', batches.length);
-  let nll = 0;
-  let count = 0;
-  for (const batch of batches) {
-    const r = gpt2Loss(model, adapter, batch);
-    nll += r.loss * r.count;
-    count += r.count;
-    progress.tick();
-  }
+  const { loss, tokens: scored } = meanLoss(model, adapter, batches, () => progress.tick());
   progress.done();
-  const loss = nll / count;
   const result = {
     model: modelDir,
     adapter: adapterDir ?? null,
     text: textPath,
-    tokens: count,
+    tokens: scored,
     loss,
     perplexity: Math.exp(loss),
     unigramLoss: unigramLoss(tokens, model.config.vocabSize),
@@ -54,7 +46,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
   if (json) console.log(JSON.stringify(result));
   else {
     console.log(
-      `tokens ${count}  loss ${loss.toFixed(4)}  perplexity ${result.perplexity.toFixed(2)}  ` +
+      `tokens ${scored}  loss ${loss.toFixed(4)}  perplexity ${result.perplexity.toFixed(2)}  ` +
         `(unigram fitted on the same text: loss ${result.unigramLoss.toFixed(4)})`,
     );
   }

