@@ -56,6 +56,7 @@ export interface SplitPlan {
   m: number;
 }
 
+/** A quarter of the blocks on the user, the middle half on the edge, the last quarter on the cloud. */
 export function defaultSplitPlan(c: Gpt2Config): SplitPlan {
   const k = Math.max(1, Math.floor(c.nLayer / 4));
   const m = Math.max(k + 1, Math.min(c.nLayer, Math.floor((3 * c.nLayer) / 4)));
@@ -351,14 +352,6 @@ export function gpt2Loss(model: Gpt2Model, adapter: LoraAdapter | undefined, bat
   const blocks = blocksForward(model, adapter, h0, batch.B, batch.T, 0, model.config.nLayer);
   const head = headForward(model, blocks.y, batch.targets, batch.B, batch.T);
   return { loss: head.loss, count: head.count };
-}
-
-/** Logits [B*T, V] of the whole model (generation, tests). */
-export function gpt2Logits(model: Gpt2Model, adapter: LoraAdapter | undefined, inputIds: Int32Array, B: number, T: number): Float32Array {
-  const h0 = embedForward(model, inputIds, B, T);
-  const blocks = blocksForward(model, adapter, h0, B, T, 0, model.config.nLayer);
-  const targets = new Int32Array(B * T).fill(-100);
-  return headForward(model, blocks.y, targets, B, T).logits;
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   gpt2Loss,
   userSegmentBackward,
   userSegmentForward,
+  defaultSplitPlan,
   validateSplitPlan,
   type Gpt2Model,
   type TokenBatch,
@@ -161,5 +162,11 @@ describe('split into user, edge and cloud segments', () => {
     expect(() => validateSplitPlan(tiny, { k: 2, m: 2 })).toThrow();
     expect(() => validateSplitPlan(tiny, { k: 1, m: 5 })).toThrow();
     expect(() => validateSplitPlan(tiny, { k: 1, m: 4 })).not.toThrow();
+  });
+
+  it('the default plan is valid for every depth from 2 layers up', () => {
+    expect(defaultSplitPlan(tiny)).toEqual({ k: 1, m: 3 });
+    expect(defaultSplitPlan({ ...tiny, nLayer: 12 })).toEqual({ k: 3, m: 9 });
+    for (let L = 2; L <= 48; L++) expect(() => validateSplitPlan({ ...tiny, nLayer: L }, defaultSplitPlan({ ...tiny, nLayer: L }))).not.toThrow();
   });
 });
