@@ -25,8 +25,8 @@ function run(cmd, args, opts = {}) {
   return r.status ?? 1;
 }
 
-function must(cmd, args, what) {
-  const code = run(cmd, args);
+function must(cmd, args, what, opts = {}) {
+  const code = run(cmd, args, opts);
   if (code !== 0) throw new Error(`${what} failed (${cmd} ${args.join(' ')} exited ${code})`);
 }
 
@@ -55,8 +55,31 @@ function ensurePackages() {
   must('pnpm', ['install', '--frozen-lockfile'], 'pnpm install');
 }
 
+// Debian packages: Chromium (the browser of the end-to-end runs; its chromium-common ships
+// SwiftShader, the software Vulkan driver the WGSL kernel tests run on) and the Vulkan loader.
+const DEBIAN_PACKAGES = ['chromium', 'libvulkan1'];
+
+function missingDebianPackages() {
+  return DEBIAN_PACKAGES.filter((p) => {
+    const r = spawnSync('dpkg-query', ['-W', '-f=${Status}', p], { encoding: 'utf8' });
+    return !(r.status === 0 && r.stdout.includes('install ok installed'));
+  });
+}
+
+function ensureDebianPackages() {
+  const missing = missingDebianPackages();
+  if (missing.length === 0) return;
+  const cmd = `apt-get update && apt-get install -y --no-install-recommends ${missing.join(' ')}`;
+  if (process.getuid?.() !== 0) throw new Error(`Debian packages missing: ${missing.join(', ')}; run as root: ${cmd}`);
+  step(`installing Debian packages: ${missing.join(', ')}`);
+  const env = { ...INSTALL_ENV, DEBIAN_FRONTEND: 'noninteractive' };
+  must('apt-get', ['update', '-qq'], 'apt-get update', { env });
+  must('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], 'apt-get install', { env });
+}
+
 function ensureAll() {
   ensureNode();
+  ensureDebianPackages();
   ensurePnpm();
   ensurePackages();
 }

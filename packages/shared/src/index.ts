@@ -19,3 +19,4 @@ export * from './peft';
 export * from './init';
 export * from './tokenizer';
 export * from './bpe-train';
+export * from './onnx/index';

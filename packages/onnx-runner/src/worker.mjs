@@ -1,0 +1,106 @@
+// The worker thread behind SegmentRunner (runner.ts). Plain JavaScript so that it starts in any
+// Node process without a TypeScript loader. It owns onnxruntime-node sessions: `session.run()`
+// blocks the thread it runs on, so running it here keeps the server's event loop free.
+//
+// Messages in:  { id, op: 'init', provider, threads }
+//               { id, op: 'load', name, model (Uint8Array, transferred) }
+//               { id, op: 'run', name, feeds: { [input]: { type, data, dims } } }
+//               { id, op: 'unload', name }   { id, op: 'memory' }
+// Messages out: { id, ok: true, result } | { id, ok: false, error: { code, message } }
+import { parentPort } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
+
+const sessions = new Map();
+let requested = 'cpu';
+let provider = 'cpu';
+let threads = 0;
+let fallbackNote;
+
+function sessionOptions(ep) {
+  return {
+    executionProviders: [ep],
+    graphOptimizationLevel: 'all',
+    // 0 lets onnxruntime pick (one per core); inter-op stays 1 because segment graphs are chains.
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+  };
+}
+
+async function createSession(model) {
+  if (provider !== 'cpu') {
+    try {
+      return await ort.InferenceSession.create(model, sessionOptions(provider));
+    } catch (e) {
+      // No silent fallback: the runner reports it, and the caller logs it.
+      fallbackNote = `execution provider '${provider}' could not start (${String(e.message ?? e).split('\n')[0]}); using 'cpu'`;
+      provider = 'cpu';
+    }
+  }
+  return ort.InferenceSession.create(model, sessionOptions('cpu'));
+}
+
+const handlers = {
+  init(msg) {
+    requested = msg.provider;
+    provider = msg.provider;
+    threads = msg.threads;
+    return { backends: ort.listSupportedBackends().map((b) => b.name) };
+  },
+  async load(msg) {
+    const before = provider;
+    let session;
+    try {
+      session = await createSession(msg.model);
+    } catch (e) {
+      throw Object.assign(new Error(`loading graph '${msg.name}': ${e.message}`), { code: 'ONNX_LOAD_FAILED' });
+    }
+    const old = sessions.get(msg.name);
+    if (old) await old.release();
+    sessions.set(msg.name, session);
+    return {
+      inputs: session.inputNames,
+      outputs: session.outputNames,
+      requested,
+      provider,
+      fellBack: before !== provider ? fallbackNote : undefined,
+    };
+  },
+  async run(msg) {
+    const session = sessions.get(msg.name);
+    if (!session) throw Object.assign(new Error(`no graph named '${msg.name}' is loaded`), { code: 'ONNX_UNKNOWN_GRAPH' });
+    const feeds = {};
+    for (const [k, t] of Object.entries(msg.feeds)) feeds[k] = new ort.Tensor(t.type, t.data, t.dims);
+    let out;
+    try {
+      out = await session.run(feeds);
+    } catch (e) {
+      throw Object.assign(new Error(`running graph '${msg.name}': ${e.message}`), { code: 'ONNX_RUN_FAILED' });
+    }
+    const result = {};
+    const transfer = [];
+    for (const [k, t] of Object.entries(out)) {
+      result[k] = { type: t.type, data: t.data, dims: t.dims };
+      if (!transfer.includes(t.data.buffer)) transfer.push(t.data.buffer);
+    }
+    return { result, transfer };
+  },
+  async unload(msg) {
+    const s = sessions.get(msg.name);
+    sessions.delete(msg.name);
+    if (s) await s.release();
+    return {};
+  },
+  memory() {
+    return process.memoryUsage();
+  },
+};
+
+parentPort.on('message', async (msg) => {
+  try {
+    const r = await handlers[msg.op](msg);
+    if (r && r.transfer) parentPort.postMessage({ id: msg.id, ok: true, result: r.result }, r.transfer);
+    else parentPort.postMessage({ id: msg.id, ok: true, result: r });
+  } catch (e) {
+    parentPort.postMessage({ id: msg.id, ok: false, error: { code: e.code ?? 'ONNX_RUNNER_ERROR', message: e.message } });
+  }
+});

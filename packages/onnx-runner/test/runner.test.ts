@@ -1,0 +1,187 @@
+/**
+ * SegmentRunner and the edge/cloud segments on real onnxruntime-node sessions in a worker
+ * thread: results equal the TypeScript reference, buffers move by transfer, the event loop
+ * stays free during a run, errors carry codes, a provider that cannot start falls back to cpu.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import {
+  cloudSegmentStep,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  IGNORE_INDEX,
+  initLoraAdapter,
+  randomGpt2Weights,
+  Rng,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+} from '@splitllm/shared';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlocksSegment, RunnerError, SegmentRunner, TailSegment } from '../src/index';
+
+const config: Gpt2Config = {
+  vocabSize: 97,
+  nPositions: 16,
+  nEmbd: 32,
+  nLayer: 4,
+  nHead: 4,
+  nInner: 64,
+  layerNormEpsilon: 1e-5,
+  bosTokenId: 96,
+  eosTokenId: 96,
+};
+const lora: LoraConfig = { r: 4, alpha: 8, targets: ['attn.c_attn', 'mlp.c_fc'] };
+const model: Gpt2Model = { config, weights: randomGpt2Weights(config, 5) };
+const plan = { k: 1, m: 3 };
+const [B, T, D] = [2, 11, config.nEmbd];
+
+function adapter(): LoraAdapter {
+  const a = initLoraAdapter(config, lora, 7);
+  const rng = new Rng(8);
+  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05); // nonzero B, so dA is not trivially zero
+  return a;
+}
+
+/** max |a - b| / max |b| */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let s = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    s = Math.max(s, Math.abs(b[i]));
+  }
+  return d / s;
+}
+
+let runner: SegmentRunner;
+const logs: string[] = [];
+beforeAll(async () => {
+  runner = await SegmentRunner.start({ provider: 'cpu', threads: 1, log: (l) => logs.push(l) });
+});
+afterAll(async () => {
+  await runner.close();
+});
+
+describe('BlocksSegment (edge)', () => {
+  // Tolerances: the graphs compute in float32 like the reference's activations; the reference
+  // accumulates dot products in float64, onnxruntime in float32 (error ~ sqrt(K) 2^-24 of the
+  // scale per matmul, K <= 64 here): 1e-5 forward, 1e-4 gradients, as the ONNX issue states.
+  for (const saveIntermediates of [true, false]) {
+    it(`forward and backward equal the reference (${saveIntermediates ? 'keep' : 'recompute'})`, async () => {
+      const a = adapter();
+      const rng = new Rng(11);
+      const x = rng.fillNormal(new Float32Array(B * T * D), 1);
+      const dy = rng.fillNormal(new Float32Array(B * T * D), 0.1);
+      const ref = edgeSegmentForward(model, a, x, B, T, plan);
+      const refBack = edgeSegmentBackward(model, a, ref.state, dy);
+
+      const seg = await BlocksSegment.create(runner, model, lora, plan.k, plan.m, { saveIntermediates });
+      const f = await seg.forward(a, x, B, T);
+      expect(x.length).toBe(B * T * D); // forward keeps x usable for the backward
+      expect(Object.keys(f.saved).length > 0).toBe(saveIntermediates);
+      expect(relErr(f.y, ref.h2)).toBeLessThan(1e-5);
+      const dyCopy = dy.slice();
+      const b = await seg.backward(a, x, f.saved, dyCopy, B, T);
+      expect(dyCopy.byteLength).toBe(0); // transferred to the worker, not copied
+      expect(relErr(b.dx, refBack.dh1)).toBeLessThan(1e-4);
+      expect([...b.loraGrads.keys()].sort()).toEqual([...refBack.loraGrads.keys()].sort());
+      for (const [path, g] of refBack.loraGrads) {
+        expect(relErr(b.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
+        expect(relErr(b.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
+      }
+      await seg.close();
+    });
+  }
+});
+
+describe('TailSegment (cloud)', () => {
+  it('loss, count, input gradient and LoRA gradients equal the reference, with ignored targets', async () => {
+    const a = adapter();
+    const rng = new Rng(12);
+    const x = rng.fillNormal(new Float32Array(B * T * D), 1);
+    const targets = Int32Array.from({ length: B * T }, (_, i) => (i % T > T - 4 && i >= T ? IGNORE_INDEX : rng.int(config.vocabSize)));
+    const ref = cloudSegmentStep(model, a, x, targets, B, T, plan);
+    const tail = await TailSegment.create(runner, model, lora, plan.m);
+    const r = await tail.step(a, x.slice(), targets, B, T);
+    expect(r.count).toBe(ref.count);
+    expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
+    expect(relErr(r.dx, ref.dh2)).toBeLessThan(1e-4);
+    for (const [path, g] of ref.loraGrads) {
+      expect(relErr(r.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
+      expect(relErr(r.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
+    }
+    const l = await tail.loss(a, x.slice(), targets, B, T);
+    expect(l.loss).toBeCloseTo(r.loss, 6);
+    // the graph itself would wrap -1 to the last class: the segment refuses such targets
+    const bad = targets.slice();
+    bad[3] = -1;
+    await expect(tail.step(a, x.slice(), bad, B, T)).rejects.toThrow(/target -1 at position 3 is outside the vocabulary/);
+    bad[3] = config.vocabSize;
+    await expect(tail.loss(a, x.slice(), bad, B, T)).rejects.toThrow(/outside the vocabulary/);
+    await tail.close();
+  });
+});
+
+describe('SegmentRunner', () => {
+  it('keeps the event loop free while a graph runs', async () => {
+    // a wide segment, so one run takes long enough for timers to fire during it
+    const wide: Gpt2Config = { ...config, nEmbd: 256, nInner: 1024, nHead: 4, nPositions: 128 };
+    const wideModel: Gpt2Model = { config: wide, weights: randomGpt2Weights(wide, 1) };
+    const wideLora: LoraConfig = { r: 4, alpha: 8, targets: ['attn.c_attn'] };
+    const seg = await BlocksSegment.create(runner, wideModel, wideLora, 0, 4, { saveIntermediates: false });
+    const a = initLoraAdapter(wide, wideLora, 1);
+    const x = new Rng(1).fillNormal(new Float32Array(8 * 128 * 256), 1);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 2);
+    const t0 = performance.now();
+    await seg.forward(a, x, 8, 128);
+    const took = performance.now() - t0;
+    clearInterval(timer);
+    await seg.close();
+    // a blocked loop would fire at most once, after the run; a free one ticks all along
+    expect(took).toBeGreaterThan(20);
+    expect(ticks).toBeGreaterThan(2);
+  });
+
+  it('answers bad calls with codes and stays usable', async () => {
+    await expect(runner.run('nope', {})).rejects.toMatchObject({ code: 'ONNX_UNKNOWN_GRAPH' });
+    const seg = await BlocksSegment.create(runner, model, lora, plan.k, plan.m, { saveIntermediates: false });
+    const a = adapter();
+    // a wrong width reaches onnxruntime, which refuses it
+    const graphName = runner.graphNames().find((n) => n.includes('forward'))!;
+    const feeds = Object.fromEntries(runner.graph(graphName)!.inputs.map((n) => [n, { data: new Float32Array(6), dims: [1, 2, 3] }]));
+    await expect(runner.run(graphName, feeds)).rejects.toMatchObject({ code: 'ONNX_RUN_FAILED' });
+    await expect(runner.run(graphName, { x: { data: new Float32Array(D), dims: [1, 1, D] } })).rejects.toMatchObject({ code: 'ONNX_MISSING_INPUT' });
+    await expect(seg.forward(a, new Float32Array(5), B, T)).rejects.toThrow(/expected B\*T\*D/);
+    // still works
+    const ok = await seg.forward(a, new Float32Array(B * T * D), B, T);
+    expect(ok.y.length).toBe(B * T * D);
+    await seg.close();
+  });
+
+  it('refuses an unknown provider or thread count', async () => {
+    await expect(SegmentRunner.start({ provider: 'tpu' as never })).rejects.toMatchObject({ code: 'BAD_PROVIDER' });
+    await expect(SegmentRunner.start({ provider: 'cpu', threads: -1 })).rejects.toBeInstanceOf(RunnerError);
+  });
+
+  it('falls back to cpu, and says so, when CUDA cannot start', async () => {
+    const require = createRequire(import.meta.url);
+    const binDir = join(dirname(require.resolve('onnxruntime-node/package.json')), 'bin/napi-v6/linux/x64');
+    // onnxruntime-node's npm package does not ship the CUDA provider library (its install
+    // script downloads it, which is skipped offline), so 'cuda' cannot start here.
+    expect(existsSync(join(binDir, 'libonnxruntime_providers_cuda.so'))).toBe(false);
+    const lines: string[] = [];
+    const r = await SegmentRunner.start({ provider: 'cuda', threads: 1, log: (l) => lines.push(l) });
+    try {
+      expect(r.requestedProvider).toBe('cuda');
+      await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates: false });
+      expect(r.provider).toBe('cpu');
+      expect(lines.some((l) => /provider 'cuda' could not start .*using 'cpu'/.test(l))).toBe(true);
+    } finally {
+      await r.close();
+    }
+  });
+});
