@@ -1,0 +1,245 @@
+/**
+ * The user-segment engine against the reference: a whole split step (user on the GPU, edge and
+ * cloud in the TypeScript reference) on the shipped model and on a random GPT-2-shaped model.
+ *
+ * Tolerances (max |got - want| / max |want| per tensor):
+ *  - h1 and the loss of the reference continuation: 1e-5. Every op is float32 on both sides;
+ *    the reference accumulates dot products in float64, the kernels in float32, which leaves
+ *    ~sqrt(K) * 6e-8 per matmul (K <= 512 here: ~1.4e-6) and a few such layers in a chain.
+ *  - LoRA gradients: 1e-4, as for the ONNX graphs: the backward chains more products and
+ *    cancellations (layer-norm and softmax backward) than the forward.
+ *  - parameters after AdamW: against the reference AdamW applied to the engine's own
+ *    gradients, 1e-6 of the parameter scale. (Against the reference gradients, AdamW's first
+ *    step moves every element by about lr * sign(g), so an element whose gradient is ~0 on both
+ *    sides may step either way: that compares nothing about the kernels.)
+ *  - three chained steps: the loss curve within 1e-4 relative of the reference's.
+ */
+import {
+  adamwInit,
+  adamwStep,
+  cloudSegmentStep,
+  DEFAULT_ADAMW,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  IGNORE_INDEX,
+  initLoraAdapter,
+  LORA_TARGETS,
+  randomGpt2Weights,
+  Rng,
+  userSegmentBackward,
+  userSegmentForward,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type SplitPlan,
+  type TokenBatch,
+} from '@splitllm/shared';
+import { loadGpt2Dir } from '@splitllm/shared/node';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { GpuContext, GpuError } from '../src/gpu';
+import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
+import { maxRelErr, testDevice } from './harness';
+
+const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
+
+const randomConfig: Gpt2Config = {
+  vocabSize: 301,
+  nPositions: 40,
+  nEmbd: 48,
+  nLayer: 4,
+  nHead: 3,
+  nInner: 100,
+  layerNormEpsilon: 1e-5,
+  bosTokenId: 300,
+  eosTokenId: 300,
+};
+
+/** GPT-2's init scaled up, so every path carries gradient. */
+function randomModel(): Gpt2Model {
+  const weights = randomGpt2Weights(randomConfig, 3);
+  const rng = new Rng(4);
+  for (const [name, t] of weights) {
+    if (name.endsWith('.weight') && !name.includes('ln_')) for (let i = 0; i < t.data.length; i++) t.data[i] *= 5;
+    else for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
+  }
+  return { config: randomConfig, weights };
+}
+
+function adapterFor(c: Gpt2Config, lora: LoraConfig, seed: number): LoraAdapter {
+  const a = initLoraAdapter(c, lora, seed);
+  const rng = new Rng(seed + 1);
+  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05); // B != 0, so dA is not trivially zero
+  return a;
+}
+
+function cloneAdapter(a: LoraAdapter): LoraAdapter {
+  const layers: LoraAdapter['layers'] = new Map();
+  for (const [k, p] of a.layers) layers.set(k, { A: { shape: [...p.A.shape], data: p.A.data.slice() }, B: { shape: [...p.B.shape], data: p.B.data.slice() } });
+  return { config: { ...a.config }, layers };
+}
+
+/** Two rows of T tokens; the second is right-padded (eos ids, ignored targets) after 2T/3. */
+function batchOf(c: Gpt2Config, T: number, seed: number): TokenBatch {
+  const rng = new Rng(seed);
+  const B = 2;
+  const ids = new Int32Array(B * T);
+  const targets = new Int32Array(B * T);
+  const real = Math.floor((2 * T) / 3);
+  for (let b = 0; b < B; b++) {
+    const row = Array.from({ length: T + 1 }, () => rng.int(c.vocabSize));
+    for (let t = 0; t < T; t++) {
+      const pad = b === 1 && t >= real;
+      ids[b * T + t] = pad ? c.eosTokenId : row[t];
+      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
+    }
+  }
+  return { B, T, inputIds: ids, targets };
+}
+
+/** The reference's edge and cloud on h1: loss and dL/dh1. */
+function continuation(model: Gpt2Model, a: LoraAdapter, h1: Float32Array, batch: TokenBatch, plan: SplitPlan) {
+  const e = edgeSegmentForward(model, a, h1, batch.B, batch.T, plan);
+  const cl = cloudSegmentStep(model, a, e.h2, batch.targets, batch.B, batch.T, plan);
+  const back = edgeSegmentBackward(model, a, e.state, cl.dh2);
+  return { loss: cl.loss, dh1: back.dh1 };
+}
+
+const adamw: AdamWOptions = { ...DEFAULT_ADAMW, lr: 5e-3, weightDecay: 0.01 };
+
+interface Case {
+  name: string;
+  model: Gpt2Model;
+  lora: LoraConfig;
+  plan: SplitPlan;
+  T: number;
+  variants?: KernelVariants;
+}
+
+const cases: Case[] = [
+  { name: 'shipped model, k=1, attention pair, default (GPU-tuned) kernels', model: shipped, lora: { r: 8, alpha: 16, targets: ['attn.c_attn', 'attn.c_proj'] }, plan: { k: 1, m: 3 }, T: 37 },
+  { name: 'shipped model, k=2, all four targets, software-tuned kernels', model: shipped, lora: { r: 4, alpha: 8, targets: [...LORA_TARGETS] }, plan: { k: 2, m: 3 }, T: 19, variants: SOFTWARE_ADAPTER_VARIANTS },
+  { name: 'random GPT-2-shaped model (48 wide, 3 heads), k=2, mlp.c_fc only', model: randomModel(), lora: { r: 3, alpha: 6, targets: ['mlp.c_fc'] }, plan: { k: 2, m: 3 }, T: 23 },
+];
+
+describe('UserSegmentEngine: one split step against the reference', () => {
+  for (const c of cases) {
+    it(c.name, async () => {
+      const gpu = await testDevice();
+      const adapter = adapterFor(c.model.config, c.lora, 10);
+      const batch = batchOf(c.model.config, c.T, 20);
+      const engine = await UserSegmentEngine.create(gpu, c.model, adapter, { k: c.plan.k, lora: c.lora, batch: batch.B, seq: batch.T, adamw, variants: c.variants });
+      try {
+        const ref = userSegmentForward(c.model, adapter, batch, c.plan);
+        const h1 = await engine.forward(batch.inputIds);
+        expect(maxRelErr(h1, ref.h1), 'h1').toBeLessThan(1e-5);
+
+        const refCont = continuation(c.model, adapter, ref.h1, batch, c.plan);
+        const gpuCont = continuation(c.model, adapter, h1, batch, c.plan);
+        expect(Math.abs(gpuCont.loss - refCont.loss) / refCont.loss, 'loss').toBeLessThan(1e-5);
+
+        engine.backward(refCont.dh1);
+        const refGrads = userSegmentBackward(c.model, adapter, ref.state, refCont.dh1);
+        const grads = await engine.readGrads();
+        expect([...grads.keys()].sort()).toEqual([...refGrads.keys()].sort());
+        for (const [path, g] of refGrads) {
+          expect(maxRelErr(grads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
+          expect(maxRelErr(grads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
+        }
+
+        engine.step();
+        const after = await engine.readAdapter();
+        for (const path of refGrads.keys()) {
+          const p = adapter.layers.get(path)!;
+          for (const w of ['A', 'B'] as const) {
+            const want = p[w].data.slice();
+            adamwStep(want, grads.get(path)![w], adamwInit(want.length), 1, adamw);
+            expect(maxRelErr(after.layers.get(path)![w].data, want), `${path} ${w} after AdamW`).toBeLessThan(1e-6);
+          }
+        }
+      } finally {
+        engine.destroy();
+      }
+    });
+  }
+
+  it('three chained training steps follow the reference loss curve (shipped model)', async () => {
+    const gpu = await testDevice();
+    const lora: LoraConfig = { r: 8, alpha: 16, targets: ['attn.c_attn', 'attn.c_proj'] };
+    const plan = { k: 1, m: 3 };
+    const refAdapter = adapterFor(shipped.config, lora, 30);
+    const engine = await UserSegmentEngine.create(gpu, shipped, refAdapter, { k: 1, lora, batch: 2, seq: 29, adamw });
+    const state = new Map([...refAdapter.layers].flatMap(([k, p]) => [[k + 'A', adamwInit(p.A.data.length)], [k + 'B', adamwInit(p.B.data.length)]] as const));
+    const ref = cloneAdapter(refAdapter);
+    try {
+      for (let step = 1; step <= 3; step++) {
+        const batch = batchOf(shipped.config, 29, 40 + step);
+        // reference: the whole split step in TypeScript
+        const u = userSegmentForward(shipped, ref, batch, plan);
+        const cont = continuation(shipped, ref, u.h1, batch, plan);
+        const g = userSegmentBackward(shipped, ref, u.state, cont.dh1);
+        for (const k of g.keys()) {
+          const p = ref.layers.get(k)!;
+          adamwStep(p.A.data, g.get(k)!.A, state.get(k + 'A')!, step, adamw);
+          adamwStep(p.B.data, g.get(k)!.B, state.get(k + 'B')!, step, adamw);
+        }
+        // engine: the user segment on the GPU, edge and cloud in the reference (frozen copy: the
+        // edge and cloud LoRA are not trained here, so both sides see the same continuation)
+        const h1 = await engine.forward(batch.inputIds);
+        const gc = continuation(shipped, refAdapter, h1, batch, plan);
+        const rc = continuation(shipped, refAdapter, u.h1, batch, plan);
+        expect(Math.abs(gc.loss - rc.loss) / rc.loss, `loss at step ${step}`).toBeLessThan(1e-4);
+        engine.backward(gc.dh1);
+        engine.step();
+      }
+      expect(engine.steps).toBe(3);
+    } finally {
+      engine.destroy();
+    }
+  });
+});
+
+describe('UserSegmentEngine: limits and bad input', () => {
+  const lora: LoraConfig = { r: 8, alpha: 16, targets: ['attn.c_attn', 'attn.c_proj'] };
+
+  it('says clearly when the model does not fit the adapter', async () => {
+    const gpu = await testDevice();
+    // the same device, described with a 256 KiB binding limit: wte (1024 x 128 floats) is 512 KiB
+    const small = new GpuContext(gpu.device, { ...gpu.adapter, maxStorageBufferBindingSize: 256 * 1024 });
+    const err = await UserSegmentEngine.create(small, shipped, initLoraAdapter(shipped.config, lora, 1), { k: 1, lora, batch: 2, seq: 16, adamw }).catch((e) => e);
+    expect(err).toBeInstanceOf(GpuError);
+    expect(err.code).toBe('DOES_NOT_FIT');
+    expect(err.message).toMatch(/does not fit this adapter: wte\.weight needs 524288 bytes, over this adapter's maxStorageBufferBindingSize 262144/);
+  });
+
+  it('refuses bad token ids, shapes, NaN gradients and out-of-order calls; setAdapter restarts cleanly', async () => {
+    const gpu = await testDevice();
+    const adapter = adapterFor(shipped.config, lora, 50);
+    const engine = await UserSegmentEngine.create(gpu, shipped, adapter, { k: 1, lora, batch: 2, seq: 8, adamw });
+    try {
+      const batch = batchOf(shipped.config, 8, 51);
+      expect(() => engine.backward(new Float32Array(2 * 8 * 128))).toThrow(/backward needs a forward first/);
+      expect(() => engine.step()).toThrow(/step needs a backward first/);
+      await expect(engine.forward(new Int32Array(15))).rejects.toThrow(/batches of 2 x 8 tokens, got 15/);
+      const bad = batch.inputIds.slice();
+      bad[5] = 1024;
+      await expect(engine.forward(bad)).rejects.toThrow(/token id 1024 at position 5 is outside the vocabulary \[0, 1024\)/);
+      const first = await engine.forward(batch.inputIds);
+      const nan = new Float32Array(first.length);
+      nan[7] = NaN;
+      expect(() => engine.backward(nan)).toThrow(/non-finite value at 7/);
+      expect(() => engine.backward(new Float32Array(3))).toThrow(/expected 2048/);
+      engine.backward(new Rng(1).fillNormal(new Float32Array(first.length), 1e-2));
+      engine.step();
+      const moved = await engine.forward(batch.inputIds);
+      expect(maxRelErr(moved, first)).toBeGreaterThan(1e-6); // training changed the output
+      engine.setAdapter(adapter);
+      expect(engine.steps).toBe(0);
+      expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
+    } finally {
+      engine.destroy();
+    }
+  });
+});
