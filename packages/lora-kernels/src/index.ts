@@ -9,3 +9,4 @@ export * from './kernels/attention';
 export * from './kernels/embedding';
 export * from './kernels/residual';
 export * from './kernels/adamw';
+export * from './variants';

@@ -41,6 +41,8 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { GpuContext, GpuError } from '../src/gpu';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
+import { chooseKernelVariants, engineMatmulShapes, GPU_DEFAULT_VARIANTS, isSoftwareAdapter } from '../src/variants';
+import { MATMUL_VARIANTS } from '../src/kernels/matmul';
 import { maxRelErr, testDevice } from './harness';
 
 const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
@@ -241,5 +243,20 @@ describe('UserSegmentEngine: limits and bad input', () => {
     } finally {
       engine.destroy();
     }
+  });
+});
+
+describe('kernel variants per adapter', () => {
+  it('picks the barrier-free set on a software adapter, and times matmul at the engine shapes on a GPU', async () => {
+    const gpu = await testDevice();
+    const sw = await chooseKernelVariants(gpu, engineMatmulShapes(shipped.config, 2, 8));
+    expect(isSoftwareAdapter(gpu.adapter)).toBe(true); // SwiftShader here
+    expect(sw.variants).toEqual(SOFTWARE_ADAPTER_VARIANTS);
+    // the same device described as a GPU: the matmul variant comes from timing
+    const asGpu = new GpuContext(gpu.device, { ...gpu.adapter, isFallbackAdapter: false, name: 'Example GPU' });
+    const hw = await chooseKernelVariants(asGpu, [{ M: 16, K: 32, N: 48 }]);
+    expect(MATMUL_VARIANTS).toContain(hw.variants.matmul);
+    expect(hw.reason).toMatch(/timed at the engine's shapes \((\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/);
+    expect(hw.variants.layernorm).toBe(GPU_DEFAULT_VARIANTS.layernorm);
   });
 });
