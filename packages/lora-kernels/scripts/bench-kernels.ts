@@ -12,6 +12,7 @@
 import { Rng, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/shared';
 import type { GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
+import { benchUserSegmentStep, loadShippedModel } from './user-step-bench';
 import {
   DEFAULT_MATMUL_VARIANT,
   MATMUL_LAYOUTS,
@@ -103,12 +104,13 @@ async function benchMatmul(gpu: GpuContext): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// User-segment step timing: TO BE ADDED by the engine author (src/engine.ts).
-// Build the user segment (embedding + blocks [0,k)) once, then time forward + backward + AdamW
-// per step (median after warm-up) for the variant chosen by pickFastestMatmul and for
-// DEFAULT_MATMUL_VARIANT, printing ms/step and tokens/s.
-async function benchUserSegmentStep(_gpu: GpuContext): Promise<void> {
-  console.log('\nuser-segment step: not measured yet (the engine adds it here)');
+// the user-segment step on the shipped model: the variants chosen for this adapter, then the
+// GPU-tuned defaults (scripts/user-step-bench.ts; bench-engine.ts has more options)
+async function benchUserSegmentSteps(gpu: GpuContext): Promise<void> {
+  console.log('');
+  const model = loadShippedModel();
+  await benchUserSegmentStep(gpu, 'moby-tiny', model, { batch: 4, seq: 64, steps: 5, variants: 'auto' });
+  await benchUserSegmentStep(gpu, 'moby-tiny', model, { batch: 4, seq: 64, steps: 5, variants: 'gpu' });
 }
 // ---------------------------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ async function main(): Promise<void> {
   console.log(`adapter: ${a.name}${a.isFallbackAdapter ? ' (fallback/software)' : ''}, ${a.featureLevel}, ` +
     `${a.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ${a.maxComputeWorkgroupStorageSize} B workgroup memory`);
   await benchMatmul(gpu);
-  await benchUserSegmentStep(gpu);
+  await benchUserSegmentSteps(gpu);
   gpu.destroy();
 }
 

@@ -2,7 +2,7 @@
  * Which kernel variants to run on this adapter. The defaults are tuned for real GPUs (shared
  * memory tiles, a workgroup per row); CPU drivers (SwiftShader, lavapipe/llvmpipe, WARP) run
  * workgroup barriers very slowly and want the barrier-free variants instead (measured in
- * docs/kernels.md). On a real GPU the matmul variant can also be timed at the engine's own
+ * docs/benchmarks.md). On a real GPU the matmul variant can also be timed at the engine's own
  * shapes, which costs a few milliseconds.
  */
 import type { Gpt2Config } from '@splitllm/shared';

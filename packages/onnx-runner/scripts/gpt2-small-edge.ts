@@ -8,16 +8,18 @@
  * 1. Writes a 124M-parameter GPT-2 in Hugging Face layout (config.json, model.safetensors,
  *    vocab.json, merges.txt) with random weights and GPT-2's real tokenizer files, using the
  *    project's own writer, unless the directory already holds one.
- * 2. In a fresh child process: loads it with the project's loader, builds the edge segment of
- *    the default split (blocks [3, 9)), runs one forward and one backward of 4 x 128 tokens,
- *    and reports the child's peak RSS, so the figure is that of an edge process alone.
+ * 2. In a fresh child process: loads it with the project's loader, keeps copies of the edge's
+ *    own tensors (blocks [3, 9) of the default split) and lets the rest of the checkpoint go, as
+ *    an edge that is handed only its segment would, builds the segment's forward and backward
+ *    graphs, runs one forward and one backward of 4 x 128 tokens, and reports the child's peak
+ *    RSS, so the figure is that of an edge process alone.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng } from '@splitllm/shared';
+import { DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/shared';
 import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/shared/node';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
 import { GPT2_SMALL } from './gpt2-small-config';
@@ -30,6 +32,21 @@ const { values: opt } = parseArgs({
     child: { type: 'boolean', default: false },
   },
 });
+/**
+ * The edge's own tensors, copied out of the checkpoint's single file buffer, which then goes.
+ * (In a function: a loop at a module's top level with top-level await can keep the finished
+ * iterator, and through it the file buffer, alive.)
+ */
+function edgeTensors(all: Gpt2Weights, from: number, to: number): Gpt2Weights {
+  const out: Gpt2Weights = new Map();
+  for (const [name, t] of all) {
+    const layer = /^h\.(\d+)\./.exec(name);
+    if (layer && Number(layer[1]) >= from && Number(layer[1]) < to) out.set(name, { shape: t.shape, data: t.data.slice() });
+  }
+  all.clear();
+  return out;
+}
+
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
 
 if (!opt.child) {
@@ -43,18 +60,31 @@ if (!opt.child) {
     writeGpt2Dir(opt.dir, GPT2_SMALL, randomGpt2Weights(GPT2_SMALL, 124), tokenizer);
     console.log(`wrote a random GPT-2 small to ${opt.dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
-  const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--child', '--dir', opt.dir, '--provider', opt.provider, '--threads', opt.threads], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [...process.execArgv, '--expose-gc', fileURLToPath(import.meta.url), '--child', '--dir', opt.dir, '--provider', opt.provider, '--threads', opt.threads], { stdio: 'inherit' });
   process.exit(r.status ?? 1);
 }
 
-let t0 = performance.now();
-const { config, weights } = loadGpt2Dir(opt.dir);
-let params = 0;
-for (const t of weights.values()) params += t.data.length;
-console.log(`loaded ${opt.dir}: ${(params / 1e6).toFixed(1)}M parameters, ${config.nLayer} layers x ${config.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`);
-const { k, m } = defaultSplitPlan(config);
+/** Loads the checkpoint and keeps only the edge segment's tensors. */
+function loadEdgeSegment(dir: string) {
+  const t0 = performance.now();
+  const loaded = loadGpt2Dir(dir);
+  let params = 0;
+  for (const t of loaded.weights.values()) params += t.data.length;
+  const c = loaded.config;
+  console.log(`loaded ${dir}: ${(params / 1e6).toFixed(1)}M parameters, ${c.nLayer} layers x ${c.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`);
+  const plan = defaultSplitPlan(c);
+  return { config: c, ...plan, weights: edgeTensors(loaded.weights, plan.k, plan.m) };
+}
+
+const { config, k, m, weights } = loadEdgeSegment(opt.dir);
+// array buffers are freed by a full collection; their memory returns to the system a moment later
+for (let i = 0; i < 3; i++) {
+  (globalThis as { gc?: () => void }).gc?.();
+  await new Promise((r) => setTimeout(r, 50));
+}
+console.log(`kept the edge's ${weights.size} tensors of blocks [${k},${m}); RSS ${mib(process.memoryUsage().rss)}`);
 const runner = await SegmentRunner.start({ provider: opt.provider as ExecutionProvider, threads: Number(opt.threads), log: (l) => console.log(l) });
-t0 = performance.now();
+let t0 = performance.now();
 const seg = await BlocksSegment.create(runner, { config, weights }, DEFAULT_LORA_CONFIG, k, m, { saveIntermediates: false });
 console.log(`edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; RSS ${mib(process.memoryUsage().rss)}`);
 const [B, T, D] = [4, 128, config.nEmbd];
@@ -69,6 +99,6 @@ const b = await seg.backward(adapter, x, f.saved, rng.fillNormal(new Float32Arra
 const tb = performance.now() - t0;
 const finite = [...f.y, ...b.dx].every(Number.isFinite);
 console.log(`forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`);
-console.log(`peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the six blocks hold ${mib(6 * 7.08e6 * 4)} of float32 weights)`);
+console.log(`peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the segment's weights are ${mib([...weights.values()].reduce((n, t) => n + t.data.byteLength, 0))} of float32)`);
 await runner.close();
 process.exit(finite ? 0 : 1);

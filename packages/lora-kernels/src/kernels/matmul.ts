@@ -28,7 +28,7 @@
  *               so this one is the fastest there. On a GPU its 'nt' reads are uncoalesced
  *               (neighbouring invocations read different rows of B[N,K]).
  * Measured, GFLOPS at 1024^3 nn/nt/tn (2048^3 on the GPU; Node Dawn):
- *   SwiftShader, 2 CPU cores:  naive ~0.3, tiled ~0.1, blocked ~0.7, registers ~1.8
+ *   SwiftShader, 2 CPU cores:  naive ~0.2, tiled ~0.1, blocked 0.8-1.4, registers ~2.2
  *   NVIDIA H200 (Vulkan):      naive 2731/907/1584, tiled ~6000, blocked 15658/15281/16382,
  *                              registers 18431/6895/14392
  * Every variant handles sizes that are not multiples of its tile (guarded loads and stores).
