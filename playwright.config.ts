@@ -1,23 +1,10 @@
 /**
- * Playwright runs against Debian's Chromium (never a downloaded browser) with WebGPU enabled.
- * Flags from the shared webgpu.md: background networking off (this machine's network is
- * closed), SwiftShader's WebGPU adapter through --enable-unsafe-webgpu. The e2e specs under
- * e2e/ come with the user web page; this config is what they run under.
+ * Playwright runs against Debian's Chromium (never a downloaded browser) with WebGPU enabled;
+ * the path and flags live in packages/shared/src/node/chromium.ts. The e2e specs under e2e/
+ * come with the user web page; this config is what they run under.
  */
 import { defineConfig } from '@playwright/test';
-
-export const CHROMIUM_PATH = process.env.SPLITLLM_CHROMIUM ?? '/usr/bin/chromium';
-
-export const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  '--disable-dev-shm-usage',
-  '--enable-unsafe-webgpu',
-];
+import { CHROMIUM_ARGS, CHROMIUM_PATH } from './packages/shared/src/node/chromium';
 
 export default defineConfig({
   testDir: 'e2e',

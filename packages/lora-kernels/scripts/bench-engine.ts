@@ -7,7 +7,7 @@
  * Runs on the shipped model's user segment (default split: embedding + block 0) and with
  * --gpt2-small also on a GPT-2 small-shaped one (random weights, embedding + blocks [0, 3)).
  */
-import { randomGpt2Weights, type Gpt2Config } from '@splitllm/shared';
+import { GPT2_SMALL_CONFIG, randomGpt2Weights } from '@splitllm/shared';
 import { parseArgs } from 'node:util';
 import { nodeKernelDevice } from '../src/node';
 import { benchUserSegmentStep, loadShippedModel, type VariantSetting } from './user-step-bench';
@@ -22,11 +22,10 @@ const { values: opt } = parseArgs({
   },
 });
 if (!['auto', 'gpu', 'software'].includes(opt.variants)) throw new Error(`--variants must be auto, gpu or software`);
-const GPT2_SMALL: Gpt2Config = { vocabSize: 50257, nPositions: 1024, nEmbd: 768, nLayer: 12, nHead: 12, nInner: 3072, layerNormEpsilon: 1e-5, bosTokenId: 50256, eosTokenId: 50256 };
 
 const gpu = await nodeKernelDevice();
 console.log(`adapter: ${gpu.adapter.name} (fallback: ${gpu.adapter.isFallbackAdapter})`);
 const o = { batch: Number(opt.batch), seq: Number(opt.seq), steps: Number(opt.steps), variants: opt.variants as VariantSetting };
 await benchUserSegmentStep(gpu, 'moby-tiny', loadShippedModel(), o);
-if (opt['gpt2-small']) await benchUserSegmentStep(gpu, 'gpt2-small', { config: GPT2_SMALL, weights: randomGpt2Weights(GPT2_SMALL, 1) }, o);
+if (opt['gpt2-small']) await benchUserSegmentStep(gpu, 'gpt2-small', { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) }, o);
 process.exit(0);

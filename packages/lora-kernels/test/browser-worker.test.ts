@@ -21,9 +21,7 @@ import {
   adamwInit,
   adamwStep,
   DEFAULT_ADAMW,
-  initLoraAdapter,
   LORA_TARGETS,
-  randomGpt2Weights,
   Rng,
   userSegmentBackward,
   userSegmentForward,
@@ -39,24 +37,15 @@ import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { CHROMIUM_ARGS, CHROMIUM_PATH } from '@splitllm/shared/node';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SOFTWARE_ADAPTER_VARIANTS, type KernelVariants } from '../src/engine';
 import type { EngineWorkerReply, EngineWorkerRequest, WireLoraPair } from './browser/engine-worker';
-import { maxRelErr } from './harness';
+import { adapterWithRandomB, maxRelErr, scaledRandomModel } from './harness';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  '--disable-dev-shm-usage',
-  '--enable-unsafe-webgpu',
-];
+
 /** How long the page waits for the worker's reply; under the test timeout, so the message says what hung. */
 const WORKER_TIMEOUT_MS = 100_000;
 
@@ -75,23 +64,8 @@ const lora: LoraConfig = { r: 4, alpha: 8, targets: [...LORA_TARGETS] };
 const K_USER = 2; // the user segment is both blocks: block 1 runs ln_1's backward, block 0 skips it
 const adamw: AdamWOptions = { ...DEFAULT_ADAMW, lr: 5e-3, weightDecay: 0.01 };
 
-/** GPT-2's init scaled up, so every path carries gradient (as engine.test.ts does). */
-function randomModel(): Gpt2Model {
-  const weights = randomGpt2Weights(config, 7);
-  const rng = new Rng(8);
-  for (const [name, t] of weights) {
-    if (name.endsWith('.weight') && !name.includes('ln_')) for (let i = 0; i < t.data.length; i++) t.data[i] *= 5;
-    else for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config, weights };
-}
-
-function randomAdapter(seed: number): LoraAdapter {
-  const a = initLoraAdapter(config, lora, seed);
-  const rng = new Rng(seed + 1);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05); // B != 0, so dA is not trivially zero
-  return a;
-}
+const randomModel = () => scaledRandomModel(config, 7);
+const randomAdapter = (seed: number) => adapterWithRandomB(config, lora, seed);
 
 function randomBatch(B: number, T: number, seed: number): TokenBatch {
   const rng = new Rng(seed);
@@ -192,7 +166,7 @@ beforeAll(async () => {
   const port = (server.address() as AddressInfo).port;
 
   // chromium.launch gives a fresh temporary profile and removes it on close
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
   page = await browser.newPage();
   page.on('console', (m) => browserLog.push(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => browserLog.push(`pageerror: ${e.message}`));

@@ -24,7 +24,6 @@ import {
   IGNORE_INDEX,
   initLoraAdapter,
   LORA_TARGETS,
-  randomGpt2Weights,
   Rng,
   userSegmentBackward,
   userSegmentForward,
@@ -43,7 +42,7 @@ import { GpuContext, GpuError } from '../src/gpu';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
 import { chooseKernelVariants, engineMatmulShapes, GPU_DEFAULT_VARIANTS, isSoftwareAdapter } from '../src/variants';
 import { MATMUL_VARIANTS } from '../src/kernels/matmul';
-import { maxRelErr, testDevice } from './harness';
+import { adapterWithRandomB, maxRelErr, scaledRandomModel, testDevice } from './harness';
 
 const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
 
@@ -59,23 +58,8 @@ const randomConfig: Gpt2Config = {
   eosTokenId: 300,
 };
 
-/** GPT-2's init scaled up, so every path carries gradient. */
-function randomModel(): Gpt2Model {
-  const weights = randomGpt2Weights(randomConfig, 3);
-  const rng = new Rng(4);
-  for (const [name, t] of weights) {
-    if (name.endsWith('.weight') && !name.includes('ln_')) for (let i = 0; i < t.data.length; i++) t.data[i] *= 5;
-    else for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config: randomConfig, weights };
-}
-
-function adapterFor(c: Gpt2Config, lora: LoraConfig, seed: number): LoraAdapter {
-  const a = initLoraAdapter(c, lora, seed);
-  const rng = new Rng(seed + 1);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05); // B != 0, so dA is not trivially zero
-  return a;
-}
+const randomModel = () => scaledRandomModel(randomConfig, 3);
+const adapterFor = adapterWithRandomB;
 
 function cloneAdapter(a: LoraAdapter): LoraAdapter {
   const layers: LoraAdapter['layers'] = new Map();

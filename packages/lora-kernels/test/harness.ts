@@ -2,7 +2,7 @@
  * Test harness for kernels: one Node WebGPU device per test file (software Vulkan here), upload,
  * run, read back, and the error measure every kernel test states its tolerance in.
  */
-import { Rng } from '@splitllm/shared';
+import { initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/shared';
 import type { Dispatch, GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
 
@@ -39,4 +39,23 @@ export function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): numb
     maxRef = Math.max(maxRef, Math.abs(want[i]));
   }
   return maxDiff / Math.max(maxRef, 1e-30);
+}
+
+/** GPT-2's init with the linear weights scaled up and noise on biases and norms, so every path carries gradient. */
+export function scaledRandomModel(config: Gpt2Config, seed: number): Gpt2Model {
+  const weights = randomGpt2Weights(config, seed);
+  const rng = new Rng(seed + 1);
+  for (const [name, t] of weights) {
+    if (name.endsWith('.weight') && !name.includes('ln_')) for (let i = 0; i < t.data.length; i++) t.data[i] *= 5;
+    else for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
+  }
+  return { config, weights };
+}
+
+/** An adapter with B random too: a fresh B = 0 would make every dA vanish and weaken the test. */
+export function adapterWithRandomB(config: Gpt2Config, lora: LoraConfig, seed: number): LoraAdapter {
+  const a = initLoraAdapter(config, lora, seed);
+  const rng = new Rng(seed + 1);
+  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05);
+  return a;
 }

@@ -9,12 +9,11 @@
  * with random weights (12 layers x 768, edge = blocks [3, 9)). Prints one line per case and
  * the process's peak RSS.
  */
-import { DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Model } from '@splitllm/shared';
+import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Model } from '@splitllm/shared';
 import { loadGpt2Dir } from '@splitllm/shared/node';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
-import { GPT2_SMALL } from './gpt2-small-config';
 
 const { values: opt } = parseArgs({
   options: {
@@ -70,7 +69,7 @@ if (!opt.only || opt.only === 'shipped') {
   await bench('moby-tiny', { config, weights }, runner, B, Math.min(T, config.nPositions), iters);
 }
 if (!opt.only || opt.only === 'gpt2-small') {
-  await bench('gpt2-small', { config: GPT2_SMALL, weights: randomGpt2Weights(GPT2_SMALL, 1) }, runner, B, T, iters);
+  await bench('gpt2-small', { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) }, runner, B, T, iters);
 }
 console.log(`peak RSS ${((peakRssBytes() ?? 0) / 2 ** 20).toFixed(0)} MiB`);
 await runner.close();

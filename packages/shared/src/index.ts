@@ -1,6 +1,7 @@
 export * from './tensor';
 export * from './rng';
 export * from './config';
+export * from './config-presets';
 export * from './weights';
 export * from './lora';
 export * from './model';

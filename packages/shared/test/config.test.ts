@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, gpt2ConfigToJson, parseGpt2Config } from '../src/config';
+import { GPT2_SMALL_CONFIG } from '../src/config-presets';
 
 /** The fields of Hugging Face's config.json for GPT-2 small (124M), as published. */
 const gpt2Small = {
@@ -36,6 +37,8 @@ describe('GPT-2 config.json', () => {
       bosTokenId: 50256,
       eosTokenId: 50256,
     });
+    // the preset the benchmarks use is that very config
+    expect(GPT2_SMALL_CONFIG).toEqual(parseGpt2Config(gpt2Small));
   });
 
   it('round-trips through the config.json it writes', () => {
