@@ -43,17 +43,27 @@ import { geluBackward, geluForward } from './kernels/gelu';
 import { layerNormBackward, layerNormForward, type LayerNormVariant } from './kernels/layernorm';
 import { loraLinearBackward, loraLinearForward } from './kernels/lora-linear';
 import { DEFAULT_MATMUL_VARIANT, type MatmulVariant } from './kernels/matmul';
+
+/**
+ * LoRA's rank-r products are skinny (one side r = 8 or so): a 64x64 block wastes most of its
+ * tile there, and the 16x16 tile was about twice as fast on an H200 (0.14-0.16 ms against
+ * 0.31-0.41 ms at M = 512, K or N = 768..2304, r = 8).
+ */
+export const DEFAULT_LOW_RANK_VARIANT: MatmulVariant = 'tiled';
 import { residualAdd } from './kernels/residual';
 
 /** Kernel variants: a per-device setting (defaults tuned for real GPUs). */
 export interface KernelVariants {
+  /** the full-size products (x W, dy W^T) */
   matmul?: MatmulVariant;
+  /** LoRA's rank-r products (x A, xa B, dy B^T, g A^T, dA, dB) */
+  lowRank?: MatmulVariant;
   layernorm?: LayerNormVariant;
   attention?: AttentionVariant;
 }
 
 /** Variants that are fastest on CPU (software Vulkan) adapters, measured on SwiftShader. */
-export const SOFTWARE_ADAPTER_VARIANTS: Required<KernelVariants> = { matmul: 'registers', layernorm: 'thread', attention: 'naive' };
+export const SOFTWARE_ADAPTER_VARIANTS: Required<KernelVariants> = { matmul: 'registers', lowRank: 'registers', layernorm: 'thread', attention: 'naive' };
 
 export interface UserEngineOptions {
   /** the user segment: embedding + blocks [0, k) */
@@ -140,7 +150,7 @@ export class UserSegmentEngine {
     const r = o.lora.r;
     const scale = loraScale(o.lora);
     const v = o.variants ?? {};
-    const mm = { variant: v.matmul ?? DEFAULT_MATMUL_VARIANT };
+    const mm = { variant: v.matmul ?? DEFAULT_MATMUL_VARIANT, lowRankVariant: v.lowRank ?? DEFAULT_LOW_RANK_VARIANT };
     const ln = { variant: v.layernorm };
     const at = { variant: v.attention };
 

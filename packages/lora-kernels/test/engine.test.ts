@@ -238,9 +238,10 @@ describe('kernel variants per adapter', () => {
     expect(sw.variants).toEqual(SOFTWARE_ADAPTER_VARIANTS);
     // the same device described as a GPU: the matmul variant comes from timing
     const asGpu = new GpuContext(gpu.device, { ...gpu.adapter, isFallbackAdapter: false, name: 'Example GPU' });
-    const hw = await chooseKernelVariants(asGpu, [{ M: 16, K: 32, N: 48 }]);
+    const hw = await chooseKernelVariants(asGpu, { full: [{ M: 16, K: 32, N: 48 }], lowRank: [{ M: 16, K: 32, N: 4 }] });
     expect(MATMUL_VARIANTS).toContain(hw.variants.matmul);
-    expect(hw.reason).toMatch(/timed at the engine's shapes \((\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/);
+    expect(MATMUL_VARIANTS).toContain(hw.variants.lowRank);
+    expect(hw.reason).toMatch(/timed at the engine's shapes \(full-size: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms; rank-r: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/);
     expect(hw.variants.layernorm).toBe(GPU_DEFAULT_VARIANTS.layernorm);
   });
 });

@@ -41,6 +41,7 @@ async function runGpu(
   s: ReturnType<typeof setup>,
   variant: MatmulVariant | undefined,
   init?: { dx: Float32Array; dA: Float32Array; dB: Float32Array },
+  lowRankVariant?: MatmulVariant,
 ) {
   const { M, K, N, r } = c;
   const { p, x, dy } = s;
@@ -60,8 +61,8 @@ async function runGpu(
   const dims = { M, K, N, r, scale: p.lora?.scale };
   const accumulate = !!init;
   gpu.run([
-    ...loraLinearForward(gpu, b, dims, { variant }),
-    ...loraLinearBackward(gpu, b, dims, { variant, accumulateDx: accumulate, accumulateGrads: accumulate }),
+    ...loraLinearForward(gpu, b, dims, { variant, lowRankVariant }),
+    ...loraLinearBackward(gpu, b, dims, { variant, lowRankVariant, accumulateDx: accumulate, accumulateGrads: accumulate }),
   ]);
   const out = {
     y: await gpu.readF32(b.y, M * N),
@@ -81,14 +82,16 @@ describe('lora-linear kernels', () => {
   const C1: Case = { M: 13, K: 37, N: 29, r: 3 };
   const C2: Case = { M: 20, K: 48, N: 68, r: 8 }; // multiples of 4: the vec4 paths
 
-  for (const variant of MATMUL_VARIANTS) {
-    it(`forward and backward, ${variant}`, async () => {
+  MATMUL_VARIANTS.forEach((variant, i) => {
+    // the rank-r products run another variant than the full-size ones, so both settings are used
+    const lowRank = MATMUL_VARIANTS[(i + 1) % MATMUL_VARIANTS.length];
+    it(`forward and backward, ${variant} (rank-r products: ${lowRank})`, async () => {
       const gpu = await testDevice();
       for (const c of [C1, C2]) {
         const s = setup(c, 3 + c.M);
         const f = refForward(s.p, s.x, c.M);
         const g = refBackward(s.p, f.cache, s.dy, c.M);
-        const got = await runGpu(gpu, c, s, variant);
+        const got = await runGpu(gpu, c, s, variant, undefined, lowRank);
         const e = {
           y: maxRelErr(got.y, f.y),
           xa: maxRelErr(got.xa!, f.cache.xa!),
@@ -100,7 +103,7 @@ describe('lora-linear kernels', () => {
         for (const [k, v] of Object.entries(e)) expect(v, `${variant} ${k}`).toBeLessThan(TOL);
       }
     });
-  }
+  });
 
   it('no adapter: plain linear', async () => {
     const gpu = await testDevice();

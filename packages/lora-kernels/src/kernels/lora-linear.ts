@@ -14,7 +14,8 @@
  *   dB  = s xa^T dy       'tn' alpha = s  (or dB += ...)
  * Without an adapter (r = 0) it is a plain linear: y = x W + b, dx = dy W^T.
  *
- * Kernel versions: those of matmul.ts (`variant` picks one for all five products).
+ * Kernel versions: those of matmul.ts; `variant` picks one for the full-size products and
+ * `lowRankVariant` for the rank-r ones (a different shape of problem: one side is r wide).
  * The 'nt'/'tn' layouts read W, A, B and the activations in place: no transpose is stored.
  */
 import type { Dispatch, GpuContext } from '../gpu';
@@ -61,7 +62,13 @@ export interface LoraLinearBackwardBuffers {
 }
 
 export interface LoraLinearOptions {
+  /** the variant of the full-size products (x W, dy W^T) */
   variant?: MatmulVariant;
+  /**
+   * the variant of the rank-r products (x A, xa B, dy B^T, g A^T, dA, dB): one side of each is
+   * only r wide, and a 64x64 block wastes most of its tile there (default: `variant`)
+   */
+  lowRankVariant?: MatmulVariant;
 }
 
 export interface LoraLinearBackwardOptions extends LoraLinearOptions {
@@ -94,6 +101,7 @@ export function loraLinearForward(
   const { M, K, N } = dims;
   const r = adapterRank(dims);
   const variant = options.variant;
+  const low = options.lowRankVariant ?? variant;
   const out = matmul(gpu, { a: buf.x, b: buf.W, c: buf.y, bias: buf.b }, { M, K, N }, { variant });
   if (r === 0) return out;
   const A = need(buf.A, 'A');
@@ -101,8 +109,8 @@ export function loraLinearForward(
   const xa = need(buf.xa, 'xa');
   return [
     ...out,
-    ...matmul(gpu, { a: buf.x, b: A, c: xa }, { M, K, N: r }, { variant }),
-    ...matmul(gpu, { a: xa, b: B, c: buf.y }, { M, K: r, N }, { variant, accumulate: true, alpha: dims.scale }),
+    ...matmul(gpu, { a: buf.x, b: A, c: xa }, { M, K, N: r }, { variant: low }),
+    ...matmul(gpu, { a: xa, b: B, c: buf.y }, { M, K: r, N }, { variant: low, accumulate: true, alpha: dims.scale }),
   ];
 }
 
@@ -116,26 +124,27 @@ export function loraLinearBackward(
   const { M, K, N } = dims;
   const r = adapterRank(dims);
   const variant = options.variant;
+  const low = options.lowRankVariant ?? variant;
   const out: Dispatch[] = [];
   let g: GPUBuffer | undefined;
   if (r > 0) {
     g = buf.g ?? gpu.storage(M * r * 4, 'lora-g');
     // g = s dy B^T   (dy [M,N], B [r,N])
-    out.push(...matmul(gpu, { a: buf.dy, b: need(buf.B, 'B'), c: g }, { M, K: N, N: r }, { layout: 'nt', variant, alpha: dims.scale }));
+    out.push(...matmul(gpu, { a: buf.dy, b: need(buf.B, 'B'), c: g }, { M, K: N, N: r }, { layout: 'nt', variant: low, alpha: dims.scale }));
   }
   if (buf.dx) {
     // dx = dy W^T   (W [K,N])
     out.push(...matmul(gpu, { a: buf.dy, b: buf.W, c: buf.dx }, { M, K: N, N: K }, { layout: 'nt', variant, accumulate: options.accumulateDx }));
     // dx += g A^T   (A [K,r])
-    if (g) out.push(...matmul(gpu, { a: g, b: need(buf.A, 'A'), c: buf.dx }, { M, K: r, N: K }, { layout: 'nt', variant, accumulate: true }));
+    if (g) out.push(...matmul(gpu, { a: g, b: need(buf.A, 'A'), c: buf.dx }, { M, K: r, N: K }, { layout: 'nt', variant: low, accumulate: true }));
   }
   if (g) {
     const acc = options.accumulateGrads;
     // dA = x^T g     (x [M,K] read as [K,M]^T)
-    out.push(...matmul(gpu, { a: buf.x, b: g, c: need(buf.dA, 'dA') }, { M: K, K: M, N: r }, { layout: 'tn', variant, accumulate: acc }));
+    out.push(...matmul(gpu, { a: buf.x, b: g, c: need(buf.dA, 'dA') }, { M: K, K: M, N: r }, { layout: 'tn', variant: low, accumulate: acc }));
     // dB = s xa^T dy (xa [M,r])
     out.push(
-      ...matmul(gpu, { a: need(buf.xa, 'xa'), b: buf.dy, c: need(buf.dB, 'dB') }, { M: r, K: M, N }, { layout: 'tn', variant, accumulate: acc, alpha: dims.scale }),
+      ...matmul(gpu, { a: need(buf.xa, 'xa'), b: buf.dy, c: need(buf.dB, 'dB') }, { M: r, K: M, N }, { layout: 'tn', variant: low, accumulate: acc, alpha: dims.scale }),
     );
   }
   return out;
