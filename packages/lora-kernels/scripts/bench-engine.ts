@@ -2,13 +2,16 @@
  * Benchmark (not a test): milliseconds per user-segment training step of the engine.
  *
  *   pnpm exec tsx packages/lora-kernels/scripts/bench-engine.ts [--batch 4] [--seq 64]
- *       [--steps 5] [--variants auto|gpu|software] [--gpt2-small]
+ *       [--steps 5] [--variants auto|gpu|software] [--matmul V] [--low-rank V] [--gpt2-small]
+ *
+ * --matmul / --low-rank override the variant of the full-size / rank-r products.
  *
  * Runs on the shipped model's user segment (default split: embedding + block 0) and with
  * --gpt2-small also on a GPT-2 small-shaped one (random weights, embedding + blocks [0, 3)).
  */
 import { GPT2_SMALL_CONFIG, randomGpt2Weights } from '@splitllm/shared';
 import { parseArgs } from 'node:util';
+import { MATMUL_VARIANTS, type MatmulVariant } from '../src/kernels/matmul';
 import { nodeKernelDevice } from '../src/node';
 import { benchUserSegmentStep, loadShippedModel, type VariantSetting } from './user-step-bench';
 
@@ -19,13 +22,20 @@ const { values: opt } = parseArgs({
     steps: { type: 'string', default: '5' },
     variants: { type: 'string', default: 'auto' },
     'gpt2-small': { type: 'boolean', default: false },
+    matmul: { type: 'string' },
+    'low-rank': { type: 'string' },
   },
 });
 if (!['auto', 'gpu', 'software'].includes(opt.variants)) throw new Error(`--variants must be auto, gpu or software`);
 
 const gpu = await nodeKernelDevice();
 console.log(`adapter: ${gpu.adapter.name} (fallback: ${gpu.adapter.isFallbackAdapter})`);
-const o = { batch: Number(opt.batch), seq: Number(opt.seq), steps: Number(opt.steps), variants: opt.variants as VariantSetting };
+for (const v of [opt.matmul, opt['low-rank']]) if (v !== undefined && !MATMUL_VARIANTS.includes(v as MatmulVariant)) throw new Error(`unknown matmul variant ${v}: ${MATMUL_VARIANTS.join(', ')}`);
+const override = {
+  ...(opt.matmul ? { matmul: opt.matmul as MatmulVariant } : {}),
+  ...(opt['low-rank'] ? { lowRank: opt['low-rank'] as MatmulVariant } : {}),
+};
+const o = { batch: Number(opt.batch), seq: Number(opt.seq), steps: Number(opt.steps), variants: opt.variants as VariantSetting, override };
 await benchUserSegmentStep(gpu, 'moby-tiny', loadShippedModel(), o);
 if (opt['gpt2-small']) await benchUserSegmentStep(gpu, 'gpt2-small', { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) }, o);
 process.exit(0);

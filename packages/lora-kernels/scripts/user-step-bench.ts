@@ -22,7 +22,7 @@ export async function benchUserSegmentStep(
   gpu: GpuContext,
   label: string,
   model: Gpt2Model,
-  o: { batch: number; seq: number; steps: number; variants: VariantSetting },
+  o: { batch: number; seq: number; steps: number; variants: VariantSetting; override?: KernelVariants },
 ): Promise<{ msPerStep: number }> {
   const { batch: B, seq: T, steps } = o;
   const { k } = defaultSplitPlan(model.config);
@@ -34,6 +34,10 @@ export async function benchUserSegmentStep(
     const choice = await chooseKernelVariants(gpu, engineMatmulShapes(model.config, B, T));
     variants = choice.variants;
     why = `auto: ${choice.reason}` as VariantSetting;
+  }
+  if (o.override && Object.keys(o.override).length) {
+    variants = { ...variants, ...o.override };
+    why = `${why}, overridden: ${JSON.stringify(o.override)}` as VariantSetting;
   }
   const adapter = initLoraAdapter(model.config, DEFAULT_LORA_CONFIG, 1, 0, k);
   const engine = await UserSegmentEngine.create(gpu, model, adapter, { k, lora: DEFAULT_LORA_CONFIG, batch: B, seq: T, adamw: { ...DEFAULT_ADAMW, lr: 5e-3 }, variants });
