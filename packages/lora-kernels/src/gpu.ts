@@ -178,6 +178,17 @@ export class GpuContext {
     return { pipeline, bindGroup: this.bindGroup(pipeline, buffers), workgroups };
   }
 
+  /** Throws DOES_NOT_FIT, naming `what`, unless the adapter allows `invocations` per workgroup. */
+  requireInvocations(what: string, invocations: number): void {
+    const have = this.adapter.maxComputeInvocationsPerWorkgroup;
+    if (have < invocations) throw new GpuError('DOES_NOT_FIT', `${what} needs ${invocations} invocations per workgroup; this adapter allows ${have}`);
+  }
+
+  /** Workgroups for a grid-stride loop over `items` in groups of `perGroup`: never over the dispatch limit. */
+  gridStrideGroups(items: number, perGroup: number): number {
+    return Math.min(ceilDiv(items, perGroup), this.adapter.maxComputeWorkgroupsPerDimension);
+  }
+
   checkWorkgroups(workgroups: [number, number?, number?]): void {
     const max = this.adapter.maxComputeWorkgroupsPerDimension;
     for (const n of workgroups) {

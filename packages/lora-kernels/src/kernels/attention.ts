@@ -427,7 +427,7 @@ function plan(gpu: GpuContext, d: AttentionDims, variant: AttentionVariant, stor
   const need = (what: string, have: number, want: number) => {
     if (have < want) throw new GpuError('DOES_NOT_FIT', `attention '${variant}' needs ${want} ${what}; this adapter allows ${have}`);
   };
-  need('invocations per workgroup', a.maxComputeInvocationsPerWorkgroup, WG);
+  gpu.requireInvocations(`attention '${variant}'`, WG);
   need('storage buffers per shader stage', a.maxStorageBuffersPerShaderStage, storageBuffers);
   if (variant === 'tiled') {
     need('bytes of workgroup memory', a.maxComputeWorkgroupStorageSize, Math.max((BR * PAD + BC * PAD + 2 * WG) * 4, (BR * PAD + KC * BC) * 4));
@@ -440,7 +440,7 @@ function plan(gpu: GpuContext, d: AttentionDims, variant: AttentionVariant, stor
 }
 
 function naiveGroups(gpu: GpuContext, n: number): [number] {
-  return [Math.min(ceilDiv(n, WG), gpu.adapter.maxComputeWorkgroupsPerDimension)];
+  return [gpu.gridStrideGroups(n, WG)];
 }
 
 /** out and probs from qkv: softmax, then pv. */

@@ -15,7 +15,7 @@
  *
  * Bindings: 0 ids (i32), 1 wte, 2 wpe, 3 out, 4 uniform {B*T, T, D, V, nan bits}.
  */
-import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
+import type { Dispatch, GpuContext } from '../gpu';
 
 export interface EmbeddingBuffers {
   /** [B*T] int32 token ids */
@@ -75,12 +75,9 @@ export function embeddingForward(gpu: GpuContext, buffers: EmbeddingBuffers, dim
   }
   const n = dims.B * dims.T * dims.D;
   if (n === 0) return [];
-  if (gpu.adapter.maxComputeInvocationsPerWorkgroup < WG) {
-    throw new GpuError('DOES_NOT_FIT', `embedding needs ${WG} invocations per workgroup; this adapter allows ${gpu.adapter.maxComputeInvocationsPerWorkgroup}`);
-  }
+  gpu.requireInvocations('embedding', WG);
   const pipeline = gpu.pipeline('embedding-forward', EMBEDDING_FORWARD_WGSL);
   const uniform = gpu.uniform([dims.B * dims.T, dims.T, dims.D, dims.vocabSize, NAN_BITS, 0, 0, 0], new Set(), 'embedding-dims');
   const b = buffers;
-  const groups = Math.min(ceilDiv(n, WG), gpu.adapter.maxComputeWorkgroupsPerDimension);
-  return [gpu.dispatchOf(pipeline, [b.ids, b.wte, b.wpe, b.out, uniform], [groups])];
+  return [gpu.dispatchOf(pipeline, [b.ids, b.wte, b.wpe, b.out, uniform], [gpu.gridStrideGroups(n, WG)])];
 }

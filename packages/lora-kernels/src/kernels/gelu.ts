@@ -20,7 +20,7 @@
  * Bindings, forward: 0 x, 1 y, 2 uniform {n}; backward: 0 x, 1 dy, 2 dx, 3 uniform {n}.
  * Outputs must not alias inputs (WebGPU rejects a writable binding aliasing another).
  */
-import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
+import type { Dispatch, GpuContext } from '../gpu';
 
 export interface GeluForwardBuffers {
   /** [n] pre-activation (c_fc output) */
@@ -92,10 +92,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 function groups(gpu: GpuContext, n: number): [number] {
   if (!Number.isInteger(n) || n < 0) throw new Error(`gelu: n must be a non-negative integer, got ${n}`);
-  if (gpu.adapter.maxComputeInvocationsPerWorkgroup < WG) {
-    throw new GpuError('DOES_NOT_FIT', `gelu needs ${WG} invocations per workgroup; this adapter allows ${gpu.adapter.maxComputeInvocationsPerWorkgroup}`);
-  }
-  return [Math.min(ceilDiv(n, WG), gpu.adapter.maxComputeWorkgroupsPerDimension)];
+  gpu.requireInvocations('gelu', WG);
+  return [gpu.gridStrideGroups(n, WG)];
 }
 
 /** y = gelu(x). Returns [] when n is 0. */

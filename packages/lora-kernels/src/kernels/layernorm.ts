@@ -32,7 +32,7 @@
  *                     {M, D, accumulate, -}.
  * No output may alias an input (WebGPU rejects a writable binding aliasing another).
  */
-import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
+import { GpuError, type Dispatch, type GpuContext } from '../gpu';
 
 export type LayerNormVariant = 'thread' | 'workgroup';
 export const LAYERNORM_VARIANTS: readonly LayerNormVariant[] = ['thread', 'workgroup'];
@@ -273,15 +273,12 @@ function checkDims(d: LayerNormDims): void {
 
 function plan(gpu: GpuContext, d: LayerNormDims, variant: LayerNormVariant): [number] {
   const wg = variant === 'workgroup' ? WG : WG_THREAD;
-  if (gpu.adapter.maxComputeInvocationsPerWorkgroup < wg) {
-    throw new GpuError('DOES_NOT_FIT', `layerNorm '${variant}' needs ${wg} invocations per workgroup; this adapter allows ${gpu.adapter.maxComputeInvocationsPerWorkgroup}`);
-  }
+  gpu.requireInvocations(`layerNorm '${variant}'`, wg);
   if (gpu.adapter.maxStorageBuffersPerShaderStage < 6) {
     throw new GpuError('DOES_NOT_FIT', `layerNorm binds 6 storage buffers; this adapter allows ${gpu.adapter.maxStorageBuffersPerShaderStage}`);
   }
   // grid stride over rows: never more workgroups than the dispatch limit
-  const groups = variant === 'workgroup' ? d.M : ceilDiv(d.M, WG_THREAD);
-  return [Math.min(groups, gpu.adapter.maxComputeWorkgroupsPerDimension)];
+  return [gpu.gridStrideGroups(d.M, variant === 'workgroup' ? 1 : WG_THREAD)];
 }
 
 /** y = layerNorm(x) * gamma + beta over rows of D, saving mean and rstd. Returns [] when M or D is 0. */

@@ -17,7 +17,7 @@
  * Bindings, add: 0 a, 1 b, 2 out, 3 uniform {n}; accumulate: 0 a, 1 out (read_write), 2 uniform.
  * out must not alias a or b (WebGPU rejects a writable binding aliasing another).
  */
-import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
+import type { Dispatch, GpuContext } from '../gpu';
 
 export interface AddBuffers {
   a: GPUBuffer;
@@ -62,10 +62,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 function groups(gpu: GpuContext, n: number): [number] {
   if (!Number.isInteger(n) || n < 0) throw new Error(`residual: n must be a non-negative integer, got ${n}`);
-  if (gpu.adapter.maxComputeInvocationsPerWorkgroup < WG) {
-    throw new GpuError('DOES_NOT_FIT', `residual needs ${WG} invocations per workgroup; this adapter allows ${gpu.adapter.maxComputeInvocationsPerWorkgroup}`);
-  }
-  return [Math.min(ceilDiv(n, WG), gpu.adapter.maxComputeWorkgroupsPerDimension)];
+  gpu.requireInvocations('residual', WG);
+  return [gpu.gridStrideGroups(n, WG)];
 }
 
 /** out = a + b. Returns [] when n is 0. */
