@@ -9,7 +9,7 @@
  * at the first size, against the float64 reference (ops/matmul.ts).
  * On machines without a GPU this runs on software Vulkan: its figures say nothing about a GPU.
  */
-import { Rng, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/shared';
+import { Rng, maxRelErr, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/shared';
 import type { GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
 import { benchUserSegmentStep, loadShippedModel } from './user-step-bench';
@@ -39,16 +39,6 @@ function reference(layout: MatmulLayout, a: Float32Array, b: Float32Array, n: nu
   if (layout === 'nn') return refNN(a, b, n, n, n);
   if (layout === 'nt') return refNT(a, b, n, n, n);
   return refTN(a, b, n, n, n);
-}
-
-function maxRelErr(got: Float32Array, want: Float32Array): number {
-  let d = 0;
-  let s = 0;
-  for (let i = 0; i < want.length; i++) {
-    d = Math.max(d, Math.abs(got[i] - want[i]));
-    s = Math.max(s, Math.abs(want[i]));
-  }
-  return d / Math.max(s, 1e-30);
 }
 
 async function benchMatmul(gpu: GpuContext): Promise<void> {

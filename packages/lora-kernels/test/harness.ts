@@ -25,21 +25,11 @@ export function randn(n: number, rng: Rng, scale = 1): Float32Array {
 }
 
 /**
- * max |got - want| / max(max |want|, tiny): one number per tensor, relative to its scale, so
- * near-zero entries do not dominate. Float32 kernels summing K products in a different order
- * than the float64-accumulating reference differ by about sqrt(K) * 2^-24 of the scale.
+ * The measure every kernel test states its tolerance in (max |got - want| / max |want|, from
+ * @splitllm/shared). Float32 kernels summing K products in another order than the
+ * float64-accumulating reference differ by about sqrt(K) * 2^-24 of the scale.
  */
-export function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) throw new Error(`length ${got.length} != ${want.length}`);
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= maxDiff)) maxDiff = Number.isNaN(d) ? Infinity : Math.max(maxDiff, d);
-    maxRef = Math.max(maxRef, Math.abs(want[i]));
-  }
-  return maxDiff / Math.max(maxRef, 1e-30);
-}
+export { maxRelErr } from '@splitllm/shared';
 
 /** GPT-2's init with the linear weights scaled up and noise on biases and norms, so every path carries gradient. */
 export function scaledRandomModel(config: Gpt2Config, seed: number): Gpt2Model {

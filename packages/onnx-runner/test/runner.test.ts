@@ -12,6 +12,7 @@ import {
   edgeSegmentForward,
   IGNORE_INDEX,
   initLoraAdapter,
+  maxRelErr,
   randomGpt2Weights,
   Rng,
   type Gpt2Config,
@@ -45,17 +46,6 @@ function adapter(): LoraAdapter {
   return a;
 }
 
-/** max |a - b| / max |b| */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let s = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    s = Math.max(s, Math.abs(b[i]));
-  }
-  return d / s;
-}
-
 let runner: SegmentRunner;
 const logs: string[] = [];
 beforeAll(async () => {
@@ -82,15 +72,15 @@ describe('BlocksSegment (edge)', () => {
       const f = await seg.forward(a, x, B, T);
       expect(x.length).toBe(B * T * D); // forward keeps x usable for the backward
       expect(Object.keys(f.saved).length > 0).toBe(saveIntermediates);
-      expect(relErr(f.y, ref.h2)).toBeLessThan(1e-5);
+      expect(maxRelErr(f.y, ref.h2)).toBeLessThan(1e-5);
       const dyCopy = dy.slice();
       const b = await seg.backward(a, x, f.saved, dyCopy, B, T);
       expect(dyCopy.byteLength).toBe(0); // transferred to the worker, not copied
-      expect(relErr(b.dx, refBack.dh1)).toBeLessThan(1e-4);
+      expect(maxRelErr(b.dx, refBack.dh1)).toBeLessThan(1e-4);
       expect([...b.loraGrads.keys()].sort()).toEqual([...refBack.loraGrads.keys()].sort());
       for (const [path, g] of refBack.loraGrads) {
-        expect(relErr(b.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
-        expect(relErr(b.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
+        expect(maxRelErr(b.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
+        expect(maxRelErr(b.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
       }
       await seg.close();
     });
@@ -108,10 +98,10 @@ describe('TailSegment (cloud)', () => {
     const r = await tail.step(a, x.slice(), targets, B, T);
     expect(r.count).toBe(ref.count);
     expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
-    expect(relErr(r.dx, ref.dh2)).toBeLessThan(1e-4);
+    expect(maxRelErr(r.dx, ref.dh2)).toBeLessThan(1e-4);
     for (const [path, g] of ref.loraGrads) {
-      expect(relErr(r.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
-      expect(relErr(r.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
+      expect(maxRelErr(r.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-4);
+      expect(maxRelErr(r.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-4);
     }
     const l = await tail.loss(a, x.slice(), targets, B, T);
     expect(l.loss).toBeCloseTo(r.loss, 6);

@@ -21,3 +21,4 @@ export * from './init';
 export * from './tokenizer';
 export * from './bpe-train';
 export * from './onnx/index';
+export * from './compare';

@@ -35,18 +35,8 @@ export async function run(session: ort.InferenceSession, feeds: Record<string, F
   return res;
 }
 
-/** max |got - ref| / max |ref| (the reference tensor's own scale); absolute when ref is all zero. */
-export function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  if (got.length !== ref.length) throw new Error(`length ${got.length} vs reference ${ref.length}`);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(got[i] - ref[i]);
-    diff = Number.isNaN(d) ? Infinity : Math.max(diff, d);
-    scale = Math.max(scale, Math.abs(ref[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+/** max |got - ref| / max |ref| (the reference tensor's own scale): the project's one measure. */
+export { maxRelErr as relErr } from '../../src/compare';
 
 export function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
