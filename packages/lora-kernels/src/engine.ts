@@ -24,6 +24,8 @@
  * Browser-safe (no Node API): runs in a Web Worker and in Node (see node.ts).
  */
 import {
+  checkAdapterFits,
+  numel,
   loraModulePath,
   loraScale,
   loraTargetDims,
@@ -120,6 +122,29 @@ export function userEngineBytes(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 
   return floats * 4;
 }
 
+/**
+ * The adapter belongs to this engine: the same LoRA config, shapes that fit the model
+ * (checkAdapterFits), arrays as long as their shapes, and a pair for every targeted module of
+ * blocks [0, k).
+ */
+function checkEngineAdapter(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 'lora'>, adapter: LoraAdapter): void {
+  const a = adapter.config;
+  if ([...a.targets].sort().join(',') !== [...o.lora.targets].sort().join(',') || a.r !== o.lora.r || a.alpha !== o.lora.alpha) {
+    throw new Error('the adapter was made for another LoRA config than the engine was asked for');
+  }
+  checkAdapterFits(c, adapter);
+  for (const [path, pair] of adapter.layers) {
+    if (pair.A.data.length !== numel(pair.A.shape) || pair.B.data.length !== numel(pair.B.shape)) {
+      throw new Error(`adapter "${path}": its arrays do not hold as many values as its shapes say`);
+    }
+  }
+  for (let layer = 0; layer < o.k; layer++) {
+    for (const target of o.lora.targets) {
+      if (!adapter.layers.has(loraModulePath(layer, target))) throw new Error(`adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
+    }
+  }
+}
+
 export class UserSegmentEngine {
   readonly config: Gpt2Config;
   readonly options: UserEngineOptions;
@@ -177,12 +202,8 @@ export class UserSegmentEngine {
         const [K, N] = loraTargetDims(c, target);
         const slot: LinearSlot = { layer: l, target, K, N, W: weight(p + target + '.weight'), b: weight(p + target + '.bias') };
         if (o.lora.targets.includes(target)) {
-          const pair = adapter.layers.get(loraModulePath(l, target));
-          if (!pair) throw new Error(`adapter has no LoRA pair for ${loraModulePath(l, target)}`);
-          if (pair.A.data.length !== K * r || pair.B.data.length !== r * N) {
-            throw new Error(`adapter ${loraModulePath(l, target)}: A is [${pair.A.shape}], B is [${pair.B.shape}]; the model needs [${K},${r}] and [${r},${N}]`);
-          }
           const name = loraModulePath(l, target);
+          const pair = adapter.layers.get(name)!; // checkEngineAdapter ran in create()
           slot.lora = {
             A: this.keep(gpu.storage(pair.A.data, name + '.A')),
             B: this.keep(gpu.storage(pair.B.data, name + '.B')),
@@ -292,10 +313,7 @@ export class UserSegmentEngine {
     if (!(Number.isInteger(k) && k >= 1 && k <= c.nLayer)) throw new Error(`user segment k = ${k} must be in [1, ${c.nLayer}]`);
     if (!(Number.isInteger(batch) && batch >= 1 && Number.isInteger(seq) && seq >= 1)) throw new Error(`batch ${batch} x seq ${seq} must be positive integers`);
     if (seq > c.nPositions) throw new Error(`sequence length ${seq} exceeds the model's n_positions ${c.nPositions}`);
-    const wanted = [...adapter.config.targets].sort().join(',');
-    if (wanted !== [...options.lora.targets].sort().join(',') || adapter.config.r !== options.lora.r || adapter.config.alpha !== options.lora.alpha) {
-      throw new Error('the adapter was made for another LoRA config than the engine was asked for');
-    }
+    checkEngineAdapter(c, options, adapter);
     gpu.device.pushErrorScope('out-of-memory');
     gpu.device.pushErrorScope('validation');
     let engine: UserSegmentEngine | undefined;
@@ -411,12 +429,11 @@ export class UserSegmentEngine {
 
   /** Replaces the adapter (a new round's global version) and resets the optimizer. */
   setAdapter(adapter: LoraAdapter): void {
+    checkEngineAdapter(this.config, this.options, adapter); // before any write: all or nothing
     for (const s of this.slots()) {
-      const pair = adapter.layers.get(loraModulePath(s.layer, s.target));
-      if (!pair) throw new Error(`adapter has no LoRA pair for ${loraModulePath(s.layer, s.target)}`);
+      const pair = adapter.layers.get(loraModulePath(s.layer, s.target))!;
       const q = s.lora!;
       const r = this.options.lora.r;
-      if (pair.A.data.length !== s.K * r || pair.B.data.length !== r * s.N) throw new Error(`adapter ${loraModulePath(s.layer, s.target)} has the wrong shape`);
       this.gpu.write(q.A, pair.A.data);
       this.gpu.write(q.B, pair.B.data);
       for (const [b, n] of [[q.mA, s.K * r], [q.vA, s.K * r], [q.mB, r * s.N], [q.vB, r * s.N]] as const) this.gpu.write(b, new Float32Array(n));

@@ -224,6 +224,12 @@ describe('UserSegmentEngine: limits and bad input', () => {
       engine.setAdapter(adapter);
       expect(engine.steps).toBe(0);
       expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
+      // a foreign adapter is refused before anything is written
+      expect(() => engine.setAdapter(adapterWithRandomB(shipped.config, { ...lora, r: 4 }, 52))).toThrow(/another LoRA config/);
+      const missing = adapterWithRandomB(shipped.config, lora, 53);
+      missing.layers.delete('h.0.attn.c_proj');
+      expect(() => engine.setAdapter(missing)).toThrow(/no LoRA pair for h\.0\.attn\.c_proj/);
+      expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
     } finally {
       engine.destroy();
     }
