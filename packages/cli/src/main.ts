@@ -8,10 +8,18 @@ import { UsageError } from './args';
 import { evalCommand, evalHelp } from './commands/eval';
 import { pretrainCommand, pretrainHelp } from './commands/pretrain';
 import { trainCentralCommand, trainCentralHelp } from './commands/train-central';
+import { cloudCommand, cloudHelp, edgeCommand, edgeHelp, userCommand, userHelp } from './commands/parts';
+import { serveCommand, serveHelp } from './commands/serve';
+import { simulateCommand, simulateHelp } from './commands/simulate';
 
 const commands: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   eval: { run: evalCommand, help: evalHelp },
   'train-central': { run: trainCentralCommand, help: trainCentralHelp },
+  simulate: { run: simulateCommand, help: simulateHelp },
+  serve: { run: serveCommand, help: serveHelp },
+  cloud: { run: cloudCommand, help: cloudHelp },
+  edge: { run: edgeCommand, help: edgeHelp },
+  user: { run: userCommand, help: userHelp },
   pretrain: { run: pretrainCommand, help: pretrainHelp },
 };
 

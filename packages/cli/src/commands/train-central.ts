@@ -7,7 +7,7 @@ import { Progress } from '../progress';
 
 export const trainCentralHelp = `splitllm train-central --text FILE --steps N --seed S --out DIR [--model DIR] [--json]
     [--rank R] [--alpha A] [--targets attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]
-    [--lr LR] [--batch-size B] [--seq-len T]
+    [--lr LR] [--adam-eps EPS] [--batch-size B] [--seq-len T]
   LoRA fine-tuning of the whole model on FILE; writes the adapter to DIR in PEFT layout.
   Defaults: the shipped model, rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha}, targets ${DEFAULT_LORA_CONFIG.targets.join(',')},
   lr ${DEFAULT_LORA_TRAIN.adamw.lr}, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens. --json prints one object per step.`;
@@ -23,6 +23,7 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
     alpha: { type: 'string' },
     targets: { type: 'string' },
     lr: { type: 'string' },
+    'adam-eps': { type: 'string' },
     'batch-size': { type: 'string' },
     'seq-len': { type: 'string' },
     json: { type: 'boolean' },
@@ -39,6 +40,7 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
     targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets')) : DEFAULT_LORA_CONFIG.targets,
   };
   const lr = args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr);
+  const eps = args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps);
   const batchSize = args.int('batch-size', DEFAULT_LORA_TRAIN.batchSize, 1);
   const seqLen = args.int('seq-len', DEFAULT_LORA_TRAIN.seqLen, 2);
   const json = args.flag('json');
@@ -49,7 +51,7 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
   const adapter = trainLoraCentral(
     model,
     tokens,
-    { lora, steps, seed, batchSize, seqLen, adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr } },
+    { lora, steps, seed, batchSize, seqLen, adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr, eps } },
     (s) => {
       if (json) console.log(JSON.stringify({ step: s.step, loss: s.loss, tokens: s.tokens, ms: Math.round(s.ms) }));
       else if (!process.stderr.isTTY) console.log(`step ${s.step}/${steps}  loss ${s.loss.toFixed(4)}  ${s.ms.toFixed(0)} ms`);

@@ -1,2 +1,3 @@
 export * from './model-io';
 export * from './chromium';
+export * from './auth';

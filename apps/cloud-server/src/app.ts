@@ -1,0 +1,329 @@
+/**
+ * The cloud server: a Fastify app whose route groups are plugins (model hand-out, joining,
+ * edges, rounds/status/metrics), over the Coordinator. `startCloudServer` owns the process-level
+ * resources (the onnxruntime worker, the database) and closes them with the app.
+ */
+import websocket from '@fastify/websocket';
+import {
+  AGGREGATION_STRATEGIES,
+  DEFAULT_LORA_CONFIG,
+  DEFAULT_LORA_TRAIN,
+  defaultSplitPlan,
+  encodeFrame,
+  encodeSegment,
+  gpt2ConfigToJson,
+  initLoraAdapter,
+  MetricsRegistry,
+  ProtocolError,
+  AdapterCheckError,
+  adapterToNamedTensors,
+  validateSplitPlan,
+  type Gpt2Model,
+  type LoraConfig,
+  type RunManifest,
+  type SplitPlan,
+  type TrainSettings,
+} from '@splitllm/shared';
+import { bearerToken, loadGpt2Dir, randomToken, secretsEqual, userToken } from '@splitllm/shared/node';
+import { SegmentRunner, TailSegment, type ExecutionProvider } from '@splitllm/onnx-runner';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { createHash } from 'node:crypto';
+import { basename, resolve } from 'node:path';
+import { Coordinator, type EdgeInfo, type RoundSummary } from './coordinator';
+import { RoundStore } from './store';
+
+export interface CloudServerOptions {
+  modelDir: string;
+  /** database file and adapter versions live here; an existing state resumes */
+  stateDir: string;
+  host?: string;
+  /** 0 picks a free port */
+  port?: number;
+  /** edges prove this to register */
+  edgeSecret: string;
+  /** issues join tokens */
+  operatorToken: string;
+  /** the initial adapter's seed (a resumed state keeps its own) */
+  seed: number;
+  plan?: SplitPlan;
+  lora?: LoraConfig;
+  train?: Partial<TrainSettings>;
+  minEdges?: number;
+  maxRounds?: number;
+  roundTimeoutMs?: number;
+  strategy?: string;
+  provider?: ExecutionProvider;
+  threads?: number;
+  /** false silences the request log (tests); otherwise JSON lines on stderr */
+  logLevel?: string | false;
+  onRound?: (s: RoundSummary) => void;
+}
+
+export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
+  batch: DEFAULT_LORA_TRAIN.batchSize,
+  seq: DEFAULT_LORA_TRAIN.seqLen,
+  stepsPerUser: 20,
+  usersPerEdge: 1,
+  codec: 'f32',
+  adamw: DEFAULT_LORA_TRAIN.adamw,
+};
+
+export interface CloudServer {
+  app: FastifyInstance;
+  url: string;
+  coordinator: Coordinator;
+  store: RoundStore;
+  manifest: () => RunManifest;
+  close(): Promise<void>;
+}
+
+const errorSchema = { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } }, required: ['code', 'message'] };
+
+function fail(reply: FastifyReply, status: number, code: string, message: string) {
+  return reply.code(status).send({ code, message });
+}
+
+/** The largest frame the session can legitimately need: an update with usersPerEdge users' adapters, or a step. */
+function maxFrameBytes(model: Gpt2Model, lora: LoraConfig, t: TrainSettings): number {
+  const c = model.config;
+  const act = t.batch * t.seq * c.nEmbd * 4 + t.batch * t.seq * 4;
+  const adapterFloats = c.nLayer * lora.targets.length * lora.r * (c.nEmbd * 4 + c.nInner) * 2;
+  return Math.max(act, adapterFloats * 4 * (t.usersPerEdge + 1)) + (1 << 20);
+}
+
+export async function startCloudServer(o: CloudServerOptions): Promise<CloudServer> {
+  const loaded = loadGpt2Dir(o.modelDir);
+  const model: Gpt2Model = { config: loaded.config, weights: loaded.weights };
+  const c = model.config;
+  const plan = o.plan ?? defaultSplitPlan(c);
+  validateSplitPlan(c, plan);
+  const train: TrainSettings = { ...DEFAULT_TRAIN_SETTINGS, ...o.train, adamw: { ...DEFAULT_TRAIN_SETTINGS.adamw, ...o.train?.adamw } };
+  if (train.seq > c.nPositions) throw new Error(`seq ${train.seq} exceeds the model's n_positions ${c.nPositions}`);
+  const strategyName = o.strategy ?? 'fedavg';
+  const makeStrategy = AGGREGATION_STRATEGIES[strategyName];
+  if (!makeStrategy) throw new Error(`unknown aggregation strategy "${strategyName}" (known: ${Object.keys(AGGREGATION_STRATEGIES).join(', ')})`);
+
+  const store = RoundStore.open(o.stateDir, { baseModel: resolve(o.modelDir), nLayer: c.nLayer });
+  // a state directory belongs to one run: resuming it with other settings would mix two runs
+  const runKey = JSON.stringify({ model: resolve(o.modelDir), plan, train, lora: o.lora ?? DEFAULT_LORA_CONFIG, seed: o.seed });
+  const recorded = store.getMeta('run');
+  if (recorded === undefined) {
+    store.setMeta('run', runKey);
+    store.initGlobal(initLoraAdapter(c, o.lora ?? DEFAULT_LORA_CONFIG, o.seed));
+  } else if (recorded !== runKey) {
+    store.close();
+    throw new Error(`state directory ${o.stateDir} belongs to another run (${recorded}); use a new --state directory`);
+  }
+  const lora = store.loadAdapter(store.latest()).config;
+
+  const segments = {
+    user: encodeSegment(model, plan, 'user'),
+    edge: encodeSegment(model, plan, 'edge'),
+  };
+  const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+  const segmentInfo = { user: { sha256: sha(segments.user), bytes: segments.user.byteLength }, edge: { sha256: sha(segments.edge), bytes: segments.edge.byteLength } };
+  const tokenizerFiles = loaded.tokenizer.toFiles();
+
+  const log = o.logLevel === false ? false : { level: o.logLevel ?? 'info', stream: process.stderr };
+  const app = Fastify({ logger: log, bodyLimit: 1 << 20 });
+  const runner = await SegmentRunner.start({ provider: o.provider ?? 'cpu', threads: o.threads ?? 0, log: (line) => app.log.info(line) });
+  const tail = await TailSegment.create(runner, model, lora, plan.m);
+  const metrics = new MetricsRegistry();
+  metrics.collected('splitllm_process_resident_memory_bytes', 'resident set size of the cloud process', () => process.memoryUsage.rss());
+  const frameLimit = maxFrameBytes(model, lora, train);
+  const coordinator = new Coordinator({
+    config: c,
+    plan,
+    train,
+    tail,
+    store,
+    strategy: makeStrategy(),
+    metrics,
+    log: app.log,
+    minEdges: o.minEdges ?? 1,
+    maxRounds: o.maxRounds ?? 0,
+    roundTimeoutMs: o.roundTimeoutMs ?? 30 * 60_000,
+    maxFrameBytes: frameLimit,
+    onRound: o.onRound,
+  });
+
+  const manifest = (): RunManifest => ({
+    modelName: basename(resolve(o.modelDir)),
+    config: gpt2ConfigToJson(c),
+    plan,
+    lora,
+    train,
+    version: coordinator.version,
+    segments: segmentInfo,
+  });
+
+  function edgeOf(req: FastifyRequest): EdgeInfo | undefined {
+    const t = bearerToken(req.headers.authorization);
+    return t ? coordinator.edgeByToken(t) : undefined;
+  }
+  async function requireEdge(req: FastifyRequest, reply: FastifyReply) {
+    if (!edgeOf(req)) return fail(reply, 401, 'BAD_EDGE_TOKEN', 'this route needs a registered edge token (Authorization: Bearer ...)');
+  }
+  async function requireOperator(req: FastifyRequest, reply: FastifyReply) {
+    const t = bearerToken(req.headers.authorization);
+    if (!t || !secretsEqual(t, o.operatorToken)) return fail(reply, 401, 'BAD_OPERATOR_TOKEN', 'this route needs the operator token (Authorization: Bearer ...)');
+  }
+
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, req, reply) => {
+    const code = err instanceof ProtocolError || err instanceof AdapterCheckError ? String(err.code) : err.validation ? 'BAD_REQUEST' : ((err as { code?: string }).code ?? 'INTERNAL');
+    const status = err instanceof ProtocolError || err instanceof AdapterCheckError || err.validation ? 400 : (err.statusCode ?? 500);
+    req.log.warn({ code, err: err.message }, 'request rejected');
+    void reply.code(status).send({ code, message: err.message });
+  });
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: frameLimit }, (_req, body, done) => done(null, body));
+  await app.register(websocket, { options: { maxPayload: frameLimit + (1 << 20) } });
+
+  // model hand-out: cloud -> edge (the edge serves the user segment on to its users)
+  await app.register(async (r) => {
+    r.get('/api/manifest', { schema: { response: { 200: { type: 'object', additionalProperties: true } } } }, async () => manifest());
+    r.get('/api/tokenizer', { schema: { response: { 200: { type: 'object', properties: { vocabJson: { type: 'string' }, mergesTxt: { type: 'string' } } } } } }, async (_req, reply) => {
+      reply.header('cache-control', 'public, max-age=31536000, immutable');
+      return tokenizerFiles;
+    });
+    r.get<{ Params: { tier: 'user' | 'edge' } }>(
+      '/api/segments/:tier',
+      { schema: { params: { type: 'object', properties: { tier: { type: 'string', enum: ['user', 'edge'] } }, required: ['tier'] } }, preHandler: requireEdge },
+      async (req, reply) => {
+        const { tier } = req.params;
+        reply.header('etag', `"${segmentInfo[tier].sha256}"`).header('cache-control', 'private, max-age=31536000, immutable').type('application/octet-stream');
+        if (req.headers['if-none-match'] === `"${segmentInfo[tier].sha256}"`) return reply.code(304).send();
+        return reply.send(Buffer.from(segments[tier].buffer, segments[tier].byteOffset, segments[tier].byteLength));
+      },
+    );
+    r.get<{ Params: { version: number; tier: 'user' | 'edge' } }>(
+      '/api/adapters/:version/:tier',
+      {
+        schema: { params: { type: 'object', properties: { version: { type: 'integer', minimum: 0 }, tier: { type: 'string', enum: ['user', 'edge'] } }, required: ['version', 'tier'] } },
+        preHandler: requireEdge,
+      },
+      async (req, reply) => {
+        const { version, tier } = req.params;
+        if (version !== coordinator.version) return fail(reply, 404, 'UNKNOWN_VERSION', `version ${version} is not the current global version (${coordinator.version})`);
+        const part = coordinator.adapterPart(tier);
+        const frame = encodeFrame('adapter', { round: version, tokens: 0, steps: 0 }, adapterToNamedTensors(part));
+        reply.header('cache-control', 'private, max-age=31536000, immutable').type('application/octet-stream');
+        return reply.send(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
+      },
+    );
+  });
+
+  // joining: operators issue join tokens, users redeem one and are assigned an edge
+  await app.register(async (r) => {
+    r.post(
+      '/api/join-tokens',
+      { preHandler: requireOperator, schema: { response: { 200: { type: 'object', properties: { token: { type: 'string' } }, required: ['token'] }, 401: errorSchema } } },
+      async () => ({ token: store.issueJoinToken() }),
+    );
+    r.post<{ Body: { joinToken: string } }>(
+      '/api/join',
+      {
+        schema: {
+          body: { type: 'object', properties: { joinToken: { type: 'string', minLength: 1, maxLength: 128 } }, required: ['joinToken'], additionalProperties: false },
+          response: {
+            200: { type: 'object', properties: { userId: { type: 'string' }, userToken: { type: 'string' }, edgeId: { type: 'string' }, edgeUrl: { type: 'string' } }, required: ['userId', 'userToken', 'edgeId', 'edgeUrl'] },
+            403: errorSchema,
+            503: errorSchema,
+          },
+        },
+      },
+      async (req, reply) => {
+        const edge = coordinator.pickEdge();
+        if (!edge) return fail(reply, 503, 'NO_EDGE', 'no edge server is connected; try again shortly');
+        const userId = `u-${randomToken(6)}`;
+        if (!store.redeemJoinToken(req.body.joinToken, userId)) {
+          req.log.warn({ code: 'BAD_JOIN_TOKEN' }, 'join refused');
+          return fail(reply, 403, 'BAD_JOIN_TOKEN', 'this join token is unknown or was already used');
+        }
+        store.recordUser(userId, edge.edgeId);
+        edge.assigned++;
+        req.log.info({ userId, edgeId: edge.edgeId }, 'user joined');
+        return { userId, userToken: userToken(o.edgeSecret, userId, edge.edgeId), edgeId: edge.edgeId, edgeUrl: edge.url };
+      },
+    );
+  });
+
+  // edges: registration with the shared secret, then one WebSocket for rounds and steps
+  await app.register(async (r) => {
+    r.post<{ Body: { edgeId: string; url: string; secret: string } }>(
+      '/api/edges/register',
+      {
+        schema: {
+          body: {
+            type: 'object',
+            properties: { edgeId: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' }, url: { type: 'string', maxLength: 512 }, secret: { type: 'string', maxLength: 512 } },
+            required: ['edgeId', 'url', 'secret'],
+            additionalProperties: false,
+          },
+          response: { 200: { type: 'object', properties: { edgeToken: { type: 'string' }, manifest: { type: 'object', additionalProperties: true } } }, 401: errorSchema },
+        },
+      },
+      async (req, reply) => {
+        if (!secretsEqual(req.body.secret, o.edgeSecret)) {
+          req.log.warn({ code: 'BAD_EDGE_SECRET', edgeId: req.body.edgeId }, 'edge registration refused');
+          return fail(reply, 401, 'BAD_EDGE_SECRET', 'wrong edge secret');
+        }
+        const info = coordinator.registerEdge(req.body.edgeId, req.body.url, randomToken(16));
+        return { edgeToken: info.token, manifest: manifest() };
+      },
+    );
+    r.get('/ws/edge', { websocket: true, preValidation: requireEdge }, (socket, req) => {
+      const edge = edgeOf(req)!;
+      coordinator.attach(edge.edgeId, { send: (b) => socket.send(b), close: (code, reason) => socket.close(code, reason) });
+      socket.on('message', (data: Buffer, isBinary: boolean) => {
+        if (!isBinary) {
+          socket.send(encodeFrame('error', { code: 'BAD_FRAME', message: 'frames are binary' }));
+          return;
+        }
+        coordinator.onEdgeMessage(edge.edgeId, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      });
+      socket.on('close', () => {
+        if (coordinator.edges.get(edge.edgeId)?.token === edge.token) coordinator.detach(edge.edgeId, 'connection closed');
+      });
+    });
+    r.post<{ Params: { round: number } }>(
+      '/api/rounds/:round/update',
+      {
+        preHandler: requireEdge,
+        schema: {
+          params: { type: 'object', properties: { round: { type: 'integer', minimum: 1 } }, required: ['round'] },
+          response: { 200: { type: 'object', properties: { accepted: { type: 'boolean' }, round: { type: 'integer' } } }, 400: errorSchema },
+        },
+      },
+      async (req) => {
+        const body = req.body as Buffer;
+        if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the update is an application/octet-stream frame');
+        if (req.params.round !== coordinator.currentRound) throw new ProtocolError('WRONG_ROUND', `round ${req.params.round} is not running (current: ${coordinator.currentRound ?? 'none'})`);
+        return coordinator.acceptUpdate(edgeOf(req)!.edgeId, new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
+      },
+    );
+  });
+
+  // status and metrics
+  await app.register(async (r) => {
+    r.get('/api/status', { schema: { response: { 200: { type: 'object', additionalProperties: true } } } }, async () => coordinator.status());
+    r.get('/api/rounds', { schema: { response: { 200: { type: 'array', items: { type: 'object', additionalProperties: true } } } } }, async () => store.rounds());
+    r.get('/metrics', { schema: { response: { 200: { type: 'string' } } } }, async (_req, reply) => reply.type('text/plain; version=0.0.4').send(metrics.render()));
+    r.get('/api/health', { schema: { response: { 200: { type: 'object', properties: { ok: { type: 'boolean' } } } } } }, async () => ({ ok: true }));
+  });
+
+  const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
+  app.log.info({ url: address, version: coordinator.version, plan, provider: runner.provider }, 'cloud server listening');
+  return {
+    app,
+    url: address,
+    coordinator,
+    store,
+    manifest,
+    async close() {
+      coordinator.stop();
+      await app.close();
+      await runner.close();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,3 @@
+export * from './app';
+export * from './coordinator';
+export * from './store';

@@ -1,0 +1,311 @@
+/**
+ * The cloud's persistent state, all in one directory:
+ *   state.db                 SQLite (WAL): rounds, join tokens, users, meta
+ *   adapters/round-000123/   the global adapter produced by round 123, PEFT layout
+ *
+ * A version exists once its row is in `rounds`; the adapter directory is put in place (temp dir
+ * + rename) before the row is inserted, so a crash can leave a directory without a row (ignored,
+ * and overwritten by the next commit of that round) but never a row without its directory.
+ * Designed for one writing process (the cloud server); readers may open the same directory.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import Database from 'better-sqlite3';
+import type { LoraAdapter } from '@splitllm/shared';
+import { loadAdapterDir, saveAdapterDir } from '@splitllm/shared/node';
+
+export interface RoundRecord {
+  /** 1-based round that produced this version (0: the initial adapter). */
+  round: number;
+  /** == round */
+  version: number;
+  /** absolute path of the PEFT directory */
+  adapterDir: string;
+  tokens: number;
+  users: number;
+  edges: number;
+  loss: number | null;
+  bytes: number;
+  startedAt: string;
+  finishedAt: string;
+  participants: string[];
+}
+
+export interface UserRecord {
+  userId: string;
+  edgeId: string;
+  joinedAt: string;
+}
+
+export const STATE_DB_FILE = 'state.db';
+export const ADAPTERS_DIR = 'adapters';
+const SCHEMA_VERSION = 1;
+const TMP_PREFIX = '.tmp-';
+const META_BASE_MODEL = 'store.base_model';
+const META_N_LAYER = 'store.n_layer';
+
+export function roundDirName(round: number): string {
+  return `round-${String(round).padStart(6, '0')}`;
+}
+
+interface RoundRow {
+  round: number;
+  tokens: number;
+  users: number;
+  edges: number;
+  loss: number | null;
+  bytes: number;
+  started_at: string;
+  finished_at: string;
+  participants: string;
+}
+
+function fsyncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // not every platform can fsync a directory; the rename is still atomic
+  }
+}
+
+export class RoundStore {
+  readonly dir: string;
+  readonly dbPath: string;
+  readonly adaptersDir: string;
+  private readonly db: Database.Database;
+  private readonly baseModel: string;
+  private readonly nLayer: number;
+
+  private constructor(dir: string, db: Database.Database, baseModel: string, nLayer: number) {
+    this.dir = dir;
+    this.dbPath = join(dir, STATE_DB_FILE);
+    this.adaptersDir = join(dir, ADAPTERS_DIR);
+    this.db = db;
+    this.baseModel = baseModel;
+    this.nLayer = nLayer;
+  }
+
+  /**
+   * Opens (creating when needed) the state directory. Leftovers of a crashed commit are left
+   * alone here, since another process may be mid-commit; they are not listed and the next
+   * commit replaces or removes them.
+   */
+  static open(dir: string, o: { baseModel: string; nLayer: number }): RoundStore {
+    const abs = resolve(dir);
+    mkdirSync(join(abs, ADAPTERS_DIR), { recursive: true });
+    const db = new Database(join(abs, STATE_DB_FILE));
+    try {
+      db.pragma('journal_mode = WAL');
+      // WAL's default NORMAL may lose the last commits on power loss; a committed round is
+      // announced to everyone, so it must survive
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.transaction(() => {
+        const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").get();
+        if (!has) {
+          db.exec(`
+            CREATE TABLE schema_version (version INTEGER NOT NULL);
+            CREATE TABLE rounds (
+              round        INTEGER PRIMARY KEY,
+              tokens       INTEGER NOT NULL,
+              users        INTEGER NOT NULL,
+              edges        INTEGER NOT NULL,
+              loss         REAL,
+              bytes        INTEGER NOT NULL,
+              started_at   TEXT NOT NULL,
+              finished_at  TEXT NOT NULL,
+              participants TEXT NOT NULL
+            );
+            CREATE TABLE join_tokens (token TEXT PRIMARY KEY, created_at TEXT NOT NULL, used_by TEXT);
+            CREATE TABLE users (user_id TEXT PRIMARY KEY, edge_id TEXT NOT NULL, joined_at TEXT NOT NULL);
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+          `);
+          db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SCHEMA_VERSION);
+        }
+        const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+        if (row?.version !== SCHEMA_VERSION) {
+          throw new Error(`${join(abs, STATE_DB_FILE)}: schema version ${row?.version ?? 'missing'}, this build reads version ${SCHEMA_VERSION}`);
+        }
+        const getMeta = db.prepare('SELECT value FROM meta WHERE key = ?').pluck();
+        const setMeta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
+        const nLayer = getMeta.get(META_N_LAYER) as string | undefined;
+        if (nLayer === undefined) {
+          setMeta.run(META_N_LAYER, String(o.nLayer));
+          setMeta.run(META_BASE_MODEL, o.baseModel);
+        } else if (Number(nLayer) !== o.nLayer) {
+          // adapters of a model with another depth cannot be resumed; refuse before mixing them
+          throw new Error(`${abs}: this state belongs to a ${nLayer}-layer model, but the model has ${o.nLayer} layers`);
+        }
+      }).immediate();
+    } catch (e) {
+      db.close();
+      throw e;
+    }
+    return new RoundStore(abs, db, o.baseModel, o.nLayer);
+  }
+
+  private toRecord(r: RoundRow): RoundRecord {
+    return {
+      round: r.round,
+      version: r.round,
+      adapterDir: join(this.adaptersDir, roundDirName(r.round)),
+      tokens: r.tokens,
+      users: r.users,
+      edges: r.edges,
+      loss: r.loss,
+      bytes: r.bytes,
+      startedAt: r.started_at,
+      finishedAt: r.finished_at,
+      participants: JSON.parse(r.participants) as string[],
+    };
+  }
+
+  private latestOrNull(): RoundRecord | null {
+    const row = this.db.prepare('SELECT * FROM rounds ORDER BY round DESC LIMIT 1').get() as RoundRow | undefined;
+    return row ? this.toRecord(row) : null;
+  }
+
+  /**
+   * Records the initial global adapter as version 0 (adapters/round-000000), so a restart of a
+   * fresh run continues from the very same init. No-op when version 0 is already recorded.
+   */
+  initGlobal(adapter: LoraAdapter): void {
+    if (this.latestOrNull() !== null) return;
+    const now = new Date().toISOString();
+    this.persist(adapter, { round: 0, tokens: 0, users: 0, edges: 0, loss: null, bytes: 0, startedAt: now, participants: [] }, -1);
+  }
+
+  /** The highest recorded version (0 right after initGlobal). Throws before initGlobal. */
+  latest(): RoundRecord {
+    const rec = this.latestOrNull();
+    if (!rec) throw new Error(`${this.dir}: no global adapter recorded yet (initGlobal first)`);
+    return rec;
+  }
+
+  loadAdapter(rec: RoundRecord): LoraAdapter {
+    return loadAdapterDir(rec.adapterDir);
+  }
+
+  /**
+   * Persists version rec.round: writes the PEFT dir to a temp dir, renames it into place, then
+   * inserts the row; only after this returns may anyone be told of the version. Throws when
+   * rec.round is not latest().round + 1 (which covers an already recorded round).
+   */
+  commitRound(adapter: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>): RoundRecord {
+    if (!Number.isInteger(rec.round) || rec.round < 1) throw new Error(`commitRound: round must be an integer >= 1, got ${rec.round}`);
+    return this.persist(adapter, rec, this.latest().round);
+  }
+
+  /** The shared commit path; `expectedPrev` is the version that must be latest (-1: none). */
+  private persist(adapter: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>, expectedPrev: number): RoundRecord {
+    const checkOrder = (): void => {
+      const prev = this.latestOrNull()?.round ?? -1;
+      if (prev === rec.round) throw new Error(`commitRound: round ${rec.round} is already recorded`);
+      if (prev !== expectedPrev || rec.round !== prev + 1) {
+        throw new Error(`commitRound: round ${rec.round} does not follow the latest recorded version ${prev < 0 ? '(none)' : prev}`);
+      }
+    };
+    checkOrder();
+    const name = roundDirName(rec.round);
+    const finalDir = join(this.adaptersDir, name);
+    const tmpDir = join(this.adaptersDir, `${TMP_PREFIX}${name}-${process.pid}-${randomBytes(4).toString('hex')}`);
+    // the slow part (serializing, fsyncs) happens before taking the write lock
+    try {
+      saveAdapterDir(tmpDir, adapter, { baseModel: this.baseModel, nLayer: this.nLayer });
+    } catch (e) {
+      rmSync(tmpDir, { recursive: true, force: true });
+      throw e;
+    }
+    const finishedAt = new Date().toISOString();
+    // SQLite has no NaN (it would read back as NULL anyway); say so explicitly
+    const loss = rec.loss !== null && Number.isFinite(rec.loss) ? rec.loss : null;
+    try {
+      // IMMEDIATE holds the write lock across check, rename and insert, so no other writer can
+      // record this round in between and have its directory replaced under it
+      this.db
+        .transaction(() => {
+          checkOrder();
+          // a directory without a row is a crashed commit's leftover: replace it
+          if (existsSync(finalDir)) rmSync(finalDir, { recursive: true, force: true });
+          renameSync(tmpDir, finalDir);
+          fsyncDir(this.adaptersDir);
+          this.db
+            .prepare(
+              `INSERT INTO rounds (round, tokens, users, edges, loss, bytes, started_at, finished_at, participants)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+            )
+            .run(rec.round, rec.tokens, rec.users, rec.edges, loss, rec.bytes, rec.startedAt, finishedAt, JSON.stringify(rec.participants));
+        })
+        .immediate();
+    } catch (e) {
+      rmSync(tmpDir, { recursive: true, force: true });
+      throw e;
+    }
+    this.sweepTempDirs();
+    return this.toRecord(
+      this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(rec.round) as RoundRow,
+    );
+  }
+
+  /**
+   * Removes temp dirs a crashed commit left behind. Round dirs without a row are not swept:
+   * each is replaced when its round is committed, and one far ahead of the rows can only mean
+   * a lost state.db, whose adapters an operator may still want.
+   */
+  private sweepTempDirs(): void {
+    for (const entry of readdirSync(this.adaptersDir)) {
+      if (entry.startsWith(TMP_PREFIX)) rmSync(join(this.adaptersDir, entry), { recursive: true, force: true });
+    }
+  }
+
+  rounds(): RoundRecord[] {
+    return (this.db.prepare('SELECT * FROM rounds ORDER BY round').all() as RoundRow[]).map((r) => this.toRecord(r));
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  getMeta(key: string): string | undefined {
+    return this.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(key) as string | undefined;
+  }
+
+  /** A random 32-hex-char token, recorded as unused. */
+  issueJoinToken(): string {
+    const token = randomBytes(16).toString('hex');
+    this.db.prepare('INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, ?, NULL)').run(token, new Date().toISOString());
+    return token;
+  }
+
+  /** Marks the token used by userId; false for an unknown or already used token. */
+  redeemJoinToken(token: string, userId: string): boolean {
+    // one conditional UPDATE, so two concurrent redemptions cannot both succeed
+    return this.db.prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL').run(userId, token).changes === 1;
+  }
+
+  /** Records a user and its edge; a reassigned user keeps its original joined_at. */
+  recordUser(userId: string, edgeId: string): void {
+    this.db
+      .prepare('INSERT INTO users (user_id, edge_id, joined_at) VALUES (?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET edge_id = excluded.edge_id')
+      .run(userId, edgeId, new Date().toISOString());
+  }
+
+  users(): UserRecord[] {
+    const rows = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users ORDER BY joined_at, user_id').all() as Array<{
+      user_id: string;
+      edge_id: string;
+      joined_at: string;
+    }>;
+    return rows.map((r) => ({ userId: r.user_id, edgeId: r.edge_id, joinedAt: r.joined_at }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

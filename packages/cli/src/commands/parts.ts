@@ -1,0 +1,164 @@
+/**
+ * `splitllm cloud`, `splitllm edge`, `splitllm user`: one part of the system in this process,
+ * serving until SIGINT/SIGTERM. Each prints `{"event":"ready",...}` on stdout when it serves
+ * (launchers wait for it) and its structured log on stderr. Secrets come from the environment
+ * (SPLITLLM_EDGE_SECRET, SPLITLLM_OPERATOR_TOKEN, SPLITLLM_JOIN_TOKEN) so they never show in a
+ * process list.
+ */
+import { startCloudServer } from '@splitllm/cloud-server';
+import { startEdgeServer } from '@splitllm/edge-server';
+import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
+import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, type WireCodec } from '@splitllm/shared';
+import { randomToken } from '@splitllm/shared/node';
+import { startHeadlessUser } from '@splitllm/user-client/node';
+import { Args, UsageError } from '../args';
+import { SHIPPED_MODEL_DIR } from '../io';
+import { untilSignal } from '../launcher';
+
+const print = (j: Record<string, unknown>) => process.stdout.write(JSON.stringify(j) + '\n');
+
+export function envSecret(name: string, what: string): string {
+  const v = process.env[name];
+  if (!v) throw new UsageError(`${what}: set ${name} in the environment`);
+  return v;
+}
+
+function provider(args: Args): ExecutionProvider {
+  const p = args.optionalString('provider') ?? 'cpu';
+  if (!(EXECUTION_PROVIDERS as readonly string[]).includes(p)) throw new UsageError(`--provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${p}"`);
+  return p as ExecutionProvider;
+}
+
+export function codecOf(v: string | undefined): WireCodec {
+  const c = v ?? 'f32';
+  if (c !== 'f32' && c !== 'f16' && c !== 'int8') throw new UsageError(`--codec must be f32, f16 or int8, got "${c}"`);
+  return c;
+}
+
+export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N] [--users-per-edge N]
+    [--min-edges N] [--max-rounds R] [--codec f32|f16|int8] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
+    [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
+  The cloud server: tail segment, rounds, aggregation (FedAvg), state in DIR (resumes from the last
+  recorded round). Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
+  Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
+
+export async function cloudCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('cloud', argv, {
+    model: { type: 'string' },
+    state: { type: 'string' },
+    port: { type: 'string' },
+    seed: { type: 'string' },
+    'steps-per-user': { type: 'string' },
+    'users-per-edge': { type: 'string' },
+    'min-edges': { type: 'string' },
+    'max-rounds': { type: 'string' },
+    codec: { type: 'string' },
+    'batch-size': { type: 'string' },
+    'seq-len': { type: 'string' },
+    lr: { type: 'string' },
+    'adam-eps': { type: 'string' },
+    rank: { type: 'string' },
+    alpha: { type: 'string' },
+    targets: { type: 'string' },
+    provider: { type: 'string' },
+    threads: { type: 'string' },
+    'log-level': { type: 'string' },
+  });
+  const server = await startCloudServer({
+    modelDir: args.optionalString('model') ?? SHIPPED_MODEL_DIR,
+    stateDir: args.string('state'),
+    port: args.int('port', 0),
+    seed: args.int('seed', 0),
+    edgeSecret: envSecret('SPLITLLM_EDGE_SECRET', 'cloud'),
+    operatorToken: envSecret('SPLITLLM_OPERATOR_TOKEN', 'cloud'),
+    lora: {
+      r: args.int('rank', DEFAULT_LORA_CONFIG.r, 1),
+      alpha: args.float('alpha', DEFAULT_LORA_CONFIG.alpha),
+      targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets')) : DEFAULT_LORA_CONFIG.targets,
+    },
+    train: {
+      stepsPerUser: args.int('steps-per-user', 20, 1),
+      usersPerEdge: args.int('users-per-edge', 1, 1),
+      codec: codecOf(args.optionalString('codec')),
+      ...(args.optionalString('batch-size') ? { batch: args.int('batch-size', 4, 1) } : {}),
+      ...(args.optionalString('seq-len') ? { seq: args.int('seq-len', 64, 2) } : {}),
+      adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr: args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr), eps: args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps) },
+    },
+    minEdges: args.int('min-edges', 1, 1),
+    maxRounds: args.int('max-rounds', 0),
+    provider: provider(args),
+    threads: args.int('threads', 0),
+    logLevel: args.optionalString('log-level') ?? 'info',
+    onRound: (s) => print({ event: 'round', ...s }),
+  });
+  print({ event: 'ready', url: server.url, version: server.coordinator.version });
+  await untilSignal();
+  await server.close();
+}
+
+export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
+  An edge server: registers with the cloud (SPLITLLM_EDGE_SECRET in the environment), runs the
+  middle blocks for its users one at a time. Prints {"event":"ready","url":...}.`;
+
+export async function edgeCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('edge', argv, {
+    cloud: { type: 'string' },
+    id: { type: 'string' },
+    port: { type: 'string' },
+    provider: { type: 'string' },
+    threads: { type: 'string' },
+    'log-level': { type: 'string' },
+  });
+  const server = await startEdgeServer({
+    cloudUrl: args.string('cloud').replace(/\/$/, ''),
+    edgeId: args.optionalString('id') ?? `edge-${randomToken(3)}`,
+    edgeSecret: envSecret('SPLITLLM_EDGE_SECRET', 'edge'),
+    port: args.int('port', 0),
+    provider: provider(args),
+    threads: args.int('threads', 0),
+    logLevel: args.optionalString('log-level') ?? 'info',
+  });
+  print({ event: 'ready', url: server.url, provider: server.runner.provider });
+  await untilSignal();
+  await server.close();
+}
+
+export const userHelp = `splitllm user --cloud URL --data FILE [--seed S] [--engine auto|wgsl|reference] [--json]
+  A headless user: joins with SPLITLLM_JOIN_TOKEN (from the environment), downloads its segment
+  from the assigned edge and trains on FILE whenever its turn comes. 'auto' uses the WGSL engine
+  when a WebGPU adapter exists (software included) and the TypeScript reference otherwise.`;
+
+export async function userCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('user', argv, {
+    cloud: { type: 'string' },
+    data: { type: 'string' },
+    seed: { type: 'string' },
+    engine: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const engine = args.optionalString('engine') ?? 'auto';
+  if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'reference') throw new UsageError(`--engine must be auto, wgsl or reference, got "${engine}"`);
+  const json = args.flag('json');
+  const client = await startHeadlessUser({
+    cloudUrl: args.string('cloud').replace(/\/$/, ''),
+    joinToken: envSecret('SPLITLLM_JOIN_TOKEN', 'user'),
+    dataFile: args.string('data'),
+    seed: args.int('seed', 0),
+    engine,
+    onEvent: (e) => {
+      if (json) print({ event: 'user', ...e });
+      else if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);
+      else if (e.type === 'step') process.stderr.write(`round ${e.round} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)} ${e.ms.toFixed(0)} ms\n`);
+      else if (e.type === 'error') process.stderr.write(`user: ${e.code}: ${e.message}\n`);
+      else if (e.type === 'closed') {
+        process.stderr.write(`user: the edge closed the connection (${e.code} ${e.reason})\n`);
+        process.exit(3);
+      }
+    },
+  });
+  print({ event: 'ready', userId: client.userId, edgeUrl: client.edgeUrl, engine: client.trainer?.kind, description: client.trainer?.description });
+  await untilSignal();
+  client.stop('stopped');
+  // Dawn's device keeps the event loop alive; nothing is left to flush
+  process.exit(0);
+}

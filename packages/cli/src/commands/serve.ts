@@ -1,0 +1,105 @@
+/**
+ * `splitllm serve`: the real system on this machine: a cloud and one edge as separate processes
+ * on loopback, plus (by default) one headless demo user so rounds run without a browser. State
+ * persists in --state, so a restart resumes at the last recorded round. Runs until Ctrl-C, or
+ * for --rounds rounds.
+ */
+import { randomToken } from '@splitllm/shared/node';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Args } from '../args';
+import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
+import { startPart, untilSignal, type Part } from '../launcher';
+import { codecOf } from './parts';
+
+export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N] [--rounds R]
+    [--steps-per-user N] [--codec f32|f16|int8] [--engine auto|wgsl|reference] [--provider cpu|cuda|webgpu]
+  Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
+  on loopback, and N headless demo users (default 1) training on the shipped demo data. Prints the
+  URLs, a join token and the command that joins another user; one line per recorded round. State
+  (database, adapter versions, secrets) lives in --state (default out/serve-state) and resumes.`;
+
+interface Secrets {
+  edgeSecret: string;
+  operatorToken: string;
+}
+
+/** The run's secrets live with its state (mode 0600), so a restarted cloud and its edges agree. */
+function secretsFor(stateDir: string): Secrets {
+  const file = join(stateDir, 'secrets.json');
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as Secrets;
+  mkdirSync(stateDir, { recursive: true });
+  const s = { edgeSecret: randomToken(), operatorToken: randomToken() };
+  writeFileSync(file, JSON.stringify(s, null, 2) + '\n', { mode: 0o600 });
+  return s;
+}
+
+export async function serveCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('serve', argv, {
+    model: { type: 'string' },
+    state: { type: 'string' },
+    port: { type: 'string' },
+    'edge-port': { type: 'string' },
+    'demo-users': { type: 'string' },
+    rounds: { type: 'string' },
+    'steps-per-user': { type: 'string' },
+    codec: { type: 'string' },
+    engine: { type: 'string' },
+    provider: { type: 'string' },
+  });
+  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const stateDir = resolve(args.optionalString('state') ?? join(REPO_ROOT, 'out/serve-state'));
+  const demoUsers = args.int('demo-users', 1);
+  const rounds = args.int('rounds', 0);
+  const secrets = secretsFor(stateDir);
+  const env = { SPLITLLM_EDGE_SECRET: secrets.edgeSecret, SPLITLLM_OPERATOR_TOKEN: secrets.operatorToken };
+  const logDir = join(stateDir, 'logs');
+  const parts: Part[] = [];
+  try {
+    const cloud = startPart(
+      'cloud',
+      [
+        'cloud', '--model', modelDir, '--state', join(stateDir, 'cloud'), '--port', String(args.int('port', 8700)),
+        '--steps-per-user', String(args.int('steps-per-user', 20, 1)), '--codec', codecOf(args.optionalString('codec')),
+        ...(rounds > 0 ? ['--max-rounds', String(rounds)] : []), '--threads', '1',
+      ],
+      { logDir, env },
+    );
+    parts.push(cloud);
+    const cloudUrl = String((await cloud.ready).url);
+    let reached: () => void = () => undefined;
+    const done = new Promise<void>((res) => (reached = res));
+    cloud.onLine((j) => {
+      if (j.event !== 'round') return;
+      console.log(`round ${j.round} recorded: version ${j.version}, loss ${Number(j.loss).toFixed(4)}, ${j.users} user(s), ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s`);
+      if (rounds > 0 && Number(j.version) >= rounds) reached();
+    });
+    console.log(`cloud  ${cloudUrl}  (status ${cloudUrl}/api/status, metrics ${cloudUrl}/metrics; log ${cloud.logFile})`);
+    const edgeArgs = ['edge', '--cloud', cloudUrl, '--id', 'edge-0', '--port', String(args.int('edge-port', 8701)), '--threads', '1'];
+    if (args.optionalString('provider')) edgeArgs.push('--provider', args.string('provider'));
+    const edge = startPart('edge-0', edgeArgs, { logDir, env });
+    parts.push(edge);
+    const edgeReady = await edge.ready;
+    console.log(`edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  (status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`);
+    const issue = async () => {
+      const res = await fetch(`${cloudUrl}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${secrets.operatorToken}` } });
+      if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
+      return ((await res.json()) as { token: string }).token;
+    };
+    for (let i = 0; i < demoUsers; i++) {
+      const data = join(REPO_ROOT, `packages/assets/data/sotu/train/user-${(i % 4) + 1}.txt`);
+      const user = startPart(`demo-user-${i}`, ['user', '--cloud', cloudUrl, '--data', data, '--seed', String(i), '--engine', args.optionalString('engine') ?? 'auto'], {
+        logDir,
+        env: { SPLITLLM_JOIN_TOKEN: await issue() },
+      });
+      parts.push(user);
+      const r = await user.ready;
+      console.log(`demo user ${i}: ${String(r.userId)} training on ${data} with ${String(r.description ?? r.engine)}`);
+    }
+    console.log(`\nanother user joins with:\n  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`);
+    console.log(rounds > 0 ? `running ${rounds} round(s)...` : 'serving until Ctrl-C...');
+    await Promise.race([untilSignal(), done, ...parts.map((p) => p.exited.then((code) => Promise.reject(new Error(`${p.name} exited (code ${code}); log ${p.logFile}`))))]);
+  } finally {
+    for (const p of [...parts].reverse()) await p.stop();
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * `splitllm simulate`: the whole system on loopback, every part its own process: a cloud, E
+ * edges and U headless users. Runs R rounds, prints one JSON object per round and writes the
+ * final global adapter (PEFT layout) to --out.
+ */
+import { DEFAULT_LORA_TRAIN } from '@splitllm/shared';
+import { loadAdapterDir, randomToken, saveAdapterDir } from '@splitllm/shared/node';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Args, UsageError } from '../args';
+import { SHIPPED_MODEL_DIR } from '../io';
+import { startPart, untilSignal, type Part } from '../launcher';
+import { codecOf } from './parts';
+
+export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
+    [--model DIR] [--codec f32|f16|int8] [--users-per-edge N] [--engine auto|wgsl|reference]
+    [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--state DIR] [--threads N] [--json]
+  Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
+  rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
+  from seed S+i. Prints one line per round (--json: one JSON object with round, loss, users,
+  bytes, ...), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs.
+  Defaults: the shipped model, f32, 1 user per edge per round, engine auto, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen}, lr ${DEFAULT_LORA_TRAIN.adamw.lr}.`;
+
+function dataFiles(path: string): string[] {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new UsageError(`--data "${path}" does not exist`);
+  }
+  if (st.isFile()) return [resolve(path)];
+  const files = readdirSync(path)
+    .filter((f) => f.endsWith('.txt'))
+    .sort()
+    .map((f) => resolve(path, f));
+  if (files.length === 0) throw new UsageError(`--data directory "${path}" has no .txt files`);
+  return files;
+}
+
+async function operatorPost(url: string, token: string): Promise<string> {
+  const res = await fetch(`${url}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { token: string }).token;
+}
+
+export async function simulateCommand(argv: string[]): Promise<void> {
+  const args = Args.parse('simulate', argv, {
+    edges: { type: 'string' },
+    users: { type: 'string' },
+    rounds: { type: 'string' },
+    'steps-per-user': { type: 'string' },
+    'users-per-edge': { type: 'string' },
+    model: { type: 'string' },
+    data: { type: 'string' },
+    seed: { type: 'string' },
+    out: { type: 'string' },
+    codec: { type: 'string' },
+    engine: { type: 'string' },
+    'batch-size': { type: 'string' },
+    'seq-len': { type: 'string' },
+    lr: { type: 'string' },
+    'adam-eps': { type: 'string' },
+    state: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const E = args.int('edges', undefined, 1);
+  const U = args.int('users', undefined, 1);
+  const R = args.int('rounds', undefined, 1);
+  const N = args.int('steps-per-user', undefined, 1);
+  const seed = args.int('seed');
+  const outDir = resolve(args.string('out'));
+  const files = dataFiles(args.string('data'));
+  const codec = codecOf(args.optionalString('codec'));
+  const engine = args.optionalString('engine') ?? 'auto';
+  if (!['auto', 'wgsl', 'reference'].includes(engine)) throw new UsageError(`--engine must be auto, wgsl or reference, got "${engine}"`);
+  const json = args.flag('json');
+  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const threads = String(args.int('threads', 1));
+  const tmpState = args.optionalString('state') ? undefined : mkdtempSync(join(tmpdir(), 'splitllm-sim-'));
+  const stateDir = args.optionalString('state') ?? join(tmpState!, 'state');
+  const logDir = join(outDir, 'logs');
+  mkdirSync(outDir, { recursive: true });
+  const env = { SPLITLLM_EDGE_SECRET: randomToken(), SPLITLLM_OPERATOR_TOKEN: randomToken() };
+
+  const parts: Part[] = [];
+  const stopAll = async () => {
+    for (const p of [...parts].reverse()) await p.stop();
+  };
+  let failed: Error | undefined;
+  const fail = (e: Error) => {
+    failed ??= e;
+  };
+  try {
+    const trainArgs = ['--steps-per-user', String(N), '--codec', codec, '--seed', String(seed)];
+    for (const [flag, key] of [['--users-per-edge', 'users-per-edge'], ['--batch-size', 'batch-size'], ['--seq-len', 'seq-len'], ['--lr', 'lr'], ['--adam-eps', 'adam-eps']] as const) {
+      const v = args.optionalString(key);
+      if (v !== undefined) trainArgs.push(flag, v);
+    }
+    const cloud = startPart('cloud', ['cloud', '--model', modelDir, '--state', stateDir, '--min-edges', String(E), '--max-rounds', String(R), '--threads', threads, ...trainArgs], { logDir, env });
+    parts.push(cloud);
+    const url = String((await cloud.ready).url);
+    const rounds: Array<Record<string, unknown>> = [];
+    const allDone = new Promise<void>((res, rej) => {
+      cloud.onLine((j) => {
+        if (j.event !== 'round') return;
+        const line = { round: j.round, version: j.version, loss: j.loss, users: j.users, edges: j.edges, tokens: j.tokens, bytes: j.bytes, ms: j.ms, adapterDir: j.adapterDir, turns: j.turns };
+        rounds.push(line);
+        if (json) console.log(JSON.stringify({ ...line, adapterDir: undefined, turns: undefined }));
+        else console.log(`round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ${(Number(j.ms) / 1000).toFixed(1)} s`);
+        if (Number(j.version) >= R) res();
+      });
+      void cloud.exited.then((code) => rej(new Error(`the cloud exited (code ${code}) before round ${R}; log ${cloud.logFile}`)));
+    });
+    const edges = Array.from({ length: E }, (_, i) => startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads], { logDir, env }));
+    parts.push(...edges);
+    await Promise.all(edges.map((e) => e.ready));
+    for (let i = 0; i < U; i++) {
+      const joinToken = await operatorPost(url, env.SPLITLLM_OPERATOR_TOKEN);
+      const user = startPart(`user-${i}`, ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i), '--engine', engine], {
+        logDir,
+        env: { SPLITLLM_JOIN_TOKEN: joinToken },
+      });
+      parts.push(user);
+      const ready = await user.ready;
+      if (!json) console.log(`user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ${String(ready.description ?? ready.engine)}`);
+    }
+    const signal = untilSignal().then((s) => {
+      throw new Error(`interrupted (${s})`);
+    });
+    await Promise.race([allDone, signal]);
+    const last = rounds[rounds.length - 1];
+    const version = Number(last.version);
+    saveAdapterDir(outDir, loadAdapterDir(String(last.adapterDir)), { baseModel: modelDir });
+    writeFileSync(join(outDir, 'rounds.json'), JSON.stringify(rounds, null, 2) + '\n');
+    if (!json) console.log(`final adapter (version ${version}) written to ${outDir} (PEFT layout); logs in ${logDir}`);
+  } catch (e) {
+    fail(e as Error);
+  } finally {
+    await stopAll();
+    if (tmpState) rmSync(tmpState, { recursive: true, force: true });
+  }
+  if (failed) throw failed;
+}

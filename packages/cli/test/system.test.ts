@@ -1,0 +1,377 @@
+/**
+ * The servers under attack and failure: a real cloud and real edges (Fastify on loopback,
+ * onnxruntime sessions, a database file) driven by raw protocol clients that misbehave on
+ * purpose, and, as separate processes, a cloud killed and restarted mid-run.
+ */
+import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
+import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
+import { decodeFrame, encodeFrame, Rng, type Frame } from '@splitllm/shared';
+import { randomToken } from '@splitllm/shared/node';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { startPart, type Part } from '../src/launcher';
+import { DATA, SHIPPED_MODEL } from './run-cli';
+
+const tmp = mkdtempSync(join(tmpdir(), 'splitllm-system-'));
+const edgeSecret = randomToken();
+const operatorToken = randomToken();
+const B = 2;
+const T = 16;
+const D = 128; // the shipped model's width
+const V = 1024;
+const STEPS = 2;
+
+async function post(url: string, body: unknown, token?: string) {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, string> };
+}
+
+async function joinToken(cloud: string): Promise<string> {
+  const r = await post(`${cloud}/api/join-tokens`, {}, operatorToken);
+  expect(r.status).toBe(200);
+  return r.json.token;
+}
+
+/** A protocol client with no trainer: it sends whatever it is told to, and records what comes back. */
+class RawUser {
+  readonly frames: Frame[] = [];
+  private waiters: Array<{ pred: (f: Frame) => boolean; resolve: (f: Frame) => void }> = [];
+  closed?: { code: number; reason: string };
+
+  private constructor(
+    readonly ws: WebSocket,
+    readonly userId: string,
+  ) {
+    ws.on('message', (data: Buffer) => {
+      const f = decodeFrame(new Uint8Array(data));
+      this.frames.push(f);
+      this.waiters = this.waiters.filter((w) => {
+        if (!w.pred(f)) return true;
+        w.resolve(f);
+        return false;
+      });
+    });
+    ws.on('close', (code, reason) => (this.closed = { code, reason: reason.toString() }));
+  }
+
+  static async connect(edgeUrl: string, userId: string): Promise<RawUser> {
+    const ws = new WebSocket(edgeUrl.replace(/^http/, 'ws') + '/ws/user');
+    await new Promise<void>((res, rej) => {
+      ws.once('open', () => res());
+      ws.once('error', rej);
+    });
+    return new RawUser(ws, userId);
+  }
+
+  send(bytes: Uint8Array | string): void {
+    this.ws.send(bytes);
+  }
+
+  next(pred: (f: Frame) => boolean, timeoutMs = 60_000): Promise<Frame> {
+    const seen = this.frames.find(pred);
+    if (seen) {
+      this.frames.splice(this.frames.indexOf(seen), 1);
+      return Promise.resolve(seen);
+    }
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no matching frame within ${timeoutMs} ms; got ${this.frames.map((f) => f.type).join(', ')}`)), timeoutMs);
+      this.waiters.push({
+        pred,
+        resolve: (f) => {
+          clearTimeout(t);
+          this.frames.splice(this.frames.indexOf(f), 1);
+          resolve(f);
+        },
+      });
+    });
+  }
+
+  /** The error frame that answers the next bad frame. */
+  async error(): Promise<string> {
+    return String((await this.next((f) => f.type === 'error')).fields.code);
+  }
+}
+
+function forwardFrame(round: number, step: number, rng: Rng, o: { h?: Float32Array; targets?: Int32Array; shape?: number[] } = {}): Uint8Array {
+  const h = o.h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
+  const targets = o.targets ?? Int32Array.from({ length: B * T }, () => rng.int(V));
+  return encodeFrame('forward', { round, step }, { h: { data: h, shape: o.shape ?? [B, T, D] }, targets: { data: targets, shape: [B, T] } });
+}
+
+/** A valid forward frame with one activation overwritten by NaN after encoding (the encoder refuses NaN). */
+function nanFrame(round: number, step: number, rng: Rng): Uint8Array {
+  const bytes = forwardFrame(round, step, rng);
+  const headerLen = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerLen))) as { tensors: Array<{ name: string; offset: number }> };
+  const h = header.tensors.find((t) => t.name === 'h')!;
+  new DataView(bytes.buffer, bytes.byteOffset).setFloat32(4 + headerLen + h.offset + 40, NaN, true);
+  return bytes;
+}
+
+/** Plays a turn honestly (random activations, the global adapter sent back unchanged). */
+async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, before?: (round: number, step: number) => Promise<void>): Promise<Frame> {
+  const turn = await u.next((f) => f.type === 'turn');
+  const round = Number(turn.fields.round);
+  for (let step = 1; step <= Number(turn.fields.steps); step++) {
+    await before?.(round, step);
+    u.send(forwardFrame(round, step, rng));
+    const back = await u.next((f) => f.type === 'backward');
+    expect(back.fields.step).toBe(step);
+    expect(Number.isFinite(back.fields.loss)).toBe(true);
+  }
+  const res = await fetch(`${edgeUrl}/api/adapters/user?version=${String(turn.fields.version)}`);
+  const adapter = decodeFrame(new Uint8Array(await res.arrayBuffer()));
+  const tensors = new Map([...adapter.tensors].map(([n, t]) => [n, { data: t.data, shape: t.shape }]));
+  u.send(encodeFrame('adapter', { round, tokens: B * T * STEPS, steps: STEPS }, tensors));
+  return u.next((f) => f.type === 'turn-end');
+}
+
+describe('servers on loopback', () => {
+  let cloud: CloudServer;
+  const edges: EdgeServer[] = [];
+  const users: RawUser[] = [];
+
+  beforeAll(async () => {
+    cloud = await startCloudServer({
+      modelDir: SHIPPED_MODEL,
+      stateDir: join(tmp, 'state'),
+      edgeSecret,
+      operatorToken,
+      seed: 1,
+      train: { stepsPerUser: STEPS, usersPerEdge: 2, batch: B, seq: T },
+      // the round waits for two edges with users: the test decides when it starts
+      minEdges: 2,
+      logLevel: false,
+      threads: 1,
+    });
+    edges.push(await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e1', edgeSecret, logLevel: false, threads: 1 }));
+  });
+
+  afterAll(async () => {
+    for (const u of users) u.ws.terminate();
+    for (const e of edges) await e.close();
+    await cloud?.close();
+  });
+
+  it('refuses a wrong edge secret, a missing edge token and a wrong operator token', async () => {
+    const reg = await post(`${cloud.url}/api/edges/register`, { edgeId: 'intruder', url: 'http://127.0.0.1:1', secret: 'wrong' });
+    expect(reg.status).toBe(401);
+    expect(reg.json.code).toBe('BAD_EDGE_SECRET');
+    const seg = await fetch(`${cloud.url}/api/segments/edge`);
+    expect(seg.status).toBe(401);
+    expect(((await seg.json()) as { code: string }).code).toBe('BAD_EDGE_TOKEN');
+    const bad = await fetch(`${cloud.url}/api/segments/edge`, { headers: { authorization: 'Bearer not-a-token' } });
+    expect(bad.status).toBe(401);
+    const jt = await post(`${cloud.url}/api/join-tokens`, {}, 'wrong');
+    expect(jt.status).toBe(401);
+    expect(jt.json.code).toBe('BAD_OPERATOR_TOKEN');
+    const ws = new WebSocket(cloud.url.replace(/^http/, 'ws') + '/ws/edge');
+    const status = await new Promise<number>((res) => ws.on('unexpected-response', (_req, r) => res(r.statusCode ?? 0)));
+    expect(status).toBe(401);
+    expect(cloud.coordinator.edges.has('intruder')).toBe(false);
+  });
+
+  it('refuses a wrong or reused join token', async () => {
+    const wrong = await post(`${cloud.url}/api/join`, { joinToken: 'f'.repeat(32) });
+    expect(wrong.status).toBe(403);
+    expect(wrong.json.code).toBe('BAD_JOIN_TOKEN');
+    const token = await joinToken(cloud.url);
+    const ok = await post(`${cloud.url}/api/join`, { joinToken: token });
+    expect(ok.status).toBe(200);
+    expect(ok.json.edgeId).toBe('e1');
+    const again = await post(`${cloud.url}/api/join`, { joinToken: token });
+    expect(again.status).toBe(403);
+    const malformed = await post(`${cloud.url}/api/join`, { token: 1 });
+    expect(malformed.status).toBe(400);
+  });
+
+  it('closes a user socket whose hello has a wrong token, or is not a hello', async () => {
+    const join = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
+    const forged = await RawUser.connect(edges[0].url, join.json.userId);
+    forged.send(encodeFrame('hello', { userId: join.json.userId, token: 'a'.repeat(64) }));
+    expect(await forged.error()).toBe('UNAUTHORIZED');
+    await expect.poll(() => forged.closed?.code).toBe(4001);
+    const garbage = await RawUser.connect(edges[0].url, 'x');
+    garbage.send(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]));
+    expect(await garbage.error()).toBe('BAD_FRAME');
+    await expect.poll(() => garbage.closed?.code).toBe(4001);
+    expect(edges[0].edge.users.size).toBe(0);
+  });
+
+  it('answers malformed, oversized, NaN and out-of-turn frames with codes, and keeps the user', async () => {
+    const join = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
+    const a = await RawUser.connect(edges[0].url, join.json.userId);
+    users.push(a);
+    a.send(encodeFrame('hello', { userId: join.json.userId, token: join.json.userToken }));
+    const welcome = await a.next((f) => f.type === 'welcome');
+    expect(welcome.fields.position).toBe(1);
+    const rng = new Rng(5);
+
+    a.send(new Uint8Array(64).fill(255));
+    expect(await a.error()).toBe('BAD_FRAME');
+    a.send('a text frame');
+    expect(await a.error()).toBe('BAD_FRAME');
+    const unknown = new TextEncoder().encode(JSON.stringify({ type: 'launch-missiles', tensors: [] }));
+    const unknownFrame = new Uint8Array(4 + unknown.length);
+    new DataView(unknownFrame.buffer).setUint32(0, unknown.length, true);
+    unknownFrame.set(unknown, 4);
+    a.send(unknownFrame);
+    expect(await a.error()).toBe('UNKNOWN_TYPE');
+    a.send(nanFrame(1, 1, rng));
+    expect(await a.error()).toBe('NOT_FINITE');
+    a.send(forwardFrame(1, 1, rng));
+    expect(await a.error()).toBe('NOT_YOUR_TURN');
+    // larger than any frame this session needs (a step is 16 KiB here, an adapter 128 KiB)
+    a.send(forwardFrame(1, 1, rng, { h: new Float32Array(B * 400 * D), shape: [B, 400, D] }));
+    expect(await a.error()).toBe('FRAME_TOO_LARGE');
+
+    expect(a.closed).toBeUndefined();
+    const status = (await (await fetch(`${edges[0].url}/api/status`)).json()) as { users: Array<{ userId: string; state: string }>; errors: Array<{ code: string }> };
+    expect(status.users.map((u) => [u.userId, u.state])).toEqual([[join.json.userId, 'waiting']]);
+    expect(status.errors.map((e) => e.code)).toEqual(expect.arrayContaining(['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_FINITE', 'NOT_YOUR_TURN', 'FRAME_TOO_LARGE']));
+  });
+
+  it('answers a malformed frame from an edge with a code', async () => {
+    const reg = await post(`${cloud.url}/api/edges/register`, { edgeId: 'probe', url: 'http://127.0.0.1:1', secret: edgeSecret });
+    expect(reg.status).toBe(200);
+    const ws = new WebSocket(cloud.url.replace(/^http/, 'ws') + '/ws/edge', { headers: { authorization: `Bearer ${reg.json.edgeToken}` } });
+    const frames: Frame[] = [];
+    ws.on('message', (d: Buffer) => frames.push(decodeFrame(new Uint8Array(d))));
+    await new Promise((res) => ws.once('open', res));
+    ws.send(new Uint8Array([9, 0, 0, 0, 123]));
+    ws.send(forwardFrame(1, 1, new Rng(1)));
+    await expect.poll(() => frames.filter((f) => f.type === 'error').map((f) => f.fields.code)).toEqual(['BAD_FRAME', 'NO_ROUND']);
+    ws.close();
+    await expect.poll(() => cloud.coordinator.edges.get('probe')?.channel).toBeUndefined();
+  });
+
+  it('drops a user killed mid-step and completes the round with the others', async () => {
+    // e1's queue: a (first, from the test before) then b; e2: c. The round needs both edges.
+    const a = users[0];
+    const joinB = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
+    expect(joinB.json.edgeId).toBe('e1');
+    const b = await RawUser.connect(edges[0].url, joinB.json.userId);
+    users.push(b);
+    b.send(encodeFrame('hello', { userId: joinB.json.userId, token: joinB.json.userToken }));
+    expect((await b.next((f) => f.type === 'welcome')).fields.position).toBe(2);
+
+    edges.push(await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e2', edgeSecret, logLevel: false, threads: 1 }));
+    const joinC = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
+    expect(joinC.json.edgeId).toBe('e2');
+    const c = await RawUser.connect(edges[1].url, joinC.json.userId);
+    users.push(c);
+    const rng = new Rng(9);
+    const cTurn = playTurn(c, edges[1].url, rng);
+    c.send(encodeFrame('hello', { userId: joinC.json.userId, token: joinC.json.userToken }));
+
+    // a: one step's activations, then the process dies before the gradient comes back
+    const aTurn = await a.next((f) => f.type === 'turn');
+    const round = Number(aTurn.fields.round);
+    expect(round).toBe(1);
+    a.send(forwardFrame(round, 1, rng));
+    a.ws.terminate();
+
+    // b plays its turn, after trying bad frames first: each is refused and changes nothing
+    const bEnd = await playTurn(b, edges[0].url, rng, async (r, step) => {
+      if (step !== 1) return;
+      b.send(forwardFrame(r, 2, rng));
+      expect(await b.error()).toBe('WRONG_STEP');
+      b.send(forwardFrame(r + 1, 1, rng));
+      expect(await b.error()).toBe('WRONG_ROUND');
+      b.send(forwardFrame(r, 1, rng, { h: new Float32Array(B * T * 64), shape: [B, T, 64] }));
+      expect(await b.error()).toBe('BAD_SHAPE');
+      b.send(forwardFrame(r, 1, rng, { targets: new Int32Array(B * T).fill(V) }));
+      expect(await b.error()).toBe('BAD_TARGET');
+      b.send(nanFrame(r, 1, rng));
+      expect(await b.error()).toBe('NOT_FINITE');
+    });
+    expect(bEnd.fields.accepted).toBe(true);
+    expect((await cTurn).fields.accepted).toBe(true);
+
+    const end = await b.next((f) => f.type === 'round-end');
+    expect(end.fields.version).toBe(1);
+    const rounds = cloud.store.rounds();
+    const last = rounds[rounds.length - 1];
+    expect(last.version).toBe(1);
+    expect(last.participants.sort()).toEqual([`edge:e1`, `edge:e2`, `user:${joinB.json.userId}`, `user:${joinC.json.userId}`].sort());
+    expect(last.tokens).toBe(2 * STEPS * B * T);
+    // a's state went with it
+    expect(edges[0].edge.users.has(a.userId)).toBe(false);
+
+    const metrics = await (await fetch(`${cloud.url}/metrics`)).text();
+    expect(metrics).toMatch(/^splitllm_cloud_version 1$/m);
+    // a's one step ran (and was rolled back) before its socket was found dead
+    expect(metrics).toMatch(/^splitllm_cloud_steps_total 5$/m);
+    const edgeMetrics = await (await fetch(`${edges[0].url}/metrics`)).text();
+    expect(edgeMetrics).toMatch(/^splitllm_edge_users_dropped_total 1$/m);
+  });
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+describe('a cloud killed and restarted', () => {
+  const parts: Part[] = [];
+  afterAll(async () => {
+    for (const p of parts.reverse()) await p.stop();
+  });
+
+  it('resumes at the last recorded round; the edge and its user carry on', async () => {
+    const port = await freePort();
+    const env = { SPLITLLM_EDGE_SECRET: edgeSecret, SPLITLLM_OPERATOR_TOKEN: operatorToken };
+    const logDir = join(tmp, 'restart-logs');
+    const cloudArgs = ['cloud', '--state', join(tmp, 'restart-state'), '--port', String(port), '--steps-per-user', '3', '--threads', '1'];
+    const rounds: number[] = [];
+    const watch = (p: Part) => p.onLine((j) => j.event === 'round' && rounds.push(Number(j.version)));
+    let cloud = startPart('cloud', cloudArgs, { logDir, env });
+    parts.push(cloud);
+    watch(cloud);
+    const url = String((await cloud.ready).url);
+    const edge = startPart('edge', ['edge', '--cloud', url, '--id', 'e1', '--threads', '1'], { logDir, env });
+    parts.push(edge);
+    await edge.ready;
+    const user = startPart('user', ['user', '--cloud', url, '--data', join(DATA, 'sotu/train/user-1.txt'), '--engine', 'reference'], { logDir, env: { SPLITLLM_JOIN_TOKEN: await joinToken(url) } });
+    parts.push(user);
+    await user.ready;
+    await expect.poll(() => rounds.length, { timeout: 120_000, interval: 100 }).toBeGreaterThanOrEqual(2);
+
+    cloud.child.kill('SIGKILL');
+    await cloud.exited;
+    const recorded = (await (async () => {
+      // what the database holds is what counts, not what was printed
+      const { RoundStore } = await import('@splitllm/cloud-server');
+      const store = RoundStore.open(join(tmp, 'restart-state'), { baseModel: SHIPPED_MODEL, nLayer: 4 });
+      const v = store.latest().version;
+      store.close();
+      return v;
+    })()) as number;
+    expect(recorded).toBeGreaterThanOrEqual(2);
+
+    cloud = startPart('cloud', cloudArgs, { logDir, env });
+    parts.push(cloud);
+    rounds.length = 0;
+    watch(cloud);
+    const ready = await cloud.ready;
+    expect(ready.version).toBe(recorded);
+    // the edge registers again by itself and the user, still in its queue, trains the next round
+    await expect.poll(() => rounds[0], { timeout: 120_000, interval: 100 }).toBe(recorded + 1);
+    const history = (await (await fetch(`${url}/api/rounds`)).json()) as Array<{ version: number }>;
+    expect(history.map((r) => r.version)).toEqual(Array.from({ length: recorded + 2 }, (_, i) => i));
+  });
+});

@@ -1,0 +1,337 @@
+/**
+ * The user tier's side of the protocol, the same in a browser tab and in a Node process:
+ * join through the cloud, download the run's manifest, tokenizer and the frozen user segment
+ * from the assigned edge, wait in its queue, and on each turn train blocks [0, k) for the
+ * turn's steps with a UserTrainer (WGSL engine or the reference), then send the adapter.
+ *
+ * Only activations h1, the batch's labels and the adapter leave this side: the private text
+ * and the token ids of the inputs stay here.
+ */
+import {
+  adapterFromNamedTensors,
+  adapterToNamedTensors,
+  decodeFrame,
+  decodeSegment,
+  encodeFrame,
+  expectRoundStep,
+  f32Tensor,
+  Gpt2Tokenizer,
+  intField,
+  parseRunManifest,
+  ProtocolError,
+  Rng,
+  sampleBatch,
+  type Frame,
+  type Gpt2Config,
+  type LoraAdapter,
+  type RunManifest,
+  type TokenBatch,
+} from '@splitllm/shared';
+import type { GpuContext } from '@splitllm/lora-kernels';
+import { createUserTrainer, type UserEngineKind, type UserTrainer } from './trainers';
+
+export interface JoinCredentials {
+  userId: string;
+  userToken: string;
+  edgeId: string;
+  edgeUrl: string;
+}
+
+export class ClientError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ClientError';
+  }
+}
+
+async function readError(res: Response): Promise<ClientError> {
+  const text = await res.text();
+  try {
+    const j = JSON.parse(text) as { code?: string; message?: string };
+    return new ClientError(j.code ?? `HTTP_${res.status}`, j.message ?? text);
+  } catch {
+    return new ClientError(`HTTP_${res.status}`, text || res.statusText);
+  }
+}
+
+/** Redeems a join token at the cloud; the cloud assigns an edge and a token for it. */
+export async function joinRun(cloudUrl: string, joinToken: string): Promise<JoinCredentials> {
+  const res = await fetch(`${cloudUrl}/api/join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ joinToken }) });
+  if (!res.ok) throw await readError(res);
+  return (await res.json()) as JoinCredentials;
+}
+
+/** The slice of the WebSocket API both the browser's and the `ws` package's sockets have. */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly readyState: number;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+export type UserEvent =
+  | { type: 'engine'; kind: UserEngineKind; reason: string }
+  | { type: 'download'; what: 'segment' | 'adapter' | 'tokenizer'; bytes: number }
+  | { type: 'welcome'; edgeId: string; version: number; position: number }
+  | { type: 'queue'; position: number; waiting: number }
+  | { type: 'turn'; round: number; version: number; steps: number }
+  | { type: 'step'; round: number; step: number; steps: number; loss: number; tokens: number; ms: number; bytesOut: number; bytesIn: number }
+  | { type: 'turn-end'; round: number; accepted: boolean; reason?: string }
+  | { type: 'round-end'; round: number; version: number }
+  | { type: 'error'; code: string; message: string }
+  | { type: 'closed'; code: number; reason: string };
+
+export interface UserClientOptions {
+  credentials: JoinCredentials;
+  /** training batches: the client asks for one per step */
+  batches: (B: number, T: number, config: Gpt2Config) => TokenBatch;
+  engine: UserEngineKind | 'auto';
+  getGpu?: () => Promise<GpuContext>;
+  /** a WebSocket constructor (the browser's, or `ws` in Node) */
+  WebSocket: new (url: string) => WebSocketLike;
+  onEvent?: (e: UserEvent) => void;
+  /** frames larger than this from the edge are refused */
+  maxFrameBytes?: number;
+}
+
+interface Waiter {
+  type: string;
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+}
+
+/** A batch source over a token stream: random windows from Rng(seed + 1), as train-central draws them. */
+export function tokenBatches(tokens: ArrayLike<number>, seed: number): (B: number, T: number, c: Gpt2Config) => TokenBatch {
+  const rng = new Rng(seed + 1);
+  return (B, T, c) => sampleBatch(tokens, B, T, rng, c.eosTokenId);
+}
+
+export class UserClient {
+  manifest?: RunManifest;
+  config?: Gpt2Config;
+  trainer?: UserTrainer;
+  private ws?: WebSocketLike;
+  private waiter?: Waiter;
+  private turnRunning = false;
+  private closed = false;
+  /** the adapter versions this client has, by version */
+  private readonly adapters = new Map<number, LoraAdapter>();
+  bytesOut = 0;
+  bytesIn = 0;
+  turns = 0;
+
+  constructor(private readonly o: UserClientOptions) {}
+
+  private emit(e: UserEvent): void {
+    this.o.onEvent?.(e);
+  }
+
+  private get edge(): string {
+    return this.o.credentials.edgeUrl;
+  }
+
+  get userId(): string {
+    return this.o.credentials.userId;
+  }
+
+  get edgeUrl(): string {
+    return this.o.credentials.edgeUrl;
+  }
+
+  private async get(path: string): Promise<Response> {
+    const res = await fetch(`${this.edge}${path}`);
+    if (!res.ok) throw await readError(res);
+    return res;
+  }
+
+  /** The run's tokenizer, from the edge (the text is encoded here, never sent). */
+  async tokenizer(): Promise<Gpt2Tokenizer> {
+    const res = await this.get('/api/tokenizer');
+    const files = (await res.json()) as { vocabJson: string; mergesTxt: string };
+    this.emit({ type: 'download', what: 'tokenizer', bytes: files.vocabJson.length + files.mergesTxt.length });
+    return Gpt2Tokenizer.fromFiles(files.vocabJson, files.mergesTxt);
+  }
+
+  private async adapter(version: number): Promise<LoraAdapter> {
+    const have = this.adapters.get(version);
+    if (have) return have;
+    const bytes = new Uint8Array(await (await this.get(`/api/adapters/user?version=${version}`)).arrayBuffer());
+    this.emit({ type: 'download', what: 'adapter', bytes: bytes.byteLength });
+    const a = adapterFromNamedTensors(this.manifest!.lora, decodeFrame(bytes, { maxBytes: this.o.maxFrameBytes ?? 256 * 2 ** 20 }).tensors);
+    this.adapters.clear();
+    this.adapters.set(version, a);
+    return a;
+  }
+
+  /** Downloads what the user tier needs and builds the trainer; then connects and waits for turns. */
+  async start(): Promise<void> {
+    const { manifest, config } = parseRunManifest(await (await this.get('/api/manifest')).json());
+    this.manifest = manifest;
+    this.config = config;
+    const segBytes = new Uint8Array(await (await this.get('/api/segments/user')).arrayBuffer());
+    this.emit({ type: 'download', what: 'segment', bytes: segBytes.byteLength });
+    const seg = decodeSegment(segBytes, 'user');
+    if (seg.plan.k !== manifest.plan.k) throw new ClientError('SEGMENT_MISMATCH', `the segment holds blocks [0, ${seg.plan.k}), the run cuts at k = ${manifest.plan.k}`);
+    const adapter = await this.adapter(manifest.version);
+    const t = manifest.train;
+    const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw }, this.o.getGpu);
+    this.trainer = trainer;
+    this.emit({ type: 'engine', kind: trainer.kind, reason });
+    await this.connect();
+  }
+
+  private connect(): Promise<void> {
+    const url = this.edge.replace(/^http/, 'ws') + '/ws/user';
+    const ws = new this.o.WebSocket(url);
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    return new Promise((resolve, reject) => {
+      ws.onopen = () => {
+        this.send(encodeFrame('hello', { userId: this.o.credentials.userId, token: this.o.credentials.userToken }));
+        resolve();
+      };
+      ws.onerror = () => reject(new ClientError('CONNECT_FAILED', `cannot connect to the edge at ${url}`));
+      ws.onmessage = (ev) => this.onMessage(ev.data);
+      ws.onclose = (ev) => {
+        this.closed = true;
+        this.waiter?.reject(new ClientError('EDGE_GONE', `the edge closed the connection (${ev.code} ${ev.reason})`));
+        this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
+      };
+    });
+  }
+
+  private send(bytes: Uint8Array): void {
+    if (!this.ws || this.closed) throw new ClientError('EDGE_GONE', 'not connected to the edge');
+    this.bytesOut += bytes.byteLength;
+    this.ws.send(bytes);
+  }
+
+  private onMessage(data: unknown): void {
+    const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data instanceof Uint8Array ? data : undefined;
+    if (!bytes) {
+      this.emit({ type: 'error', code: 'BAD_FRAME', message: 'the edge sent a text frame' });
+      return;
+    }
+    this.bytesIn += bytes.byteLength;
+    let f: Frame;
+    try {
+      f = decodeFrame(bytes, { maxBytes: this.o.maxFrameBytes ?? 256 * 2 ** 20 });
+    } catch (e) {
+      this.emit({ type: 'error', code: (e as ProtocolError).code ?? 'BAD_FRAME', message: `from the edge: ${(e as Error).message}` });
+      return;
+    }
+    switch (f.type) {
+      case 'welcome':
+        this.emit({ type: 'welcome', edgeId: String(f.fields.edgeId), version: intField(f, 'version'), position: intField(f, 'position') });
+        return;
+      case 'queue':
+        this.emit({ type: 'queue', position: intField(f, 'position'), waiting: intField(f, 'waiting') });
+        return;
+      case 'round-end':
+        this.emit({ type: 'round-end', round: intField(f, 'round'), version: intField(f, 'version') });
+        return;
+      case 'turn':
+        if (this.turnRunning) {
+          this.emit({ type: 'error', code: 'TURN_OVERLAP', message: 'a turn started while one runs' });
+          return;
+        }
+        void this.runTurn(f);
+        return;
+      case 'error':
+        this.emit({ type: 'error', code: String(f.fields.code), message: String(f.fields.message) });
+        return;
+      case 'turn-end':
+        if (this.waiter?.type === 'turn-end') this.waiter.resolve(f);
+        else if (this.waiter) this.waiter.reject(new ClientError(String(f.fields.reason ?? 'DROPPED'), 'the edge ended this turn'));
+        else this.emit({ type: 'turn-end', round: intField(f, 'round'), accepted: f.fields.accepted === true, reason: f.fields.reason as string | undefined });
+        return;
+      default:
+        if (this.waiter?.type === f.type) this.waiter.resolve(f);
+        else this.emit({ type: 'error', code: 'UNEXPECTED_TYPE', message: `unexpected "${f.type}" frame from the edge` });
+    }
+  }
+
+  private next(type: string): Promise<Frame> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new ClientError('EDGE_GONE', 'not connected to the edge'));
+      this.waiter = {
+        type,
+        resolve: (f) => {
+          this.waiter = undefined;
+          resolve(f);
+        },
+        reject: (e) => {
+          this.waiter = undefined;
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** One turn: the steps of this round for this user, then the adapter goes to the edge. */
+  private async runTurn(turn: Frame): Promise<void> {
+    this.turnRunning = true;
+    const round = intField(turn, 'round');
+    const version = intField(turn, 'version');
+    const steps = intField(turn, 'steps');
+    const trainer = this.trainer!;
+    const { batch: B, seq: T } = this.manifest!.train;
+    const D = this.config!.nEmbd;
+    try {
+      if (intField(turn, 'batch') !== B || intField(turn, 'seq') !== T) throw new ProtocolError('BAD_FIELD', `the turn's batch shape is not the manifest's ${B} x ${T}`);
+      const codec = String(turn.fields.codec) as 'f32' | 'f16' | 'int8';
+      if (!['f32', 'f16', 'int8'].includes(codec)) throw new ProtocolError('BAD_FIELD', `unknown codec "${codec}"`);
+      this.emit({ type: 'turn', round, version, steps });
+      await trainer.setAdapter(await this.adapter(version));
+      let tokens = 0;
+      for (let step = 1; step <= steps; step++) {
+        const t0 = performance.now();
+        const out0 = this.bytesOut;
+        const in0 = this.bytesIn;
+        const batch = this.o.batches(B, T, this.config!);
+        const h1 = await trainer.forward(batch);
+        const reply = this.next('backward');
+        this.send(encodeFrame('forward', { round, step }, { h: { data: h1, shape: [B, T, D], codec }, targets: { data: batch.targets, shape: [B, T] } }));
+        const back = await reply;
+        expectRoundStep(back, round, step);
+        const dh1 = f32Tensor(back, 'dh', [B, T, D]);
+        await trainer.backwardAndStep(dh1);
+        const count = intField(back, 'count');
+        tokens += count;
+        this.emit({ type: 'step', round, step, steps, loss: Number(back.fields.loss), tokens: count, ms: performance.now() - t0, bytesOut: this.bytesOut - out0, bytesIn: this.bytesIn - in0 });
+      }
+      const adapter = await trainer.readAdapter();
+      const end = this.next('turn-end');
+      this.send(encodeFrame('adapter', { round, tokens, steps }, adapterToNamedTensors(adapter)));
+      const f = await end;
+      this.turns++;
+      this.emit({ type: 'turn-end', round, accepted: f.fields.accepted === true });
+    } catch (e) {
+      const code = (e as { code?: string }).code ?? 'TURN_FAILED';
+      this.emit({ type: 'error', code, message: (e as Error).message });
+      this.emit({ type: 'turn-end', round, accepted: false, reason: code });
+    } finally {
+      this.turnRunning = false;
+    }
+  }
+
+  /** Leaves the edge's queue and closes the connection. */
+  stop(reason = 'user stopped'): void {
+    if (this.ws && !this.closed) {
+      try {
+        this.send(encodeFrame('bye', { reason }));
+      } catch {
+        /* already gone */
+      }
+      this.ws.close(1000, reason);
+    }
+    this.trainer?.destroy();
+  }
+}

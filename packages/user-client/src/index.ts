@@ -1,0 +1,2 @@
+export * from './trainers';
+export * from './client';

@@ -1,0 +1,2 @@
+export * from './gpu';
+export * from './headless';

@@ -1,0 +1,366 @@
+/**
+ * The user tier's training step behind one interface, on either engine:
+ *  - 'wgsl': UserSegmentEngine (hand-written WGSL on WebGPU; weights, activations, LoRA and the
+ *    AdamW moments stay on the GPU);
+ *  - 'reference': the TypeScript reference (userSegmentForward/Backward + AdamW), for browsers
+ *    and machines without WebGPU. Slow, but it is the oracle the other engine is tested against.
+ *
+ * Both take the decoded user segment (config + wte, wpe, h.[0,k) only: see decodeSegment) and
+ * touch nothing else. One step is forward(batch) -> h1 to the edge, then
+ * backwardAndStep(dL/dh1 from the edge): each forward is followed by at most one backward.
+ *
+ * Browser-safe (no Node API): the default device comes from navigator.gpu; Node passes
+ * `nodeGpu` from ./node/gpu.
+ */
+import {
+  AdamW,
+  checkAdapterFits,
+  cloneTensor,
+  gpt2ParameterShapes,
+  loraGradArrays,
+  loraModulePath,
+  loraParameters,
+  numel,
+  sameShape,
+  userSegmentBackward,
+  userSegmentForward,
+  validateSplitPlan,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type SplitPlan,
+  type TokenBatch,
+  type UserSegmentState,
+} from '@splitllm/shared';
+import {
+  chooseKernelVariants,
+  engineMatmulShapes,
+  GpuError,
+  isSoftwareAdapter,
+  requestKernelDevice,
+  UserSegmentEngine,
+  type GpuContext,
+  type KernelVariants,
+} from '@splitllm/lora-kernels';
+
+export type UserEngineKind = 'wgsl' | 'reference';
+
+export interface UserTrainerOptions {
+  plan: SplitPlan;
+  lora: LoraConfig;
+  /** rows per step and tokens per row: every batch has exactly this shape (pad on the right) */
+  batch: number;
+  seq: number;
+  adamw: AdamWOptions;
+}
+
+export interface UserTrainer {
+  readonly kind: UserEngineKind;
+  /** one line for logs and the UI: the engine, and for wgsl the adapter and kernel variants */
+  readonly description: string;
+  /** h1 [batch*seq*D] for this batch (batch.B === batch, batch.T === seq, ids in vocab, else a clear Error) */
+  forward(batch: TokenBatch): Promise<Float32Array>;
+  /** backward from dL/dh1 of the last forward, then one AdamW step on the user adapter */
+  backwardAndStep(dh1: Float32Array, lr?: number): Promise<void>;
+  /** a copy of the adapter of blocks [0, k) */
+  readAdapter(): Promise<LoraAdapter>;
+  /** replace the adapter (the global version at a new turn) and reset the optimizer state */
+  setAdapter(adapter: LoraAdapter): Promise<void>;
+  destroy(): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// checks shared by both engines, so they fail alike and before any work is done
+
+function checkOptions(c: Gpt2Config, o: UserTrainerOptions): void {
+  validateSplitPlan(c, o.plan);
+  if (!(Number.isInteger(o.batch) && o.batch >= 1 && Number.isInteger(o.seq) && o.seq >= 1)) {
+    throw new Error(`user trainer: batch ${o.batch} x seq ${o.seq} must be positive integers`);
+  }
+  if (o.seq > c.nPositions) throw new Error(`user trainer: sequence length ${o.seq} exceeds the model's n_positions ${c.nPositions}`);
+}
+
+/** The user segment's weights are there with the config's shapes (a decoded user segment has exactly these). */
+function checkUserWeights(model: Gpt2Model, k: number): void {
+  for (const [name, shape] of gpt2ParameterShapes(model.config)) {
+    const layer = /^h\.(\d+)\./.exec(name);
+    const needed = name === 'wte.weight' || name === 'wpe.weight' || (layer !== null && Number(layer[1]) < k);
+    if (!needed) continue;
+    const t = model.weights.get(name);
+    if (!t) throw new Error(`user trainer: the user segment has no tensor "${name}"`);
+    if (!sameShape(t.shape, shape) || t.data.length !== numel(shape)) {
+      throw new Error(`user trainer: "${name}" is [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
+    }
+  }
+}
+
+/** Same rules as the engine's: the trainer's LoRA config, shapes that fit, a pair for every target of [0, k). */
+function checkUserAdapter(c: Gpt2Config, o: UserTrainerOptions, adapter: LoraAdapter): void {
+  const a = adapter.config;
+  if ([...a.targets].sort().join(',') !== [...o.lora.targets].sort().join(',') || a.r !== o.lora.r || a.alpha !== o.lora.alpha) {
+    throw new Error(
+      `user trainer: the adapter is LoRA r=${a.r} alpha=${a.alpha} on ${a.targets.join(',')}, the trainer was made for r=${o.lora.r} alpha=${o.lora.alpha} on ${o.lora.targets.join(',')}`,
+    );
+  }
+  checkAdapterFits(c, adapter);
+  for (let layer = 0; layer < o.plan.k; layer++) {
+    for (const target of o.lora.targets) {
+      const pair = adapter.layers.get(loraModulePath(layer, target));
+      if (!pair) throw new Error(`user trainer: the adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
+      if (pair.A.data.length !== numel(pair.A.shape) || pair.B.data.length !== numel(pair.B.shape)) {
+        throw new Error(`user trainer: adapter "${loraModulePath(layer, target)}" holds fewer or more values than its shapes say`);
+      }
+    }
+  }
+}
+
+function checkBatch(c: Gpt2Config, o: UserTrainerOptions, b: TokenBatch): void {
+  if (b.B !== o.batch || b.T !== o.seq) {
+    throw new Error(`user trainer: this trainer takes batches of ${o.batch} x ${o.seq} tokens, got ${b.B} x ${b.T}`);
+  }
+  const n = o.batch * o.seq;
+  if (b.inputIds.length !== n || b.targets.length !== n) {
+    throw new Error(`user trainer: a ${o.batch} x ${o.seq} batch needs ${n} input ids and targets, got ${b.inputIds.length} and ${b.targets.length}`);
+  }
+  for (let i = 0; i < n; i++) {
+    const t = b.inputIds[i];
+    if (!(t >= 0 && t < c.vocabSize)) throw new Error(`user trainer: token id ${t} at position ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+  }
+}
+
+function checkDh1(c: Gpt2Config, o: UserTrainerOptions, dh1: Float32Array): void {
+  const n = o.batch * o.seq * c.nEmbd;
+  if (dh1.length !== n) throw new Error(`user trainer: dL/dh1 has ${dh1.length} values, expected ${n} (${o.batch} x ${o.seq} x ${c.nEmbd})`);
+  for (let i = 0; i < n; i++) if (!Number.isFinite(dh1[i])) throw new Error(`user trainer: dL/dh1 holds a non-finite value at ${i}`);
+}
+
+/** The pairs of blocks [0, k), copied: the caller's adapter is never aliased or mutated. */
+function copyUserAdapter(adapter: LoraAdapter, o: UserTrainerOptions): LoraAdapter {
+  const layers: LoraAdapter['layers'] = new Map();
+  for (let layer = 0; layer < o.plan.k; layer++) {
+    for (const target of o.lora.targets) {
+      const path = loraModulePath(layer, target);
+      const p = adapter.layers.get(path)!;
+      layers.set(path, { A: cloneTensor(p.A), B: cloneTensor(p.B) });
+    }
+  }
+  return { config: { ...o.lora, targets: [...o.lora.targets] }, layers };
+}
+
+// ---------------------------------------------------------------------------------------------
+// reference (TypeScript)
+
+export class ReferenceUserTrainer implements UserTrainer {
+  readonly kind = 'reference' as const;
+  readonly description = 'reference (TypeScript)';
+  private adapter: LoraAdapter;
+  private optimizer: AdamW;
+  private state: UserSegmentState | undefined;
+  private destroyed = false;
+
+  private constructor(
+    private readonly model: Gpt2Model,
+    adapter: LoraAdapter,
+    private readonly options: UserTrainerOptions,
+  ) {
+    this.adapter = copyUserAdapter(adapter, options);
+    this.optimizer = new AdamW(loraParameters(this.adapter), options.adamw);
+  }
+
+  static create(model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions): ReferenceUserTrainer {
+    checkOptions(model.config, o);
+    checkUserWeights(model, o.plan.k);
+    checkUserAdapter(model.config, o, adapter);
+    return new ReferenceUserTrainer(model, adapter, o);
+  }
+
+  private alive(): void {
+    if (this.destroyed) throw new Error('user trainer: used after destroy()');
+  }
+
+  async forward(batch: TokenBatch): Promise<Float32Array> {
+    this.alive();
+    checkBatch(this.model.config, this.options, batch);
+    const r = userSegmentForward(this.model, this.adapter, batch, this.options.plan);
+    this.state = r.state;
+    return r.h1;
+  }
+
+  async backwardAndStep(dh1: Float32Array, lr?: number): Promise<void> {
+    this.alive();
+    if (!this.state) throw new Error('user trainer: backwardAndStep needs a forward first (one backward per forward)');
+    checkDh1(this.model.config, this.options, dh1);
+    const grads = userSegmentBackward(this.model, this.adapter, this.state, dh1);
+    this.state = undefined;
+    this.optimizer.step(loraGradArrays(grads), lr);
+  }
+
+  async readAdapter(): Promise<LoraAdapter> {
+    this.alive();
+    return copyUserAdapter(this.adapter, this.options);
+  }
+
+  async setAdapter(adapter: LoraAdapter): Promise<void> {
+    this.alive();
+    checkUserAdapter(this.model.config, this.options, adapter);
+    this.adapter = copyUserAdapter(adapter, this.options);
+    this.optimizer = new AdamW(loraParameters(this.adapter), this.options.adamw);
+    this.state = undefined;
+  }
+
+  destroy(): void {
+    this.destroyed = true;
+    this.state = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WGSL on WebGPU
+
+export class WgslUserTrainer implements UserTrainer {
+  readonly kind = 'wgsl' as const;
+  private pending = false;
+  private destroyed = false;
+
+  private constructor(
+    /** the device: it belongs to whoever created it (destroy() leaves it alone) */
+    readonly gpu: GpuContext,
+    /** the engine itself, for tests and benchmarks (readGrads, finish) */
+    readonly engine: UserSegmentEngine,
+    readonly variants: Required<KernelVariants>,
+    readonly description: string,
+    private readonly config: Gpt2Config,
+    private readonly options: UserTrainerOptions,
+  ) {}
+
+  /**
+   * Uploads the user segment and the adapter; kernel variants suit the adapter (the
+   * barrier-free set on software adapters, matmul variants timed at this step's shapes on a
+   * GPU). Throws GpuError('DOES_NOT_FIT') when the segment does not fit the device.
+   */
+  static async create(gpu: GpuContext, model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions): Promise<WgslUserTrainer> {
+    const c = model.config;
+    checkOptions(c, o);
+    checkUserWeights(model, o.plan.k);
+    checkUserAdapter(c, o, adapter);
+    const choice = await chooseKernelVariants(gpu, engineMatmulShapes(c, o.batch, o.seq, o.lora.r));
+    const engine = await UserSegmentEngine.create(gpu, model, adapter, {
+      k: o.plan.k,
+      lora: { ...o.lora, targets: [...o.lora.targets] },
+      batch: o.batch,
+      seq: o.seq,
+      adamw: { ...o.adamw },
+      variants: choice.variants,
+    });
+    const v = choice.variants;
+    const kind = isSoftwareAdapter(gpu.adapter) ? 'software adapter' : 'GPU';
+    const description = `wgsl on ${gpu.adapter.name} (${kind}): kernels matmul ${v.matmul}, low-rank ${v.lowRank}, layernorm ${v.layernorm}, attention ${v.attention}`;
+    return new WgslUserTrainer(gpu, engine, choice.variants, description, c, o);
+  }
+
+  private alive(): void {
+    if (this.destroyed) throw new Error('user trainer: used after destroy()');
+  }
+
+  async forward(batch: TokenBatch): Promise<Float32Array> {
+    this.alive();
+    checkBatch(this.config, this.options, batch);
+    this.pending = false;
+    const h1 = await this.engine.forward(batch.inputIds);
+    this.pending = true;
+    return h1;
+  }
+
+  async backwardAndStep(dh1: Float32Array, lr?: number): Promise<void> {
+    this.alive();
+    // the engine would let a second backward reuse the activations of a forward made with the
+    // adapter before the step; refuse it so both engines behave alike
+    if (!this.pending) throw new Error('user trainer: backwardAndStep needs a forward first (one backward per forward)');
+    checkDh1(this.config, this.options, dh1);
+    this.engine.backward(dh1);
+    this.engine.step(lr);
+    this.pending = false;
+  }
+
+  async readAdapter(): Promise<LoraAdapter> {
+    this.alive();
+    return this.engine.readAdapter();
+  }
+
+  async setAdapter(adapter: LoraAdapter): Promise<void> {
+    this.alive();
+    checkUserAdapter(this.config, this.options, adapter);
+    this.engine.setAdapter(adapter);
+    this.pending = false;
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.engine.destroy();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// choosing the engine
+
+/** The browser's (or Web Worker's) WebGPU device; throws GpuError('NO_WEBGPU') without navigator.gpu. */
+export async function browserGpu(): Promise<GpuContext> {
+  const gpu = (globalThis as { navigator?: { gpu?: Parameters<typeof requestKernelDevice>[0] } }).navigator?.gpu;
+  if (!gpu) throw new GpuError('NO_WEBGPU', 'this browser has no WebGPU (navigator.gpu is missing)');
+  return requestKernelDevice(gpu);
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * 'auto': wgsl when getGpu() gives a device and the segment fits it, else the reference; the
+ * reason says which and why. 'wgsl' without a device throws (as GpuError, with its code, when
+ * getGpu threw one). getGpu defaults to the browser's navigator.gpu; in Node pass nodeGpu.
+ */
+export async function createUserTrainer(
+  kind: UserEngineKind | 'auto',
+  model: Gpt2Model,
+  adapter: LoraAdapter,
+  o: UserTrainerOptions,
+  getGpu: () => Promise<GpuContext> = browserGpu,
+): Promise<{ trainer: UserTrainer; reason: string }> {
+  if (kind === 'reference') {
+    const trainer = ReferenceUserTrainer.create(model, adapter, o);
+    return { trainer, reason: 'the reference engine was asked for' };
+  }
+  if (kind !== 'wgsl' && kind !== 'auto') throw new Error(`unknown user engine "${String(kind)}" (wgsl, reference or auto)`);
+  // bad options, weights or adapter are the caller's bug, not a reason to change engines
+  checkOptions(model.config, o);
+  checkUserWeights(model, o.plan.k);
+  checkUserAdapter(model.config, o, adapter);
+
+  let gpu: GpuContext;
+  try {
+    gpu = await getGpu();
+  } catch (e) {
+    if (kind === 'wgsl') {
+      const message = `the wgsl engine was asked for but there is no WebGPU device: ${messageOf(e)}`;
+      if (e instanceof GpuError) throw new GpuError(e.code, message);
+      throw new Error(message, { cause: e });
+    }
+    const trainer = ReferenceUserTrainer.create(model, adapter, o);
+    return { trainer, reason: `no WebGPU device (${messageOf(e)}): reference (TypeScript) engine` };
+  }
+  if (kind === 'wgsl') {
+    const trainer = await WgslUserTrainer.create(gpu, model, adapter, o);
+    return { trainer, reason: `the wgsl engine was asked for: ${trainer.description}` };
+  }
+  try {
+    const trainer = await WgslUserTrainer.create(gpu, model, adapter, o);
+    return { trainer, reason: `WebGPU device available: ${trainer.description}` };
+  } catch (e) {
+    // e.g. the segment exceeds this adapter's buffer limits: training still works, only slower
+    const trainer = ReferenceUserTrainer.create(model, adapter, o);
+    return { trainer, reason: `WebGPU device found but the wgsl engine failed (${messageOf(e)}): reference (TypeScript) engine` };
+  }
+}
