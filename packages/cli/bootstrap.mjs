@@ -130,20 +130,9 @@ function test() {
 
 function start() {
   ensureAll();
-  const model = 'packages/assets/models/moby-tiny';
-  step(`evaluating the shipped model ${model} on held-out Moby Dick chapters`);
-  const code = run('pnpm', ['splitllm', 'eval', '--model', model, '--text', 'packages/assets/data/moby-dick/heldout.txt']);
-  if (code !== 0) return code;
-  step('fine-tuning it with LoRA on one demo user\'s text (State of the Union, 1970-2021), then evaluating');
-  const out = join(ROOT, 'out/start-adapter');
-  const args = ['--model', model];
-  const trained = run('pnpm', ['splitllm', 'train-central', ...args, '--text', 'packages/assets/data/sotu/train/user-4.txt', '--steps', '100', '--seed', '1', '--out', out]);
-  if (trained !== 0) return trained;
-  step('held-out text of the same user: before, then after fine-tuning');
-  const heldout = 'packages/assets/data/sotu/heldout/user-4.txt';
-  const before = run('pnpm', ['splitllm', 'eval', ...args, '--text', heldout]);
-  if (before !== 0) return before;
-  return run('pnpm', ['splitllm', 'eval', ...args, '--adapter', out, '--text', heldout]);
+  step('starting the system on the shipped model: a cloud, one edge and a demo user (Ctrl-C stops it)');
+  // `splitllm serve` keeps its state in out/serve-state, so a restart resumes at the last round
+  return run('pnpm', ['splitllm', 'serve', ...process.argv.slice(3)]);
 }
 
 const commands = { start, test };

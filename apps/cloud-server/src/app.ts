@@ -245,6 +245,43 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
         return { userId, userToken: userToken(o.edgeSecret, userId, edge.edgeId), edgeId: edge.edgeId, edgeUrl: edge.url };
       },
     );
+    // an edge that died leaves its users without one: they come back with the token they hold
+    // (it proves the user and its old edge) and are assigned a live edge for the next round
+    r.post<{ Body: { userId: string; userToken: string; edgeId: string } }>(
+      '/api/rejoin',
+      {
+        schema: {
+          body: {
+            type: 'object',
+            properties: { userId: { type: 'string', maxLength: 64 }, userToken: { type: 'string', maxLength: 128 }, edgeId: { type: 'string', maxLength: 64 } },
+            required: ['userId', 'userToken', 'edgeId'],
+            additionalProperties: false,
+          },
+          response: {
+            200: { type: 'object', properties: { userId: { type: 'string' }, userToken: { type: 'string' }, edgeId: { type: 'string' }, edgeUrl: { type: 'string' } }, required: ['userId', 'userToken', 'edgeId', 'edgeUrl'] },
+            403: errorSchema,
+            503: errorSchema,
+          },
+        },
+      },
+      async (req, reply) => {
+        const { userId, userToken: token, edgeId } = req.body;
+        const known = store.users().find((u) => u.userId === userId);
+        if (!known || known.edgeId !== edgeId || !secretsEqual(userToken(o.edgeSecret, userId, edgeId), token)) {
+          req.log.warn({ code: 'BAD_USER_TOKEN', userId }, 'rejoin refused');
+          return fail(reply, 403, 'BAD_USER_TOKEN', 'unknown user, or a token that is not this user\'s for that edge');
+        }
+        const current = coordinator.edges.get(edgeId);
+        const edge = current?.channel ? current : coordinator.pickEdge();
+        if (!edge) return fail(reply, 503, 'NO_EDGE', 'no edge server is connected; try again shortly');
+        if (edge.edgeId !== edgeId) {
+          store.recordUser(userId, edge.edgeId);
+          edge.assigned++;
+          req.log.info({ userId, from: edgeId, to: edge.edgeId }, 'user reassigned');
+        }
+        return { userId, userToken: userToken(o.edgeSecret, userId, edge.edgeId), edgeId: edge.edgeId, edgeUrl: edge.url };
+      },
+    );
   });
 
   // edges: registration with the shared secret, then one WebSocket for rounds and steps

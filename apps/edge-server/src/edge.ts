@@ -38,7 +38,7 @@ import {
   type RunManifest,
 } from '@splitllm/shared';
 import { checkUserToken } from '@splitllm/shared/node';
-import type { BlocksSegment } from '@splitllm/onnx-runner';
+import { peakRssBytes, type BlocksSegment } from '@splitllm/onnx-runner';
 import { WebSocket } from 'ws';
 
 export interface Logger {
@@ -390,10 +390,10 @@ export class Edge {
   }
 
   /** The user's connection closed (or an operator dropped it): its state goes at once. */
-  removeUser(u: UserConn, reason: string, closeSocket = false): void {
+  removeUser(u: UserConn, reason: string, closeSocket = false, closeCode = 1000): void {
     if (u.closed) return;
     u.closed = true;
-    if (closeSocket) u.socket.close(1000, reason.slice(0, 100));
+    if (closeSocket) u.socket.close(closeCode, reason.slice(0, 100));
     this.users.delete(u.userId);
     const i = this.queue.indexOf(u.userId);
     if (i >= 0) this.queue.splice(i, 1);
@@ -583,7 +583,8 @@ export class Edge {
   dropUser(userId: string): boolean {
     const u = this.users.get(userId);
     if (!u) return false;
-    this.removeUser(u, 'dropped by the operator', true);
+    // 4003: a client must not come back by itself (it would after an edge shutdown's 1000)
+    this.removeUser(u, 'dropped by the operator', true, 4003);
     return true;
   }
 
@@ -608,7 +609,7 @@ export class Edge {
       tokensPerSecond: secs > 0 ? last.reduce((s, x) => s + x.tokens, 0) / secs : null,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
-      memory: process.memoryUsage(),
+      memory: { ...process.memoryUsage(), peakRss: peakRssBytes() ?? null },
       steps: this.recentSteps,
       errors: this.recentErrors.slice(-50),
     };

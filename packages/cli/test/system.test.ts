@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { startHeadlessUser } from '@splitllm/user-client/node';
+import { joinRun, type UserEvent } from '@splitllm/user-client';
 import { DATA, SHIPPED_MODEL } from './run-cli';
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-system-'));
@@ -312,6 +314,56 @@ describe('servers on loopback', () => {
     expect(metrics).toMatch(/^splitllm_cloud_steps_total 5$/m);
     const edgeMetrics = await (await fetch(`${edges[0].url}/metrics`)).text();
     expect(edgeMetrics).toMatch(/^splitllm_edge_users_dropped_total 1$/m);
+  });
+});
+
+describe('an edge that dies', () => {
+  let cloud: CloudServer;
+  const edges: EdgeServer[] = [];
+  afterAll(async () => {
+    for (const e of edges) await e.close();
+    await cloud?.close();
+  });
+
+  it('leaves its users to be reassigned to a live edge for the next round', async () => {
+    cloud = await startCloudServer({
+      modelDir: SHIPPED_MODEL,
+      stateDir: join(tmp, 'edge-dies-state'),
+      edgeSecret,
+      operatorToken,
+      seed: 2,
+      train: { stepsPerUser: STEPS, batch: B, seq: T },
+      logLevel: false,
+      threads: 1,
+    });
+    edges.push(await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e1', edgeSecret, logLevel: false, threads: 1 }));
+    edges.push(await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e2', edgeSecret, logLevel: false, threads: 1 }));
+    const events: UserEvent[] = [];
+    const first = await joinRun(cloud.url, await joinToken(cloud.url));
+    const client = await startHeadlessUser({
+      cloudUrl: cloud.url,
+      credentials: first,
+      dataFile: join(DATA, 'sotu/train/user-1.txt'),
+      seed: 0,
+      engine: 'reference',
+      onEvent: (e) => events.push(e),
+    });
+    try {
+      expect(client.edgeUrl).toBe(edges[0].url);
+      await expect.poll(() => events.some((e) => e.type === 'turn-end' && e.accepted), { timeout: 60_000 }).toBe(true);
+      await edges[0].close();
+      await expect.poll(() => events.find((e) => e.type === 'reassigned'), { timeout: 60_000 }).toMatchObject({ edgeId: 'e2', edgeUrl: edges[1].url });
+      const afterMove = events.length;
+      await expect.poll(() => events.slice(afterMove).some((e) => e.type === 'turn-end' && e.accepted), { timeout: 60_000 }).toBe(true);
+      await expect.poll(() => cloud.store.rounds().some((r) => r.participants.includes('edge:e2') && r.participants.includes(`user:${client.userId}`)), { timeout: 10_000 }).toBe(true);
+      // its first token (genuine, for e1) no longer names its edge: the cloud refuses it now
+      expect(first.edgeId).toBe('e1');
+      const stale = await post(`${cloud.url}/api/rejoin`, { userId: client.userId, userToken: first.userToken, edgeId: 'e1' });
+      expect(stale.status).toBe(403);
+      expect(stale.json.code).toBe('BAD_USER_TOKEN');
+    } finally {
+      client.stop();
+    }
   });
 });
 

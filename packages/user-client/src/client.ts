@@ -86,6 +86,8 @@ export type UserEvent =
   | { type: 'turn-end'; round: number; accepted: boolean; reason?: string }
   | { type: 'round-end'; round: number; version: number }
   | { type: 'error'; code: string; message: string }
+  | { type: 'reconnecting'; reason: string }
+  | { type: 'reassigned'; edgeId: string; edgeUrl: string }
   | { type: 'closed'; code: number; reason: string };
 
 export interface UserClientOptions {
@@ -99,6 +101,10 @@ export interface UserClientOptions {
   onEvent?: (e: UserEvent) => void;
   /** frames larger than this from the edge are refused */
   maxFrameBytes?: number;
+  /** where to ask for another edge when this one goes away (omit: the client just stops) */
+  cloudUrl?: string;
+  /** how long to keep asking for another edge */
+  rejoinForMs?: number;
 }
 
 interface Waiter {
@@ -127,22 +133,27 @@ export class UserClient {
   bytesIn = 0;
   turns = 0;
 
-  constructor(private readonly o: UserClientOptions) {}
+  private credentials: JoinCredentials;
+  private stopping = false;
+
+  constructor(private readonly o: UserClientOptions) {
+    this.credentials = { ...o.credentials };
+  }
 
   private emit(e: UserEvent): void {
     this.o.onEvent?.(e);
   }
 
   private get edge(): string {
-    return this.o.credentials.edgeUrl;
+    return this.credentials.edgeUrl;
   }
 
   get userId(): string {
-    return this.o.credentials.userId;
+    return this.credentials.userId;
   }
 
   get edgeUrl(): string {
-    return this.o.credentials.edgeUrl;
+    return this.credentials.edgeUrl;
   }
 
   private async get(path: string): Promise<Response> {
@@ -194,17 +205,53 @@ export class UserClient {
     this.ws = ws;
     return new Promise((resolve, reject) => {
       ws.onopen = () => {
-        this.send(encodeFrame('hello', { userId: this.o.credentials.userId, token: this.o.credentials.userToken }));
+        this.closed = false;
+        this.send(encodeFrame('hello', { userId: this.credentials.userId, token: this.credentials.userToken }));
         resolve();
       };
       ws.onerror = () => reject(new ClientError('CONNECT_FAILED', `cannot connect to the edge at ${url}`));
       ws.onmessage = (ev) => this.onMessage(ev.data);
       ws.onclose = (ev) => {
+        if (this.ws !== ws) return;
         this.closed = true;
         this.waiter?.reject(new ClientError('EDGE_GONE', `the edge closed the connection (${ev.code} ${ev.reason})`));
-        this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
+        // 4001: refused (bad token); 4003: dropped by the edge's operator: neither comes back by itself
+        if (this.stopping || !this.o.cloudUrl || ev.code === 4001 || ev.code === 4003) this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
+        else void this.rejoin(`the edge closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`, ev);
       };
     });
+  }
+
+  /**
+   * The edge went away: ask the cloud for a live edge (it may be the same one, back again) with
+   * the token this user holds, and wait in that edge's queue. The trainer and the downloaded
+   * segment stay: every edge of a run serves the same segment.
+   */
+  private async rejoin(reason: string, ev: { code: number; reason: string }): Promise<void> {
+    this.emit({ type: 'reconnecting', reason });
+    const deadline = Date.now() + (this.o.rejoinForMs ?? 10 * 60_000);
+    while (!this.stopping && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1000));
+      try {
+        const res = await fetch(`${this.o.cloudUrl}/api/rejoin`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ userId: this.credentials.userId, userToken: this.credentials.userToken, edgeId: this.credentials.edgeId }),
+        });
+        if (!res.ok) {
+          const err = await readError(res);
+          if (err.code === 'BAD_USER_TOKEN') break; // will not get better
+          continue;
+        }
+        this.credentials = (await res.json()) as JoinCredentials;
+        await this.connect();
+        this.emit({ type: 'reassigned', edgeId: this.credentials.edgeId, edgeUrl: this.credentials.edgeUrl });
+        return;
+      } catch {
+        /* cloud or edge not reachable yet: try again */
+      }
+    }
+    if (!this.stopping) this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
   }
 
   private send(bytes: Uint8Array): void {
@@ -324,6 +371,7 @@ export class UserClient {
 
   /** Leaves the edge's queue and closes the connection. */
   stop(reason = 'user stopped'): void {
+    this.stopping = true;
     if (this.ws && !this.closed) {
       try {
         this.send(encodeFrame('bye', { reason }));

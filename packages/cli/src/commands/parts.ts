@@ -150,6 +150,8 @@ export async function userCommand(argv: string[]): Promise<void> {
       else if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);
       else if (e.type === 'step') process.stderr.write(`round ${e.round} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)} ${e.ms.toFixed(0)} ms\n`);
       else if (e.type === 'error') process.stderr.write(`user: ${e.code}: ${e.message}\n`);
+      else if (e.type === 'reconnecting') process.stderr.write(`user: ${e.reason}; asking the cloud for an edge\n`);
+      else if (e.type === 'reassigned') process.stderr.write(`user: now on edge ${e.edgeId} (${e.edgeUrl})\n`);
       else if (e.type === 'closed') {
         process.stderr.write(`user: the edge closed the connection (${e.code} ${e.reason})\n`);
         process.exit(3);

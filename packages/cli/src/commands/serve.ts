@@ -61,18 +61,20 @@ export async function serveCommand(argv: string[]): Promise<void> {
       [
         'cloud', '--model', modelDir, '--state', join(stateDir, 'cloud'), '--port', String(args.int('port', 8700)),
         '--steps-per-user', String(args.int('steps-per-user', 20, 1)), '--codec', codecOf(args.optionalString('codec')),
-        ...(rounds > 0 ? ['--max-rounds', String(rounds)] : []), '--threads', '1',
+        '--threads', '1',
       ],
       { logDir, env },
     );
     parts.push(cloud);
     const cloudUrl = String((await cloud.ready).url);
+    // --rounds counts rounds from now: a resumed state may already be far along
+    let seen = 0;
     let reached: () => void = () => undefined;
     const done = new Promise<void>((res) => (reached = res));
     cloud.onLine((j) => {
       if (j.event !== 'round') return;
       console.log(`round ${j.round} recorded: version ${j.version}, loss ${Number(j.loss).toFixed(4)}, ${j.users} user(s), ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s`);
-      if (rounds > 0 && Number(j.version) >= rounds) reached();
+      if (rounds > 0 && ++seen >= rounds) reached();
     });
     console.log(`cloud  ${cloudUrl}  (status ${cloudUrl}/api/status, metrics ${cloudUrl}/metrics; log ${cloud.logFile})`);
     const edgeArgs = ['edge', '--cloud', cloudUrl, '--id', 'edge-0', '--port', String(args.int('edge-port', 8701)), '--threads', '1'];

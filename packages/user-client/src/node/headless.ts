@@ -36,6 +36,7 @@ export async function startHeadlessUser(o: HeadlessUserOptions): Promise<UserCli
   let tokens: number[] | undefined;
   const client: UserClient = new UserClient({
     credentials,
+    cloudUrl: o.cloudUrl,
     engine: o.engine,
     getGpu: nodeGpu,
     WebSocket: WebSocket as unknown as new (url: string) => WebSocketLike,
