@@ -49,6 +49,7 @@ export interface CloudServerOptions {
   lora?: LoraConfig;
   train?: Partial<TrainSettings>;
   minEdges?: number;
+  minUsers?: number;
   maxRounds?: number;
   roundTimeoutMs?: number;
   strategy?: string;
@@ -141,6 +142,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     metrics,
     log: app.log,
     minEdges: o.minEdges ?? 1,
+    minUsers: o.minUsers ?? 1,
     maxRounds: o.maxRounds ?? 0,
     roundTimeoutMs: o.roundTimeoutMs ?? 30 * 60_000,
     maxFrameBytes: frameLimit,

@@ -112,8 +112,10 @@ export interface CoordinatorOptions {
   strategy: AggregationStrategy;
   metrics: MetricsRegistry;
   log: Logger;
-  /** a round starts once this many edges have waiting users */
+  /** a round starts once this many edges have waiting users ... */
   minEdges: number;
+  /** ... and this many users wait in all (simulate: every user it started, so rounds rotate alike) */
+  minUsers: number;
   /** no round starts once this version is reached (0: no limit) */
   maxRounds: number;
   /** an edge that has not uploaded this long after the round started is excluded from it */
@@ -374,6 +376,7 @@ export class Coordinator {
     if (this.o.maxRounds > 0 && this.latest.version >= this.o.maxRounds) return;
     const ready = [...this.edges.values()].filter((e) => e.channel && e.waiting > 0);
     if (ready.length < this.o.minEdges) return;
+    if (ready.reduce((n, e) => n + e.waiting, 0) < this.o.minUsers) return;
     const round = this.latest.version + 1;
     const { m } = this.o.plan;
     const cloudPart = adapterSubset(this.global, m, this.o.config.nLayer);
@@ -417,7 +420,20 @@ export class Coordinator {
     if (er.upload) throw new ProtocolError('ROUND_UPLOADED', `edge "${edgeId}" already uploaded its round ${r.round} result`);
     if (stringField(f, 'edgeId') !== edgeId) throw new ProtocolError('BAD_FIELD', 'update.edgeId is not the uploading edge');
     if (er.turn) throw new ProtocolError('TURN_OPEN', `user "${er.turn.userId}"'s turn has not ended`);
-    r.bytes += bytes.byteLength + intField(f, 'userBytes');
+    try {
+      return this.checkUpdate(e, f, r, er, bytes.byteLength);
+    } catch (err) {
+      // a refused upload takes its edge out of the round: the others need not wait for it
+      r.edges.delete(edgeId);
+      this.o.log.warn({ edgeId, round: r.round, err: (err as Error).message }, 'edge excluded from the round: its upload was refused');
+      this.maybeFinishRound();
+      throw err;
+    }
+  }
+
+  private checkUpdate(e: EdgeInfo, f: Frame, r: ActiveRound, er: EdgeRound, frameBytes: number): { accepted: boolean; round: number } {
+    const edgeId = e.edgeId;
+    r.bytes += frameBytes + intField(f, 'userBytes');
     const listed = f.fields.users;
     if (!Array.isArray(listed) || !listed.every((u) => typeof u === 'object' && u !== null && typeof (u as { userId?: unknown }).userId === 'string')) {
       throw new ProtocolError('BAD_FIELD', 'update.users must be a list of {userId}');
@@ -541,7 +557,7 @@ export class Coordinator {
         : null,
       last: this.latest,
       edges: [...this.edges.values()].map((e) => ({ edgeId: e.edgeId, url: e.url, live: !!e.channel, waiting: e.waiting, assigned: e.assigned, errors: e.errors })),
-      settings: { plan: this.o.plan, train: this.o.train, minEdges: this.o.minEdges, maxRounds: this.o.maxRounds, strategy: this.o.strategy.name },
+      settings: { plan: this.o.plan, train: this.o.train, minEdges: this.o.minEdges, minUsers: this.o.minUsers, maxRounds: this.o.maxRounds, strategy: this.o.strategy.name },
     };
   }
 

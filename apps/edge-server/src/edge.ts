@@ -13,6 +13,7 @@
  */
 import {
   adamUpdateNormBound,
+  AdapterCheckError,
   adapterElementCount,
   adapterFromNamedTensors,
   adapterSubset,
@@ -120,6 +121,11 @@ export interface EdgeOptions {
 }
 
 const RECENT = 200;
+
+/** The code of our own errors (protocol, adapter checks, edge); `fallback` for anything else. */
+function codeOf(e: unknown, fallback: string): string {
+  return e instanceof EdgeError || e instanceof ProtocolError || e instanceof AdapterCheckError ? String(e.code) : fallback;
+}
 
 export class Edge {
   readonly users = new Map<string, UserConn>();
@@ -383,7 +389,7 @@ export class Edge {
       w.accept(f); // contextual checks (round, step, shapes): throws without changing anything
       w.resolve(f);
     } catch (e) {
-      const code = e instanceof ProtocolError ? String(e.code) : 'BAD_FRAME';
+      const code = codeOf(e, 'BAD_FRAME');
       this.noteError(code, (e as Error).message, u.userId);
       this.sendUser(u, encodeErrorFrame(code, (e as Error).message));
     }
@@ -451,9 +457,14 @@ export class Edge {
         if (!u.closed) u.state = 'waiting';
         this.sendQueuePositions();
       }
-      await this.upload(state);
+      await this.upload(round, state.completed, state.train.adapter, state.userBytes);
     } catch (e) {
       this.noteError(e instanceof EdgeError ? e.code : 'ROUND_FAILED', `round ${round}: ${(e as Error).message}`);
+      // tell the cloud this edge sits the round out, rather than leave it waiting (best effort:
+      // when the upload itself was refused, the cloud has already excluded this edge)
+      if (!(e instanceof EdgeError && e.code === 'UPLOAD_REFUSED') && this.cloudConnected) {
+        await this.upload(round, [], undefined, 0).catch(() => undefined);
+      }
     } finally {
       this.round = undefined;
       this.reportStatusSafe();
@@ -533,7 +544,7 @@ export class Edge {
       this.o.log.info({ round, userId: u.userId, tokens }, 'turn completed');
       return { userId: u.userId, adapter: adapter!, steps, tokens };
     } catch (e) {
-      const code = e instanceof EdgeError || e instanceof ProtocolError ? String(e.code) : 'STEP_FAILED';
+      const code = codeOf(e, 'STEP_FAILED');
       state.train.restore(before);
       this.m.drops();
       this.noteError(code, `user dropped from round ${round}: ${(e as Error).message}`, u.userId);
@@ -558,25 +569,25 @@ export class Edge {
   }
 
   /** The round's result to the cloud: the edge LoRA and each completed user's adapter. */
-  private async upload(state: EdgeRoundState): Promise<void> {
+  private async upload(round: number, completed: EdgeRoundState['completed'], edgeAdapter: LoraAdapter | undefined, userBytes: number): Promise<void> {
     const tensors = new Map<string, { data: Float32Array; shape: number[] }>();
-    if (state.completed.length > 0) for (const [n, t] of adapterToNamedTensors(state.train.adapter, 'edge.')) tensors.set(n, t);
-    for (const c of state.completed) for (const [n, t] of adapterToNamedTensors(c.adapter, `user.${c.userId}.`)) tensors.set(n, t);
-    const tokens = state.completed.reduce((s, c) => s + c.tokens, 0);
+    if (completed.length > 0 && edgeAdapter) for (const [n, t] of adapterToNamedTensors(edgeAdapter, 'edge.')) tensors.set(n, t);
+    for (const c of completed) for (const [n, t] of adapterToNamedTensors(c.adapter, `user.${c.userId}.`)) tensors.set(n, t);
+    const tokens = completed.reduce((s, c) => s + c.tokens, 0);
     const body = encodeFrame(
       'update',
-      { round: state.round, edgeId: this.o.edgeId, tokens, users: state.completed.map((c) => ({ userId: c.userId, steps: c.steps, tokens: c.tokens })), userBytes: state.userBytes },
+      { round, edgeId: this.o.edgeId, tokens, users: completed.map((c) => ({ userId: c.userId, steps: c.steps, tokens: c.tokens })), userBytes },
       tensors,
     );
     const link = this.link!;
     this.m.bytes(body.byteLength, { peer: 'cloud', direction: 'out' });
-    const res = await fetch(`${link.url}/api/rounds/${state.round}/update`, {
+    const res = await fetch(`${link.url}/api/rounds/${round}/update`, {
       method: 'POST',
       headers: { authorization: `Bearer ${link.edgeToken}`, 'content-type': 'application/octet-stream' },
       body: new Blob([body as Uint8Array<ArrayBuffer>]),
     });
-    if (!res.ok) throw new EdgeError('UPLOAD_REFUSED', `the cloud refused the round ${state.round} upload: ${res.status} ${await res.text()}`);
-    this.o.log.info({ round: state.round, users: state.completed.map((c) => c.userId), tokens }, 'round result uploaded');
+    if (!res.ok) throw new EdgeError('UPLOAD_REFUSED', `the cloud refused the round ${round} upload: ${res.status} ${await res.text()}`);
+    this.o.log.info({ round, users: completed.map((c) => c.userId), tokens }, 'round result uploaded');
   }
 
   /** An operator drops a user: its connection closes and its turn (if any) is rolled back. */

@@ -119,7 +119,7 @@ function nanFrame(round: number, step: number, rng: Rng): Uint8Array {
 }
 
 /** Plays a turn honestly (random activations, the global adapter sent back unchanged). */
-async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, before?: (round: number, step: number) => Promise<void>): Promise<Frame> {
+async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, before?: (round: number, step: number) => Promise<void>, beforeAdapter?: (round: number, tensors: Map<string, { data: Float32Array; shape: number[] }>) => Promise<void>): Promise<Frame> {
   const turn = await u.next((f) => f.type === 'turn');
   const round = Number(turn.fields.round);
   for (let step = 1; step <= Number(turn.fields.steps); step++) {
@@ -131,7 +131,8 @@ async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, before?: (round: 
   }
   const res = await fetch(`${edgeUrl}/api/adapters/user?version=${String(turn.fields.version)}`);
   const adapter = decodeFrame(new Uint8Array(await res.arrayBuffer()));
-  const tensors = new Map([...adapter.tensors].map(([n, t]) => [n, { data: t.data, shape: t.shape }]));
+  const tensors = new Map([...adapter.tensors].map(([n, t]) => [n, { data: t.data as Float32Array, shape: t.shape }]));
+  await beforeAdapter?.(round, tensors);
   u.send(encodeFrame('adapter', { round, tokens: B * T * STEPS, steps: STEPS }, tensors));
   return u.next((f) => f.type === 'turn-end');
 }
@@ -314,6 +315,25 @@ describe('servers on loopback', () => {
     expect(metrics).toMatch(/^splitllm_cloud_steps_total 5$/m);
     const edgeMetrics = await (await fetch(`${edges[0].url}/metrics`)).text();
     expect(edgeMetrics).toMatch(/^splitllm_edge_users_dropped_total 1$/m);
+  });
+
+  it('refuses a user adapter past the update-norm bound or missing a module, with a code; a valid one is taken', async () => {
+    const [, b, c] = users;
+    const rng = new Rng(11);
+    const bTurn = playTurn(b, edges[0].url, rng, undefined, async (round, tensors) => {
+      const shifted = new Map([...tensors].map(([n, t]) => [n, { data: t.data.map((v) => v + 10), shape: t.shape }]));
+      b.send(encodeFrame('adapter', { round, tokens: 1, steps: STEPS }, shifted));
+      expect(await b.error()).toBe('ADAPTER_NORM');
+      const missing = new Map([...tensors].slice(1));
+      b.send(encodeFrame('adapter', { round, tokens: 1, steps: STEPS }, missing));
+      expect(await b.error()).toBe('ADAPTER_MODULE');
+    });
+    const cTurn = playTurn(c, edges[1].url, rng);
+    expect((await bTurn).fields.accepted).toBe(true);
+    expect((await cTurn).fields.accepted).toBe(true);
+    await c.next((f) => f.type === 'round-end' && f.fields.version === 2);
+    const last = cloud.store.rounds().find((r) => r.version === 2)!;
+    expect(last.participants.sort()).toEqual(['edge:e1', 'edge:e2', `user:${b.userId}`, `user:${c.userId}`].sort());
   });
 });
 

@@ -36,7 +36,7 @@ export function codecOf(v: string | undefined): WireCodec {
 }
 
 export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N] [--users-per-edge N]
-    [--min-edges N] [--max-rounds R] [--codec f32|f16|int8] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
+    [--min-edges N] [--min-users N] [--max-rounds R] [--codec f32|f16|int8] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
     [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
   The cloud server: tail segment, rounds, aggregation (FedAvg), state in DIR (resumes from the last
   recorded round). Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
@@ -51,6 +51,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     'steps-per-user': { type: 'string' },
     'users-per-edge': { type: 'string' },
     'min-edges': { type: 'string' },
+    'min-users': { type: 'string' },
     'max-rounds': { type: 'string' },
     codec: { type: 'string' },
     'batch-size': { type: 'string' },
@@ -85,6 +86,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr: args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr), eps: args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps) },
     },
     minEdges: args.int('min-edges', 1, 1),
+    minUsers: args.int('min-users', 1, 1),
     maxRounds: args.int('max-rounds', 0),
     provider: provider(args),
     threads: args.int('threads', 0),

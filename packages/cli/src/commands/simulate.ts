@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Args, UsageError } from '../args';
 import { SHIPPED_MODEL_DIR } from '../io';
-import { startPart, untilSignal, type Part } from '../launcher';
+import { logTail, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
@@ -98,10 +98,11 @@ export async function simulateCommand(argv: string[]): Promise<void> {
       const v = args.optionalString(key);
       if (v !== undefined) trainArgs.push(flag, v);
     }
-    const cloud = startPart('cloud', ['cloud', '--model', modelDir, '--state', stateDir, '--min-edges', String(E), '--max-rounds', String(R), '--threads', threads, ...trainArgs], { logDir, env });
+    const cloud = startPart('cloud', ['cloud', '--model', modelDir, '--state', stateDir, '--min-edges', String(E), '--min-users', String(U), '--max-rounds', String(R), '--threads', threads, ...trainArgs], { logDir, env });
     parts.push(cloud);
     const url = String((await cloud.ready).url);
     const rounds: Array<Record<string, unknown>> = [];
+    let watchExit: (p: Part) => void = () => undefined;
     const allDone = new Promise<void>((res, rej) => {
       cloud.onLine((j) => {
         if (j.event !== 'round') return;
@@ -111,10 +112,13 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         else console.log(`round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ${(Number(j.ms) / 1000).toFixed(1)} s`);
         if (Number(j.version) >= R) res();
       });
-      void cloud.exited.then((code) => rej(new Error(`the cloud exited (code ${code}) before round ${R}; log ${cloud.logFile}`)));
+      watchExit = (p) => void p.exited.then((code) => rej(new Error(`${p.name} exited (code ${code}) before round ${R}; log ${p.logFile}:\n${logTail(p.logFile)}`)));
+      watchExit(cloud);
     });
+    allDone.catch(() => undefined);
     const edges = Array.from({ length: E }, (_, i) => startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads], { logDir, env }));
     parts.push(...edges);
+    edges.forEach((e) => watchExit(e));
     await Promise.all(edges.map((e) => e.ready));
     for (let i = 0; i < U; i++) {
       const joinToken = await operatorPost(url, env.SPLITLLM_OPERATOR_TOKEN);
@@ -123,6 +127,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         env: { SPLITLLM_JOIN_TOKEN: joinToken },
       });
       parts.push(user);
+      watchExit(user);
       const ready = await user.ready;
       if (!json) console.log(`user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ${String(ready.description ?? ready.engine)}`);
     }
