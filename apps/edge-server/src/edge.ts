@@ -122,6 +122,33 @@ export interface EdgeOptions {
 
 const RECENT = 200;
 
+/**
+ * The next frame of a type from one peer: `attach` installs the waiter where that peer's frames
+ * are dispatched, and clears it once the wait is over (answered, failed or timed out).
+ */
+function waitFor(type: string, accept: (f: Frame) => void, timeoutMs: number, timeoutError: () => Error, attach: (w: Waiter | undefined) => void): Promise<Frame> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => w.reject(timeoutError()), timeoutMs);
+    const settle = () => {
+      clearTimeout(timer);
+      attach(undefined);
+    };
+    const w: Waiter = {
+      type,
+      accept,
+      resolve: (f) => {
+        settle();
+        resolve(f);
+      },
+      reject: (e) => {
+        settle();
+        reject(e);
+      },
+    };
+    attach(w);
+  });
+}
+
 /** The code of our own errors (protocol, adapter checks, edge); `fallback` for anything else. */
 function codeOf(e: unknown, fallback: string): string {
   return e instanceof EdgeError || e instanceof ProtocolError || e instanceof AdapterCheckError ? String(e.code) : fallback;
@@ -271,24 +298,7 @@ export class Edge {
   }
 
   private awaitCloud(type: string, accept: (f: Frame) => void): Promise<Frame> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => done.reject(new EdgeError('CLOUD_TIMEOUT', `the cloud did not answer within ${this.o.cloudTimeoutMs} ms`)), this.o.cloudTimeoutMs);
-      const done: Waiter = {
-        type,
-        accept,
-        resolve: (f) => {
-          clearTimeout(timer);
-          this.cloudWaiter = undefined;
-          resolve(f);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          this.cloudWaiter = undefined;
-          reject(e);
-        },
-      };
-      this.cloudWaiter = done;
-    });
+    return waitFor(type, accept, this.o.cloudTimeoutMs, () => new EdgeError('CLOUD_TIMEOUT', `the cloud did not answer within ${this.o.cloudTimeoutMs} ms`), (w) => (this.cloudWaiter = w));
   }
 
   /** The global adapter of a version: the user part (served to users as is) and the edge part. */
@@ -411,25 +421,8 @@ export class Edge {
   }
 
   private awaitUser(u: UserConn, type: string, accept: (f: Frame) => void): Promise<Frame> {
-    return new Promise((resolve, reject) => {
-      if (u.closed) return reject(new EdgeError('USER_GONE', 'the user is gone'));
-      const timer = setTimeout(() => w.reject(new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${this.o.stepTimeoutMs} ms`)), this.o.stepTimeoutMs);
-      const w: Waiter = {
-        type,
-        accept,
-        resolve: (f) => {
-          clearTimeout(timer);
-          u.waiter = undefined;
-          resolve(f);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          u.waiter = undefined;
-          reject(e);
-        },
-      };
-      u.waiter = w;
-    });
+    if (u.closed) return Promise.reject(new EdgeError('USER_GONE', 'the user is gone'));
+    return waitFor(type, accept, this.o.stepTimeoutMs, () => new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${this.o.stepTimeoutMs} ms`), (w) => (u.waiter = w));
   }
 
   // ------------------------------------------------------------------ rounds

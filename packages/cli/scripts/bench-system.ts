@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { REPO_ROOT } from '../src/io';
-import { startPart, type Part } from '../src/launcher';
+import { issueJoinToken, startPart, type Part } from '../src/launcher';
 
 const stepsArg = process.argv.indexOf('--steps');
 const STEPS = stepsArg > 0 ? Number(process.argv[stepsArg + 1]) : 40;
@@ -70,10 +70,7 @@ async function edgeMemory(waiting: number): Promise<void> {
     const edge = startPart('edge', ['edge', '--cloud', url, '--id', 'e1', '--threads', '1'], { logDir, env });
     parts.push(edge);
     const edgeUrl = String((await edge.ready).url);
-    const token = async () => {
-      const res = await fetch(`${url}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${env.SPLITLLM_OPERATOR_TOKEN}` } });
-      return ((await res.json()) as { token: string }).token;
-    };
+    const token = () => issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
     const status = async () => (await (await fetch(`${edgeUrl}/api/status`)).json()) as { waiting: number; users: unknown[]; memory: { rss: number; peakRss: number } };
     const idle = await status();
     const user = startPart('user', ['user', '--cloud', url, '--data', join(REPO_ROOT, 'packages/assets/data/sotu/train/user-1.txt'), '--engine', 'reference'], { logDir, env: { SPLITLLM_JOIN_TOKEN: await token() } });

@@ -99,3 +99,10 @@ export function untilSignal(): Promise<NodeJS.Signals> {
     process.once('SIGTERM', () => res('SIGTERM'));
   });
 }
+
+/** A single-use join token from the cloud (the operator's endpoint). */
+export async function issueJoinToken(cloudUrl: string, operatorToken: string): Promise<string> {
+  const res = await fetch(`${cloudUrl}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${operatorToken}` } });
+  if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { token: string }).token;
+}

@@ -9,7 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Args } from '../args';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
-import { startPart, untilSignal, type Part } from '../launcher';
+import { issueJoinToken, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
 export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N] [--rounds R]
@@ -83,11 +83,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     parts.push(edge);
     const edgeReady = await edge.ready;
     console.log(`edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  (status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`);
-    const issue = async () => {
-      const res = await fetch(`${cloudUrl}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${secrets.operatorToken}` } });
-      if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
-      return ((await res.json()) as { token: string }).token;
-    };
+    const issue = () => issueJoinToken(cloudUrl, secrets.operatorToken);
     for (let i = 0; i < demoUsers; i++) {
       const data = join(REPO_ROOT, `packages/assets/data/sotu/train/user-${(i % 4) + 1}.txt`);
       const user = startPart(`demo-user-${i}`, ['user', '--cloud', cloudUrl, '--data', data, '--seed', String(i), '--engine', args.optionalString('engine') ?? 'auto'], {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Args, UsageError } from '../args';
 import { SHIPPED_MODEL_DIR } from '../io';
-import { logTail, startPart, untilSignal, type Part } from '../launcher';
+import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
@@ -36,12 +36,6 @@ function dataFiles(path: string): string[] {
     .map((f) => resolve(path, f));
   if (files.length === 0) throw new UsageError(`--data directory "${path}" has no .txt files`);
   return files;
-}
-
-async function operatorPost(url: string, token: string): Promise<string> {
-  const res = await fetch(`${url}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
-  if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
-  return ((await res.json()) as { token: string }).token;
 }
 
 export async function simulateCommand(argv: string[]): Promise<void> {
@@ -121,7 +115,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     edges.forEach((e) => watchExit(e));
     await Promise.all(edges.map((e) => e.ready));
     for (let i = 0; i < U; i++) {
-      const joinToken = await operatorPost(url, env.SPLITLLM_OPERATOR_TOKEN);
+      const joinToken = await issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
       const user = startPart(`user-${i}`, ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i), '--engine', engine], {
         logDir,
         env: { SPLITLLM_JOIN_TOKEN: joinToken },
