@@ -201,10 +201,8 @@ export class Coordinator {
     const e = this.edges.get(edgeId)!;
     e.channel = channel;
     this.o.log.info({ edgeId }, 'edge connected');
-    this.sendTo(e, encodeFrame('welcome', { userId: '-', edgeId, version: this.latest.version, position: 0 }));
-    if (this.active) {
-      // an edge that (re)connects mid-round sits this one out; it hears the round's end
-    }
+    // an edge that (re)connects mid-round sits that round out; it hears of the round's end
+    this.sendTo(e, encodeFrame('edge-welcome', { edgeId, version: this.latest.version }));
   }
 
   /** The edge's connection closed: it leaves the running round (excluded from the aggregate). */

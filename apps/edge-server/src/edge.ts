@@ -279,7 +279,7 @@ export class Edge {
         else this.noteError(err.code, err.message);
         return;
       }
-      case 'welcome':
+      case 'edge-welcome':
         this.version = intField(f, 'version');
         return;
       default: {

@@ -39,8 +39,9 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
   const fd = openSync(logFile, 'a');
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ...o.env },
-    stdio: ['ignore', 'pipe', fd],
+    // stdin is a pipe only so that the part notices when this process dies (untilSignal)
+    env: { ...process.env, ...o.env, SPLITLLM_EXIT_WITH_PARENT: '1' },
+    stdio: ['pipe', 'pipe', fd],
   });
   closeSync(fd);
   const listeners: Array<(j: Record<string, unknown>) => void> = [];
@@ -92,11 +93,19 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
   };
 }
 
-/** Resolves on SIGINT/SIGTERM; parts then stop in reverse order. */
-export function untilSignal(): Promise<NodeJS.Signals> {
+/**
+ * Resolves on SIGINT/SIGTERM, and, in a part started by startPart, when its launcher dies (its
+ * stdin pipe closes), so that a killed `simulate` or test run leaves no servers behind.
+ */
+export function untilSignal(): Promise<NodeJS.Signals | 'parent-exit'> {
   return new Promise((res) => {
     process.once('SIGINT', () => res('SIGINT'));
     process.once('SIGTERM', () => res('SIGTERM'));
+    if (process.env.SPLITLLM_EXIT_WITH_PARENT === '1') {
+      process.stdin.on('end', () => res('parent-exit'));
+      process.stdin.on('error', () => res('parent-exit'));
+      process.stdin.resume();
+    }
   });
 }
 

@@ -101,6 +101,8 @@ const F32_RANK3 = { dtype: 'f32', rank: 3 } as const;
 export const MESSAGE_TYPES = {
   hello: { fields: { userId: 'string', token: 'string' } },
   welcome: { fields: { userId: 'string', edgeId: 'string', version: 'int', position: 'int' } },
+  /** cloud -> edge on connect: the current global version */
+  'edge-welcome': { fields: { edgeId: 'string', version: 'int' } },
   queue: { fields: { position: 'int', waiting: 'int' } },
   turn: {
     fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'string' },
@@ -123,7 +125,7 @@ export const MESSAGE_TYPES = {
   'user-begin': { fields: { round: 'int', userId: 'string' } },
   'user-dropped': { fields: { round: 'int', userId: 'string' } },
   update: {
-    fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'json' },
+    fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'json', userBytes: 'int' },
     anyTensors: 'f32',
   },
   error: { fields: { code: 'string', message: 'text' } },

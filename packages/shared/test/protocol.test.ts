@@ -190,7 +190,7 @@ describe('protocol round trips', () => {
     }
     data.fill(0, 3 * cols, 4 * cols); // all-zero row
     data[7 * cols + 4] = -1e3; // a dominant negative outlier
-    const t = decodeFrame(encodeFrame('update', { round: 1, edgeId: 'e1', tokens: 9, users: ['u1'] }, {
+    const t = decodeFrame(encodeFrame('update', { round: 1, edgeId: 'e1', tokens: 9, users: ['u1'], userBytes: 0 }, {
       w: { data, shape, codec: 'int8' },
     })).tensors.get('w')!;
     expect(t.codec).toBe('int8');
@@ -387,7 +387,7 @@ describe('protocol rejects malformed frames', () => {
     expectCode(() => decodeFrame(hello('')), 'BAD_FIELD', '"userId"', '"hello"');
     expectCode(() => decodeFrame(hello('u'.repeat(257))), 'BAD_FIELD', '"userId"');
     expect(() => decodeFrame(hello('u'.repeat(256)))).not.toThrow();
-    const upd = { type: 'update', round: 0, edgeId: 'e', tokens: 0, tensors: [] };
+    const upd = { type: 'update', round: 0, edgeId: 'e', tokens: 0, userBytes: 0, tensors: [] };
     expectCode(() => decodeFrame(rawFrame(upd)), 'BAD_FIELD', '"users"');
     expect(decodeFrame(rawFrame({ ...upd, users: null })).fields.users).toBeNull(); // any JSON value
     const err = (message: string) => rawFrame({ type: 'error', code: 'X', message, tensors: [] });
