@@ -429,11 +429,10 @@ export class Edge {
 
   private async runRound(round: number, version: number, usersPerEdge: number, stepsPerUser: number): Promise<void> {
     const { manifest } = this.o;
-    let state: EdgeRoundState | undefined;
     try {
       this.version = version;
       const { edge } = await this.adaptersFor(version);
-      state = { round, version, train: new LoraTrainState(edge, manifest.train.adamw), completed: [], userBytes: 0 };
+      const state: EdgeRoundState = { round, version, train: new LoraTrainState(edge, manifest.train.adamw), completed: [], userBytes: 0 };
       this.round = state;
       this.o.log.info({ round, version }, 'round started');
       const tried = new Set<string>();
