@@ -86,7 +86,10 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
     async stop(signal = 'SIGTERM') {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill(signal);
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const t = setTimeout(() => {
+        process.stderr.write(`splitllm: ${name} did not stop within 10 s of ${signal}; killing it (log ${logFile})\n`);
+        child.kill('SIGKILL');
+      }, 10_000);
       await exited;
       clearTimeout(t);
     },
@@ -98,14 +101,18 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
  * stdin pipe closes), so that a killed `simulate` or test run leaves no servers behind.
  */
 export function untilSignal(): Promise<NodeJS.Signals | 'parent-exit'> {
-  return new Promise((res) => {
+  const watchParent = process.env.SPLITLLM_EXIT_WITH_PARENT === '1';
+  return new Promise<NodeJS.Signals | 'parent-exit'>((res) => {
     process.once('SIGINT', () => res('SIGINT'));
     process.once('SIGTERM', () => res('SIGTERM'));
-    if (process.env.SPLITLLM_EXIT_WITH_PARENT === '1') {
+    if (watchParent) {
       process.stdin.on('end', () => res('parent-exit'));
       process.stdin.on('error', () => res('parent-exit'));
       process.stdin.resume();
     }
+  }).finally(() => {
+    // a stdin being read keeps the process alive after its servers close
+    if (watchParent) process.stdin.destroy();
   });
 }
 
