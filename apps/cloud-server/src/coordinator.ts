@@ -74,6 +74,8 @@ interface UserTurn {
   tokens: number;
   /** the loss of each step, in order */
   losses: number[];
+  /** sum of loss x counted tokens, taken back out of the round's mean if the user drops */
+  lossSum: number;
 }
 
 interface EdgeRound {
@@ -306,7 +308,7 @@ export class Coordinator {
     if (er.turn) throw new ProtocolError('TURN_OPEN', `user "${er.turn.userId}"'s turn is still open; end it before user "${userId}" begins`);
     if (er.completed.length >= this.o.train.usersPerEdge) throw new ProtocolError('TOO_MANY_USERS', `round takes ${this.o.train.usersPerEdge} user(s) per edge`);
     if (er.completed.some((t) => t.userId === userId)) throw new ProtocolError('USER_REPEATED', `user "${userId}" already trained in this round`);
-    er.turn = { userId, before: er.cloud.snapshot(), steps: 0, tokens: 0, losses: [] };
+    er.turn = { userId, before: er.cloud.snapshot(), steps: 0, tokens: 0, losses: [], lossSum: 0 };
   }
 
   private userDropped(e: EdgeInfo, f: Frame): void {
@@ -318,6 +320,8 @@ export class Coordinator {
     const turn = er.turn ?? (last?.userId === userId ? er.completed.pop() : undefined);
     if (!turn || turn.userId !== userId) throw new ProtocolError('UNKNOWN_USER', `user "${userId}" has no open turn at edge "${e.edgeId}"`);
     er.cloud.restore(turn.before);
+    er.lossSum -= turn.lossSum;
+    er.lossCount -= turn.tokens;
     this.o.log.warn({ edgeId: e.edgeId, userId, steps: turn.steps }, 'user dropped: its steps are rolled back');
     er.turn = undefined;
   }
@@ -346,6 +350,7 @@ export class Coordinator {
     er.cloud.step(r.loraGrads);
     turn.tokens += r.count;
     turn.losses.push(r.loss);
+    turn.lossSum += r.loss * r.count;
     er.lossSum += r.loss * r.count;
     er.lossCount += r.count;
     this.m.steps();

@@ -3,7 +3,7 @@
  * onnxruntime sessions, a database file) driven by raw protocol clients that misbehave on
  * purpose, and, as separate processes, a cloud killed and restarted mid-run.
  */
-import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
+import { startCloudServer, type CloudServer, type RoundSummary } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
 import { decodeFrame, encodeFrame, Rng, type Frame } from '@splitllm/shared';
 import { randomToken } from '@splitllm/shared/node';
@@ -141,6 +141,7 @@ describe('servers on loopback', () => {
   let cloud: CloudServer;
   const edges: EdgeServer[] = [];
   const users: RawUser[] = [];
+  const summaries: RoundSummary[] = [];
 
   beforeAll(async () => {
     cloud = await startCloudServer({
@@ -152,6 +153,7 @@ describe('servers on loopback', () => {
       train: { stepsPerUser: STEPS, usersPerEdge: 2, batch: B, seq: T },
       // the round waits for two edges with users: the test decides when it starts
       minEdges: 2,
+      onRound: (r) => summaries.push(r),
       logLevel: false,
       threads: 1,
     });
@@ -306,6 +308,10 @@ describe('servers on loopback', () => {
     expect(last.version).toBe(1);
     expect(last.participants.sort()).toEqual([`edge:e1`, `edge:e2`, `user:${joinB.json.userId}`, `user:${joinC.json.userId}`].sort());
     expect(last.tokens).toBe(2 * STEPS * B * T);
+    // the round's loss is the mean over b's and c's steps only: a's step went out with a
+    const steps = summaries[0].turns.flatMap((t) => t.losses);
+    expect(steps).toHaveLength(2 * STEPS);
+    expect(last.loss).toBeCloseTo(steps.reduce((x, y) => x + y, 0) / steps.length, 5);
     // a's state went with it
     expect(edges[0].edge.users.has(a.userId)).toBe(false);
 
