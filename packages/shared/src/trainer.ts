@@ -33,6 +33,11 @@ export function loraGradArrays(grads: LoraGrads): NamedArrays {
   return out;
 }
 
+export interface AdamWSnapshot {
+  t: number;
+  arrays: Map<string, { param: Float32Array; m: Float32Array; v: Float32Array }>;
+}
+
 /** AdamW over named arrays, updated in place. */
 export class AdamW {
   private readonly state = new Map<string, AdamWState>();
@@ -45,16 +50,41 @@ export class AdamW {
     for (const [name, p] of params) this.state.set(name, adamwInit(p.length));
   }
 
-  /** One update; every parameter must have a gradient (a missing one is a wiring bug). */
+  /**
+   * One update; every parameter must have a gradient (a missing one is a wiring bug). All
+   * gradients are checked before any parameter moves, so a refused step changes nothing.
+   */
   step(grads: NamedArrays, lr = this.options.lr): void {
-    this.t++;
-    const o = { ...this.options, lr };
     for (const [name, p] of this.params) {
       const g = grads.get(name);
       if (!g) throw new Error(`AdamW: no gradient for parameter "${name}"`);
       if (g.length !== p.length) throw new Error(`AdamW: gradient of "${name}" has ${g.length} elements, parameter ${p.length}`);
-      adamwStep(p, g, this.state.get(name)!, this.t, o);
     }
+    this.t++;
+    const o = { ...this.options, lr };
+    for (const [name, p] of this.params) adamwStep(p, grads.get(name)!, this.state.get(name)!, this.t, o);
+  }
+
+  /** Parameters and optimizer state, copied (to roll back to). */
+  snapshot(): AdamWSnapshot {
+    const arrays: AdamWSnapshot['arrays'] = new Map();
+    for (const [name, p] of this.params) {
+      const s = this.state.get(name)!;
+      arrays.set(name, { param: new Float32Array(p), m: new Float32Array(s.m), v: new Float32Array(s.v) });
+    }
+    return { t: this.t, arrays };
+  }
+
+  restore(snap: AdamWSnapshot): void {
+    for (const name of this.params.keys()) if (!snap.arrays.has(name)) throw new Error(`AdamW: the snapshot has no "${name}"`);
+    for (const [name, p] of this.params) {
+      const saved = snap.arrays.get(name)!;
+      const s = this.state.get(name)!;
+      p.set(saved.param);
+      s.m.set(saved.m);
+      s.v.set(saved.v);
+    }
+    this.t = snap.t;
   }
 }
 
