@@ -24,8 +24,7 @@
  * Browser-safe (no Node API): runs in a Web Worker and in Node (see node.ts).
  */
 import {
-  checkAdapterFits,
-  numel,
+  checkAdapterCovers,
   loraModulePath,
   loraScale,
   loraTargetDims,
@@ -128,21 +127,7 @@ export function userEngineBytes(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 
  * blocks [0, k).
  */
 function checkEngineAdapter(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 'lora'>, adapter: LoraAdapter): void {
-  const a = adapter.config;
-  if ([...a.targets].sort().join(',') !== [...o.lora.targets].sort().join(',') || a.r !== o.lora.r || a.alpha !== o.lora.alpha) {
-    throw new Error('the adapter was made for another LoRA config than the engine was asked for');
-  }
-  checkAdapterFits(c, adapter);
-  for (const [path, pair] of adapter.layers) {
-    if (pair.A.data.length !== numel(pair.A.shape) || pair.B.data.length !== numel(pair.B.shape)) {
-      throw new Error(`adapter "${path}": its arrays do not hold as many values as its shapes say`);
-    }
-  }
-  for (let layer = 0; layer < o.k; layer++) {
-    for (const target of o.lora.targets) {
-      if (!adapter.layers.has(loraModulePath(layer, target))) throw new Error(`adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
-    }
-  }
+  checkAdapterCovers(c, o.lora, adapter, 0, o.k, 'user-segment engine');
 }
 
 export class UserSegmentEngine {

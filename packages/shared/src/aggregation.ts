@@ -11,7 +11,7 @@
  * Browser-safe: no Node imports.
  */
 import type { LoraAdapter, LoraConfig, LoraPair } from './lora';
-import { LORA_TARGETS, isLoraTarget, parseLoraModulePath } from './lora';
+import { LORA_TARGETS, isLoraTarget, parseLoraModulePath, sameLoraConfig } from './lora';
 import type { Tensor } from './tensor';
 import { numel, sameShape } from './tensor';
 
@@ -74,14 +74,6 @@ export function adapterSubset(adapter: LoraAdapter, fromLayer: number, toLayer: 
     }
   }
   return { config: cloneConfig(adapter.config), layers };
-}
-
-/** Target lists compare as sets: a PEFT round trip reorders them into LORA_TARGETS order. */
-function sameLoraConfig(a: LoraConfig, b: LoraConfig): boolean {
-  if (a.r !== b.r || a.alpha !== b.alpha) return false;
-  const ta = new Set(a.targets);
-  const tb = new Set(b.targets);
-  return ta.size === tb.size && [...ta].every((t) => tb.has(t));
 }
 
 function describeConfig(c: LoraConfig): string {

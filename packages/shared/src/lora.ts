@@ -1,6 +1,7 @@
 import type { Gpt2Config } from './config';
 import { Rng } from './rng';
 import type { Tensor } from './tensor';
+import { numel } from './tensor';
 
 /**
  * LoRA on GPT-2's Conv1D linears: y = x W + b + (alpha / r) * (x A) B.
@@ -98,6 +99,40 @@ export function initLoraAdapter(
     }
   }
   return { config: { ...config, targets: [...config.targets] }, layers };
+}
+
+/** Same rank, alpha and targets; target lists compare as sets (a PEFT round trip reorders them). */
+export function sameLoraConfig(a: LoraConfig, b: LoraConfig): boolean {
+  if (a.r !== b.r || a.alpha !== b.alpha) return false;
+  const ta = new Set(a.targets);
+  const tb = new Set(b.targets);
+  return ta.size === tb.size && [...ta].every((t) => tb.has(t));
+}
+
+function describeLoraConfig(c: LoraConfig): string {
+  return `r=${c.r} alpha=${c.alpha} on ${c.targets.join(',')}`;
+}
+
+/**
+ * The adapter is one `who` (an engine, a trainer) can train blocks [from, to) with: LoRA config
+ * `lora`, shapes that fit the model (checkAdapterFits), arrays as long as their shapes, and a
+ * pair for every target of every block in range. Throws a readable Error otherwise.
+ */
+export function checkAdapterCovers(c: Gpt2Config, lora: LoraConfig, adapter: LoraAdapter, from: number, to: number, who: string): void {
+  if (!sameLoraConfig(adapter.config, lora)) {
+    throw new Error(`${who}: the adapter is LoRA ${describeLoraConfig(adapter.config)}, another LoRA config than the ${describeLoraConfig(lora)} it was made for`);
+  }
+  checkAdapterFits(c, adapter);
+  for (const [path, pair] of adapter.layers) {
+    if (pair.A.data.length !== numel(pair.A.shape) || pair.B.data.length !== numel(pair.B.shape)) {
+      throw new Error(`${who}: adapter "${path}" holds fewer or more values than its shapes say`);
+    }
+  }
+  for (let layer = from; layer < to; layer++) {
+    for (const target of lora.targets) {
+      if (!adapter.layers.has(loraModulePath(layer, target))) throw new Error(`${who}: the adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
+    }
+  }
 }
 
 /** Throws a clear error when an adapter does not belong to a model of this config. */

@@ -14,7 +14,7 @@
  */
 import {
   AdamW,
-  checkAdapterFits,
+  checkAdapterCovers,
   cloneTensor,
   gpt2ParameterShapes,
   loraGradArrays,
@@ -98,22 +98,7 @@ function checkUserWeights(model: Gpt2Model, k: number): void {
 
 /** Same rules as the engine's: the trainer's LoRA config, shapes that fit, a pair for every target of [0, k). */
 function checkUserAdapter(c: Gpt2Config, o: UserTrainerOptions, adapter: LoraAdapter): void {
-  const a = adapter.config;
-  if ([...a.targets].sort().join(',') !== [...o.lora.targets].sort().join(',') || a.r !== o.lora.r || a.alpha !== o.lora.alpha) {
-    throw new Error(
-      `user trainer: the adapter is LoRA r=${a.r} alpha=${a.alpha} on ${a.targets.join(',')}, the trainer was made for r=${o.lora.r} alpha=${o.lora.alpha} on ${o.lora.targets.join(',')}`,
-    );
-  }
-  checkAdapterFits(c, adapter);
-  for (let layer = 0; layer < o.plan.k; layer++) {
-    for (const target of o.lora.targets) {
-      const pair = adapter.layers.get(loraModulePath(layer, target));
-      if (!pair) throw new Error(`user trainer: the adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
-      if (pair.A.data.length !== numel(pair.A.shape) || pair.B.data.length !== numel(pair.B.shape)) {
-        throw new Error(`user trainer: adapter "${loraModulePath(layer, target)}" holds fewer or more values than its shapes say`);
-      }
-    }
-  }
+  checkAdapterCovers(c, o.lora, adapter, 0, o.plan.k, 'user trainer');
 }
 
 function checkBatch(c: Gpt2Config, o: UserTrainerOptions, b: TokenBatch): void {
