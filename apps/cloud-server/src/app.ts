@@ -13,6 +13,7 @@ import {
   encodeSegment,
   gpt2ConfigToJson,
   initLoraAdapter,
+  loraParameterCount,
   MetricsRegistry,
   ProtocolError,
   AdapterCheckError,
@@ -84,12 +85,16 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
   return reply.code(status).send({ code, message });
 }
 
-/** The largest frame the session can legitimately need: an update with usersPerEdge users' adapters, or a step. */
-function maxFrameBytes(model: Gpt2Model, lora: LoraConfig, t: TrainSettings): number {
+/**
+ * The largest frame the session can legitimately need, plus 1 MiB for headers: a step (h and
+ * labels), or an edge's update (its adapter of blocks [k, m) and usersPerEdge user adapters of
+ * blocks [0, k), as float32).
+ */
+function maxFrameBytes(model: Gpt2Model, lora: LoraConfig, plan: SplitPlan, t: TrainSettings): number {
   const c = model.config;
-  const act = t.batch * t.seq * c.nEmbd * 4 + t.batch * t.seq * 4;
-  const adapterFloats = c.nLayer * lora.targets.length * lora.r * (c.nEmbd * 4 + c.nInner) * 2;
-  return Math.max(act, adapterFloats * 4 * (t.usersPerEdge + 1)) + (1 << 20);
+  const step = t.batch * t.seq * (c.nEmbd + 1) * 4;
+  const update = (loraParameterCount(c, lora, plan.k, plan.m) + t.usersPerEdge * loraParameterCount(c, lora, 0, plan.k)) * 4;
+  return Math.max(step, update) + (1 << 20);
 }
 
 export async function startCloudServer(o: CloudServerOptions): Promise<CloudServer> {
@@ -131,7 +136,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   const tail = await TailSegment.create(runner, model, lora, plan.m);
   const metrics = new MetricsRegistry();
   metrics.collected('splitllm_process_resident_memory_bytes', 'resident set size of the cloud process', () => process.memoryUsage.rss());
-  const frameLimit = maxFrameBytes(model, lora, train);
+  const frameLimit = maxFrameBytes(model, lora, plan, train);
   const coordinator = new Coordinator({
     config: c,
     plan,

@@ -9,12 +9,11 @@
  * depend on the order in which edges' frames arrive).
  */
 import {
-  adamUpdateNormBound,
-  adapterElementCount,
   adapterFromNamedTensors,
+  adapterToNamedTensors,
   adapterSubset,
   AdapterCheckError,
-  checkAdapterUpdate,
+  checkAdamWUpdate,
   cloneAdapter,
   decodeFrame,
   encodeErrorFrame,
@@ -447,25 +446,24 @@ export class Coordinator {
       throw new ProtocolError('UPDATE_MISMATCH', `update lists users [${ids.join(', ')}], the cloud trained [${expected.join(', ')}]`);
     }
     const lora = this.global.config;
-    const { k, m } = this.o.plan;
     const { lr } = this.o.train.adamw;
     const steps = this.o.train.stepsPerUser;
+    const userGlobal = this.adapterPart('user');
     const users = new Map<string, LoraAdapter>();
     for (const t of er.completed) {
       const adapter = adapterFromNamedTensors(lora, f.tensors, `user.${t.userId}.`);
-      const global = adapterSubset(this.global, 0, k);
-      checkAdapterUpdate(global, adapter, { modules: [...global.layers.keys()], maxUpdateNorm: adamUpdateNormBound(lr, steps, adapterElementCount(global)) });
+      checkAdamWUpdate(userGlobal, adapter, lr, steps);
       users.set(t.userId, adapter);
     }
     let edge: LoraAdapter | undefined;
     if (er.completed.length > 0) {
       edge = adapterFromNamedTensors(lora, f.tensors, 'edge.');
-      const global = adapterSubset(this.global, k, m);
-      const edgeSteps = steps * er.completed.length;
-      checkAdapterUpdate(global, edge, { modules: [...global.layers.keys()], maxUpdateNorm: adamUpdateNormBound(lr, edgeSteps, adapterElementCount(global)) });
+      checkAdamWUpdate(this.adapterPart('edge'), edge, lr, steps * er.completed.length);
     }
-    const known = new Set([...users.keys()].flatMap((u) => [...(users.get(u)?.layers.keys() ?? [])].flatMap((p) => [`user.${u}.${p}.lora_A`, `user.${u}.${p}.lora_B`])));
-    for (const p of edge?.layers.keys() ?? []) known.add(`edge.${p}.lora_A`).add(`edge.${p}.lora_B`);
+    // every tensor of the frame must belong to one of the adapters just read
+    const known = new Set<string>();
+    for (const [userId, a] of users) for (const name of adapterToNamedTensors(a, `user.${userId}.`).keys()) known.add(name);
+    if (edge) for (const name of adapterToNamedTensors(edge, 'edge.').keys()) known.add(name);
     for (const name of f.tensors.keys()) if (!known.has(name)) throw new ProtocolError('BAD_TENSOR', `update carries an unexpected tensor "${name}"`);
     er.upload = { edge, users };
     this.o.log.info({ edgeId, round: r.round, users: ids }, 'edge update accepted');

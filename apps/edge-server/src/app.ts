@@ -7,7 +7,7 @@
  * the edge registers again and carries on (users stay connected).
  */
 import websocket from '@fastify/websocket';
-import { decodeSegment, encodeErrorFrame, MetricsRegistry, parseRunManifest, type RunManifest } from '@splitllm/shared';
+import { decodeSegment, encodeErrorFrame, loraParameterCount, MetricsRegistry, parseRunManifest, type RunManifest } from '@splitllm/shared';
 import { BlocksSegment, SegmentRunner, type ExecutionProvider } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { createHash } from 'node:crypto';
@@ -193,7 +193,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
   const c = segment.model.config;
   const t = manifest.train;
   // the largest frame a user may send: a step (h and targets) or its adapter, with room for the header
-  const adapterBytes = manifest.plan.k * manifest.lora.targets.length * manifest.lora.r * (c.nEmbd * 4 + c.nInner) * 2 * 4;
+  const adapterBytes = loraParameterCount(c, manifest.lora, 0, manifest.plan.k) * 4;
   ready.frameLimit = Math.max(t.batch * t.seq * (c.nEmbd + 1) * 4, adapterBytes) + 64 * 1024;
   const edge = new Edge({
     edgeId: o.edgeId,

@@ -12,13 +12,10 @@
  * on with the next user. A malformed frame is answered with an error frame and changes nothing.
  */
 import {
-  adamUpdateNormBound,
   AdapterCheckError,
-  adapterElementCount,
   adapterFromNamedTensors,
-  adapterSubset,
   adapterToNamedTensors,
-  checkAdapterUpdate,
+  checkAdamWUpdate,
   decodeFrame,
   decodeSegment,
   encodeErrorFrame,
@@ -100,6 +97,13 @@ interface EdgeRoundState {
   userBytes: number;
 }
 
+/** A global adapter version as this edge holds it: the user part as served (a frame) and decoded, and the edge part. */
+interface AdapterVersion {
+  userFrame: Uint8Array;
+  user: LoraAdapter;
+  edge: LoraAdapter;
+}
+
 export interface CloudLink {
   url: string;
   edgeToken: string;
@@ -164,7 +168,7 @@ export class Edge {
   private cloudWaiter?: Waiter;
   private round?: EdgeRoundState;
   private roundTask: Promise<void> = Promise.resolve();
-  private readonly adapters = new Map<number, { userFrame: Uint8Array; edge: LoraAdapter }>();
+  private readonly adapters = new Map<number, AdapterVersion>();
   readonly recentSteps: StepRecord[] = [];
   readonly recentErrors: Array<{ at: string; code: string; message: string; userId?: string }> = [];
   bytesIn = 0;
@@ -302,7 +306,7 @@ export class Edge {
   }
 
   /** The global adapter of a version: the user part (served to users as is) and the edge part. */
-  private async adaptersFor(version: number): Promise<{ userFrame: Uint8Array; edge: LoraAdapter }> {
+  private async adaptersFor(version: number): Promise<AdapterVersion> {
     const cached = this.adapters.get(version);
     if (cached) return cached;
     const link = this.link!;
@@ -312,9 +316,10 @@ export class Edge {
       return new Uint8Array(await res.arrayBuffer());
     };
     const userFrame = await get('user');
-    const edgeFrame = decodeFrame(await get('edge'), { maxBytes: 256 * 2 ** 20 });
-    const edge = adapterFromNamedTensors(this.o.manifest.lora, edgeFrame.tensors);
-    const entry = { userFrame, edge };
+    const maxBytes = 256 * 2 ** 20;
+    const user = adapterFromNamedTensors(this.o.manifest.lora, decodeFrame(userFrame, { maxBytes }).tensors);
+    const edge = adapterFromNamedTensors(this.o.manifest.lora, decodeFrame(await get('edge'), { maxBytes }).tensors);
+    const entry = { userFrame, user, edge };
     this.adapters.set(version, entry);
     return entry;
   }
@@ -475,7 +480,6 @@ export class Edge {
   private async runTurn(state: EdgeRoundState, u: UserConn, steps: number) {
     const { round } = state;
     const { batch: B, seq: T, codec } = this.o.manifest.train;
-    const { k } = this.o.manifest.plan;
     const D = this.o.config.nEmbd;
     const V = this.o.config.vocabSize;
     const before = state.train.snapshot();
@@ -523,13 +527,12 @@ export class Edge {
         this.recentSteps.push({ round, userId: u.userId, step, loss, tokens: count, ms, at: new Date().toISOString() });
         if (this.recentSteps.length > RECENT) this.recentSteps.shift();
       }
-      const global = adapterSubset(await this.globalUserAdapter(state.version), 0, k);
+      const global = (await this.adaptersFor(state.version)).user;
       let adapter: LoraAdapter | undefined;
       await this.awaitUser(u, 'adapter', (f) => {
         expectRoundStep(f, round);
         const a = adapterFromNamedTensors(this.o.manifest.lora, f.tensors);
-        const { lr } = this.o.manifest.train.adamw;
-        checkAdapterUpdate(global, a, { modules: [...global.layers.keys()], maxUpdateNorm: adamUpdateNormBound(lr, steps, adapterElementCount(global)) });
+        checkAdamWUpdate(global, a, this.o.manifest.train.adamw.lr, steps);
         adapter = a;
       });
       this.sendUser(u, encodeFrame('turn-end', { round, accepted: true }));
@@ -553,11 +556,6 @@ export class Edge {
     } finally {
       state.current = undefined;
     }
-  }
-
-  private async globalUserAdapter(version: number): Promise<LoraAdapter> {
-    const f = decodeFrame((await this.adaptersFor(version)).userFrame, { maxBytes: 256 * 2 ** 20 });
-    return adapterFromNamedTensors(this.o.manifest.lora, f.tensors);
   }
 
   /** The round's result to the cloud: the edge LoRA and each completed user's adapter. */

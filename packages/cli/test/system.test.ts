@@ -234,7 +234,7 @@ describe('servers on loopback', () => {
     expect(await a.error()).toBe('NOT_FINITE');
     a.send(forwardFrame(1, 1, rng));
     expect(await a.error()).toBe('NOT_YOUR_TURN');
-    // larger than any frame this session needs (a step is 16 KiB here, an adapter 128 KiB)
+    // larger than any frame this session needs (a step is 16 KiB here, the user adapter 24 KiB)
     a.send(forwardFrame(1, 1, rng, { h: new Float32Array(B * 400 * D), shape: [B, 400, D] }));
     expect(await a.error()).toBe('FRAME_TOO_LARGE');
 

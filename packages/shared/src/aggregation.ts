@@ -229,6 +229,14 @@ export function checkAdapterUpdate(global: LoraAdapter, update: LoraAdapter, o: 
 }
 
 /**
+ * checkAdapterUpdate for a participant that trained exactly `global`'s modules with AdamW for
+ * `steps` steps at `lr`: the bound is adamUpdateNormBound over those modules' elements.
+ */
+export function checkAdamWUpdate(global: LoraAdapter, update: LoraAdapter, lr: number, steps: number): number {
+  return checkAdapterUpdate(global, update, { modules: [...global.layers.keys()], maxUpdateNorm: adamUpdateNormBound(lr, steps, adapterElementCount(global)) });
+}
+
+/**
  * The largest update norm an honest AdamW run (weight decay 0) can produce: Adam moves each
  * element by about lr per step (|m̂ / sqrt(v̂)| <= ~1), so over `steps` steps the change of
  * `elements` values has norm <= lr * steps * sqrt(elements); a factor-2 margin on top.

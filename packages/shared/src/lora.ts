@@ -101,6 +101,16 @@ export function initLoraAdapter(
   return { config: { ...config, targets: [...config.targets] }, layers };
 }
 
+/** Number of LoRA parameters (A and B) of blocks [from, to) for this config: what an adapter of them holds. */
+export function loraParameterCount(c: Gpt2Config, lora: LoraConfig, from: number, to: number): number {
+  let perBlock = 0;
+  for (const t of lora.targets) {
+    const [din, dout] = loraTargetDims(c, t);
+    perBlock += lora.r * (din + dout);
+  }
+  return perBlock * (to - from);
+}
+
 /** Same rank, alpha and targets; target lists compare as sets (a PEFT round trip reorders them). */
 export function sameLoraConfig(a: LoraConfig, b: LoraConfig): boolean {
   if (a.r !== b.r || a.alpha !== b.alpha) return false;
