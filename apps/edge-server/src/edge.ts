@@ -17,7 +17,6 @@ import {
   adapterToNamedTensors,
   checkAdamWUpdate,
   decodeFrame,
-  decodeSegment,
   encodeErrorFrame,
   encodeFrame,
   expectRoundStep,
@@ -26,8 +25,8 @@ import {
   IGNORE_INDEX,
   intField,
   LoraTrainState,
-  parseRunManifest,
   ProtocolError,
+  responseError,
   stringField,
   type Frame,
   type Gpt2Config,
@@ -619,20 +618,9 @@ export class Edge {
 
 export async function fetchJson<T>(url: string, init?: RequestInit): Promise<T> {
   const res = await fetch(url, init);
-  const text = await res.text();
   if (!res.ok) {
-    let code = 'HTTP_' + res.status;
-    let message = text;
-    try {
-      const j = JSON.parse(text) as { code?: string; message?: string };
-      code = j.code ?? code;
-      message = j.message ?? message;
-    } catch {
-      /* not JSON */
-    }
-    throw new EdgeError(code, `${init?.method ?? 'GET'} ${url}: ${res.status} ${message}`);
+    const e = await responseError(res);
+    throw new EdgeError(e.code, `${init?.method ?? 'GET'} ${url}: ${res.status} ${e.message}`);
   }
-  return JSON.parse(text) as T;
+  return (await res.json()) as T;
 }
-
-export { decodeSegment, parseRunManifest };

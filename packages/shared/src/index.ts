@@ -28,3 +28,4 @@ export * from './segments';
 export * from './aggregation';
 export * from './manifest';
 export * from './protocol';
+export * from './http';

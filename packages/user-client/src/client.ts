@@ -19,6 +19,7 @@ import {
   intField,
   parseRunManifest,
   ProtocolError,
+  responseError,
   Rng,
   sampleBatch,
   type Frame,
@@ -48,13 +49,8 @@ export class ClientError extends Error {
 }
 
 async function readError(res: Response): Promise<ClientError> {
-  const text = await res.text();
-  try {
-    const j = JSON.parse(text) as { code?: string; message?: string };
-    return new ClientError(j.code ?? `HTTP_${res.status}`, j.message ?? text);
-  } catch {
-    return new ClientError(`HTTP_${res.status}`, text || res.statusText);
-  }
+  const e = await responseError(res);
+  return new ClientError(e.code, e.message);
 }
 
 /** Redeems a join token at the cloud; the cloud assigns an edge and a token for it. */
