@@ -87,8 +87,8 @@ describe('simulate', () => {
 
   it('trains 4 users on 2 edges over 3 rounds: versions advance, held-out loss falls, the adapter loads in eval', () => {
     const out = join(tmp, 'two-edges');
-    // engine auto: the WGSL engine on the software adapter (SwiftShader) where one exists
-    const lines = simulate(out, ['--edges', '2', '--users', '4', '--rounds', '3', '--steps-per-user', '10', '--data', join(DATA, 'sotu/train'), '--seed', '1']);
+    // the WGSL engine, on the software adapter (SwiftShader) here ('auto' might pick wasm on it)
+    const lines = simulate(out, ['--edges', '2', '--users', '4', '--rounds', '3', '--steps-per-user', '10', '--data', join(DATA, 'sotu/train'), '--seed', '1', '--engine', 'wgsl']);
     expect(lines.map((l) => [l.round, l.version, l.users, l.edges])).toEqual([
       [1, 1, 2, 2],
       [2, 2, 2, 2],

@@ -269,33 +269,62 @@ describe('user trainers: three split steps against the central reference run', (
 });
 
 describe('createUserTrainer', () => {
-  it("'auto' picks wgsl when there is a device, and says so", async () => {
+  it("'auto' on a software adapter times one step of wgsl and of wasm, keeps the faster, and the trial leaves no trace", async () => {
     const { trainer, reason } = await createUserTrainer('auto', userModel, userInit, options, testGpu);
     try {
+      const gpu = await testGpu();
+      const m = /^software WebGPU adapter \((.+)\): wgsl ([\d.]+) ms\/step vs wasm ([\d.]+) ms\/step, using (wgsl|wasm)$/.exec(reason);
+      expect(m, reason).not.toBeNull();
+      expect(m![1]).toBe(gpu.adapter.name);
+      const [wgslMs, wasmMs] = [Number(m![2]), Number(m![3])];
+      expect(wgslMs).toBeGreaterThan(0);
+      expect(wasmMs).toBeGreaterThan(0);
+      expect(trainer.kind).toBe(m![4]);
+      expect(trainer.kind).toBe(wasmMs <= wgslMs ? 'wasm' : 'wgsl');
+      if (trainer.kind === 'wgsl') {
+        expect(trainer.description).toMatch(/^wgsl on .+ \(software adapter\): kernels matmul registers, low-rank registers, layernorm thread, attention naive$/);
+      } else {
+        expect(trainer.description).toMatch(/^wasm \(onnxruntime-web .* wasm EP, 1 thread, intermediates kept\)$/);
+      }
+      // the timed steps were undone: the given adapter, a fresh AdamW (the central run's losses)
+      expect(adapterErr(await trainer.readAdapter(), asArrays(userInit))).toBe(0);
+      const losses = await splitChain(trainer, STEPS);
+      expect(Math.max(...relErrs(losses, central.losses)), `losses ${losses} vs ${central.losses}`).toBeLessThan(1e-4);
+    } finally {
+      trainer.destroy();
+    }
+  });
+
+  it("'auto' takes wgsl on a hardware adapter, without timing wasm", async () => {
+    const gpu = await testGpu();
+    // the same device described as a discrete GPU (isSoftwareAdapter looks at the name and the fallback flag)
+    const hw = new GpuContext(gpu.device, { ...gpu.adapter, name: 'acme / discrete / AcmeForce 9000', isFallbackAdapter: false });
+    const { trainer, reason } = await createUserTrainer('auto', userModel, userInit, options, async () => hw);
+    try {
       expect(trainer.kind).toBe('wgsl');
-      expect(trainer.description).toMatch(/^wgsl on .+ \(software adapter\): kernels matmul registers, low-rank registers, layernorm thread, attention naive$/);
+      expect(trainer.description).toMatch(/^wgsl on acme \/ discrete \/ AcmeForce 9000 \(GPU\): /);
       expect(reason).toBe(`WebGPU device available: ${trainer.description}`);
     } finally {
       trainer.destroy();
     }
   });
 
-  it("'auto' falls back to the reference without a device, or when the segment does not fit it", async () => {
+  it("'auto' takes wasm without a device, or when the segment does not fit the device, and says why", async () => {
     const noGpu = async (): Promise<GpuContext> => {
       throw new GpuError('NO_ADAPTER', 'no WebGPU adapter (featureLevel core); no Vulkan driver found');
     };
     const a = await createUserTrainer('auto', userModel, userInit, options, noGpu);
-    expect(a.trainer.kind).toBe('reference');
-    expect(a.trainer.description).toBe('reference (TypeScript)');
-    expect(a.reason).toContain('no WebGPU adapter (featureLevel core); no Vulkan driver found');
+    expect(a.trainer.kind).toBe('wasm');
+    expect(a.reason).toBe(`no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${a.trainer.description}`);
     a.trainer.destroy();
 
     // the same device described with a 256 KiB binding limit: wte (1024 x 128 floats) is 512 KiB
     const gpu = await testGpu();
     const small = new GpuContext(gpu.device, { ...gpu.adapter, maxStorageBufferBindingSize: 256 * 1024 });
     const b = await createUserTrainer('auto', userModel, userInit, options, async () => small);
-    expect(b.trainer.kind).toBe('reference');
-    expect(b.reason).toMatch(/wgsl engine failed \(.*wte\.weight needs 524288 bytes.*\): reference \(TypeScript\) engine/);
+    expect(b.trainer.kind).toBe('wasm');
+    expect(b.reason).toMatch(/^software WebGPU adapter \(.+\): the wgsl engine failed \(.*wte\.weight needs 524288 bytes.*\): using wasm, [\d.]+ ms\/step$/);
+    expect(adapterErr(await b.trainer.readAdapter(), asArrays(userInit))).toBe(0);
     b.trainer.destroy();
   });
 
@@ -320,6 +349,8 @@ describe('createUserTrainer', () => {
 
     const w = await createUserTrainer('wgsl', userModel, userInit, options, testGpu);
     expect(w.trainer.kind).toBe('wgsl');
+    expect(w.reason).toBe(`the wgsl engine was asked for: ${w.trainer.description}`);
     w.trainer.destroy();
+    await expect(createUserTrainer('metal' as 'wgsl', userModel, userInit, options, testGpu)).rejects.toThrow(/unknown user engine "metal" \(wgsl, wasm, reference or auto\)/);
   });
 });

@@ -14,7 +14,7 @@ import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../l
 import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
-    [--model DIR] [--codec f32|f16|int8] [--users-per-edge N] [--engine auto|wgsl|reference]
+    [--model DIR] [--codec f32|f16|int8] [--users-per-edge N] [--engine auto|wgsl|wasm|reference]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--state DIR] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
@@ -68,7 +68,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   const files = dataFiles(args.string('data'));
   const codec = codecOf(args.optionalString('codec'));
   const engine = args.optionalString('engine') ?? 'auto';
-  if (!['auto', 'wgsl', 'reference'].includes(engine)) throw new UsageError(`--engine must be auto, wgsl or reference, got "${engine}"`);
+  if (!['auto', 'wgsl', 'wasm', 'reference'].includes(engine)) throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
   const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
   const threads = String(args.int('threads', 1));

@@ -1,8 +1,8 @@
 /**
  * A headless user: a Node process that plays a browser user with the same protocol and the
- * same client, training on a local text file. The engine is a setting ('auto' takes the WGSL
- * engine when a WebGPU adapter exists, software or not, and the reference otherwise) and is
- * reported when it starts.
+ * same client, training on a local text file. The engine is a setting ('auto': WGSL on a
+ * hardware WebGPU adapter, onnxruntime-web's wasm without an adapter, the faster of the two,
+ * timed, on a software adapter; see createUserTrainer) and is reported when it starts.
  */
 import { readFileSync } from 'node:fs';
 import { WebSocket } from 'ws';
