@@ -8,8 +8,13 @@ import {
   AGGREGATION_STRATEGIES,
   DEFAULT_LORA_CONFIG,
   DEFAULT_LORA_TRAIN,
+  decodeFrame,
   defaultSplitPlan,
   encodeFrame,
+  f32Tensor,
+  intField,
+  maxGenerateFrameBytes,
+  stringField,
   encodeSegment,
   gpt2ConfigToJson,
   initLoraAdapter,
@@ -32,6 +37,7 @@ import { createHash } from 'node:crypto';
 import { basename, resolve } from 'node:path';
 import { Coordinator, type EdgeInfo, type RoundSummary } from './coordinator';
 import { RoundStore } from './store';
+import { webPagePlugin } from './web';
 
 export interface CloudServerOptions {
   modelDir: string;
@@ -59,6 +65,8 @@ export interface CloudServerOptions {
   /** false silences the request log (tests); otherwise JSON lines on stderr */
   logLevel?: string | false;
   onRound?: (s: RoundSummary) => void;
+  /** serve the built user page (apps/user-web/dist) from this directory at / */
+  webDir?: string;
 }
 
 export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
@@ -184,6 +192,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   });
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: frameLimit }, (_req, body, done) => done(null, body));
   await app.register(websocket, { options: { maxPayload: frameLimit + (1 << 20) } });
+  if (o.webDir) await app.register(webPagePlugin(o.webDir));
 
   // model hand-out: cloud -> edge (the edge serves the user segment on to its users)
   await app.register(async (r) => {
@@ -343,6 +352,62 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
         if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the update is an application/octet-stream frame');
         if (req.params.round !== coordinator.currentRound) throw new ProtocolError('WRONG_ROUND', `round ${req.params.round} is not running (current: ${coordinator.currentRound ?? 'none'})`);
         return coordinator.acceptUpdate(edgeOf(req)!.edgeId, new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
+      },
+    );
+  });
+
+  // generation: an edge sends h2 of one user's context (a `generate` frame with the user and the
+  // global version whose edge part it ran); the answer is the next-token logits at the last
+  // position, from the tail with that version's cloud part. The body is read only for a known edge.
+  await app.register(async (r) => {
+    const limit = maxGenerateFrameBytes(c);
+    const V = c.vocabSize;
+    const refused = metrics.counter('splitllm_cloud_generate_refused_total', 'generation requests refused, by code');
+    const served = metrics.counter('splitllm_cloud_generate_total', 'next-token logits served to edges');
+    r.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number; code?: string }, req, reply) => {
+      let status = err.statusCode ?? 500;
+      let code = err.code ?? 'INTERNAL';
+      if (err instanceof ProtocolError) [status, code] = [err.code === 'FRAME_TOO_LARGE' ? 413 : 400, String(err.code)];
+      else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') [status, code] = [413, 'FRAME_TOO_LARGE'];
+      else if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') [status, code] = [415, 'BAD_CONTENT_TYPE'];
+      refused(1, { code });
+      req.log.warn({ code, err: err.message }, 'generate request rejected');
+      void reply.code(status).send({ code, message: err.message });
+    });
+    r.post(
+      '/api/generate',
+      {
+        onRequest: requireEdge,
+        bodyLimit: limit,
+        schema: { response: { 400: errorSchema, 401: errorSchema, 404: errorSchema, 409: errorSchema, 413: errorSchema, 500: errorSchema } },
+      },
+      async (req, reply) => {
+        const edge = edgeOf(req)!;
+        const body = req.body as Buffer;
+        if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the body is an application/octet-stream `generate` frame');
+        const f = decodeFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), { maxBytes: limit });
+        if (f.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${f.type}"`);
+        const userId = stringField(f, 'userId', 64);
+        const version = intField(f, 'version');
+        const h = f32Tensor(f, 'h', [1, null, c.nEmbd]);
+        const T = f.tensors.get('h')!.shape[1];
+        if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+        const refuse = (status: number, code: string, message: string) => {
+          refused(1, { code });
+          req.log.warn({ code, edgeId: edge.edgeId, userId, version }, 'generate request refused');
+          return fail(reply, status, code, message);
+        };
+        const user = store.users().find((u) => u.userId === userId);
+        if (!user || user.edgeId !== edge.edgeId) return refuse(404, 'UNKNOWN_USER', `user "${userId}" is not a user of edge "${edge.edgeId}"`);
+        const adapter = coordinator.globalAdapterAt(version);
+        if (!adapter) return refuse(409, 'UNKNOWN_VERSION', `version ${version} is not a recorded global version (current: ${coordinator.version})`);
+        const logits = await tail.logits(adapter, h, 1, T);
+        for (let i = 0; i < V; i++) {
+          if (!Number.isFinite(logits[i])) return refuse(500, 'NOT_FINITE', `logit ${i} is ${logits[i]}`);
+        }
+        served();
+        const frame = encodeFrame('logits', { version }, { logits: { data: logits, shape: [V] } });
+        return reply.type('application/octet-stream').send(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
       },
     );
   });

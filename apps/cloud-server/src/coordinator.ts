@@ -132,6 +132,7 @@ export class Coordinator {
   private active?: ActiveRound;
   private stopping = false;
   private startTimer?: NodeJS.Timeout;
+  private olderGlobal?: { version: number; adapter: LoraAdapter };
   private readonly m: {
     frames: (by?: number, l?: Record<string, string>) => void;
     bytes: (by?: number, l?: Record<string, string>) => void;
@@ -171,6 +172,22 @@ export class Coordinator {
 
   globalAdapter(): LoraAdapter {
     return this.global;
+  }
+
+  /**
+   * The global adapter of a recorded version (generation: the version whose edge part an edge
+   * ran): the current one from memory, an older one from the store (the last one read is kept,
+   * as an edge lags by at most one version around a round's end); undefined for a version that
+   * was never recorded.
+   */
+  globalAdapterAt(version: number): LoraAdapter | undefined {
+    if (version === this.latest.version) return this.global;
+    if (this.olderGlobal?.version === version) return this.olderGlobal.adapter;
+    if (!(version < this.latest.version)) return undefined;
+    const rec = this.o.store.rounds().find((r) => r.version === version);
+    if (!rec) return undefined;
+    this.olderGlobal = { version, adapter: this.o.store.loadAdapter(rec) };
+    return this.olderGlobal.adapter;
   }
 
   /** The global adapter's part for one tier (what an edge downloads). */

@@ -3,7 +3,8 @@
  * mapping between the graphs' named inputs/outputs and the reference's LoraAdapter/LoraGrads.
  *
  *   BlocksSegment  blocks [from, to): forward -> y (+ saved intermediates), backward -> dx, LoRA grads
- *   TailSegment    blocks [from, L) + ln_f + tied head + cross-entropy: loss, count, dx, LoRA grads
+ *   TailSegment    blocks [from, L) + ln_f + tied head + cross-entropy: loss, count, dx, LoRA grads;
+ *                  and (generation) the next-token logits at the last position, from a graph loaded on first use
  *
  * keep vs recompute (`saveIntermediates`): keeping makes the backward cheaper but holds every
  * block's intermediates between forward and backward; recomputing holds only the segment input.
@@ -15,6 +16,7 @@ import {
   buildBlocksBackwardGraph,
   buildBlocksForwardGraph,
   buildTailGraph,
+  buildTailLogitsGraph,
   buildTailLossGraph,
   type Gpt2Config,
   type Gpt2Model,
@@ -118,20 +120,28 @@ export class BlocksSegment {
 }
 
 export class TailSegment {
+  /** the generation graph, built and loaded by the first logits() call (a session that never generates never pays for it) */
+  private logitsGraph?: Promise<string>;
+  private closed = false;
+
   private constructor(
     private readonly runner: SegmentRunner,
-    readonly config: Gpt2Config,
+    private readonly model: Gpt2Model,
     readonly lora: LoraConfig,
     readonly from: number,
     private readonly stepGraph: string,
     private readonly lossGraph: string,
   ) {}
 
+  get config(): Gpt2Config {
+    return this.model.config;
+  }
+
   static async create(runner: SegmentRunner, model: Gpt2Model, lora: LoraConfig, from: number): Promise<TailSegment> {
     const L = model.config.nLayer;
     const step = await load(runner, `tail[${from},${L}).step`, buildTailGraph(model, lora, from));
     const loss = await load(runner, `tail[${from},${L}).loss`, buildTailLossGraph(model, lora, from));
-    return new TailSegment(runner, model.config, lora, from, step, loss);
+    return new TailSegment(runner, model, lora, from, step, loss);
   }
 
   private feeds(adapter: LoraAdapter, x: Float32Array, targets: Int32Array, B: number, T: number): Record<string, RunnerTensor> {
@@ -165,8 +175,29 @@ export class TailSegment {
     return { loss: (out.loss.data as Float32Array)[0], count: (out.count.data as Float32Array)[0] };
   }
 
+  /**
+   * Generation: blocks [from, L), ln_f and the tied head on x [B, T, D]; returns the next-token
+   * logits at the last position of each row, [B, V]. The graph is loaded on the first call.
+   */
+  async logits(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<Float32Array> {
+    if (this.closed) throw new Error('tail segment: logits() after close()');
+    const feeds = { x: activation(x, B, T, this.config.nEmbd), ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer) };
+    if (!this.logitsGraph) {
+      const L = this.config.nLayer;
+      this.logitsGraph = load(this.runner, `tail[${this.from},${L}).logits`, buildTailLogitsGraph(this.model, this.lora, this.from));
+      // a failed load is retried by the next call rather than remembered
+      this.logitsGraph.catch(() => (this.logitsGraph = undefined));
+    }
+    const graph = await this.logitsGraph;
+    const out = await this.runner.run(graph, feeds, { keep: ['x'] });
+    return out.logits.data as Float32Array;
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
     await this.runner.unload(this.stepGraph);
     await this.runner.unload(this.lossGraph);
+    const logits = await this.logitsGraph?.catch(() => undefined);
+    if (logits) await this.runner.unload(logits);
   }
 }

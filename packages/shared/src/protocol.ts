@@ -73,6 +73,18 @@ export const MAX_STRING_FIELD_LENGTH = 256;
 export const MAX_ERROR_MESSAGE_LENGTH = 2000;
 /** Largest finite IEEE half. */
 export const F16_MAX = 65504;
+/** Room for the JSON header of a generation frame (`generate`, `logits`) on top of its tensor. */
+export const GENERATION_HEADER_BYTES = 64 * 1024;
+
+/** The size limit of a `generate` frame: h [1, T <= nPositions, D] as f32, and its header. */
+export function maxGenerateFrameBytes(c: { nPositions: number; nEmbd: number }): number {
+  return c.nPositions * c.nEmbd * 4 + GENERATION_HEADER_BYTES;
+}
+
+/** The size limit of a `logits` frame: logits [V] as f32, and its header. */
+export function maxLogitsFrameBytes(c: { vocabSize: number }): number {
+  return c.vocabSize * 4 + GENERATION_HEADER_BYTES;
+}
 
 // ---------------------------------------------------------------- message registry
 
@@ -130,6 +142,14 @@ export const MESSAGE_TYPES = {
   },
   error: { fields: { code: 'string', message: 'text' } },
   bye: { fields: { reason: 'string' } },
+  /**
+   * Generation, over HTTP (`POST /api/generate`), never on the training sockets: user -> edge
+   * carries h1 [1, T, D] of the context; edge -> cloud carries h2 [1, T, D] and adds the fields
+   * `userId` and `version` (the global version whose edge adapter ran).
+   */
+  generate: { fields: {}, tensors: { h: F32_RANK3 } },
+  /** cloud -> edge -> user: the next-token logits [V] at the last position, and the version that made them */
+  logits: { fields: { version: 'int' }, tensors: { logits: { dtype: 'f32', rank: 1 } } },
 } as const satisfies Record<string, WireMessageSpec>;
 
 export type MessageType = keyof typeof MESSAGE_TYPES;

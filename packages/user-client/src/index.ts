@@ -1,2 +1,3 @@
 export * from './trainers';
 export * from './client';
+export * from './generate';

@@ -6,6 +6,7 @@
  *   buildBlocksBackwardGraph  blocks [from, to) backward                  (edge)
  *   buildTailGraph            blocks [from, L) + ln_f + tied head + loss, forward and backward (cloud)
  *   buildTailLossGraph        the same, loss only                         (cloud, evaluation)
+ *   buildTailLogitsGraph      blocks [from, L) + ln_f + tied head: next-token logits at the last position (cloud, generation)
  *
  * They mirror model.ts (blocksForward/blocksBackward, headForward/headBackward) op for op,
  * through the fragments in ./ops. Frozen base weights are initializers (named as in
@@ -493,4 +494,29 @@ export function buildTailGraph(model: Gpt2Model, lora: LoraConfig, from: number)
 /** Loss only (eval): the tail's inputs, outputs 'loss' and 'count'. */
 export function buildTailLossGraph(model: Gpt2Model, lora: LoraConfig, from: number): SegmentGraph {
   return tail(model, lora, from, false);
+}
+
+/**
+ * Generation: blocks [from, L), then ln_f and the tied LM head at the LAST position only (the
+ * next-token logits; causal attention makes every other position irrelevant to it, so the head
+ * costs one [D] x [D, V] product per row instead of T). Inputs: 'x' [batch,seq,D], LoRA inputs
+ * for blocks [from,L). Output: 'logits' [batch, V]. from may equal L (head only). Mirrors
+ * model.ts (blocksForward, then headForward's ln_f and matmulBT with wte) row for row.
+ */
+export function buildTailLogitsGraph(model: Gpt2Model, lora: LoraConfig, from: number): SegmentGraph {
+  const c = model.config;
+  const L = c.nLayer;
+  checkRange(model, from, L, 'tail logits graph');
+  const s = new Segment(model, lora, `tail_${from}_logits`);
+  const { g } = s;
+  const D = c.nEmbd;
+  const x = s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);
+  s.loraInputs(from, L);
+  const h = s.blocksForward(s.rows(x, D), from, L, true).y as string;
+  // [batch*seq, D] -> [batch, seq, D] -> the last position: [batch, D]
+  const last = g.op('Gather', [s.unrows(h, D), g.int32Scalar(-1)], { axis: 1 }, 'last');
+  const lnf = layerNormForwardNodes(g, last, s.weight('ln_f.weight'), s.weight('ln_f.bias'), c.layerNormEpsilon);
+  const logits = g.op('Gemm', [lnf.y, s.weight('wte.weight')], { transB: 1 }, 'logits');
+  s.output('logits', logits, 'float32', [BATCH_DIM, c.vocabSize]);
+  return s.finish();
 }

@@ -1,0 +1,197 @@
+/**
+ * Generation at the edge: `POST /api/generate`, over HTTP so that it never touches the training
+ * sockets and turns.
+ *
+ *   user  --generate {h: h1 [1, T, D]}-->  edge: blocks [k, m) with the global edge adapter of
+ *   the edge's current version  --generate {h: h2, userId, version}-->  cloud: blocks [m, L),
+ *   ln_f, tied head  --logits {logits [V], version}-->  edge  -->  user
+ *
+ * The user proves itself as on the WebSocket (checkUserToken over the token the cloud derived for
+ * this user and this edge): `authorization: Bearer <userToken>` and `x-splitllm-user: <userId>`,
+ * checked before any of the body is read. The body is one protocol frame (application/
+ * octet-stream), at most maxGenerateFrameBytes(config). Refusals are JSON {code, message}:
+ * 400 BAD_FRAME / BAD_SHAPE / NOT_FINITE / ..., 401 UNAUTHORIZED, 404 UNKNOWN_USER (from the
+ * cloud: the cloud keeps the user registry), 413 FRAME_TOO_LARGE, 503 NOT_READY (starting, or
+ * the global version is changing: retry), 502/504 when the cloud fails or is late.
+ *
+ * The page may be served from another origin: ./cors.ts answers CORS preflights for every
+ * route (credentials travel in headers, never cookies, so any origin may ask).
+ */
+import {
+  adapterFromNamedTensors,
+  decodeFrame,
+  DEFAULT_MAX_FRAME_BYTES,
+  encodeFrame,
+  f32Tensor,
+  maxGenerateFrameBytes,
+  maxLogitsFrameBytes,
+  ProtocolError,
+  responseError,
+  type Gpt2Config,
+  type LoraAdapter,
+  type LoraConfig,
+} from '@splitllm/shared';
+import { bearerToken, checkUserToken } from '@splitllm/shared/node';
+import type { BlocksSegment } from '@splitllm/onnx-runner';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+
+/** What a generation request needs from the running edge (read per request: the version and the edge token change). */
+export interface GenerateState {
+  edgeId: string;
+  edgeSecret: string;
+  config: Gpt2Config;
+  lora: LoraConfig;
+  /** blocks [k, m) on the edge's runner */
+  blocks: BlocksSegment;
+  /** the global version the edge is at */
+  version: number;
+  cloudUrl: string;
+  edgeToken: string;
+}
+
+export interface GenerateRoutesOptions {
+  /** undefined while the edge is starting */
+  state: () => GenerateState | undefined;
+  /** the cloud must answer within this time (default 60 s) */
+  cloudTimeoutMs?: number;
+}
+
+export const USER_HEADER = 'x-splitllm-user';
+
+const errorSchema = { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } }, required: ['code', 'message'] };
+
+class GenerateError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'GenerateError';
+  }
+}
+
+function headerValue(h: string | string[] | undefined): string | undefined {
+  return Array.isArray(h) ? h[0] : h;
+}
+
+export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOptions): Promise<void> {
+  const cloudTimeoutMs = o.cloudTimeoutMs ?? 60_000;
+  /** the edge part of the global adapter of one version, fetched from the cloud once */
+  let cached: { version: number; adapter: Promise<LoraAdapter> } | undefined;
+
+  const edgeAdapter = (s: GenerateState): Promise<LoraAdapter> => {
+    if (cached?.version === s.version) return cached.adapter;
+    const version = s.version;
+    const adapter = (async () => {
+      const res = await fetch(`${s.cloudUrl}/api/adapters/${version}/edge`, {
+        headers: { authorization: `Bearer ${s.edgeToken}` },
+        signal: AbortSignal.timeout(cloudTimeoutMs),
+      });
+      // the cloud serves only its current version: it has moved on and this edge will hear of it shortly
+      if (!res.ok) throw new GenerateError(503, 'NOT_READY', `the global adapter is changing (version ${version}: ${res.status} ${(await responseError(res)).code}); try again`);
+      const f = decodeFrame(new Uint8Array(await res.arrayBuffer()), { maxBytes: DEFAULT_MAX_FRAME_BYTES });
+      return adapterFromNamedTensors(s.lora, f.tensors);
+    })();
+    const entry = { version, adapter };
+    cached = entry;
+    // a failure is not remembered: the next request tries again
+    adapter.catch(() => {
+      if (cached === entry) cached = undefined;
+    });
+    return adapter;
+  };
+
+  const fail = (req: FastifyRequest, reply: FastifyReply, status: number, code: string, message: string) => {
+    req.log.warn({ code, err: message, userId: headerValue(req.headers[USER_HEADER]) }, 'generate request refused');
+    return reply.code(status).send({ code, message });
+  };
+
+  r.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
+    let status = err.statusCode ?? 500;
+    let code = err.code ?? 'INTERNAL';
+    if (err instanceof GenerateError) [status, code] = [err.status, err.code];
+    else if (err instanceof ProtocolError) [status, code] = [err.code === 'FRAME_TOO_LARGE' ? 413 : 400, String(err.code)];
+    else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') [status, code] = [413, 'FRAME_TOO_LARGE'];
+    else if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') [status, code] = [415, 'BAD_CONTENT_TYPE'];
+    else if (err.name === 'TimeoutError') [status, code] = [504, 'CLOUD_TIMEOUT'];
+    return fail(req, reply, status, code, err.message);
+  });
+  // the hard ceiling while reading; the session's own limit (known once the edge is ready) is
+  // checked against content-length before reading and against the frame after
+  r.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: DEFAULT_MAX_FRAME_BYTES }, (_req, body, done) => done(null, body));
+
+
+  r.post(
+    '/api/generate',
+    {
+      schema: { response: { 400: errorSchema, 401: errorSchema, 404: errorSchema, 413: errorSchema, 415: errorSchema, 502: errorSchema, 503: errorSchema, 504: errorSchema } },
+      // the user is checked before a byte of the body is read
+      onRequest: async (req, reply) => {
+        const s = o.state();
+        if (!s) return fail(req, reply, 503, 'NOT_READY', 'the edge is still starting');
+        const userId = headerValue(req.headers[USER_HEADER]);
+        const token = bearerToken(req.headers.authorization);
+        if (!userId || userId.length > 64 || !token || token.length > 128) {
+          return fail(req, reply, 401, 'UNAUTHORIZED', `generation needs the user's credentials: headers "authorization: Bearer <userToken>" and "${USER_HEADER}: <userId>"`);
+        }
+        if (!checkUserToken(s.edgeSecret, userId, s.edgeId, token)) return fail(req, reply, 401, 'UNAUTHORIZED', `user "${userId}" has no valid token for edge "${s.edgeId}"`);
+        const declared = Number(req.headers['content-length']);
+        const limit = maxGenerateFrameBytes(s.config);
+        if (declared > limit) {
+          // the client sends the body anyway: close the connection rather than read it
+          reply.header('connection', 'close');
+          return fail(req, reply, 413, 'FRAME_TOO_LARGE', `a frame of ${declared} bytes exceeds the limit of ${limit}`);
+        }
+      },
+    },
+    async (req, reply) => {
+      const s = o.state()!;
+      const c = s.config;
+      const userId = headerValue(req.headers[USER_HEADER])!;
+      const body = req.body as Buffer;
+      if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the body is an application/octet-stream `generate` frame');
+      const f = decodeFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), { maxBytes: maxGenerateFrameBytes(c) });
+      if (f.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${f.type}"`);
+      const h1 = f32Tensor(f, 'h', [1, null, c.nEmbd]);
+      const T = f.tensors.get('h')!.shape[1];
+      if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+
+      const version = s.version;
+      const adapter = await edgeAdapter(s);
+      const { y: h2 } = await s.blocks.forward(adapter, h1, 1, T);
+
+      const frame = encodeFrame('generate', { userId, version }, { h: { data: h2, shape: [1, T, c.nEmbd] } });
+      let res: Response;
+      try {
+        res = await fetch(`${s.cloudUrl}/api/generate`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${s.edgeToken}`, 'content-type': 'application/octet-stream' },
+          body: frame as Uint8Array<ArrayBuffer>,
+          signal: AbortSignal.timeout(cloudTimeoutMs),
+        });
+      } catch (e) {
+        if ((e as Error).name === 'TimeoutError') throw new GenerateError(504, 'CLOUD_TIMEOUT', `the cloud did not answer within ${cloudTimeoutMs} ms`);
+        throw new GenerateError(502, 'CLOUD_UNREACHABLE', `the cloud is unreachable: ${(e as Error).message}`);
+      }
+      if (!res.ok) {
+        const e = await responseError(res);
+        // the user's own problem (not known to the cloud) goes back as is; anything else is the edge's or the cloud's
+        if (res.status === 404 && e.code === 'UNKNOWN_USER') throw new GenerateError(404, e.code, e.message);
+        if (res.status === 409 && e.code === 'UNKNOWN_VERSION') throw new GenerateError(503, 'NOT_READY', `the global adapter is changing (${e.message}); try again`);
+        throw new GenerateError(502, 'CLOUD_ERROR', `the cloud refused: ${res.status} ${e.code}: ${e.message}`);
+      }
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      let answer;
+      try {
+        answer = decodeFrame(bytes, { maxBytes: maxLogitsFrameBytes(c) });
+        if (answer.type !== 'logits') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "logits" frame, got "${answer.type}"`);
+        f32Tensor(answer, 'logits', [c.vocabSize]);
+      } catch (e) {
+        throw new GenerateError(502, 'CLOUD_ERROR', `the cloud's answer is unusable: ${(e as Error).message}`);
+      }
+      // checked: relayed as it came
+      return reply.type('application/octet-stream').send(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    },
+  );
+}
