@@ -1,7 +1,8 @@
 /**
  * The edge server: Fastify + @fastify/websocket over the Edge (edge.ts). Route groups are
  * plugins: what users download (manifest, tokenizer, user segment, adapters), the user
- * WebSocket, and status/metrics. Start-up registers with the cloud using the shared secret,
+ * WebSocket, the operator's dashboard (admin.ts, behind the operator token), and public
+ * status/metrics. Start-up registers with the cloud using the shared secret,
  * fetches this edge's segment and the user segment once (checked against the manifest's
  * sha-256), loads blocks [k, m) into onnxruntime, and keeps the cloud link up: when it drops,
  * the edge registers again and carries on (users stay connected).
@@ -10,7 +11,11 @@ import websocket from '@fastify/websocket';
 import { decodeSegment, encodeErrorFrame, loraParameterCount, MetricsRegistry, parseRunManifest, type RunManifest } from '@splitllm/shared';
 import { BlocksSegment, SegmentRunner, type ExecutionProvider } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { randomToken } from '@splitllm/shared/node';
 import { createHash } from 'node:crypto';
+import { adminRoutes } from './admin';
+import { generateRoutes } from './generate';
+import { corsHook } from './cors';
 import { Edge, EdgeError, fetchJson, type UserConn } from './edge';
 
 export interface EdgeServerOptions {
@@ -26,11 +31,16 @@ export interface EdgeServerOptions {
   stepTimeoutMs?: number;
   cloudTimeoutMs?: number;
   logLevel?: string | false;
+  /** opens the operator's dashboard (/admin, /api/admin/*); when not given, one is generated and logged once */
+  operatorToken?: string;
 }
 
 export interface EdgeServer {
   app: FastifyInstance;
   url: string;
+  /** the operator's dashboard, `${url}/admin` (the token is not in it) */
+  adminUrl: string;
+  operatorToken: string;
   edge: Edge;
   runner: SegmentRunner;
   close(): Promise<void>;
@@ -83,6 +93,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
   const log = o.logLevel === false ? false : { level: o.logLevel ?? 'info', stream: process.stderr };
   const app = Fastify({ logger: log, bodyLimit: 1 << 16 });
   const ready: { edge?: Edge; userSegment?: Uint8Array; manifest?: RunManifest; tokenizer?: unknown; frameLimit: number } = { frameLimit: 1 << 20 };
+  const operatorToken = o.operatorToken || randomToken();
   const metrics = new MetricsRegistry();
   metrics.collected('splitllm_process_resident_memory_bytes', 'resident set size of the edge process', () => process.memoryUsage.rss());
 
@@ -91,6 +102,8 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     req.log.warn({ code, err: err.message }, 'request rejected');
     void reply.code(err instanceof EdgeError ? 400 : (err.statusCode ?? 500)).send({ code, message: err.message });
   });
+  // the user page comes from the cloud's origin: its requests here are cross-origin
+  await corsHook(app);
   await app.register(websocket, { options: { maxPayload: 256 * 2 ** 20 } });
 
   // what users download: the run, the tokenizer, the frozen user segment, the current adapter
@@ -164,11 +177,31 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     });
   });
 
-  // status (the admin dashboard's data) and metrics
+  // the operator's dashboard and its data (admin.ts), behind the operator token
+  await app.register(adminRoutes, { operatorToken, edge: () => ready.edge });
+
+  // generation (generate.ts): a user's h1 through blocks [k, m) to the cloud, its next-token logits back
+  await app.register(generateRoutes, { state: () => (ready.edge ? { edgeId: o.edgeId, edgeSecret: o.edgeSecret, config: c, lora: manifest.lora, blocks, version: ready.edge.version, cloudUrl: o.cloudUrl, edgeToken: token } : undefined) });
+
+  // public status (a summary with no user ids) and metrics
   await app.register(async (r) => {
-    r.get('/api/status', { schema: { response: { 200: { type: 'object', additionalProperties: true }, 503: errorSchema } } }, async (_req, reply) => {
-      if (!ready.edge) return fail(reply, 503, 'NOT_READY', 'the edge is still starting');
-      return ready.edge.status();
+    const publicStatus = {
+      type: 'object',
+      properties: {
+        edgeId: { type: 'string' },
+        version: { type: 'integer' },
+        round: { type: ['integer', 'null'] },
+        cloudConnected: { type: 'boolean' },
+        users: { type: 'object', properties: { connected: { type: 'integer' }, waiting: { type: 'integer' } }, required: ['connected', 'waiting'] },
+        provider: { type: 'string' },
+      },
+      required: ['edgeId', 'version', 'round', 'cloudConnected', 'users', 'provider'],
+    };
+    r.get('/api/status', { schema: { response: { 200: publicStatus, 503: errorSchema } } }, async (_req, reply) => {
+      const edge = ready.edge;
+      if (!edge) return fail(reply, 503, 'NOT_READY', 'the edge is still starting');
+      const s = edge.status();
+      return { edgeId: s.edgeId, version: s.version, round: s.round?.number ?? null, cloudConnected: s.cloudConnected, users: { connected: s.users.length, waiting: s.waiting }, provider: s.provider };
     });
     r.get('/metrics', { schema: { response: { 200: { type: 'string' } } } }, async (_req, reply) => reply.type('text/plain; version=0.0.4').send(metrics.render()));
     r.get('/api/health', { schema: { response: { 200: { type: 'object', properties: { ok: { type: 'boolean' }, ready: { type: 'boolean' } } } } } }, async () => ({ ok: true, ready: !!ready.edge }));
@@ -238,9 +271,15 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
   ready.manifest = manifest;
   ready.tokenizer = tokenizer;
   app.log.info({ url, edgeId: o.edgeId, provider: runner.provider, saveIntermediates, blocks: [manifest.plan.k, manifest.plan.m] }, 'edge server ready');
+  const adminUrl = `${url}/admin`;
+  if (o.operatorToken) app.log.info({ adminUrl }, 'operator dashboard');
+  // printed once, here only: the fragment is not sent to the server, the page reads it
+  else app.log.warn({ adminUrl: `${adminUrl}#token=${operatorToken}`, operatorToken }, 'operator dashboard: no operator token was given, so this one was generated for this run');
   return {
     app,
     url,
+    adminUrl,
+    operatorToken,
     edge,
     runner,
     async close() {

@@ -87,6 +87,9 @@ export interface StepRecord {
   at: string;
 }
 
+/** One step of a round as the operator's dashboard charts it. */
+export type LossPoint = Omit<StepRecord, 'round'>;
+
 interface EdgeRoundState {
   round: number;
   version: number;
@@ -124,6 +127,8 @@ export interface EdgeOptions {
 }
 
 const RECENT = 200;
+/** a round's loss series keeps at most this many steps (the dashboard's chart) */
+const MAX_LOSS_POINTS = 10_000;
 
 /**
  * The next frame of a type from one peer: `attach` installs the waiter where that peer's frames
@@ -170,6 +175,8 @@ export class Edge {
   private readonly adapters = new Map<number, AdapterVersion>();
   readonly recentSteps: StepRecord[] = [];
   readonly recentErrors: Array<{ at: string; code: string; message: string; userId?: string }> = [];
+  /** every step's loss in the current round, or the last one while idle (the loss is in the cloud's backward frame) */
+  lossSeries: { round: number; points: LossPoint[] } | null = null;
   bytesIn = 0;
   bytesOut = 0;
   private readonly m: Record<'bytes' | 'errors' | 'steps' | 'tokens' | 'drops', (by?: number, l?: Record<string, string>) => void> & {
@@ -438,6 +445,7 @@ export class Edge {
       const { edge } = await this.adaptersFor(version);
       const state: EdgeRoundState = { round, version, train: new LoraTrainState(edge, manifest.train.adamw), completed: [], userBytes: 0 };
       this.round = state;
+      this.lossSeries = { round, points: [] };
       this.o.log.info({ round, version }, 'round started');
       const tried = new Set<string>();
       while (state.completed.length < usersPerEdge && this.cloudConnected) {
@@ -523,8 +531,10 @@ export class Edge {
         this.m.steps();
         this.m.tokens(count);
         this.m.stepMs(ms);
-        this.recentSteps.push({ round, userId: u.userId, step, loss, tokens: count, ms, at: new Date().toISOString() });
+        const point: LossPoint = { userId: u.userId, step, loss, tokens: count, ms, at: new Date().toISOString() };
+        this.recentSteps.push({ round, ...point });
         if (this.recentSteps.length > RECENT) this.recentSteps.shift();
+        if (this.lossSeries?.round === round && this.lossSeries.points.length < MAX_LOSS_POINTS) this.lossSeries.points.push(point);
       }
       const global = (await this.adaptersFor(state.version)).user;
       let adapter: LoraAdapter | undefined;

@@ -57,7 +57,7 @@ function roundTimes(): void {
 }
 
 async function edgeMemory(waiting: number): Promise<void> {
-  const env = { SPLITLLM_EDGE_SECRET: randomToken(), SPLITLLM_OPERATOR_TOKEN: randomToken() };
+  const env = { SPLITLLM_EDGE_SECRET: randomToken(), SPLITLLM_OPERATOR_TOKEN: randomToken(), SPLITLLM_EDGE_OPERATOR_TOKEN: randomToken() };
   const logDir = join(tmp, `mem-${waiting}`);
   const parts: Part[] = [];
   const sockets: WebSocket[] = [];
@@ -71,7 +71,8 @@ async function edgeMemory(waiting: number): Promise<void> {
     parts.push(edge);
     const edgeUrl = String((await edge.ready).url);
     const token = () => issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
-    const status = async () => (await (await fetch(`${edgeUrl}/api/status`)).json()) as { waiting: number; users: unknown[]; memory: { rss: number; peakRss: number } };
+    const status = async () =>
+      (await (await fetch(`${edgeUrl}/api/admin/status`, { headers: { authorization: `Bearer ${env.SPLITLLM_EDGE_OPERATOR_TOKEN}` } })).json()) as { waiting: number; users: unknown[]; memory: { rss: number; peakRss: number } };
     const idle = await status();
     const user = startPart('user', ['user', '--cloud', url, '--data', join(REPO_ROOT, 'packages/assets/data/sotu/train/user-1.txt'), '--engine', 'reference'], { logDir, env: { SPLITLLM_JOIN_TOKEN: await token() } });
     parts.push(user);

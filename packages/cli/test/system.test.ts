@@ -239,7 +239,10 @@ describe('servers on loopback', () => {
     expect(await a.error()).toBe('FRAME_TOO_LARGE');
 
     expect(a.closed).toBeUndefined();
-    const status = (await (await fetch(`${edges[0].url}/api/status`)).json()) as { users: Array<{ userId: string; state: string }>; errors: Array<{ code: string }> };
+    const status = (await (await fetch(`${edges[0].url}/api/admin/status`, { headers: { authorization: `Bearer ${edges[0].operatorToken}` } })).json()) as {
+      users: Array<{ userId: string; state: string }>;
+      errors: Array<{ code: string }>;
+    };
     expect(status.users.map((u) => [u.userId, u.state])).toEqual([[join.json.userId, 'waiting']]);
     expect(status.errors.map((e) => e.code)).toEqual(expect.arrayContaining(['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_FINITE', 'NOT_YOUR_TURN', 'FRAME_TOO_LARGE']));
   });

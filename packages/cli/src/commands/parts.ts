@@ -2,8 +2,8 @@
  * `splitllm cloud`, `splitllm edge`, `splitllm user`: one part of the system in this process,
  * serving until SIGINT/SIGTERM. Each prints `{"event":"ready",...}` on stdout when it serves
  * (launchers wait for it) and its structured log on stderr. Secrets come from the environment
- * (SPLITLLM_EDGE_SECRET, SPLITLLM_OPERATOR_TOKEN, SPLITLLM_JOIN_TOKEN) so they never show in a
- * process list.
+ * (SPLITLLM_EDGE_SECRET, SPLITLLM_OPERATOR_TOKEN, SPLITLLM_EDGE_OPERATOR_TOKEN, SPLITLLM_JOIN_TOKEN)
+ * so they never show in a process list.
  */
 import { startCloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
@@ -23,6 +23,11 @@ export function envSecret(name: string, what: string): string {
   return v;
 }
 
+/** A secret that may be left unset (the part then makes its own); an empty value counts as unset. */
+export function optionalEnvSecret(name: string): string | undefined {
+  return process.env[name] || undefined;
+}
+
 function provider(args: Args): ExecutionProvider {
   const p = args.optionalString('provider') ?? 'cpu';
   if (!(EXECUTION_PROVIDERS as readonly string[]).includes(p)) throw new UsageError(`--provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${p}"`);
@@ -37,9 +42,10 @@ export function codecOf(v: string | undefined): WireCodec {
 
 export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N] [--users-per-edge N]
     [--min-edges N] [--min-users N] [--max-rounds R] [--codec f32|f16|int8] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
-    [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
+    [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
   The cloud server: tail segment, rounds, aggregation (FedAvg), state in DIR (resumes from the last
-  recorded round). Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
+  recorded round). --web DIR serves the built user page (apps/user-web/dist) at /, so a join link
+  is the cloud's address with ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
   Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
 
 export async function cloudCommand(argv: string[]): Promise<void> {
@@ -64,8 +70,10 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     provider: { type: 'string' },
     threads: { type: 'string' },
     'log-level': { type: 'string' },
+    web: { type: 'string' },
   });
   const server = await startCloudServer({
+    webDir: args.optionalString('web'),
     modelDir: args.optionalString('model') ?? SHIPPED_MODEL_DIR,
     stateDir: args.string('state'),
     port: args.int('port', 0),
@@ -100,7 +108,9 @@ export async function cloudCommand(argv: string[]): Promise<void> {
 
 export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
   An edge server: registers with the cloud (SPLITLLM_EDGE_SECRET in the environment), runs the
-  middle blocks for its users one at a time. Prints {"event":"ready","url":...}.`;
+  middle blocks for its users one at a time. The operator's dashboard is at /admin; its token is
+  SPLITLLM_EDGE_OPERATOR_TOKEN from the environment, or, when unset, one generated and logged
+  (stderr) once at start-up. Prints {"event":"ready","url":...,"adminUrl":...}.`;
 
 export async function edgeCommand(argv: string[]): Promise<void> {
   const args = Args.parse('edge', argv, {
@@ -115,20 +125,23 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     cloudUrl: args.string('cloud').replace(/\/$/, ''),
     edgeId: args.optionalString('id') ?? `edge-${randomToken(3)}`,
     edgeSecret: envSecret('SPLITLLM_EDGE_SECRET', 'edge'),
+    operatorToken: optionalEnvSecret('SPLITLLM_EDGE_OPERATOR_TOKEN'),
     port: args.int('port', 0),
     provider: provider(args),
     threads: args.int('threads', 0),
     logLevel: args.optionalString('log-level') ?? 'info',
   });
-  print({ event: 'ready', url: server.url, provider: server.runner.provider });
+  print({ event: 'ready', url: server.url, provider: server.runner.provider, ...(server.adminUrl ? { adminUrl: server.adminUrl } : {}) });
   await untilSignal();
   await server.close();
 }
 
-export const userHelp = `splitllm user --cloud URL --data FILE [--seed S] [--engine auto|wgsl|reference] [--json]
+export const userHelp = `splitllm user --cloud URL --data FILE [--seed S] [--engine auto|wgsl|wasm|reference] [--json]
   A headless user: joins with SPLITLLM_JOIN_TOKEN (from the environment), downloads its segment
-  from the assigned edge and trains on FILE whenever its turn comes. 'auto' uses the WGSL engine
-  when a WebGPU adapter exists (software included) and the TypeScript reference otherwise.`;
+  from the assigned edge and trains on FILE whenever its turn comes. Engines: wgsl (WebGPU),
+  wasm (onnxruntime-web's wasm backend), reference (TypeScript). 'auto' uses wgsl on a hardware
+  WebGPU adapter, wasm without one, and on a software adapter times one step of each and keeps
+  the faster.`;
 
 export async function userCommand(argv: string[]): Promise<void> {
   const args = Args.parse('user', argv, {
@@ -139,7 +152,7 @@ export async function userCommand(argv: string[]): Promise<void> {
     json: { type: 'boolean' },
   });
   const engine = args.optionalString('engine') ?? 'auto';
-  if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'reference') throw new UsageError(`--engine must be auto, wgsl or reference, got "${engine}"`);
+  if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'wasm' && engine !== 'reference') throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
   const client = await startHeadlessUser({
     cloudUrl: args.string('cloud').replace(/\/$/, ''),
