@@ -120,6 +120,23 @@ function test() {
     if (code !== 0) failedPackages.push(pkg);
   }
   rmSync(reports, { recursive: true, force: true });
+  // end to end: the built page against real servers in headless Chromium (e2e/, playwright.config.ts)
+  step('build the user page (vite build)');
+  if (run('pnpm', ['--filter', '@splitllm/user-web', 'build']) !== 0) failedPackages.push('user-web build');
+  else {
+    step('end-to-end tests: e2e/ (Playwright, headless Chromium with WebGPU)');
+    const report = join(ROOT, 'test-results/e2e-report.json');
+    rmSync(report, { force: true });
+    const code = run('pnpm', ['exec', 'playwright', 'test']);
+    if (existsSync(report)) {
+      const s = JSON.parse(readFileSync(report, 'utf8')).stats;
+      passed += s.expected + s.flaky;
+      failed += s.unexpected;
+      skipped += s.skipped;
+      if (s.expected + s.unexpected + s.flaky === 0) failedPackages.push('e2e (ran no test)');
+    } else failedPackages.push('e2e (no report)');
+    if (code !== 0) failedPackages.push('e2e');
+  }
   if (!tscOk) failedPackages.push('typecheck');
   if (skipped > 0) failedPackages.push(`${skipped} skipped test(s): a skipped test is not a passing one`);
   if (failedPackages.length > 0) console.log(`failed: ${[...new Set(failedPackages)].join(', ')}`);
@@ -130,6 +147,9 @@ function test() {
 
 function start() {
   ensureAll();
+  // the page the cloud serves at / (rebuilt every start: a few seconds, and never stale)
+  step('building the user page (vite build)');
+  must('pnpm', ['--filter', '@splitllm/user-web', 'build'], 'building the user page');
   step('starting the system on the shipped model: a cloud, one edge and a demo user (Ctrl-C stops it)');
   // `splitllm serve` keeps its state in out/serve-state, so a restart resumes at the last round
   return run('pnpm', ['splitllm', 'serve', ...process.argv.slice(3)]);

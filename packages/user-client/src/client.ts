@@ -60,6 +60,62 @@ export async function joinRun(cloudUrl: string, joinToken: string): Promise<Join
   return (await res.json()) as JoinCredentials;
 }
 
+/**
+ * Comes back with the credentials a user already holds (after a reload, or a pause): the cloud
+ * checks the token and names a live edge, the same one when it is up.
+ */
+export async function rejoinRun(cloudUrl: string, c: JoinCredentials): Promise<JoinCredentials> {
+  const res = await fetch(`${cloudUrl}/api/rejoin`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ userId: c.userId, userToken: c.userToken, edgeId: c.edgeId }),
+  });
+  if (!res.ok) throw await readError(res);
+  return (await res.json()) as JoinCredentials;
+}
+
+/**
+ * Where the frozen user segment is kept between visits (the page: IndexedDB), keyed by its
+ * sha-256 from the manifest. What comes back is checked against that hash before use.
+ */
+export interface SegmentCache {
+  get(sha256: string): Promise<Uint8Array | undefined>;
+  put(sha256: string, bytes: Uint8Array, version: number): Promise<void>;
+}
+
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>));
+  return [...d].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The body of a response, read in chunks so a progress bar can follow it. */
+async function readWithProgress(res: Response, onProgress: (loaded: number, total: number | null) => void): Promise<Uint8Array> {
+  const total = Number(res.headers.get('content-length')) || null;
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let loaded = 0;
+  let lastReport = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.byteLength;
+    if (loaded - lastReport >= 256 * 1024 || loaded === total) {
+      lastReport = loaded;
+      onProgress(loaded, total);
+    }
+  }
+  const out = new Uint8Array(loaded);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  onProgress(loaded, total ?? loaded);
+  return out;
+}
+
 /** The slice of the WebSocket API both the browser's and the `ws` package's sockets have. */
 export interface WebSocketLike {
   binaryType: string;
@@ -74,7 +130,8 @@ export interface WebSocketLike {
 
 export type UserEvent =
   | { type: 'engine'; kind: UserEngineKind; reason: string }
-  | { type: 'download'; what: 'segment' | 'adapter' | 'tokenizer'; bytes: number }
+  | { type: 'download'; what: 'segment' | 'adapter' | 'tokenizer'; bytes: number; cached?: boolean }
+  | { type: 'download-progress'; what: 'segment'; loaded: number; total: number | null }
   | { type: 'welcome'; edgeId: string; version: number; position: number }
   | { type: 'queue'; position: number; waiting: number }
   | { type: 'turn'; round: number; version: number; steps: number }
@@ -101,6 +158,8 @@ export interface UserClientOptions {
   cloudUrl?: string;
   /** how long to keep asking for another edge */
   rejoinForMs?: number;
+  /** keeps the frozen user segment between visits (omit: always download) */
+  segmentCache?: SegmentCache;
 }
 
 interface Waiter {
@@ -131,6 +190,8 @@ export class UserClient {
 
   private credentials: JoinCredentials;
   private stopping = false;
+  /** turns and other uses of the trainer (generation) take turns: one forward/backward pair at a time */
+  private trainerQueue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: UserClientOptions) {
     this.credentials = { ...o.credentials };
@@ -150,6 +211,30 @@ export class UserClient {
 
   get edgeUrl(): string {
     return this.credentials.edgeUrl;
+  }
+
+  /** the credentials now held (they change when the cloud reassigns this user to another edge) */
+  get currentCredentials(): JoinCredentials {
+    return { ...this.credentials };
+  }
+
+  /** whether a turn is running now */
+  get training(): boolean {
+    return this.turnRunning;
+  }
+
+  /**
+   * Runs `fn` with the trainer when no turn is using it; a turn that arrives meanwhile waits for
+   * it (generation uses the trainer's forward, which must not fall between a turn's forward and
+   * backward).
+   */
+  withTrainer<R>(fn: (trainer: UserTrainer) => Promise<R>): Promise<R> {
+    const run = this.trainerQueue.then(() => {
+      if (!this.trainer) throw new ClientError('NOT_STARTED', 'the client has no trainer yet (start it first)');
+      return fn(this.trainer);
+    });
+    this.trainerQueue = run.catch(() => undefined);
+    return run;
   }
 
   private async get(path: string): Promise<Response> {
@@ -177,13 +262,29 @@ export class UserClient {
     return a;
   }
 
+  /** The frozen user segment: from the cache when its sha-256 matches the manifest's, else downloaded (and cached). */
+  private async userSegment(manifest: RunManifest): Promise<Uint8Array> {
+    const want = manifest.segments.user.sha256;
+    const cached = await this.o.segmentCache?.get(want).catch(() => undefined);
+    if (cached && (await sha256Hex(cached)) === want) {
+      this.emit({ type: 'download', what: 'segment', bytes: cached.byteLength, cached: true });
+      return cached;
+    }
+    const res = await this.get('/api/segments/user');
+    const bytes = await readWithProgress(res, (loaded, total) => this.emit({ type: 'download-progress', what: 'segment', loaded, total }));
+    const got = await sha256Hex(bytes);
+    if (got !== want) throw new ClientError('SEGMENT_CORRUPT', `the user segment's sha-256 is ${got}, the manifest says ${want}`);
+    this.emit({ type: 'download', what: 'segment', bytes: bytes.byteLength });
+    await this.o.segmentCache?.put(want, bytes, manifest.version);
+    return bytes;
+  }
+
   /** Downloads what the user tier needs and builds the trainer; then connects and waits for turns. */
   async start(): Promise<void> {
     const { manifest, config } = parseRunManifest(await (await this.get('/api/manifest')).json());
     this.manifest = manifest;
     this.config = config;
-    const segBytes = new Uint8Array(await (await this.get('/api/segments/user')).arrayBuffer());
-    this.emit({ type: 'download', what: 'segment', bytes: segBytes.byteLength });
+    const segBytes = await this.userSegment(manifest);
     const seg = decodeSegment(segBytes, 'user');
     if (seg.plan.k !== manifest.plan.k) throw new ClientError('SEGMENT_MISMATCH', `the segment holds blocks [0, ${seg.plan.k}), the run cuts at k = ${manifest.plan.k}`);
     const adapter = await this.adapter(manifest.version);
@@ -229,21 +330,12 @@ export class UserClient {
     while (!this.stopping && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 1000));
       try {
-        const res = await fetch(`${this.o.cloudUrl}/api/rejoin`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ userId: this.credentials.userId, userToken: this.credentials.userToken, edgeId: this.credentials.edgeId }),
-        });
-        if (!res.ok) {
-          const err = await readError(res);
-          if (err.code === 'BAD_USER_TOKEN') break; // will not get better
-          continue;
-        }
-        this.credentials = (await res.json()) as JoinCredentials;
+        this.credentials = await rejoinRun(this.o.cloudUrl!, this.credentials);
         await this.connect();
         this.emit({ type: 'reassigned', edgeId: this.credentials.edgeId, edgeUrl: this.credentials.edgeUrl });
         return;
-      } catch {
+      } catch (e) {
+        if ((e as ClientError).code === 'BAD_USER_TOKEN') break; // will not get better
         /* cloud or edge not reachable yet: try again */
       }
     }
@@ -285,7 +377,8 @@ export class UserClient {
           this.emit({ type: 'error', code: 'TURN_OVERLAP', message: 'a turn started while one runs' });
           return;
         }
-        void this.runTurn(f);
+        this.turnRunning = true;
+        void this.withTrainer(() => this.runTurn(f)).catch((e) => this.emit({ type: 'error', code: (e as ClientError).code ?? 'TURN_FAILED', message: (e as Error).message }));
         return;
       case 'error':
         this.emit({ type: 'error', code: String(f.fields.code), message: String(f.fields.message) });

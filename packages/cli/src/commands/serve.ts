@@ -13,10 +13,12 @@ import { issueJoinToken, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
 export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N] [--rounds R]
-    [--steps-per-user N] [--codec f32|f16|int8] [--engine auto|wgsl|reference] [--provider cpu|cuda|webgpu]
+    [--steps-per-user N] [--codec f32|f16|int8] [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
   Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
-  on loopback, and N headless demo users (default 1) training on the shipped demo data. Prints the
-  URLs, a join token and the command that joins another user; one line per recorded round. State
+  on loopback, and N headless demo users (default 1) training on the shipped demo data. The cloud
+  serves the user page (--web, default apps/user-web/dist, built by \`npm start\`) at /. Prints the
+  URLs, a join link for a browser, the edge's dashboard link, and the command that joins a headless
+  user; one line per recorded round. State
   (database, adapter versions, secrets) lives in --state (default out/serve-state) and resumes.`;
 
 interface Secrets {
@@ -46,13 +48,19 @@ export async function serveCommand(argv: string[]): Promise<void> {
     codec: { type: 'string' },
     engine: { type: 'string' },
     provider: { type: 'string' },
+    web: { type: 'string' },
   });
+  const webDir = resolve(args.optionalString('web') ?? join(REPO_ROOT, 'apps/user-web/dist'));
+  if (!existsSync(join(webDir, 'index.html'))) {
+    throw new Error(`the user page is not built (${webDir}/index.html is missing): run \`pnpm --filter @splitllm/user-web build\` (npm start does)`);
+  }
   const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
   const stateDir = resolve(args.optionalString('state') ?? join(REPO_ROOT, 'out/serve-state'));
   const demoUsers = args.int('demo-users', 1);
   const rounds = args.int('rounds', 0);
   const secrets = secretsFor(stateDir);
-  const env = { SPLITLLM_EDGE_SECRET: secrets.edgeSecret, SPLITLLM_OPERATOR_TOKEN: secrets.operatorToken };
+  // one operator token for the cloud's join tokens and the edge's dashboard: one operator here
+  const env = { SPLITLLM_EDGE_SECRET: secrets.edgeSecret, SPLITLLM_OPERATOR_TOKEN: secrets.operatorToken, SPLITLLM_EDGE_OPERATOR_TOKEN: secrets.operatorToken };
   const logDir = join(stateDir, 'logs');
   const parts: Part[] = [];
   try {
@@ -61,7 +69,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
       [
         'cloud', '--model', modelDir, '--state', join(stateDir, 'cloud'), '--port', String(args.int('port', 8700)),
         '--steps-per-user', String(args.int('steps-per-user', 20, 1)), '--codec', codecOf(args.optionalString('codec')),
-        '--threads', '1',
+        '--threads', '1', '--web', webDir,
       ],
       { logDir, env },
     );
@@ -83,6 +91,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     parts.push(edge);
     const edgeReady = await edge.ready;
     console.log(`edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  (status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`);
+    console.log(`       operator dashboard: ${String(edgeReady.adminUrl)}#token=${secrets.operatorToken}`);
     const issue = () => issueJoinToken(cloudUrl, secrets.operatorToken);
     for (let i = 0; i < demoUsers; i++) {
       const data = join(REPO_ROOT, `packages/assets/data/sotu/train/user-${(i % 4) + 1}.txt`);
@@ -94,7 +103,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
       const r = await user.ready;
       console.log(`demo user ${i}: ${String(r.userId)} training on ${data} with ${String(r.description ?? r.engine)}`);
     }
-    console.log(`\nanother user joins with:\n  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`);
+    console.log(`\na person joins in a browser (one use per link; the page serves WebGPU or WebAssembly training):\n  ${cloudUrl}/?join=${await issue()}`);
+    console.log(`a headless user joins with:\n  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`);
     console.log(rounds > 0 ? `running ${rounds} round(s)...` : 'serving until Ctrl-C...');
     await Promise.race([untilSignal(), done, ...parts.map((p) => p.exited.then((code) => Promise.reject(new Error(`${p.name} exited (code ${code}); log ${p.logFile}`))))]);
   } finally {

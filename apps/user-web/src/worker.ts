@@ -1,0 +1,273 @@
+/**
+ * The training worker: a dedicated Web Worker the page talks to through comlink. It owns the
+ * UserClient (join, segment, queue, turns), the engine (WGSL on WebGPU, or the same segment
+ * on onnxruntime-web's wasm provider), the private documents' tokens, and what is persisted
+ * about the run in IndexedDB (./store.ts). The page only renders the events it sends.
+ *
+ * The documents are read from IndexedDB here and tokenized here; only h1, the labels and the
+ * adapter go out (through the client), and, when the person asks for a continuation, h1 of
+ * the prompt.
+ */
+import * as Comlink from 'comlink';
+import {
+  adapterFromNamedTensors,
+  adapterToNamedTensors,
+  adapterToPeft,
+  decodeFrame,
+  encodeFrame,
+  PEFT_CONFIG_FILE,
+  PEFT_WEIGHTS_FILE,
+  type Gpt2Tokenizer,
+  type LoraConfig,
+} from '@splitllm/shared';
+import {
+  ClientError,
+  generateContinuation,
+  joinRun,
+  paddedForward,
+  rejoinRun,
+  tokenBatches,
+  UserClient,
+  type JoinCredentials,
+  type UserEvent,
+  type WebSocketLike,
+} from '@splitllm/user-client';
+import * as store from './store';
+import { zipStored } from './zip';
+
+export type RunState = 'idle' | 'joining' | 'preparing' | 'connected' | 'training' | 'paused' | 'stopped' | 'error';
+
+export type PageEvent =
+  | UserEvent
+  | { type: 'state'; state: RunState; code?: string; message?: string }
+  | { type: 'session'; userId: string; edgeId: string; edgeUrl: string; cloudUrl: string }
+  | { type: 'data'; documents: number; tokens: number }
+  | { type: 'progress'; progress: store.StoredProgress }
+  | { type: 'adapter-saved'; round: number; version: number };
+
+export interface StartRequest {
+  cloudUrl: string;
+  /** a join token (first visit); omitted: come back with the stored credentials */
+  joinToken?: string;
+  engine: store.EngineChoice;
+}
+
+export interface GenerateResult {
+  text: string;
+  tokens: number;
+  ms: number;
+}
+
+function errorOf(e: unknown): { code: string; message: string } {
+  return { code: (e as { code?: string }).code ?? 'ERROR', message: e instanceof Error ? e.message : String(e) };
+}
+
+class TrainingWorker {
+  private client?: UserClient;
+  private tokenizer?: Gpt2Tokenizer;
+  private onEvent: (e: PageEvent) => void = () => {};
+  private progress: store.StoredProgress = store.emptyProgress();
+  private session?: store.StoredSession;
+  private pending: Promise<unknown> = Promise.resolve();
+
+  /** Joins (or comes back), prepares the engine, and waits in the edge's queue for turns. */
+  async start(req: StartRequest, onEvent: (e: PageEvent) => void): Promise<void> {
+    this.onEvent = onEvent;
+    if (this.client) throw new ClientError('ALREADY_RUNNING', 'training is already running in this tab');
+    try {
+      this.emit({ type: 'state', state: 'joining' });
+      this.progress = await store.loadProgress();
+      const docs = await store.loadDocs();
+      if (docs.length === 0) throw new ClientError('NO_DATA', 'add some text first: there is nothing to train on');
+      let session = await store.loadSession();
+      let credentials: JoinCredentials;
+      if (req.joinToken) {
+        credentials = await joinRun(req.cloudUrl, req.joinToken);
+        // a new run: what the last one left (progress, adapter) is not this run's
+        if (session && session.cloudUrl !== req.cloudUrl) await store.forgetRun(false);
+        if (!session || session.cloudUrl !== req.cloudUrl || session.credentials.userId !== credentials.userId) this.progress = store.emptyProgress();
+        session = { cloudUrl: req.cloudUrl, credentials, engine: req.engine, seed: (Math.random() * 2 ** 31) >>> 0, joinedAt: Date.now(), paused: false };
+      } else {
+        if (!session) throw new ClientError('NO_SESSION', 'no join code, and this browser has not joined a run yet: paste the join link or code');
+        credentials = await rejoinRun(session.cloudUrl, session.credentials);
+        session = { ...session, credentials, engine: req.engine, paused: false };
+      }
+      await this.saveSession(session);
+      this.emit({ type: 'progress', progress: this.progress });
+
+      this.emit({ type: 'state', state: 'preparing' });
+      let batches: ReturnType<typeof tokenBatches> | undefined;
+      const client = new UserClient({
+        credentials,
+        cloudUrl: session.cloudUrl,
+        engine: req.engine,
+        WebSocket: WebSocket as unknown as new (url: string) => WebSocketLike,
+        segmentCache: {
+          get: async (sha) => {
+            const s = await store.loadSegment();
+            return s && s.sha256 === sha ? s.bytes : undefined;
+          },
+          put: (sha, bytes, version) => store.saveSegment({ sha256: sha, bytes, version, savedAt: Date.now() }),
+        },
+        batches: (B, T, c) => {
+          if (!batches) throw new ClientError('NOT_READY', 'the documents are not tokenized yet');
+          return batches(B, T, c);
+        },
+        onEvent: (e) => this.onClientEvent(e),
+      });
+      this.client = client;
+      this.tokenizer = await client.tokenizer();
+      const tokens: number[] = [];
+      const eos = await this.eosId(client);
+      for (const d of docs) {
+        for (const id of this.tokenizer.encode(d.text)) tokens.push(id);
+        tokens.push(eos);
+      }
+      if (tokens.length < 2 + docs.length) throw new ClientError('NO_DATA', 'the documents hold no text to train on');
+      // a resumed run draws windows the earlier steps did not
+      batches = tokenBatches(tokens, session.seed + this.progress.steps);
+      this.emit({ type: 'data', documents: docs.length, tokens: tokens.length - docs.length });
+      await client.start();
+      this.emit({ type: 'state', state: 'connected' });
+    } catch (e) {
+      this.client?.stop('failed to start');
+      this.client = undefined;
+      this.emit({ type: 'state', state: 'error', ...errorOf(e) });
+      throw e;
+    }
+  }
+
+  private async eosId(client: UserClient): Promise<number> {
+    // the manifest comes with start(); the tokenizer's own end-of-text token is the same id
+    const id = this.tokenizer!.tokenToId('<|endoftext|>');
+    if (id !== undefined) return id;
+    return client.config?.eosTokenId ?? 0;
+  }
+
+  private async saveSession(s: store.StoredSession): Promise<void> {
+    this.session = s;
+    await store.saveSession(s);
+    this.emit({ type: 'session', userId: s.credentials.userId, edgeId: s.credentials.edgeId, edgeUrl: s.credentials.edgeUrl, cloudUrl: s.cloudUrl });
+  }
+
+  private emit(e: PageEvent): void {
+    try {
+      this.onEvent(e);
+    } catch {
+      /* the page went away */
+    }
+  }
+
+  /** Events from the client: passed on to the page, and what must survive a reload is stored (in order). */
+  private onClientEvent(e: UserEvent): void {
+    this.emit(e);
+    const persist = (fn: () => Promise<unknown>) => {
+      this.pending = this.pending.then(fn).catch((err) => this.emit({ type: 'error', code: 'STORAGE', message: `could not save progress: ${(err as Error).message}` }));
+    };
+    switch (e.type) {
+      case 'turn':
+        this.emit({ type: 'state', state: 'training' });
+        break;
+      case 'step':
+        this.progress.steps++;
+        this.progress.tokens += e.tokens;
+        this.progress.losses.push({ round: e.round, step: e.step, loss: e.loss });
+        persist(() => store.saveProgress(this.progress));
+        this.emit({ type: 'progress', progress: this.progress });
+        break;
+      case 'turn-end':
+        this.emit({ type: 'state', state: 'connected' });
+        if (e.accepted) {
+          this.progress.turns++;
+          persist(() => store.saveProgress(this.progress));
+          persist(() => this.saveAdapter(e.round));
+        }
+        break;
+      case 'round-end':
+        this.progress.version = Math.max(this.progress.version, e.version);
+        persist(() => store.saveProgress(this.progress));
+        this.emit({ type: 'progress', progress: this.progress });
+        break;
+      case 'welcome':
+        this.progress.version = Math.max(this.progress.version, e.version);
+        this.emit({ type: 'progress', progress: this.progress });
+        break;
+      case 'reassigned':
+        if (this.session && this.client) {
+          const s = { ...this.session, credentials: this.client.currentCredentials };
+          persist(() => this.saveSession(s));
+        }
+        break;
+      case 'closed':
+        // after pause() the client is already let go: its socket closing is expected
+        if (!this.client) break;
+        this.client = undefined;
+        this.emit({ type: 'state', state: 'stopped', code: String(e.code), message: e.code === 4003 ? 'the edge operator removed you from this run' : e.reason || 'the connection closed' });
+        break;
+    }
+  }
+
+  private async saveAdapter(round: number): Promise<void> {
+    const c = this.client;
+    if (!c?.manifest || !c.config) return;
+    const adapter = await c.withTrainer((t) => t.readAdapter());
+    const frame = encodeFrame('adapter', { round, tokens: 0, steps: 0 }, adapterToNamedTensors(adapter));
+    await store.saveAdapter({ round, version: this.progress.version, savedAt: Date.now(), frame, lora: c.manifest.lora, modelName: c.manifest.modelName, nLayer: c.config.nLayer });
+    this.emit({ type: 'adapter-saved', round, version: this.progress.version });
+  }
+
+  /** Leaves the queue (a turn in progress is rolled back by the edge); data, adapter and progress stay. */
+  async pause(): Promise<void> {
+    const c = this.client;
+    this.client = undefined;
+    c?.stop('paused by the user');
+    await this.pending;
+    if (this.session) await this.saveSession({ ...this.session, paused: true });
+    this.emit({ type: 'state', state: 'paused' });
+  }
+
+  /** A continuation of the prompt through the three tiers with the current adapters. */
+  async generate(prompt: string, maxNewTokens: number, onToken: (text: string) => void): Promise<GenerateResult> {
+    const c = this.client;
+    if (!c?.trainer || !c.config || !c.manifest || !this.tokenizer) throw new ClientError('NOT_CONNECTED', 'start or resume training first: the continuation runs through your edge and the cloud');
+    const tok = this.tokenizer;
+    const config = c.config;
+    const promptIds = tok.encode(prompt);
+    if (promptIds.length === 0) throw new ClientError('EMPTY_PROMPT', 'type a prompt first');
+    const t0 = performance.now();
+    const { batch: B, seq: T } = c.manifest.train;
+    const credentials = c.currentCredentials;
+    const ids = await c.withTrainer((trainer) =>
+      generateContinuation({
+        edgeUrl: credentials.edgeUrl,
+        credentials,
+        config,
+        forward: paddedForward((batch) => trainer.forward(batch), B, T, config.nEmbd, config.eosTokenId),
+        promptIds,
+        maxNewTokens,
+        temperature: 0.8,
+        topK: 40,
+        seed: (Math.random() * 2 ** 31) >>> 0,
+        onToken: (id) => onToken(tok.decode([id])),
+      }),
+    );
+    return { text: tok.decode(ids), tokens: ids.length, ms: performance.now() - t0 };
+  }
+
+  /** The adapter of the last accepted turn in PEFT layout, zipped (adapter_config.json + adapter_model.safetensors). */
+  async exportAdapter(): Promise<{ filename: string; bytes: Uint8Array }> {
+    const a = await store.loadAdapter();
+    if (!a) throw new ClientError('NO_ADAPTER', 'no adapter yet: it is saved after your first completed turn');
+    const adapter = adapterFromNamedTensors(a.lora as LoraConfig, decodeFrame(a.frame).tensors);
+    const peft = adapterToPeft(adapter, { baseModel: a.modelName, nLayer: a.nLayer });
+    const bytes = zipStored([
+      { name: PEFT_CONFIG_FILE, data: new TextEncoder().encode(JSON.stringify(peft.config, null, 2)) },
+      { name: PEFT_WEIGHTS_FILE, data: peft.safetensors },
+    ]);
+    return Comlink.transfer({ filename: `splitllm-adapter-v${a.version}-round${a.round}.zip`, bytes }, [bytes.buffer]);
+  }
+}
+
+export type TrainingWorkerApi = TrainingWorker;
+
+Comlink.expose(new TrainingWorker());
