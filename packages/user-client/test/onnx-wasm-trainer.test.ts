@@ -25,15 +25,13 @@
  * onnxruntime-web runs one thread here, so repeating steps gives bit-identical losses.
  */
 import {
+  cloneAdapter,
   cloudSegmentStep,
-  decodeSegment,
   DEFAULT_LORA_TARGETS,
   DEFAULT_LORA_TRAIN,
   edgeSegmentBackward,
   edgeSegmentForward,
-  encodeSegment,
   AdamW,
-  IGNORE_INDEX,
   initLoraAdapter,
   loraGradArrays,
   loraParameters,
@@ -50,16 +48,15 @@ import {
   type SplitPlan,
   type TokenBatch,
 } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuError, type GpuContext } from '@splitllm/lora-kernels';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { OnnxWasmUserTrainer, type OnnxWasmOptions } from '../src/onnx-wasm-trainer';
 import { createUserTrainer, ReferenceUserTrainer, type UserTrainer, type UserTrainerOptions } from '../src/trainers';
 
-const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
 const c = shipped.config;
 const plan: SplitPlan = { k: 2, m: 3 };
 const lora: LoraConfig = { r: 8, alpha: 16, targets: [...DEFAULT_LORA_TARGETS] };
@@ -73,33 +70,13 @@ const D = c.nEmbd;
 const ortDist = dirname(createRequire(import.meta.url).resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm'));
 const wasm: OnnxWasmOptions = { wasmPaths: pathToFileURL(ortDist).href + '/', numThreads: 1 };
 
-const segment = (tier: 'user' | 'edge' | 'cloud') => decodeSegment(encodeSegment(shipped, plan, tier), tier).model;
+const segment = (tier: 'user' | 'edge' | 'cloud') => tierModel(plan, tier);
 const userModel = segment('user');
 const edgeModel = segment('edge');
 const cloudModel = segment('cloud');
 
-function cloneAdapter(a: LoraAdapter): LoraAdapter {
-  const layers: LoraAdapter['layers'] = new Map();
-  for (const [k, p] of a.layers) layers.set(k, { A: { shape: [...p.A.shape], data: p.A.data.slice() }, B: { shape: [...p.B.shape], data: p.B.data.slice() } });
-  return { config: { ...a.config, targets: [...a.config.targets] }, layers };
-}
 
-/** Two rows of T tokens; the second is right-padded (eos ids, ignored targets) after 2T/3. */
-function batchOf(cfg: Gpt2Config, seed: number): TokenBatch {
-  const rng = new Rng(seed);
-  const ids = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(cfg.vocabSize));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      ids[b * T + t] = pad ? cfg.eosTokenId : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds: ids, targets };
-}
+const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
 
 const batches = [0, 1, 2].map((i) => batchOf(c, 200 + i));
 /** the initial adapter (B = 0, as a run starts) */

@@ -28,17 +28,14 @@
  * The GPU is SwiftShader (software Vulkan) here, through the Node `webgpu` package.
  */
 import {
+  cloneAdapter,
   AdamW,
-  cloneTensor,
   cloudSegmentStep,
-  decodeSegment,
   DEFAULT_LORA_TRAIN,
   DEFAULT_LORA_TARGETS,
   edgeSegmentBackward,
   edgeSegmentForward,
-  encodeSegment,
   gpt2ForwardBackward,
-  IGNORE_INDEX,
   initLoraAdapter,
   loraGradArrays,
   loraParameters,
@@ -52,14 +49,12 @@ import {
   type SplitPlan,
   type TokenBatch,
 } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuContext, GpuError } from '@splitllm/lora-kernels';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { nodeGpu } from '../src/node/gpu';
 import { createUserTrainer, ReferenceUserTrainer, WgslUserTrainer, type UserTrainer, type UserTrainerOptions } from '../src/trainers';
 
-const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
 const c = shipped.config;
 const plan: SplitPlan = { k: 1, m: 3 };
 const lora: LoraConfig = { r: 8, alpha: 16, targets: [...DEFAULT_LORA_TARGETS] };
@@ -71,7 +66,7 @@ const SEED = 11;
 const STEPS = 3;
 
 // each tier as it would receive its segment: the trainers see only wte, wpe and h.0
-const segment = (tier: 'user' | 'edge' | 'cloud') => decodeSegment(encodeSegment(shipped, plan, tier), tier).model;
+const segment = (tier: 'user' | 'edge' | 'cloud') => tierModel(plan, tier);
 const userModel = segment('user');
 const edgeModel = segment('edge');
 const cloudModel = segment('cloud');
@@ -79,28 +74,8 @@ const cloudModel = segment('cloud');
 let gpuPromise: Promise<GpuContext> | undefined;
 const testGpu = () => (gpuPromise ??= nodeGpu());
 
-function cloneAdapter(a: LoraAdapter): LoraAdapter {
-  const layers: LoraAdapter['layers'] = new Map();
-  for (const [k, p] of a.layers) layers.set(k, { A: cloneTensor(p.A), B: cloneTensor(p.B) });
-  return { config: { ...a.config, targets: [...a.config.targets] }, layers };
-}
 
-/** Two rows of T tokens; the second is right-padded (eos ids, ignored targets) after 2T/3. */
-function batchOf(cfg: Gpt2Config, seed: number): TokenBatch {
-  const rng = new Rng(seed);
-  const ids = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(cfg.vocabSize));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      ids[b * T + t] = pad ? cfg.eosTokenId : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds: ids, targets };
-}
+const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
 
 const batches = Array.from({ length: STEPS }, (_, i) => batchOf(c, 100 + i));
 /** the user's initial adapter: blocks [0, k) of the same init the central run uses */
