@@ -8,10 +8,9 @@ import {
   AGGREGATION_STRATEGIES,
   DEFAULT_LORA_CONFIG,
   DEFAULT_LORA_TRAIN,
-  decodeFrame,
+  decodeGenerateFrame,
   defaultSplitPlan,
   encodeFrame,
-  f32Tensor,
   intField,
   maxGenerateFrameBytes,
   stringField,
@@ -282,7 +281,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
       },
       async (req, reply) => {
         const { userId, userToken: token, edgeId } = req.body;
-        const known = store.users().find((u) => u.userId === userId);
+        const known = store.user(userId);
         if (!known || known.edgeId !== edgeId || !secretsEqual(userToken(o.edgeSecret, userId, edgeId), token)) {
           req.log.warn({ code: 'BAD_USER_TOKEN', userId }, 'rejoin refused');
           return fail(reply, 403, 'BAD_USER_TOKEN', 'unknown user, or a token that is not this user\'s for that edge');
@@ -385,19 +384,15 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
         const edge = edgeOf(req)!;
         const body = req.body as Buffer;
         if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the body is an application/octet-stream `generate` frame');
-        const f = decodeFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), { maxBytes: limit });
-        if (f.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${f.type}"`);
+        const { frame: f, h, T } = decodeGenerateFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), c);
         const userId = stringField(f, 'userId', 64);
         const version = intField(f, 'version');
-        const h = f32Tensor(f, 'h', [1, null, c.nEmbd]);
-        const T = f.tensors.get('h')!.shape[1];
-        if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
         const refuse = (status: number, code: string, message: string) => {
           refused(1, { code });
           req.log.warn({ code, edgeId: edge.edgeId, userId, version }, 'generate request refused');
           return fail(reply, status, code, message);
         };
-        const user = store.users().find((u) => u.userId === userId);
+        const user = store.user(userId);
         if (!user || user.edgeId !== edge.edgeId) return refuse(404, 'UNKNOWN_USER', `user "${userId}" is not a user of edge "${edge.edgeId}"`);
         const adapter = coordinator.globalAdapterAt(version);
         if (!adapter) return refuse(409, 'UNKNOWN_VERSION', `version ${version} is not a recorded global version (current: ${coordinator.version})`);

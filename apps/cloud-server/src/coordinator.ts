@@ -184,7 +184,7 @@ export class Coordinator {
     if (version === this.latest.version) return this.global;
     if (this.olderGlobal?.version === version) return this.olderGlobal.adapter;
     if (!(version < this.latest.version)) return undefined;
-    const rec = this.o.store.rounds().find((r) => r.version === version);
+    const rec = this.o.store.round(version);
     if (!rec) return undefined;
     this.olderGlobal = { version, adapter: this.o.store.loadAdapter(rec) };
     return this.olderGlobal.adapter;

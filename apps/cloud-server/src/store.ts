@@ -32,6 +32,14 @@ export interface RoundRecord {
   participants: string[];
 }
 
+interface UserRow {
+  user_id: string;
+  edge_id: string;
+  joined_at: string;
+}
+
+const userRecord = (r: UserRow): UserRecord => ({ userId: r.user_id, edgeId: r.edge_id, joinedAt: r.joined_at });
+
 export interface UserRecord {
   userId: string;
   edgeId: string;
@@ -268,6 +276,12 @@ export class RoundStore {
     return (this.db.prepare('SELECT * FROM rounds ORDER BY round').all() as RoundRow[]).map((r) => this.toRecord(r));
   }
 
+  /** One recorded version (its round row), or undefined. */
+  round(version: number): RoundRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(version) as RoundRow | undefined;
+    return row ? this.toRecord(row) : undefined;
+  }
+
   setMeta(key: string, value: string): void {
     this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
   }
@@ -297,12 +311,14 @@ export class RoundStore {
   }
 
   users(): UserRecord[] {
-    const rows = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users ORDER BY joined_at, user_id').all() as Array<{
-      user_id: string;
-      edge_id: string;
-      joined_at: string;
-    }>;
-    return rows.map((r) => ({ userId: r.user_id, edgeId: r.edge_id, joinedAt: r.joined_at }));
+    const rows = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users ORDER BY joined_at, user_id').all() as UserRow[];
+    return rows.map(userRecord);
+  }
+
+  /** One user (a join, rejoin or generation request's check), or undefined. */
+  user(userId: string): UserRecord | undefined {
+    const row = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users WHERE user_id = ?').get(userId) as UserRow | undefined;
+    return row ? userRecord(row) : undefined;
   }
 
   close(): void {

@@ -88,6 +88,8 @@ describe('RoundStore', () => {
     const t = RoundStore.open(dir, opts);
     expect(t.latest()).toEqual(r2);
     expect(t.rounds()).toEqual([v0, r1, r2]);
+    expect(t.round(1)).toEqual(r1);
+    expect(t.round(3)).toBeUndefined();
     expectSameAdapter(t.loadAdapter(t.latest()), a2);
     expectSameAdapter(t.loadAdapter(r1), a1);
     expect(t.getMeta('run')).toBe('abc');
@@ -153,6 +155,8 @@ describe('RoundStore', () => {
     expect(t.redeemJoinToken(a, 'u3')).toBe(false); // still used after a restart
     expect(t.redeemJoinToken(b, 'u3')).toBe(true);
     expect(t.users().map((u) => [u.userId, u.edgeId])).toEqual([['u1', 'e2']]);
+    expect(t.user('u1')).toEqual(t.users()[0]);
+    expect(t.user('u9')).toBeUndefined();
     t.close();
   });
 

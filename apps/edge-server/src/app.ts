@@ -181,7 +181,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
   await app.register(adminRoutes, { operatorToken, edge: () => ready.edge });
 
   // generation (generate.ts): a user's h1 through blocks [k, m) to the cloud, its next-token logits back
-  await app.register(generateRoutes, { state: () => (ready.edge ? { edgeId: o.edgeId, edgeSecret: o.edgeSecret, config: c, lora: manifest.lora, blocks, version: ready.edge.version, cloudUrl: o.cloudUrl, edgeToken: token } : undefined) });
+  await app.register(generateRoutes, { state: () => (ready.edge ? { edgeId: o.edgeId, edgeSecret: o.edgeSecret, config: c, edgeAdapter: (v: number) => ready.edge!.edgeAdapterAt(v), blocks, version: ready.edge.version, cloudUrl: o.cloudUrl, edgeToken: token } : undefined) });
 
   // public status (a summary with no user ids) and metrics
   await app.register(async (r) => {

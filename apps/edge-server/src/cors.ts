@@ -5,7 +5,7 @@
  * two request headers the page sends.
  */
 import type { FastifyInstance } from 'fastify';
-import { USER_HEADER } from './generate';
+import { GENERATE_USER_HEADER } from '@splitllm/shared';
 
 export async function corsHook(app: FastifyInstance): Promise<void> {
   app.addHook('onRequest', async (req, reply) => {
@@ -16,7 +16,7 @@ export async function corsHook(app: FastifyInstance): Promise<void> {
       return reply
         .code(204)
         .header('access-control-allow-methods', 'GET, POST')
-        .header('access-control-allow-headers', `authorization, content-type, ${USER_HEADER}`)
+        .header('access-control-allow-headers', `authorization, content-type, ${GENERATE_USER_HEADER}`)
         .header('access-control-max-age', '600')
         .send();
     }

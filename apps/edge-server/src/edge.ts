@@ -317,7 +317,7 @@ export class Edge {
     if (cached) return cached;
     const link = this.link!;
     const get = async (tier: string) => {
-      const res = await fetch(`${link.url}/api/adapters/${version}/${tier}`, { headers: { authorization: `Bearer ${link.edgeToken}` } });
+      const res = await fetch(`${link.url}/api/adapters/${version}/${tier}`, { headers: { authorization: `Bearer ${link.edgeToken}` }, signal: AbortSignal.timeout(this.o.cloudTimeoutMs) });
       if (!res.ok) throw new EdgeError('ADAPTER_DOWNLOAD', `GET adapters/${version}/${tier}: ${res.status} ${await res.text()}`);
       return new Uint8Array(await res.arrayBuffer());
     };
@@ -328,6 +328,11 @@ export class Edge {
     const entry = { userFrame, user, edge };
     this.adapters.set(version, entry);
     return entry;
+  }
+
+  /** The edge part of a version's global adapter (generation runs blocks [k, m) with it). */
+  async edgeAdapterAt(version: number): Promise<LoraAdapter> {
+    return (await this.adaptersFor(version)).edge;
   }
 
   /** The user part of the current global adapter as an `adapter` frame (what /api/adapters/user serves). */

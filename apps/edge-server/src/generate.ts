@@ -18,29 +18,29 @@
  * route (credentials travel in headers, never cookies, so any origin may ask).
  */
 import {
-  adapterFromNamedTensors,
-  decodeFrame,
   DEFAULT_MAX_FRAME_BYTES,
+  decodeGenerateFrame,
+  decodeLogitsFrame,
+  GENERATE_USER_HEADER,
   encodeFrame,
-  f32Tensor,
   maxGenerateFrameBytes,
-  maxLogitsFrameBytes,
   ProtocolError,
   responseError,
   type Gpt2Config,
   type LoraAdapter,
-  type LoraConfig,
 } from '@splitllm/shared';
 import { bearerToken, checkUserToken } from '@splitllm/shared/node';
 import type { BlocksSegment } from '@splitllm/onnx-runner';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { EdgeError } from './edge';
 
 /** What a generation request needs from the running edge (read per request: the version and the edge token change). */
 export interface GenerateState {
   edgeId: string;
   edgeSecret: string;
   config: Gpt2Config;
-  lora: LoraConfig;
+  /** the edge part of a version's global adapter (Edge.edgeAdapterAt: fetched from the cloud once per version) */
+  edgeAdapter: (version: number) => Promise<LoraAdapter>;
   /** blocks [k, m) on the edge's runner */
   blocks: BlocksSegment;
   /** the global version the edge is at */
@@ -56,7 +56,6 @@ export interface GenerateRoutesOptions {
   cloudTimeoutMs?: number;
 }
 
-export const USER_HEADER = 'x-splitllm-user';
 
 const errorSchema = { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } }, required: ['code', 'message'] };
 
@@ -77,33 +76,8 @@ function headerValue(h: string | string[] | undefined): string | undefined {
 
 export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOptions): Promise<void> {
   const cloudTimeoutMs = o.cloudTimeoutMs ?? 60_000;
-  /** the edge part of the global adapter of one version, fetched from the cloud once */
-  let cached: { version: number; adapter: Promise<LoraAdapter> } | undefined;
-
-  const edgeAdapter = (s: GenerateState): Promise<LoraAdapter> => {
-    if (cached?.version === s.version) return cached.adapter;
-    const version = s.version;
-    const adapter = (async () => {
-      const res = await fetch(`${s.cloudUrl}/api/adapters/${version}/edge`, {
-        headers: { authorization: `Bearer ${s.edgeToken}` },
-        signal: AbortSignal.timeout(cloudTimeoutMs),
-      });
-      // the cloud serves only its current version: it has moved on and this edge will hear of it shortly
-      if (!res.ok) throw new GenerateError(503, 'NOT_READY', `the global adapter is changing (version ${version}: ${res.status} ${(await responseError(res)).code}); try again`);
-      const f = decodeFrame(new Uint8Array(await res.arrayBuffer()), { maxBytes: DEFAULT_MAX_FRAME_BYTES });
-      return adapterFromNamedTensors(s.lora, f.tensors);
-    })();
-    const entry = { version, adapter };
-    cached = entry;
-    // a failure is not remembered: the next request tries again
-    adapter.catch(() => {
-      if (cached === entry) cached = undefined;
-    });
-    return adapter;
-  };
-
   const fail = (req: FastifyRequest, reply: FastifyReply, status: number, code: string, message: string) => {
-    req.log.warn({ code, err: message, userId: headerValue(req.headers[USER_HEADER]) }, 'generate request refused');
+    req.log.warn({ code, err: message, userId: headerValue(req.headers[GENERATE_USER_HEADER]) }, 'generate request refused');
     return reply.code(status).send({ code, message });
   };
 
@@ -130,10 +104,10 @@ export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOption
       onRequest: async (req, reply) => {
         const s = o.state();
         if (!s) return fail(req, reply, 503, 'NOT_READY', 'the edge is still starting');
-        const userId = headerValue(req.headers[USER_HEADER]);
+        const userId = headerValue(req.headers[GENERATE_USER_HEADER]);
         const token = bearerToken(req.headers.authorization);
         if (!userId || userId.length > 64 || !token || token.length > 128) {
-          return fail(req, reply, 401, 'UNAUTHORIZED', `generation needs the user's credentials: headers "authorization: Bearer <userToken>" and "${USER_HEADER}: <userId>"`);
+          return fail(req, reply, 401, 'UNAUTHORIZED', `generation needs the user's credentials: headers "authorization: Bearer <userToken>" and "${GENERATE_USER_HEADER}: <userId>"`);
         }
         if (!checkUserToken(s.edgeSecret, userId, s.edgeId, token)) return fail(req, reply, 401, 'UNAUTHORIZED', `user "${userId}" has no valid token for edge "${s.edgeId}"`);
         const declared = Number(req.headers['content-length']);
@@ -148,17 +122,17 @@ export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOption
     async (req, reply) => {
       const s = o.state()!;
       const c = s.config;
-      const userId = headerValue(req.headers[USER_HEADER])!;
+      const userId = headerValue(req.headers[GENERATE_USER_HEADER])!;
       const body = req.body as Buffer;
       if (!Buffer.isBuffer(body)) throw new ProtocolError('BAD_FRAME', 'the body is an application/octet-stream `generate` frame');
-      const f = decodeFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), { maxBytes: maxGenerateFrameBytes(c) });
-      if (f.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${f.type}"`);
-      const h1 = f32Tensor(f, 'h', [1, null, c.nEmbd]);
-      const T = f.tensors.get('h')!.shape[1];
-      if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+      const { h: h1, T } = decodeGenerateFrame(new Uint8Array(body.buffer, body.byteOffset, body.byteLength), c);
 
       const version = s.version;
-      const adapter = await edgeAdapter(s);
+      const adapter = await s.edgeAdapter(version).catch((e: unknown) => {
+        // the cloud serves only its current version: it has moved on and this edge will hear of it shortly
+        if (e instanceof EdgeError && e.code === 'ADAPTER_DOWNLOAD') throw new GenerateError(503, 'NOT_READY', `the global adapter is changing (version ${version}: ${e.message}); try again`);
+        throw e;
+      });
       const { y: h2 } = await s.blocks.forward(adapter, h1, 1, T);
 
       const frame = encodeFrame('generate', { userId, version }, { h: { data: h2, shape: [1, T, c.nEmbd] } });
@@ -182,11 +156,8 @@ export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOption
         throw new GenerateError(502, 'CLOUD_ERROR', `the cloud refused: ${res.status} ${e.code}: ${e.message}`);
       }
       const bytes = new Uint8Array(await res.arrayBuffer());
-      let answer;
       try {
-        answer = decodeFrame(bytes, { maxBytes: maxLogitsFrameBytes(c) });
-        if (answer.type !== 'logits') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "logits" frame, got "${answer.type}"`);
-        f32Tensor(answer, 'logits', [c.vocabSize]);
+        decodeLogitsFrame(bytes, c);
       } catch (e) {
         throw new GenerateError(502, 'CLOUD_ERROR', `the cloud's answer is unusable: ${(e as Error).message}`);
       }

@@ -76,6 +76,9 @@ export const F16_MAX = 65504;
 /** Room for the JSON header of a generation frame (`generate`, `logits`) on top of its tensor. */
 export const GENERATION_HEADER_BYTES = 64 * 1024;
 
+/** The request header that names the user of a generation request (its token is the bearer token). */
+export const GENERATE_USER_HEADER = 'x-splitllm-user';
+
 /** The size limit of a `generate` frame: h [1, T <= nPositions, D] as f32, and its header. */
 export function maxGenerateFrameBytes(c: { nPositions: number; nEmbd: number }): number {
   return c.nPositions * c.nEmbd * 4 + GENERATION_HEADER_BYTES;
@@ -834,4 +837,24 @@ export function expectRoundStep(frame: Frame, round: number, step?: number): voi
       throw new ProtocolError('WRONG_STEP', `message "${frame.type}" is for step ${s}, expected step ${step}`);
     }
   }
+}
+
+/**
+ * A `generate` frame as the edge and the cloud take it: decoded within maxGenerateFrameBytes,
+ * of that type, with h [1, T, D] for 1 <= T <= nPositions.
+ */
+export function decodeGenerateFrame(bytes: Uint8Array, c: { nPositions: number; nEmbd: number }): { frame: Frame; h: Float32Array; T: number } {
+  const frame = decodeFrame(bytes, { maxBytes: maxGenerateFrameBytes(c) });
+  if (frame.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${frame.type}"`);
+  const h = f32Tensor(frame, 'h', [1, null, c.nEmbd]);
+  const T = frame.tensors.get('h')!.shape[1];
+  if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+  return { frame, h, T };
+}
+
+/** A `logits` frame as the edge and the user take it: logits [V], and the version that made them. */
+export function decodeLogitsFrame(bytes: Uint8Array, c: { vocabSize: number }): { logits: Float32Array; version: number } {
+  const frame = decodeFrame(bytes, { maxBytes: maxLogitsFrameBytes(c) });
+  if (frame.type !== 'logits') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "logits" frame, got "${frame.type}"`);
+  return { logits: f32Tensor(frame, 'logits', [c.vocabSize]), version: intField(frame, 'version') };
 }

@@ -15,12 +15,10 @@
  * on the right (paddedForward).
  */
 import {
-  decodeFrame,
+  decodeLogitsFrame,
   encodeFrame,
-  f32Tensor,
+  GENERATE_USER_HEADER,
   IGNORE_INDEX,
-  intField,
-  maxLogitsFrameBytes,
   ProtocolError,
   responseError,
   Rng,
@@ -70,7 +68,7 @@ export async function nextTokenLogits(o: Pick<GenerateOptions, 'edgeUrl' | 'cred
       method: 'POST',
       headers: {
         authorization: `Bearer ${o.credentials.userToken}`,
-        'x-splitllm-user': o.credentials.userId,
+        [GENERATE_USER_HEADER]: o.credentials.userId,
         'content-type': 'application/octet-stream',
       },
       body: body as Uint8Array<ArrayBuffer>,
@@ -85,9 +83,7 @@ export async function nextTokenLogits(o: Pick<GenerateOptions, 'edgeUrl' | 'cred
       throw new ClientError(e.code, `generate: ${res.status} ${e.message}`);
     }
     try {
-      const f = decodeFrame(new Uint8Array(await res.arrayBuffer()), { maxBytes: maxLogitsFrameBytes(c) });
-      if (f.type !== 'logits') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "logits" frame, got "${f.type}"`);
-      return { logits: f32Tensor(f, 'logits', [c.vocabSize]), version: intField(f, 'version') };
+      return decodeLogitsFrame(new Uint8Array(await res.arrayBuffer()), c);
     } catch (e) {
       if (e instanceof ProtocolError) throw new ClientError(String(e.code), `generate: the edge's answer is unusable: ${e.message}`);
       throw e;
