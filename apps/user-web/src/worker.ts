@@ -118,7 +118,9 @@ class TrainingWorker {
       this.client = client;
       this.tokenizer = await client.tokenizer();
       const tokens: number[] = [];
-      const eos = await this.eosId(client);
+      // documents are separated by the end-of-text token, so no window joins two of them unmarked
+      const eos = this.tokenizer.eotId;
+      if (eos === undefined) throw new ClientError('BAD_TOKENIZER', 'the run\'s tokenizer has no <|endoftext|> token to separate documents with');
       for (const d of docs) {
         for (const id of this.tokenizer.encode(d.text)) tokens.push(id);
         tokens.push(eos);
@@ -135,13 +137,6 @@ class TrainingWorker {
       this.emit({ type: 'state', state: 'error', ...errorOf(e) });
       throw e;
     }
-  }
-
-  private async eosId(client: UserClient): Promise<number> {
-    // the manifest comes with start(); the tokenizer's own end-of-text token is the same id
-    const id = this.tokenizer!.tokenToId('<|endoftext|>');
-    if (id !== undefined) return id;
-    return client.config?.eosTokenId ?? 0;
   }
 
   private async saveSession(s: store.StoredSession): Promise<void> {

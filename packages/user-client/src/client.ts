@@ -218,11 +218,6 @@ export class UserClient {
     return { ...this.credentials };
   }
 
-  /** whether a turn is running now */
-  get training(): boolean {
-    return this.turnRunning;
-  }
-
   /**
    * Runs `fn` with the trainer when no turn is using it; a turn that arrives meanwhile waits for
    * it (generation uses the trainer's forward, which must not fall between a turn's forward and
@@ -377,8 +372,11 @@ export class UserClient {
           this.emit({ type: 'error', code: 'TURN_OVERLAP', message: 'a turn started while one runs' });
           return;
         }
+        // set now, not when the trainer is free: a second turn frame meanwhile is an overlap too
         this.turnRunning = true;
-        void this.withTrainer(() => this.runTurn(f)).catch((e) => this.emit({ type: 'error', code: (e as ClientError).code ?? 'TURN_FAILED', message: (e as Error).message }));
+        void this.withTrainer(() => this.runTurn(f))
+          .catch((e) => this.emit({ type: 'error', code: (e as ClientError).code ?? 'TURN_FAILED', message: (e as Error).message }))
+          .finally(() => (this.turnRunning = false));
         return;
       case 'error':
         this.emit({ type: 'error', code: String(f.fields.code), message: String(f.fields.message) });
@@ -413,7 +411,6 @@ export class UserClient {
 
   /** One turn: the steps of this round for this user, then the adapter goes to the edge. */
   private async runTurn(turn: Frame): Promise<void> {
-    this.turnRunning = true;
     const round = intField(turn, 'round');
     const version = intField(turn, 'version');
     const steps = intField(turn, 'steps');
@@ -453,8 +450,6 @@ export class UserClient {
       const code = (e as { code?: string }).code ?? 'TURN_FAILED';
       this.emit({ type: 'error', code, message: (e as Error).message });
       this.emit({ type: 'turn-end', round, accepted: false, reason: code });
-    } finally {
-      this.turnRunning = false;
     }
   }
 
