@@ -134,61 +134,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }`;
 
 /**
- * Two-level workgroup sums over 128 invocations (2 barriers each). Separate arrays per call
- * site, so back-to-back reductions need no barrier between one's last read and the next's
- * first write.
+ * A two-level workgroup sum of `type` over 128 invocations (16 partial sums of 8, 2 barriers).
+ * Each sum has its own pair of arrays, so back-to-back reductions need no barrier between one's
+ * last read and the next's first write.
  */
-const WG_REDUCE = /* wgsl */ `
-const WG = ${WG}u;
-var<workgroup> redA: array<f32, ${WG}>;
-var<workgroup> redA2: array<f32, 16>;
-var<workgroup> redB: array<f32, ${WG}>;
-var<workgroup> redB2: array<f32, 16>;
-var<workgroup> red2: array<vec2<f32>, ${WG}>;
-var<workgroup> red22: array<vec2<f32>, 16>;
+const wgSum = (name: string, type: 'f32' | 'vec2<f32>') => /* wgsl */ `
+var<workgroup> ${name}_red: array<${type}, ${WG}>;
+var<workgroup> ${name}_red2: array<${type}, 16>;
 
-fn sumA(v: f32, lid: u32) -> f32 {
-  redA[lid] = v;
+fn ${name}(v: ${type}, lid: u32) -> ${type} {
+  ${name}_red[lid] = v;
   workgroupBarrier();
   if (lid < 16u) {
-    var s = 0.0;
-    for (var k = 0u; k < 8u; k++) { s += redA[lid * 8u + k]; }
-    redA2[lid] = s;
+    var s = ${type}(0.0);
+    for (var k = 0u; k < 8u; k++) { s += ${name}_red[lid * 8u + k]; }
+    ${name}_red2[lid] = s;
   }
   workgroupBarrier();
-  var t = 0.0;
-  for (var k = 0u; k < 16u; k++) { t += redA2[k]; }
-  return t;
-}
-
-fn sumB(v: f32, lid: u32) -> f32 {
-  redB[lid] = v;
-  workgroupBarrier();
-  if (lid < 16u) {
-    var s = 0.0;
-    for (var k = 0u; k < 8u; k++) { s += redB[lid * 8u + k]; }
-    redB2[lid] = s;
-  }
-  workgroupBarrier();
-  var t = 0.0;
-  for (var k = 0u; k < 16u; k++) { t += redB2[k]; }
-  return t;
-}
-
-fn sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
-  red2[lid] = v;
-  workgroupBarrier();
-  if (lid < 16u) {
-    var s = vec2<f32>(0.0);
-    for (var k = 0u; k < 8u; k++) { s += red2[lid * 8u + k]; }
-    red22[lid] = s;
-  }
-  workgroupBarrier();
-  var t = vec2<f32>(0.0);
-  for (var k = 0u; k < 16u; k++) { t += red22[k]; }
+  var t = ${type}(0.0);
+  for (var k = 0u; k < 16u; k++) { t += ${name}_red2[k]; }
   return t;
 }
 `;
+
+const WG_REDUCE = /* wgsl */ `
+const WG = ${WG}u;
+${wgSum('sumA', 'f32')}${wgSum('sumB', 'f32')}${wgSum('sum2', 'vec2<f32>')}`;
 
 /** 'workgroup' forward: one workgroup per row. */
 export const LAYERNORM_FORWARD_WORKGROUP_WGSL = /* wgsl */ `${FORWARD_BINDINGS}${WG_REDUCE}
