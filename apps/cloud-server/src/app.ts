@@ -9,6 +9,7 @@ import {
   DEFAULT_LORA_CONFIG,
   DEFAULT_LORA_TRAIN,
   decodeGenerateFrame,
+  frameRequestStatus,
   defaultSplitPlan,
   encodeFrame,
   intField,
@@ -364,11 +365,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     const refused = metrics.counter('splitllm_cloud_generate_refused_total', 'generation requests refused, by code');
     const served = metrics.counter('splitllm_cloud_generate_total', 'next-token logits served to edges');
     r.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number; code?: string }, req, reply) => {
-      let status = err.statusCode ?? 500;
-      let code = err.code ?? 'INTERNAL';
-      if (err instanceof ProtocolError) [status, code] = [err.code === 'FRAME_TOO_LARGE' ? 413 : 400, String(err.code)];
-      else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') [status, code] = [413, 'FRAME_TOO_LARGE'];
-      else if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') [status, code] = [415, 'BAD_CONTENT_TYPE'];
+      const { status, code } = frameRequestStatus(err);
       refused(1, { code });
       req.log.warn({ code, err: err.message }, 'generate request rejected');
       void reply.code(status).send({ code, message: err.message });

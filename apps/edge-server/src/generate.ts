@@ -23,6 +23,7 @@ import {
   decodeLogitsFrame,
   GENERATE_USER_HEADER,
   encodeFrame,
+  frameRequestStatus,
   maxGenerateFrameBytes,
   ProtocolError,
   responseError,
@@ -82,13 +83,8 @@ export async function generateRoutes(r: FastifyInstance, o: GenerateRoutesOption
   };
 
   r.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
-    let status = err.statusCode ?? 500;
-    let code = err.code ?? 'INTERNAL';
-    if (err instanceof GenerateError) [status, code] = [err.status, err.code];
-    else if (err instanceof ProtocolError) [status, code] = [err.code === 'FRAME_TOO_LARGE' ? 413 : 400, String(err.code)];
-    else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') [status, code] = [413, 'FRAME_TOO_LARGE'];
-    else if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') [status, code] = [415, 'BAD_CONTENT_TYPE'];
-    else if (err.name === 'TimeoutError') [status, code] = [504, 'CLOUD_TIMEOUT'];
+    const { status, code } =
+      err instanceof GenerateError ? { status: err.status, code: err.code } : err.name === 'TimeoutError' ? { status: 504, code: 'CLOUD_TIMEOUT' } : frameRequestStatus(err);
     return fail(req, reply, status, code, err.message);
   });
   // the hard ceiling while reading; the session's own limit (known once the edge is ready) is
