@@ -1,12 +1,12 @@
 /**
  * Playwright runs against Debian's Chromium (never a downloaded browser) with WebGPU enabled;
- * the path and flags live in packages/shared/src/node/chromium.ts. The specs under e2e/ start
+ * the path and flags live in packages/lora-kernels/src/chromium.ts. The specs under e2e/ start
  * their own servers (e2e/system.ts) and need the built page (apps/user-web/dist): `npm test`
  * builds it first. Screenshots and logs stay in test-results/e2e/ as artifacts; the JSON
  * report is what the test command counts.
  */
 import { defineConfig } from '@playwright/test';
-import { CHROMIUM_ARGS, CHROMIUM_PATH } from './packages/shared/src/node/chromium';
+import { CHROMIUM_ARGS, CHROMIUM_PATH } from './packages/lora-kernels/src/chromium';
 
 export default defineConfig({
   testDir: 'e2e',

@@ -4,33 +4,11 @@
  * resources (the onnxruntime worker, the database) and closes them with the app.
  */
 import websocket from '@fastify/websocket';
-import {
-  AGGREGATION_STRATEGIES,
-  DEFAULT_LORA_CONFIG,
-  DEFAULT_LORA_TRAIN,
-  decodeGenerateFrame,
-  frameRequestStatus,
-  defaultSplitPlan,
-  encodeFrame,
-  intField,
-  maxGenerateFrameBytes,
-  stringField,
-  encodeSegment,
-  gpt2ConfigToJson,
-  initLoraAdapter,
-  loraParameterCount,
-  MetricsRegistry,
-  ProtocolError,
-  AdapterCheckError,
-  adapterToNamedTensors,
-  validateSplitPlan,
-  type Gpt2Model,
-  type LoraConfig,
-  type RunManifest,
-  type SplitPlan,
-  type TrainSettings,
-} from '@splitllm/shared';
-import { bearerToken, loadGpt2Dir, randomToken, secretsEqual, userToken } from '@splitllm/shared/node';
+import { AGGREGATION_STRATEGIES } from '@splitllm/federation';
+import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, defaultSplitPlan, encodeSegment, gpt2ConfigToJson, initLoraAdapter, loraParameterCount, AdapterCheckError, adapterToNamedTensors, validateSplitPlan, type Gpt2Model, type LoraConfig, type SplitPlan } from '@splitllm/model';
+import { decodeGenerateFrame, frameRequestStatus, encodeFrame, intField, maxGenerateFrameBytes, stringField, ProtocolError, type RunManifest, type TrainSettings } from '@splitllm/wire';
+import { MetricsRegistry, bearerToken, randomToken, secretsEqual, userToken } from '@splitllm/wire/node';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { SegmentRunner, TailSegment, type ExecutionProvider } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { createHash } from 'node:crypto';

@@ -8,34 +8,10 @@
  * queue in the one onnxruntime worker, each on its own adapter copy, so the result does not
  * depend on the order in which edges' frames arrive).
  */
-import {
-  adapterFromNamedTensors,
-  adapterToNamedTensors,
-  adapterSubset,
-  AdapterCheckError,
-  checkAdamWUpdate,
-  cloneAdapter,
-  decodeFrame,
-  encodeErrorFrame,
-  encodeFrame,
-  expectRoundStep,
-  f32Tensor,
-  i32Tensor,
-  intField,
-  IGNORE_INDEX,
-  LoraTrainState,
-  ProtocolError,
-  stringField,
-  type AdapterUpdate,
-  type AggregationStrategy,
-  type Frame,
-  type Gpt2Config,
-  type LoraAdapter,
-  type LoraTrainSnapshot,
-  type MetricsRegistry,
-  type SplitPlan,
-  type TrainSettings,
-} from '@splitllm/shared';
+import { adapterFromNamedTensors, adapterToNamedTensors, adapterSubset, AdapterCheckError, cloneAdapter, IGNORE_INDEX, type Gpt2Config, type LoraAdapter, type SplitPlan } from '@splitllm/model';
+import { checkAdamWUpdate, LoraTrainState, type AdapterUpdate, type AggregationStrategy, type LoraTrainSnapshot } from '@splitllm/federation';
+import { decodeFrame, encodeErrorFrame, encodeFrame, expectRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, stringField, type Frame, type TrainSettings } from '@splitllm/wire';
+import type { MetricsRegistry } from '@splitllm/wire/node';
 import type { TailSegment } from '@splitllm/onnx-runner';
 import type { RoundRecord, RoundStore } from './store';
 

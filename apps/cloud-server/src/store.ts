@@ -12,8 +12,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import type { LoraAdapter } from '@splitllm/shared';
-import { loadAdapterDir, saveAdapterDir } from '@splitllm/shared/node';
+import type { LoraAdapter } from '@splitllm/model';
+import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
 
 export interface RoundRecord {
   /** 1-based round that produced this version (0: the initial adapter). */

@@ -3,8 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Gpt2Config, LoraAdapter } from '@splitllm/shared';
-import { initLoraAdapter } from '@splitllm/shared';
+import { type Gpt2Config, type LoraAdapter, initLoraAdapter } from '@splitllm/model';
 import { RoundStore, roundDirName } from '../src/store';
 
 const tiny: Gpt2Config = {

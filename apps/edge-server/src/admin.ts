@@ -8,7 +8,7 @@
  * A missing or wrong token gets 401 {code: 'UNAUTHORIZED', message}; tokens are compared in
  * constant time.
  */
-import { bearerToken, secretsEqual } from '@splitllm/shared/node';
+import { bearerToken, secretsEqual } from '@splitllm/wire/node';
 import { createHash } from 'node:crypto';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { ADMIN_SCRIPT, ADMIN_STYLE, adminPage } from './admin-page';

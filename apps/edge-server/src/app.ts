@@ -8,10 +8,11 @@
  * the edge registers again and carries on (users stay connected).
  */
 import websocket from '@fastify/websocket';
-import { decodeSegment, encodeErrorFrame, loraParameterCount, MetricsRegistry, parseRunManifest, type RunManifest } from '@splitllm/shared';
+import { decodeSegment, loraParameterCount } from '@splitllm/model';
+import { encodeErrorFrame, parseRunManifest, type RunManifest } from '@splitllm/wire';
+import { MetricsRegistry, randomToken } from '@splitllm/wire/node';
 import { BlocksSegment, SegmentRunner, type ExecutionProvider } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
-import { randomToken } from '@splitllm/shared/node';
 import { createHash } from 'node:crypto';
 import { adminRoutes } from './admin';
 import { generateRoutes } from './generate';

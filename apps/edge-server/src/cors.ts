@@ -5,7 +5,7 @@
  * two request headers the page sends.
  */
 import type { FastifyInstance } from 'fastify';
-import { GENERATE_USER_HEADER } from '@splitllm/shared';
+import { GENERATE_USER_HEADER } from '@splitllm/wire';
 
 export async function corsHook(app: FastifyInstance): Promise<void> {
   app.addHook('onRequest', async (req, reply) => {

@@ -11,30 +11,10 @@
  * the edge LoRA and the cloud's copy are rolled back to before its turn, and the edge carries
  * on with the next user. A malformed frame is answered with an error frame and changes nothing.
  */
-import {
-  AdapterCheckError,
-  adapterFromNamedTensors,
-  adapterToNamedTensors,
-  checkAdamWUpdate,
-  decodeFrame,
-  encodeErrorFrame,
-  encodeFrame,
-  expectRoundStep,
-  f32Tensor,
-  i32Tensor,
-  IGNORE_INDEX,
-  intField,
-  LoraTrainState,
-  ProtocolError,
-  responseError,
-  stringField,
-  type Frame,
-  type Gpt2Config,
-  type LoraAdapter,
-  type MetricsRegistry,
-  type RunManifest,
-} from '@splitllm/shared';
-import { checkUserToken } from '@splitllm/shared/node';
+import { AdapterCheckError, adapterFromNamedTensors, adapterToNamedTensors, IGNORE_INDEX, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
+import { checkAdamWUpdate, LoraTrainState } from '@splitllm/federation';
+import { decodeFrame, encodeErrorFrame, encodeFrame, expectRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, responseError, stringField, type Frame, type RunManifest } from '@splitllm/wire';
+import { type MetricsRegistry, checkUserToken } from '@splitllm/wire/node';
 import { peakRssBytes, type BlocksSegment } from '@splitllm/onnx-runner';
 import { WebSocket } from 'ws';
 

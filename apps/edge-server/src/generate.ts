@@ -17,20 +17,9 @@
  * The page may be served from another origin: ./cors.ts answers CORS preflights for every
  * route (credentials travel in headers, never cookies, so any origin may ask).
  */
-import {
-  DEFAULT_MAX_FRAME_BYTES,
-  decodeGenerateFrame,
-  decodeLogitsFrame,
-  GENERATE_USER_HEADER,
-  encodeFrame,
-  frameRequestStatus,
-  maxGenerateFrameBytes,
-  ProtocolError,
-  responseError,
-  type Gpt2Config,
-  type LoraAdapter,
-} from '@splitllm/shared';
-import { bearerToken, checkUserToken } from '@splitllm/shared/node';
+import { DEFAULT_MAX_FRAME_BYTES, decodeGenerateFrame, decodeLogitsFrame, GENERATE_USER_HEADER, encodeFrame, frameRequestStatus, maxGenerateFrameBytes, ProtocolError, responseError } from '@splitllm/wire';
+import type { Gpt2Config, LoraAdapter } from '@splitllm/model';
+import { bearerToken, checkUserToken } from '@splitllm/wire/node';
 import type { BlocksSegment } from '@splitllm/onnx-runner';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { EdgeError } from './edge';

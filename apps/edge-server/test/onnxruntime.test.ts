@@ -3,7 +3,7 @@
  * is skipped offline; this proves the native binding shipped inside the npm package loads and
  * runs a graph written by the project's ONNX writer on the CPU provider.
  */
-import { GraphBuilder } from '@splitllm/shared';
+import { GraphBuilder } from '@splitllm/onnx';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 

@@ -9,17 +9,8 @@
  * the prompt.
  */
 import * as Comlink from 'comlink';
-import {
-  adapterFromNamedTensors,
-  adapterToNamedTensors,
-  adapterToPeft,
-  decodeFrame,
-  encodeFrame,
-  PEFT_CONFIG_FILE,
-  PEFT_WEIGHTS_FILE,
-  type Gpt2Tokenizer,
-  type LoraConfig,
-} from '@splitllm/shared';
+import { adapterFromNamedTensors, adapterToNamedTensors, adapterToPeft, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, type Gpt2Tokenizer, type LoraConfig } from '@splitllm/model';
+import { decodeFrame, encodeFrame } from '@splitllm/wire';
 import {
   ClientError,
   generateContinuation,

@@ -10,8 +10,9 @@
  *
  *   pnpm exec tsx packages/cli/scripts/bench-system.ts [--steps N]
  */
-import { encodeFrame, GPT2_SMALL_CONFIG, type WireCodec } from '@splitllm/shared';
-import { randomToken } from '@splitllm/shared/node';
+import { encodeFrame, type WireCodec } from '@splitllm/wire';
+import { GPT2_SMALL_CONFIG } from '@splitllm/model';
+import { randomToken } from '@splitllm/wire/node';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

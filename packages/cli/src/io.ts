@@ -3,9 +3,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Gpt2Model, LoraAdapter } from '@splitllm/shared';
-import { checkAdapterFits } from '@splitllm/shared';
-import { loadAdapterDir, loadGpt2Dir } from '@splitllm/shared/node';
+import { type Gpt2Model, type LoraAdapter, checkAdapterFits } from '@splitllm/model';
+import { loadAdapterDir, loadGpt2Dir } from '@splitllm/model/node';
 
 /** Root of the workspace (packages/cli/src -> ../../..). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');

@@ -5,7 +5,7 @@
  */
 import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
-import { randomToken } from '@splitllm/shared/node';
+import { randomToken } from '@splitllm/wire/node';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import type { UserClient, UserEvent } from '@splitllm/user-client';
 import { createHash } from 'node:crypto';

@@ -2,8 +2,8 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_LORA_CONFIG, initLoraAdapter } from '@splitllm/shared';
-import { loadGpt2Dir, saveAdapterDir } from '@splitllm/shared/node';
+import { DEFAULT_LORA_CONFIG, initLoraAdapter } from '@splitllm/model';
+import { loadGpt2Dir, saveAdapterDir } from '@splitllm/model/node';
 import { describe, expect, it } from 'vitest';
 import { DATA, SHIPPED_MODEL, cli, jsonLines } from './run-cli';
 

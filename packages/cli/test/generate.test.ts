@@ -13,22 +13,12 @@
  */
 import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
-import {
-  adapterSubset,
-  blocksForward,
-  decodeSegment,
-  embedForward,
-  encodeFrame,
-  headForward,
-  maxGenerateFrameBytes,
-  maxRelErr,
-  type Gpt2Model,
-  type LoraAdapter,
-} from '@splitllm/shared';
-import { loadAdapterDir, loadGpt2Dir, randomToken, userToken } from '@splitllm/shared/node';
+import { adapterSubset, blocksForward, decodeSegment, embedForward, headForward, maxRelErr, type Gpt2Model, type LoraAdapter, Rng } from '@splitllm/model';
+import { encodeFrame, maxGenerateFrameBytes } from '@splitllm/wire';
+import { loadAdapterDir, loadGpt2Dir } from '@splitllm/model/node';
+import { randomToken, userToken } from '@splitllm/wire/node';
 import { createUserTrainer, generateContinuation, joinRun, nextTokenLogits, paddedForward, sampleToken, type JoinCredentials, type UserTrainer } from '@splitllm/user-client';
 import { startHeadlessUser } from '@splitllm/user-client/node';
-import { Rng } from '@splitllm/shared';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

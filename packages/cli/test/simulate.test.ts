@@ -21,8 +21,8 @@
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadAdapterDir } from '@splitllm/shared/node';
-import { maxRelErr } from '@splitllm/shared';
+import { loadAdapterDir } from '@splitllm/model/node';
+import { maxRelErr } from '@splitllm/model';
 import { describe, expect, it } from 'vitest';
 import { DATA, cli, jsonLines } from './run-cli';
 

@@ -5,8 +5,9 @@
  */
 import { startCloudServer, type CloudServer, type RoundSummary } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
-import { decodeFrame, encodeFrame, Rng, type Frame } from '@splitllm/shared';
-import { randomToken } from '@splitllm/shared/node';
+import { decodeFrame, encodeFrame, type Frame } from '@splitllm/wire';
+import { Rng } from '@splitllm/model';
+import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';

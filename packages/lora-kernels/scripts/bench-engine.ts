@@ -9,7 +9,7 @@
  * Runs on the shipped model's user segment (default split: embedding + block 0) and with
  * --gpt2-small also on a GPT-2 small-shaped one (random weights, embedding + blocks [0, 3)).
  */
-import { GPT2_SMALL_CONFIG, randomGpt2Weights } from '@splitllm/shared';
+import { GPT2_SMALL_CONFIG, randomGpt2Weights } from '@splitllm/model';
 import { parseArgs } from 'node:util';
 import { MATMUL_VARIANTS, type MatmulVariant } from '../src/kernels/matmul';
 import { nodeKernelDevice } from '../src/node';

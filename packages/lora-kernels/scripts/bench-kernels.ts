@@ -9,7 +9,7 @@
  * at the first size, against the float64 reference (ops/matmul.ts).
  * On machines without a GPU this runs on software Vulkan: its figures say nothing about a GPU.
  */
-import { Rng, maxRelErr, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/shared';
+import { Rng, maxRelErr, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/model';
 import type { GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
 import { benchUserSegmentStep, loadShippedModel } from './user-step-bench';

@@ -3,8 +3,8 @@
  * dL/dh1, backward, AdamW (what the user tier does per step, without the network). Used by
  * bench-kernels.ts and bench-engine.ts.
  */
-import { DEFAULT_ADAMW, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, Rng, type Gpt2Model } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { DEFAULT_ADAMW, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, Rng, type Gpt2Model } from '@splitllm/model';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
 import type { GpuContext } from '../src/gpu';

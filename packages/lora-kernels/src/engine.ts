@@ -23,19 +23,7 @@
  *
  * Browser-safe (no Node API): runs in a Web Worker and in Node (see node.ts).
  */
-import {
-  checkAdapterCovers,
-  loraModulePath,
-  loraScale,
-  loraTargetDims,
-  type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraGrads,
-  type LoraTarget,
-} from '@splitllm/shared';
+import { checkAdapterCovers, loraModulePath, loraScale, loraTargetDims, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type LoraTarget } from '@splitllm/model';
 import { GpuError, type Dispatch, type GpuContext } from './gpu';
 import { adamw, createAdamwHyper, setAdamwStep, type AdamwHyper } from './kernels/adamw';
 import { attentionBackward, attentionForward, attentionProbsLength, type AttentionVariant } from './kernels/attention';

@@ -5,7 +5,7 @@
  * docs/benchmarks.md). On a real GPU the matmul variant can also be timed at the engine's own
  * shapes, which costs a few milliseconds.
  */
-import type { Gpt2Config } from '@splitllm/shared';
+import type { Gpt2Config } from '@splitllm/model';
 import { DEFAULT_LOW_RANK_VARIANT, SOFTWARE_ADAPTER_VARIANTS, type KernelVariants } from './engine';
 import type { AdapterSummary, GpuContext } from './gpu';
 import { DEFAULT_LAYERNORM_VARIANT } from './kernels/layernorm';

@@ -3,7 +3,7 @@
  * rate changed between steps through the uniform (the dispatches are built once).
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, adamwInit, adamwStep, type AdamWOptions } from '@splitllm/shared';
+import { Rng, adamwInit, adamwStep, type AdamWOptions } from '@splitllm/model';
 import { adamw, createAdamwHyper, setAdamwStep } from '../src/kernels/adamw';
 import { maxRelErr, randn, testDevice } from './harness';
 

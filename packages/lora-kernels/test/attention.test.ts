@@ -4,7 +4,7 @@
  * above the 32-wide staging chunk (hd = 1, 4, 7, 32, 43, 50), and large-magnitude scores.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, causalAttentionBackward, causalAttentionForward } from '@splitllm/shared';
+import { Rng, causalAttentionBackward, causalAttentionForward } from '@splitllm/model';
 import { GpuContext, GpuError } from '../src/gpu';
 import { ATTENTION_VARIANTS, attentionBackward, attentionForward, attentionProbsLength } from '../src/kernels/attention';
 import { maxRelErr, randn, testDevice } from './harness';

@@ -17,27 +17,13 @@
  *    the engine's own gradients (against the reference gradients, AdamW's first step moves each
  *    element by about lr * sign(g), so an element whose gradient is ~0 may step either way).
  */
-import {
-  adamwInit,
-  adamwStep,
-  DEFAULT_ADAMW,
-  LORA_TARGETS,
-  Rng,
-  userSegmentBackward,
-  userSegmentForward,
-  type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { adamwInit, adamwStep, DEFAULT_ADAMW, LORA_TARGETS, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type TokenBatch } from '@splitllm/model';
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { CHROMIUM_ARGS, CHROMIUM_PATH } from '@splitllm/shared/node';
+import { CHROMIUM_ARGS, CHROMIUM_PATH } from '@splitllm/lora-kernels/chromium';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SOFTWARE_ADAPTER_VARIANTS, type KernelVariants } from '../src/engine';

@@ -3,7 +3,7 @@
  * float32 add per output, the same add the reference does, so the tolerance is 0.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, embeddingForward as refEmbedding } from '@splitllm/shared';
+import { Rng, embeddingForward as refEmbedding } from '@splitllm/model';
 import { embeddingForward } from '../src/kernels/embedding';
 import { maxRelErr, randn, testDevice } from './harness';
 

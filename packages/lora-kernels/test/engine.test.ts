@@ -14,28 +14,8 @@
  *    sides may step either way: that compares nothing about the kernels.)
  *  - three chained steps: the loss curve within 1e-4 relative of the reference's.
  */
-import {
-  adamwInit,
-  adamwStep,
-  cloudSegmentStep,
-  DEFAULT_ADAMW,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  IGNORE_INDEX,
-  initLoraAdapter,
-  LORA_TARGETS,
-  Rng,
-  userSegmentBackward,
-  userSegmentForward,
-  type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type SplitPlan,
-  type TokenBatch,
-} from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { adamwInit, adamwStep, cloudSegmentStep, DEFAULT_ADAMW, edgeSegmentBackward, edgeSegmentForward, IGNORE_INDEX, initLoraAdapter, LORA_TARGETS, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type SplitPlan, type TokenBatch } from '@splitllm/model';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { GpuContext, GpuError } from '../src/gpu';

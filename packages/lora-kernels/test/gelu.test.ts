@@ -4,7 +4,7 @@
  * drivers and 1 + tanh u cancels).
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, geluBackward as refBackward, geluForward as refForward } from '@splitllm/shared';
+import { Rng, geluBackward as refBackward, geluForward as refForward } from '@splitllm/model';
 import { geluBackward, geluForward } from '../src/kernels/gelu';
 import { maxRelErr, randn, testDevice } from './harness';
 

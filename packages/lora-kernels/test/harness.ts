@@ -2,7 +2,7 @@
  * Test harness for kernels: one Node WebGPU device per test file (software Vulkan here), upload,
  * run, read back, and the error measure every kernel test states its tolerance in.
  */
-import { initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/shared';
+import { initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/model';
 import type { Dispatch, GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
 
@@ -29,7 +29,7 @@ export function randn(n: number, rng: Rng, scale = 1): Float32Array {
  * @splitllm/shared). Float32 kernels summing K products in another order than the
  * float64-accumulating reference differ by about sqrt(K) * 2^-24 of the scale.
  */
-export { maxRelErr } from '@splitllm/shared';
+export { maxRelErr } from '@splitllm/model';
 
 /** GPT-2's init with the linear weights scaled up and noise on biases and norms, so every path carries gradient. */
 export function scaledRandomModel(config: Gpt2Config, seed: number): Gpt2Model {

@@ -4,7 +4,7 @@
  * accumulate option of the backward.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, layerNormBackward as refBackward, layerNormForward as refForward } from '@splitllm/shared';
+import { Rng, layerNormBackward as refBackward, layerNormForward as refForward } from '@splitllm/model';
 import { LAYERNORM_VARIANTS, layerNormBackward, layerNormForward } from '../src/kernels/layernorm';
 import { maxRelErr, randn, testDevice } from './harness';
 

@@ -4,7 +4,7 @@
  * options.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, loraLinearBackward as refBackward, loraLinearForward as refForward, type LoraLinearParams } from '@splitllm/shared';
+import { Rng, loraLinearBackward as refBackward, loraLinearForward as refForward, type LoraLinearParams } from '@splitllm/model';
 import type { GpuContext } from '../src/gpu';
 import { MATMUL_VARIANTS, type MatmulVariant } from '../src/kernels/matmul';
 import { loraLinearBackward, loraLinearForward } from '../src/kernels/lora-linear';

@@ -3,7 +3,7 @@
  * sizes that are not multiples of any tile, with bias / accumulate / alpha rotated over the cases.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/shared';
+import { Rng, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/model';
 import { GpuContext, GpuError } from '../src/gpu';
 import { matmul, matmulWorkgroup, MATMUL_LAYOUTS, MATMUL_VARIANTS, pickFastestMatmul, type MatmulDims, type MatmulLayout } from '../src/kernels/matmul';
 import { maxRelErr, randn, runAndRead, testDevice } from './harness';

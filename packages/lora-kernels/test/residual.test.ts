@@ -3,7 +3,7 @@
  * same add the loop does, so the tolerance is 0.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng } from '@splitllm/shared';
+import { Rng } from '@splitllm/model';
 import { residualAccumulate, residualAdd } from '../src/kernels/residual';
 import { maxRelErr, randn, testDevice } from './harness';
 

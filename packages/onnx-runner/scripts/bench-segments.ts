@@ -9,8 +9,8 @@
  * with random weights (12 layers x 768, edge = blocks [3, 9)). Prints one line per case and
  * the process's peak RSS.
  */
-import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Model } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Model } from '@splitllm/model';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';

@@ -19,8 +19,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/shared';
-import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/shared/node';
+import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/model';
+import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/model/node';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
 
 const { values: opt } = parseArgs({

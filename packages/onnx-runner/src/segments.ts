@@ -9,22 +9,8 @@
  * keep vs recompute (`saveIntermediates`): keeping makes the backward cheaper but holds every
  * block's intermediates between forward and backward; recomputing holds only the segment input.
  */
-import {
-  IGNORE_INDEX,
-  loraGradsFromGraph,
-  loraGraphFeeds,
-  buildBlocksBackwardGraph,
-  buildBlocksForwardGraph,
-  buildTailGraph,
-  buildTailLogitsGraph,
-  buildTailLossGraph,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraGrads,
-  type SegmentGraph,
-} from '@splitllm/shared';
+import { IGNORE_INDEX, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads } from '@splitllm/model';
+import { loraGradsFromGraph, loraGraphFeeds, buildBlocksBackwardGraph, buildBlocksForwardGraph, buildTailGraph, buildTailLogitsGraph, buildTailLossGraph, type SegmentGraph } from '@splitllm/onnx';
 import type { RunnerTensor, SegmentRunner } from './runner';
 
 let graphSerial = 0;

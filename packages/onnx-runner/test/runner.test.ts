@@ -6,20 +6,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import {
-  cloudSegmentStep,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  IGNORE_INDEX,
-  initLoraAdapter,
-  maxRelErr,
-  randomGpt2Weights,
-  Rng,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-} from '@splitllm/shared';
+import { cloudSegmentStep, edgeSegmentBackward, edgeSegmentForward, IGNORE_INDEX, initLoraAdapter, maxRelErr, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/model';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlocksSegment, RunnerError, SegmentRunner, TailSegment } from '../src/index';
 

@@ -7,27 +7,8 @@
  * Only activations h1, the batch's labels and the adapter leave this side: the private text
  * and the token ids of the inputs stay here.
  */
-import {
-  adapterFromNamedTensors,
-  adapterToNamedTensors,
-  decodeFrame,
-  decodeSegment,
-  encodeFrame,
-  expectRoundStep,
-  f32Tensor,
-  Gpt2Tokenizer,
-  intField,
-  parseRunManifest,
-  ProtocolError,
-  responseError,
-  Rng,
-  sampleBatch,
-  type Frame,
-  type Gpt2Config,
-  type LoraAdapter,
-  type RunManifest,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { adapterFromNamedTensors, adapterToNamedTensors, decodeSegment, Gpt2Tokenizer, Rng, sampleBatch, type Gpt2Config, type LoraAdapter, type TokenBatch } from '@splitllm/model';
+import { decodeFrame, encodeFrame, expectRoundStep, f32Tensor, intField, parseRunManifest, ProtocolError, responseError, type Frame, type RunManifest } from '@splitllm/wire';
 import type { GpuContext } from '@splitllm/lora-kernels';
 import { createUserTrainer, type UserEngineKind, type UserTrainer } from './trainers';
 

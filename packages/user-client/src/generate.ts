@@ -14,17 +14,8 @@
  * exact for it whatever follows it (causal attention), which is why a fixed-shape engine may pad
  * on the right (paddedForward).
  */
-import {
-  decodeLogitsFrame,
-  encodeFrame,
-  GENERATE_USER_HEADER,
-  IGNORE_INDEX,
-  ProtocolError,
-  responseError,
-  Rng,
-  type Gpt2Config,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { decodeLogitsFrame, encodeFrame, GENERATE_USER_HEADER, ProtocolError, responseError } from '@splitllm/wire';
+import { IGNORE_INDEX, Rng, type Gpt2Config, type TokenBatch } from '@splitllm/model';
 import { ClientError } from './client';
 
 export interface SamplingOptions {

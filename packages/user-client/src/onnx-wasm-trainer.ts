@@ -13,19 +13,9 @@
  * by the first trainer created in that realm.
  */
 import * as ort from 'onnxruntime-web/wasm';
-import {
-  buildBlocksBackwardGraph,
-  buildBlocksForwardGraph,
-  embedForward,
-  loraGradsFromGraph,
-  loraGraphFeeds,
-  LoraTrainState,
-  SAVED_PREFIX,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { buildBlocksBackwardGraph, buildBlocksForwardGraph, loraGradsFromGraph, loraGraphFeeds, SAVED_PREFIX } from '@splitllm/onnx';
+import { embedForward, type Gpt2Config, type Gpt2Model, type LoraAdapter, type TokenBatch } from '@splitllm/model';
+import { LoraTrainState } from '@splitllm/federation';
 import {
   checkBatch,
   checkDh1,

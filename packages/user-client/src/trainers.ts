@@ -14,28 +14,7 @@
  * Browser-safe (no Node API): the default device comes from navigator.gpu; Node passes
  * `nodeGpu` from ./node/gpu.
  */
-import {
-  AdamW,
-  checkAdapterCovers,
-  cloneTensor,
-  gpt2ParameterShapes,
-  loraGradArrays,
-  loraModulePath,
-  loraParameters,
-  numel,
-  sameShape,
-  userSegmentBackward,
-  userSegmentForward,
-  validateSplitPlan,
-  type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type SplitPlan,
-  type TokenBatch,
-  type UserSegmentState,
-} from '@splitllm/shared';
+import { AdamW, checkAdapterCovers, cloneTensor, gpt2ParameterShapes, loraGradArrays, loraModulePath, loraParameters, numel, sameShape, userSegmentBackward, userSegmentForward, validateSplitPlan, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type SplitPlan, type TokenBatch, type UserSegmentState } from '@splitllm/model';
 import type { OnnxWasmOptions, OnnxWasmUserTrainer } from './onnx-wasm-trainer';
 import {
   chooseKernelVariants,

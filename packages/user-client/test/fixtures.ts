@@ -1,6 +1,6 @@
 /** What the trainer tests share: the shipped model, each tier's segment of it, and padded random batches. */
-import { decodeSegment, encodeSegment, IGNORE_INDEX, Rng, type Gpt2Config, type Gpt2Model, type SplitPlan, type TokenBatch } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { decodeSegment, encodeSegment, IGNORE_INDEX, Rng, type Gpt2Config, type Gpt2Model, type SplitPlan, type TokenBatch } from '@splitllm/model';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 
 export const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));

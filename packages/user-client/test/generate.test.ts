@@ -4,8 +4,8 @@
  * packages/cli/test/generate.test.ts.
  */
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_LORA_TRAIN, initLoraAdapter, maxRelErr, Rng, userSegmentForward, type Gpt2Model, type LoraConfig } from '@splitllm/shared';
-import { loadGpt2Dir } from '@splitllm/shared/node';
+import { DEFAULT_LORA_TRAIN, initLoraAdapter, maxRelErr, Rng, userSegmentForward, type Gpt2Model, type LoraConfig } from '@splitllm/model';
+import { loadGpt2Dir } from '@splitllm/model/node';
 import { describe, expect, it } from 'vitest';
 import { paddedForward, sampleToken } from '../src/generate';
 import { ReferenceUserTrainer } from '../src/trainers';

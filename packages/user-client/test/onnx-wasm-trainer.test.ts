@@ -24,30 +24,7 @@
  *    loosely (the reasoning of trainers.test.ts; the gradient check above is the precise one).
  * onnxruntime-web runs one thread here, so repeating steps gives bit-identical losses.
  */
-import {
-  cloneAdapter,
-  cloudSegmentStep,
-  DEFAULT_LORA_TARGETS,
-  DEFAULT_LORA_TRAIN,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  AdamW,
-  initLoraAdapter,
-  loraGradArrays,
-  loraParameters,
-  maxRelErr,
-  Rng,
-  userSegmentBackward,
-  userSegmentForward,
-  type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraGrads,
-  type SplitPlan,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { cloneAdapter, cloudSegmentStep, DEFAULT_LORA_TARGETS, DEFAULT_LORA_TRAIN, edgeSegmentBackward, edgeSegmentForward, AdamW, initLoraAdapter, loraGradArrays, loraParameters, maxRelErr, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type SplitPlan, type TokenBatch } from '@splitllm/model';
 import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuError, type GpuContext } from '@splitllm/lora-kernels';
 import { createRequire } from 'node:module';

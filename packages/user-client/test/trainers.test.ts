@@ -27,28 +27,7 @@
  *
  * The GPU is SwiftShader (software Vulkan) here, through the Node `webgpu` package.
  */
-import {
-  cloneAdapter,
-  AdamW,
-  cloudSegmentStep,
-  DEFAULT_LORA_TRAIN,
-  DEFAULT_LORA_TARGETS,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  gpt2ForwardBackward,
-  initLoraAdapter,
-  loraGradArrays,
-  loraParameters,
-  maxRelErr,
-  Rng,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraGrads,
-  type SplitPlan,
-  type TokenBatch,
-} from '@splitllm/shared';
+import { cloneAdapter, AdamW, cloudSegmentStep, DEFAULT_LORA_TRAIN, DEFAULT_LORA_TARGETS, edgeSegmentBackward, edgeSegmentForward, gpt2ForwardBackward, initLoraAdapter, loraGradArrays, loraParameters, maxRelErr, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type SplitPlan, type TokenBatch } from '@splitllm/model';
 import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuContext, GpuError } from '@splitllm/lora-kernels';
 import { describe, expect, it } from 'vitest';

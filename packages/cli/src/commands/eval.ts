@@ -1,5 +1,5 @@
 /** `splitllm eval`: mean next-token loss and perplexity of a model (+ adapter) over a text file. */
-import { evalBatches, meanLoss, unigramLoss } from '@splitllm/shared';
+import { evalBatches, meanLoss, unigramLoss } from '@splitllm/model';
 import { Args } from '../args';
 import { SHIPPED_MODEL_DIR, loadAdapterFor, loadModel, readText } from '../io';
 import { Progress } from '../progress';

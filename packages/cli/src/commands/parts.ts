@@ -8,8 +8,9 @@
 import { startCloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
-import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, type WireCodec } from '@splitllm/shared';
-import { randomToken } from '@splitllm/shared/node';
+import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
+import type { WireCodec } from '@splitllm/wire';
+import { randomToken } from '@splitllm/wire/node';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
 import { SHIPPED_MODEL_DIR } from '../io';

@@ -10,23 +10,8 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  AdamW,
-  Rng,
-  clipGradNorm,
-  evalBatches,
-  gpt2ForwardBackward,
-  learningRateAt,
-  meanLoss,
-  randomGpt2Weights,
-  sampleBatch,
-  trainByteLevelBpe,
-  unigramLoss,
-  type Gpt2Config,
-  type Gpt2Model,
-  type LrSchedule,
-} from '@splitllm/shared';
-import { writeGpt2Dir } from '@splitllm/shared/node';
+import { AdamW, Rng, clipGradNorm, evalBatches, gpt2ForwardBackward, learningRateAt, meanLoss, randomGpt2Weights, sampleBatch, trainByteLevelBpe, unigramLoss, type Gpt2Config, type Gpt2Model, type LrSchedule } from '@splitllm/model';
+import { writeGpt2Dir } from '@splitllm/model/node';
 import { Args } from '../args';
 import { mobyDickSplit, sotuUsers } from '../corpus';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';

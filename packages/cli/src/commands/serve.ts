@@ -4,7 +4,7 @@
  * persists in --state, so a restart resumes at the last recorded round. Runs until Ctrl-C, or
  * for --rounds rounds.
  */
-import { randomToken } from '@splitllm/shared/node';
+import { randomToken } from '@splitllm/wire/node';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Args } from '../args';

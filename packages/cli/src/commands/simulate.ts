@@ -3,8 +3,9 @@
  * edges and U headless users. Runs R rounds, prints one JSON object per round and writes the
  * final global adapter (PEFT layout) to --out.
  */
-import { DEFAULT_LORA_TRAIN } from '@splitllm/shared';
-import { loadAdapterDir, randomToken, saveAdapterDir } from '@splitllm/shared/node';
+import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
+import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
+import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';

@@ -1,6 +1,6 @@
 /** `splitllm train-central`: LoRA fine-tuning of the whole model in one process (the baseline). */
-import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, trainLoraCentral } from '@splitllm/shared';
-import { saveAdapterDir } from '@splitllm/shared/node';
+import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, trainLoraCentral } from '@splitllm/model';
+import { saveAdapterDir } from '@splitllm/model/node';
 import { Args } from '../args';
 import { SHIPPED_MODEL_DIR, loadModel, readText } from '../io';
 import { Progress } from '../progress';

@@ -15,7 +15,7 @@
  *       the device's workgroup-count limit. Memory-bound (4 reads, 3 writes per element).
  */
 import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
-import type { AdamWOptions } from '@splitllm/shared';
+import type { AdamWOptions } from '@splitllm/model';
 
 const WG = 64;
 

@@ -9,7 +9,7 @@
  *
  * The test imports only the types below (`import type`), so nothing here runs in Node.
  */
-import type { AdamWOptions, Gpt2Config, Gpt2Model, LoraAdapter, LoraConfig } from '@splitllm/shared';
+import type { AdamWOptions, Gpt2Config, Gpt2Model, LoraAdapter, LoraConfig } from '@splitllm/model';
 import { UserSegmentEngine, type KernelVariants } from '../../src/engine';
 import { requestKernelDevice } from '../../src/gpu';
 

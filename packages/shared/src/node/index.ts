@@ -1,3 +1,0 @@
-export * from './model-io';
-export * from './chromium';
-export * from './auth';

@@ -1,0 +1,3 @@
+export * from './frame';
+export * from './manifest';
+export * from './http';
