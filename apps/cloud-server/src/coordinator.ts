@@ -10,7 +10,7 @@
  */
 import { adapterFromNamedTensors, adapterToNamedTensors, adapterSubset, AdapterCheckError, cloneAdapter, IGNORE_INDEX, type Gpt2Config, type LoraAdapter, type SplitPlan } from '@splitllm/model';
 import { checkAdamWUpdate, LoraTrainState, type AdapterUpdate, type AggregationStrategy, type LoraTrainSnapshot } from '@splitllm/federation';
-import { decodeFrame, encodeErrorFrame, encodeFrame, expectRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, stringField, type Frame, type TrainSettings } from '@splitllm/wire';
+import { decodeFrame, encodeErrorFrame, encodeFrame, expectFrameRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, stringField, type Frame, type TrainSettings } from '@splitllm/wire';
 import type { MetricsRegistry } from '@splitllm/wire/node';
 import type { TailSegment } from '@splitllm/onnx-runner';
 import type { RoundRecord, RoundStore } from './store';
@@ -287,7 +287,7 @@ export class Coordinator {
   private edgeRound(e: EdgeInfo, f: Frame): EdgeRound {
     const r = this.active;
     if (!r) throw new ProtocolError('NO_ROUND', 'no round is running');
-    expectRoundStep(f, r.round);
+    expectFrameRoundStep(f, r.round);
     const er = r.edges.get(e.edgeId);
     if (!er) throw new ProtocolError('NOT_IN_ROUND', `edge "${e.edgeId}" does not take part in round ${r.round}`);
     if (er.upload) throw new ProtocolError('ROUND_UPLOADED', `edge "${e.edgeId}" already uploaded its round ${r.round} result`);
@@ -324,7 +324,7 @@ export class Coordinator {
     const turn = er.turn;
     if (!turn) throw new ProtocolError('NO_TURN', 'a forward frame needs a user-begin first');
     if (turn.steps >= this.o.train.stepsPerUser) throw new ProtocolError('TOO_MANY_STEPS', `a turn has ${this.o.train.stepsPerUser} steps`);
-    expectRoundStep(f, this.active!.round, turn.steps + 1);
+    expectFrameRoundStep(f, this.active!.round, turn.steps + 1);
     const userId = stringField(f, 'userId');
     if (userId !== turn.userId) throw new ProtocolError('UNKNOWN_USER', `forward for user "${userId}" during user "${turn.userId}"'s turn`);
     const { batch: B, seq: T } = this.o.train;

@@ -13,7 +13,7 @@
  */
 import { AdapterCheckError, adapterFromNamedTensors, adapterToNamedTensors, IGNORE_INDEX, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
 import { checkAdamWUpdate, LoraTrainState } from '@splitllm/federation';
-import { decodeFrame, encodeErrorFrame, encodeFrame, expectRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, responseError, stringField, type Frame, type RunManifest } from '@splitllm/wire';
+import { decodeFrame, encodeErrorFrame, encodeFrame, expectFrameRoundStep, f32Tensor, i32Tensor, intField, ProtocolError, responseError, stringField, type Frame, type RunManifest } from '@splitllm/wire';
 import { type MetricsRegistry, checkUserToken } from '@splitllm/wire/node';
 import { peakRssBytes, type BlocksSegment } from '@splitllm/onnx-runner';
 import { WebSocket } from 'ws';
@@ -487,7 +487,7 @@ export class Edge {
         let h: Float32Array | undefined;
         let targets: Int32Array | undefined;
         await this.awaitUser(u, 'forward', (f) => {
-          expectRoundStep(f, round, step);
+          expectFrameRoundStep(f, round, step);
           const hh = f32Tensor(f, 'h', [B, T, D]);
           const tt = i32Tensor(f, 'targets', [B, T]);
           for (let i = 0; i < tt.length; i++) {
@@ -500,7 +500,7 @@ export class Edge {
         const t0 = performance.now();
         const fwd = await this.o.blocks.forward(state.train.adapter, h!, B, T);
         const reply = this.awaitCloud('backward', (f) => {
-          expectRoundStep(f, round, step);
+          expectFrameRoundStep(f, round, step);
           f32Tensor(f, 'dh', [B, T, D]);
         });
         this.sendCloud(encodeFrame('forward', { round, step, userId: u.userId }, { h: { data: fwd.y, shape: [B, T, D], codec }, targets: { data: targets!, shape: [B, T] } }));
@@ -524,7 +524,7 @@ export class Edge {
       const global = (await this.adaptersFor(state.version)).user;
       let adapter: LoraAdapter | undefined;
       await this.awaitUser(u, 'adapter', (f) => {
-        expectRoundStep(f, round);
+        expectFrameRoundStep(f, round);
         const a = adapterFromNamedTensors(this.o.manifest.lora, f.tensors);
         checkAdamWUpdate(global, a, this.o.manifest.train.adamw.lr, steps);
         adapter = a;

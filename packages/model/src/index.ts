@@ -1,3 +1,4 @@
+export * from './coded-error';
 export * from './tensor';
 export * from './rng';
 export * from './compare';

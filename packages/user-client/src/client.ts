@@ -8,7 +8,7 @@
  * and the token ids of the inputs stay here.
  */
 import { adapterFromNamedTensors, adapterToNamedTensors, decodeSegment, Gpt2Tokenizer, Rng, sampleBatch, type Gpt2Config, type LoraAdapter, type TokenBatch } from '@splitllm/model';
-import { decodeFrame, encodeFrame, expectRoundStep, f32Tensor, intField, parseRunManifest, ProtocolError, responseError, type Frame, type RunManifest } from '@splitllm/wire';
+import { decodeFrame, encodeFrame, expectFrameRoundStep, f32Tensor, intField, parseRunManifest, ProtocolError, responseError, type Frame, type RunManifest } from '@splitllm/wire';
 import type { GpuContext } from '@splitllm/lora-kernels';
 import { createUserTrainer, type UserEngineKind, type UserTrainer } from './trainers';
 
@@ -414,7 +414,7 @@ export class UserClient {
         const reply = this.next('backward');
         this.send(encodeFrame('forward', { round, step }, { h: { data: h1, shape: [B, T, D], codec }, targets: { data: batch.targets, shape: [B, T] } }));
         const back = await reply;
-        expectRoundStep(back, round, step);
+        expectFrameRoundStep(back, round, step);
         const dh1 = f32Tensor(back, 'dh', [B, T, D]);
         await trainer.backwardAndStep(dh1);
         const count = intField(back, 'count');

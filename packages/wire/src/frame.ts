@@ -34,33 +34,10 @@
  * any alignment requirement on the buffer the caller hands us.
  */
 import { f16ToF32 } from '@splitllm/model';
+import { CODECS, type Codec, F16_MAX, f32ToF16Bits, isCodec } from './codecs';
+import { ProtocolError } from './errors';
 
 // ---------------------------------------------------------------- errors and constants
-
-export type Codec = 'f32' | 'f16' | 'int8';
-export const CODECS: readonly Codec[] = ['f32', 'f16', 'int8'];
-
-export type ProtocolErrorCode =
-  | 'BAD_FRAME'
-  | 'FRAME_TOO_LARGE'
-  | 'UNKNOWN_TYPE'
-  | 'BAD_FIELD'
-  | 'BAD_TENSOR'
-  | 'BAD_SHAPE'
-  | 'NOT_FINITE'
-  | 'CODEC_RANGE'
-  | 'WRONG_ROUND'
-  | 'WRONG_STEP';
-
-export class ProtocolError extends Error {
-  // `string` too, so servers can carry their own codes (e.g. from an error frame) in one type
-  readonly code: ProtocolErrorCode | string;
-  constructor(code: ProtocolErrorCode | string, message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-    this.code = code;
-  }
-}
 
 /** Default frame size limit: comfortably above one GPT-2 activation batch, far below OOM. */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 2 ** 20;
@@ -71,8 +48,6 @@ export const MAX_WIRE_TENSOR_ELEMENTS = 2 ** 28;
 export const MAX_WIRE_TENSOR_NAME_LENGTH = 200;
 export const MAX_STRING_FIELD_LENGTH = 256;
 export const MAX_ERROR_MESSAGE_LENGTH = 2000;
-/** Largest finite IEEE half. */
-export const F16_MAX = 65504;
 /** Room for the JSON header of a generation frame (`generate`, `logits`) on top of its tensor. */
 export const GENERATION_HEADER_BYTES = 64 * 1024;
 
@@ -93,9 +68,11 @@ export function maxLogitsFrameBytes(c: { vocabSize: number }): number {
 
 /**
  * Field kinds: 'int' safe integer >= 0, 'number' finite, 'string' non-empty <= 256 chars,
- * 'text' non-empty <= 2000 chars (error messages), 'bool', 'json' any JSON value.
+ * 'text' non-empty <= 2000 chars (error messages), 'bool', 'codec' one of CODECS, 'users' a list
+ * of {userId, tokens, steps} (an update's users). A trailing '?' makes the field optional.
  */
-export type WireFieldKind = 'int' | 'number' | 'string' | 'text' | 'bool' | 'json';
+export type WireFieldKind = 'int' | 'number' | 'string' | 'text' | 'bool' | 'codec' | 'users';
+export type WireFieldSpec = WireFieldKind | `${WireFieldKind}?`;
 export type WireDtype = 'f32' | 'i32';
 
 export interface WireTensorSpec {
@@ -104,7 +81,7 @@ export interface WireTensorSpec {
 }
 
 export interface WireMessageSpec {
-  readonly fields: { readonly [name: string]: WireFieldKind };
+  readonly fields: { readonly [name: string]: WireFieldSpec };
   /** Tensors the message must carry; others may accompany them. */
   readonly tensors?: { readonly [name: string]: WireTensorSpec };
   /** A variable set of tensors (LoRA arrays) that must all have this dtype. */
@@ -120,7 +97,7 @@ export const MESSAGE_TYPES = {
   'edge-welcome': { fields: { edgeId: 'string', version: 'int' } },
   queue: { fields: { position: 'int', waiting: 'int' } },
   turn: {
-    fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'string' },
+    fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'codec' },
   },
   forward: {
     fields: { round: 'int', step: 'int' },
@@ -131,7 +108,7 @@ export const MESSAGE_TYPES = {
     tensors: { dh: F32_RANK3 },
   },
   adapter: { fields: { round: 'int', tokens: 'int', steps: 'int' }, anyTensors: 'f32' },
-  'turn-end': { fields: { round: 'int', accepted: 'bool' } },
+  'turn-end': { fields: { round: 'int', accepted: 'bool', reason: 'string?' } },
   'round-start': {
     fields: { round: 'int', version: 'int', usersPerEdge: 'int', stepsPerUser: 'int' },
   },
@@ -140,7 +117,7 @@ export const MESSAGE_TYPES = {
   'user-begin': { fields: { round: 'int', userId: 'string' } },
   'user-dropped': { fields: { round: 'int', userId: 'string' } },
   update: {
-    fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'json', userBytes: 'int' },
+    fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'users', userBytes: 'int' },
     anyTensors: 'f32',
   },
   error: { fields: { code: 'string', message: 'text' } },
@@ -178,7 +155,7 @@ export interface DecodedTensor {
 }
 
 export interface Frame {
-  type: MessageType;
+  type: string;
   /** Every header key except `type` and `tensors`, including ones the registry doesn't list. */
   fields: Record<string, unknown>;
   tensors: Map<string, DecodedTensor>;
@@ -284,53 +261,27 @@ export function tensorWireBytes(shape: number[], codec: Codec | 'i32'): number {
 
 const align4 = (n: number): number => (n + 3) & ~3;
 
-// ---------------------------------------------------------------- float32 -> float16
-
-const scratchF32 = new Float32Array(1);
-const scratchU32 = new Uint32Array(scratchF32.buffer);
-
-/**
- * float32 value -> IEEE half bits, round-to-nearest-even. Magnitudes that round past 65504
- * give infinity here; encodeFrame refuses anything above 65504 before calling this.
- */
-export function f32ToF16Bits(value: number): number {
-  scratchF32[0] = value;
-  const x = scratchU32[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0); // inf / quiet nan
-  const e = exp - 112; // rebias 127 -> 15
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // half subnormal: value = m * 2^-24 with m = (1.mant * 2^23) >> (14 - e)
-    const shift = 14 - e;
-    if (shift > 24) return sign; // below half the smallest subnormal: rounds to zero
-    const full = mant | 0x800000;
-    let m = full >>> shift;
-    const rem = full & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (m & 1) !== 0)) m++; // m = 1024 carries into the smallest normal
-    return sign | m;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) !== 0)) h++; // a carry bumps the exponent, as it should
-  return sign | h;
-}
-
-/** float32 values -> half bits (see f32ToF16Bits for range behaviour). */
-export function f32ToF16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
-  for (let i = 0; i < src.length; i++) out[i] = f32ToF16Bits(src[i]);
-  return out;
-}
-
 // ---------------------------------------------------------------- validation shared by both ends
 
 function fieldError(type: string, name: string, want: string, got: unknown): ProtocolError {
   return new ProtocolError(
     'BAD_FIELD',
     `message "${type}": field "${name}" must be ${want}, got ${describe(got)}`,
+  );
+}
+
+/** Users one `update` may list. */
+export const MAX_UPDATE_USERS = 10_000;
+
+function isUpdateUser(u: unknown): boolean {
+  if (!isPlainObject(u)) return false;
+  const id = own(u, 'userId');
+  return (
+    typeof id === 'string' &&
+    id.length > 0 &&
+    id.length <= MAX_STRING_FIELD_LENGTH &&
+    isNonNegInt(own(u, 'tokens')) &&
+    isNonNegInt(own(u, 'steps'))
   );
 }
 
@@ -353,8 +304,13 @@ function checkFieldKind(type: string, name: string, kind: WireFieldKind, v: unkn
     case 'bool':
       if (typeof v !== 'boolean') throw fieldError(type, name, 'a boolean', v);
       return;
-    case 'json':
-      if (v === undefined) throw fieldError(type, name, 'present', v);
+    case 'codec':
+      if (!isCodec(v)) throw fieldError(type, name, `one of ${CODECS.join(', ')}`, v);
+      return;
+    case 'users':
+      if (!Array.isArray(v) || v.length > MAX_UPDATE_USERS || !v.every(isUpdateUser)) {
+        throw fieldError(type, name, `a list of at most ${MAX_UPDATE_USERS} {userId, tokens, steps}`, v);
+      }
       return;
   }
 }
@@ -366,13 +322,16 @@ interface TensorMeta {
 
 /** Registry check: required fields with their kinds, required tensors with dtype and rank. */
 function checkMessage(
-  type: MessageType,
+  spec: WireMessageSpec,
+  type: string,
   fields: Record<string, unknown>,
   tensors: ReadonlyMap<string, TensorMeta>,
 ): void {
-  const spec: WireMessageSpec = MESSAGE_TYPES[type];
-  for (const [name, kind] of Object.entries(spec.fields)) {
-    checkFieldKind(type, name, kind, own(fields, name));
+  for (const [name, fieldSpec] of Object.entries(spec.fields)) {
+    const optional = fieldSpec.endsWith('?');
+    const v = own(fields, name);
+    if (optional && v === undefined) continue;
+    checkFieldKind(type, name, (optional ? fieldSpec.slice(0, -1) : fieldSpec) as WireFieldKind, v);
   }
   if (spec.tensors) {
     for (const [name, want] of Object.entries(spec.tensors)) {
@@ -438,6 +397,20 @@ export function encodeFrame(
   tensors?: Record<string, TensorInput> | Map<string, TensorInput>,
 ): Uint8Array {
   if (!isMessageType(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
+  return encodeFrameWith(MESSAGE_TYPES[type], type, fields, tensors);
+}
+
+/**
+ * Builds the frame of message `type` as `spec` declares it. Validates like the decoder does
+ * (spec, shapes, finiteness, f16 range) so a sender finds its own bug at the source instead of
+ * as an error frame from its peer.
+ */
+export function encodeFrameWith(
+  spec: WireMessageSpec,
+  type: string,
+  fields: Record<string, unknown>,
+  tensors?: Record<string, TensorInput> | Map<string, TensorInput>,
+): Uint8Array {
   if (!isPlainObject(fields)) throw new ProtocolError('BAD_FIELD', `message "${type}": fields must be an object`);
   for (const reserved of ['type', 'tensors']) {
     if (Object.hasOwn(fields, reserved)) {
@@ -479,7 +452,7 @@ export function encodeFrame(
     metas.set(name, { dtype, shape });
     payloadBytes = align4(payloadBytes + byteLength);
   });
-  checkMessage(type, fields, metas);
+  checkMessage(spec, type, fields, metas);
 
   const header: Record<string, unknown> = { type };
   for (const [k, v] of Object.entries(fields)) setOwn(header, k, v);
@@ -601,8 +574,23 @@ interface WireTensor {
  * their memory (copies), so `bytes` may be reused as soon as this returns.
  */
 export function decodeFrame(bytes: Uint8Array, limits?: DecodeLimits): Frame {
+  return decodeFrameWith(bytes, limits, (type) => {
+    if (!isMessageType(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
+    return MESSAGE_TYPES[type];
+  });
+}
+
+/**
+ * Parses and fully validates a frame whose message spec `specFor` gives by type (it throws
+ * for a type its channel does not carry). Throws ProtocolError only.
+ */
+export function decodeFrameWith(
+  bytes: Uint8Array,
+  limits: DecodeLimits | undefined,
+  specFor: (type: string) => WireMessageSpec,
+): Frame {
   try {
-    return decodeUnchecked(bytes, limits);
+    return decodeUnchecked(bytes, limits, specFor);
   } catch (err) {
     if (err instanceof ProtocolError) throw err;
     // belt and braces: nothing below should throw anything else, but a server must be able
@@ -611,7 +599,11 @@ export function decodeFrame(bytes: Uint8Array, limits?: DecodeLimits): Frame {
   }
 }
 
-function decodeUnchecked(bytes: Uint8Array, limits: DecodeLimits | undefined): Frame {
+function decodeUnchecked(
+  bytes: Uint8Array,
+  limits: DecodeLimits | undefined,
+  specFor: (type: string) => WireMessageSpec,
+): Frame {
   const maxBytes = limits?.maxBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const maxTensors = limits?.maxTensors ?? DEFAULT_MAX_FRAME_TENSORS;
   if (!(maxBytes >= 0) || !(maxTensors >= 0)) {
@@ -638,7 +630,10 @@ function decodeUnchecked(bytes: Uint8Array, limits: DecodeLimits | undefined): F
   }
   if (!isPlainObject(header)) throw new ProtocolError('BAD_FRAME', `header is not a JSON object: ${describe(header)}`);
   const type = own(header, 'type');
-  if (!isMessageType(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
+  if (typeof type !== 'string' || type.length === 0 || type.length > MAX_STRING_FIELD_LENGTH) {
+    throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
+  }
+  const spec = specFor(type);
   const table = own(header, 'tensors');
   if (!Array.isArray(table)) throw new ProtocolError('BAD_FRAME', `message "${type}": "tensors" is not an array`);
   if (table.length > maxTensors) {
@@ -657,7 +652,7 @@ function decodeUnchecked(bytes: Uint8Array, limits: DecodeLimits | undefined): F
     wire.set(t.name, t);
   });
   checkOverlap([...wire.values()]);
-  checkMessage(type, fields, wire);
+  checkMessage(spec, type, fields, wire);
 
   const tensors = new Map<string, DecodedTensor>();
   for (const t of wire.values()) {
@@ -826,7 +821,7 @@ export function stringField(frame: Frame, name: string, maxLength = MAX_STRING_F
 }
 
 /** Rejects a frame from another round or step: late frames must not leak into the current one. */
-export function expectRoundStep(frame: Frame, round: number, step?: number): void {
+export function expectFrameRoundStep(frame: Frame, round: number, step?: number): void {
   const r = intField(frame, 'round');
   if (r !== round) {
     throw new ProtocolError('WRONG_ROUND', `message "${frame.type}" is for round ${r}, expected round ${round}`);

@@ -1,4 +1,4 @@
-import { ProtocolError } from './frame';
+import { ProtocolError } from './errors';
 
 /**
  * Our servers answer a refused request with a JSON body `{ code, message }`; anything else (a

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type Frame, type ProtocolErrorCode, type TensorInput, CODECS, DEFAULT_MAX_FRAME_BYTES, MESSAGE_TYPES, ProtocolError, decodeFrame, encodeErrorFrame, encodeFrame, expectRoundStep, f32Tensor, f32ToF16Bits, i32Tensor, intField, numberField, stringField, tensorWireBytes } from '../src/frame';
+import { type Frame, type ProtocolErrorCode, type TensorInput, CODECS, DEFAULT_MAX_FRAME_BYTES, MESSAGE_TYPES, ProtocolError, decodeFrame, encodeErrorFrame, encodeFrame, expectFrameRoundStep, f32Tensor, f32ToF16Bits, i32Tensor, intField, numberField, stringField, tensorWireBytes } from '../src/index';
 import { f16ToF32, Rng } from '@splitllm/model';
 
 // ---------------------------------------------------------------- helpers
@@ -313,13 +313,13 @@ describe('protocol accessors', () => {
     expectCode(() => stringField(b, 's'), 'BAD_FIELD', 'non-empty');
   });
 
-  it('expectRoundStep reports both values', () => {
-    expect(() => expectRoundStep(frame, 3)).not.toThrow();
-    expect(() => expectRoundStep(frame, 3, 1)).not.toThrow();
-    expectCode(() => expectRoundStep(frame, 4, 1), 'WRONG_ROUND', 'round 3', 'round 4');
-    expectCode(() => expectRoundStep(frame, 3, 2), 'WRONG_STEP', 'step 1', 'step 2');
+  it('expectFrameRoundStep reports both values', () => {
+    expect(() => expectFrameRoundStep(frame, 3)).not.toThrow();
+    expect(() => expectFrameRoundStep(frame, 3, 1)).not.toThrow();
+    expectCode(() => expectFrameRoundStep(frame, 4, 1), 'WRONG_ROUND', 'round 3', 'round 4');
+    expectCode(() => expectFrameRoundStep(frame, 3, 2), 'WRONG_STEP', 'step 1', 'step 2');
     const noStep = decodeFrame(encodeFrame('round-end', { round: 3, version: 1 }));
-    expectCode(() => expectRoundStep(noStep, 3, 0), 'BAD_FIELD', '"step"');
+    expectCode(() => expectFrameRoundStep(noStep, 3, 0), 'BAD_FIELD', '"step"');
   });
 });
 
