@@ -99,6 +99,13 @@ function test() {
   ensureAll();
   step('type check (tsc --noEmit, strict)');
   const tscOk = run('pnpm', ['typecheck']) === 0;
+  // Biome: the formatter's layout (120 columns) and the linter's recommended rules, as biome.json sets them
+  step('lint and format check (biome ci)');
+  const lintOk = run('pnpm', ['exec', 'biome', 'ci', '.']) === 0;
+  // no import circles, within a package or across packages (tsconfig.deps.json maps the workspace names)
+  step('import circles (madge)');
+  const madgeArgs = ['exec', 'madge', '--circular', '--extensions', 'ts', '--ts-config', 'tsconfig.deps.json'];
+  const circlesOk = run('pnpm', [...madgeArgs, 'packages', 'apps', 'e2e']) === 0;
   const reports = mkdtempSync(join(tmpdir(), 'splitllm-tests-'));
   let passed = 0;
   let failed = 0;
@@ -138,6 +145,8 @@ function test() {
     if (code !== 0) failedPackages.push('e2e');
   }
   if (!tscOk) failedPackages.push('typecheck');
+  if (!lintOk) failedPackages.push('lint (run: pnpm exec biome check --write .)');
+  if (!circlesOk) failedPackages.push('import circles');
   if (skipped > 0) failedPackages.push(`${skipped} skipped test(s): a skipped test is not a passing one`);
   if (failedPackages.length > 0) console.log(`failed: ${[...new Set(failedPackages)].join(', ')}`);
   // the closing line CI reads

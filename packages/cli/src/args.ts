@@ -3,9 +3,14 @@
  * accessors that turn a missing or malformed value into a UsageError (one line, exit 2).
  */
 import { parseArgs } from 'node:util';
+import { CodedError } from '@splitllm/model';
 
-export class UsageError extends Error {
+/** Bad arguments: exit code 2, as usage errors conventionally have. */
+export class UsageError extends CodedError<'USAGE'> {
   readonly exitCode = 2;
+  constructor(message: string) {
+    super('USAGE', message);
+  }
 }
 
 export type OptionSpec = Record<string, { type: 'string' | 'boolean'; short?: string }>;

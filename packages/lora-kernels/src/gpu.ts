@@ -6,16 +6,9 @@
  *
  * Browser-safe: no Node API here.
  */
+import { CodedError } from '@splitllm/model';
 
-export class GpuError extends Error {
-  constructor(
-    readonly code: 'NO_WEBGPU' | 'NO_ADAPTER' | 'DOES_NOT_FIT' | 'GPU_VALIDATION' | 'GPU_LOST',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'GpuError';
-  }
-}
+export class GpuError extends CodedError<'NO_WEBGPU' | 'NO_ADAPTER' | 'DOES_NOT_FIT' | 'GPU_VALIDATION' | 'GPU_LOST'> {}
 
 /** What a kernel needs to know about the device it runs on. */
 export interface AdapterSummary {

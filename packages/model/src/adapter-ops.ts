@@ -2,19 +2,13 @@
  * Copies, subsets and the named-tensor (wire) form of LoRA adapters, and the error every adapter
  * check throws. Browser-safe.
  */
+import { CodedError } from './coded-error';
 import { type LoraAdapter, type LoraConfig, type LoraPair, LORA_TARGETS, isLoraTarget, parseLoraModulePath } from './lora';
 import { type Tensor, numel } from './tensor';
 
 export type AdapterCheckCode = 'ADAPTER_CONFIG' | 'ADAPTER_SHAPE' | 'ADAPTER_NOT_FINITE' | 'ADAPTER_NORM' | 'ADAPTER_MODULE';
 
-export class AdapterCheckError extends Error {
-  readonly code: AdapterCheckCode;
-  constructor(code: AdapterCheckCode, message: string) {
-    super(message);
-    this.name = 'AdapterCheckError';
-    this.code = code;
-  }
-}
+export class AdapterCheckError extends CodedError<AdapterCheckCode> {}
 
 export function cloneTensorCopy(t: Tensor): Tensor {
   return { shape: [...t.shape], data: t.data.slice() };

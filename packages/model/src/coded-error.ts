@@ -5,8 +5,8 @@
  */
 export class CodedError<C extends string = string> extends Error {
   readonly code: C;
-  constructor(code: C, message: string) {
-    super(message);
+  constructor(code: C, message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = new.target.name;
     this.code = code;
   }

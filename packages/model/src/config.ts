@@ -3,6 +3,7 @@
  * Only the fields the math needs are kept; anything that would change the math and that we
  * do not implement (another activation, untied head, ...) is rejected with a clear error.
  */
+import { CodedError } from './coded-error';
 export interface Gpt2Config {
   vocabSize: number;
   nPositions: number;
@@ -16,8 +17,10 @@ export interface Gpt2Config {
   eosTokenId: number;
 }
 
-export class ConfigError extends Error {
-  readonly code = 'BAD_CONFIG';
+export class ConfigError extends CodedError<'BAD_CONFIG'> {
+  constructor(message: string) {
+    super('BAD_CONFIG', message);
+  }
 }
 
 function int(json: Record<string, unknown>, key: string, fallback?: number): number {

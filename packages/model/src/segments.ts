@@ -13,6 +13,7 @@
  *
  * Browser-safe.
  */
+import { CodedError } from './coded-error';
 import { type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from './config';
 import { type Gpt2Model, type SplitPlan, validateSplitPlan } from './model';
 import { SafetensorsError, parseSafetensors, readSafetensors, writeSafetensors } from './formats/safetensors';
@@ -25,12 +26,9 @@ export const TIERS: readonly Tier[] = ['user', 'edge', 'cloud'];
 
 export const SEGMENT_FORMAT = 'splitllm-segment';
 
-export class SegmentError extends Error {
-  readonly code: string;
-  constructor(message: string, code = 'SEGMENT_BAD', options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'SegmentError';
-    this.code = code;
+export class SegmentError extends CodedError<'SEGMENT_BAD'> {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('SEGMENT_BAD', message, options);
   }
 }
 
@@ -96,7 +94,7 @@ export interface DecodedSegment {
 }
 
 function bad(message: string, cause?: unknown): never {
-  throw new SegmentError(`segment: ${message}`, 'SEGMENT_BAD', cause === undefined ? undefined : { cause });
+  throw new SegmentError(`segment: ${message}`, cause === undefined ? undefined : { cause });
 }
 
 function metaInt(meta: Record<string, string>, key: 'k' | 'm'): number {

@@ -10,6 +10,7 @@
  * (CUDA needs its provider libraries and CUDA 12 + cuDNN 9 on the host); the runner then uses
  * 'cpu' for the rest of its life and says so once through `log` and in `provider`.
  */
+import { CodedError } from '@splitllm/model';
 import { Worker } from 'node:worker_threads';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu';
@@ -35,15 +36,18 @@ export interface LoadedGraph {
   outputs: string[];
 }
 
-export class RunnerError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'RunnerError';
-  }
-}
+export type RunnerErrorCode =
+  | 'BAD_PROVIDER'
+  | 'BAD_THREADS'
+  | 'ONNX_MISSING_INPUT'
+  | 'ONNX_UNKNOWN_GRAPH'
+  | 'RUNNER_CLOSED'
+  | 'RUNNER_DIED'
+  | 'ONNX_LOAD_FAILED'
+  | 'ONNX_RUN_FAILED'
+  | 'ONNX_RUNNER_ERROR';
+
+export class RunnerError extends CodedError<RunnerErrorCode> {}
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -75,7 +79,7 @@ export class SegmentRunner {
       if (!p) return;
       this.pending.delete(msg.id);
       if (msg.ok) p.resolve(msg.result);
-      else p.reject(new RunnerError(msg.error!.code, msg.error!.message));
+      else p.reject(new RunnerError(msg.error!.code as RunnerErrorCode, msg.error!.message));
     });
     const die = (e: RunnerError) => {
       this.dead ??= e;

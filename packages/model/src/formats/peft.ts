@@ -11,6 +11,7 @@
  *
  * Browser-safe.
  */
+import { CodedError } from '../coded-error';
 import type { Gpt2Config } from '../config';
 import { type LoraAdapter, type LoraPair, type LoraTarget, LORA_TARGETS, loraScale, loraTargetDims, parseLoraModulePath } from '../lora';
 import { readSafetensors, writeSafetensors } from './safetensors';
@@ -21,11 +22,9 @@ export const PEFT_CONFIG_FILE = 'adapter_config.json';
 export const PEFT_WEIGHTS_FILE = 'adapter_model.safetensors';
 export const PEFT_KEY_PREFIX = 'base_model.model.transformer.';
 
-export class PeftError extends Error {
-  readonly code = 'BAD_PEFT_ADAPTER';
+export class PeftError extends CodedError<'BAD_PEFT_ADAPTER'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'PeftError';
+    super('BAD_PEFT_ADAPTER', message);
   }
 }
 

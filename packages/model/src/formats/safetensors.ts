@@ -10,6 +10,7 @@
  * so a 500 MB checkpoint is held once. Misaligned F32 tensors are copied; F16 and BF16 are
  * converted to new Float32Arrays.
  */
+import { CodedError } from '../coded-error';
 import { type Tensor, numel } from '../tensor';
 
 export type SafetensorsErrorCode =
@@ -19,14 +20,7 @@ export type SafetensorsErrorCode =
   | 'SAFETENSORS_BAD_OFFSETS'
   | 'SAFETENSORS_BAD_TENSOR';
 
-export class SafetensorsError extends Error {
-  readonly code: SafetensorsErrorCode;
-  constructor(code: SafetensorsErrorCode, message: string) {
-    super(message);
-    this.name = 'SafetensorsError';
-    this.code = code;
-  }
-}
+export class SafetensorsError extends CodedError<SafetensorsErrorCode> {}
 
 /** One tensor entry of the header. `dataOffsets` are relative to the data section. */
 export interface SafetensorInfo {

@@ -5,11 +5,13 @@
  * piece's UTF-8 bytes to GPT-2's printable "byte characters", then apply merges lowest rank first.
  * Browser-safe: only TextEncoder/TextDecoder, no Node APIs.
  */
+import { CodedError } from '../coded-error';
 import { Heap } from '../heap';
 
-export class TokenizerError extends Error {
-  readonly code = 'BAD_TOKENIZER';
-  override name = 'TokenizerError';
+export class TokenizerError extends CodedError<'BAD_TOKENIZER'> {
+  constructor(message: string) {
+    super('BAD_TOKENIZER', message);
+  }
 }
 
 export interface TokenizerOptions {

@@ -6,6 +6,7 @@
  * The checkpoint is read once into a single buffer and every F32 tensor is a view into it, so
  * loading a model costs about one file size of memory, not two.
  */
+import { CodedError } from '../coded-error';
 import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from '../config';
@@ -23,14 +24,7 @@ export const GPT2_DIR_FILES = {
   merges: 'merges.txt',
 } as const;
 
-export class ModelIoError extends Error {
-  readonly code: 'MODEL_IO_MISSING_FILE' | 'MODEL_IO_BAD_FILE';
-  constructor(code: 'MODEL_IO_MISSING_FILE' | 'MODEL_IO_BAD_FILE', message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'ModelIoError';
-    this.code = code;
-  }
-}
+export class ModelIoError extends CodedError<'MODEL_IO_MISSING_FILE' | 'MODEL_IO_BAD_FILE'> {}
 
 export interface Gpt2Dir {
   config: Gpt2Config;
