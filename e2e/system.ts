@@ -24,7 +24,9 @@ export interface System {
   operatorToken: string;
   /** a fresh single-use join link */
   joinLink(params?: Record<string, string>): Promise<string>;
-  rounds(): Promise<Array<{ round: number; version: number; participants: string[]; users: number; loss: number | null }>>;
+  rounds(): Promise<
+    Array<{ round: number; version: number; participants: string[]; users: number; loss: number | null }>
+  >;
   stop(): Promise<void>;
 }
 
@@ -41,7 +43,11 @@ export interface SystemOptions {
 export async function startSystem(o: SystemOptions): Promise<System> {
   const state = mkdtempSync(join(tmpdir(), `splitllm-e2e-${o.name}-`));
   const operatorToken = `operator-${o.name}-${Date.now()}`;
-  const env = { SPLITLLM_EDGE_SECRET: `edge-secret-${o.name}`, SPLITLLM_OPERATOR_TOKEN: operatorToken, SPLITLLM_EDGE_OPERATOR_TOKEN: operatorToken };
+  const env = {
+    SPLITLLM_EDGE_SECRET: `edge-secret-${o.name}`,
+    SPLITLLM_OPERATOR_TOKEN: operatorToken,
+    SPLITLLM_EDGE_OPERATOR_TOKEN: operatorToken,
+  };
   const logDir = join(LOG_DIR, o.name);
   const parts: Part[] = [];
   const stop = async () => {
@@ -49,9 +55,25 @@ export async function startSystem(o: SystemOptions): Promise<System> {
   };
   try {
     const cloudArgs = [
-      'cloud', '--model', SHIPPED_MODEL_DIR, '--state', state, '--port', '0', '--web', WEB_DIR,
-      '--steps-per-user', String(o.stepsPerUser), '--users-per-edge', String(o.usersPerEdge),
-      '--min-users', String(o.minUsers), '--min-edges', String(o.minEdges), '--threads', '1',
+      'cloud',
+      '--model',
+      SHIPPED_MODEL_DIR,
+      '--state',
+      state,
+      '--port',
+      '0',
+      '--web',
+      WEB_DIR,
+      '--steps-per-user',
+      String(o.stepsPerUser),
+      '--users-per-edge',
+      String(o.usersPerEdge),
+      '--min-users',
+      String(o.minUsers),
+      '--min-edges',
+      String(o.minEdges),
+      '--threads',
+      '1',
     ];
     if (o.lr !== undefined) cloudArgs.push('--lr', String(o.lr));
     const cloud = startPart('cloud', cloudArgs, { logDir, env });
@@ -60,7 +82,10 @@ export async function startSystem(o: SystemOptions): Promise<System> {
     const edges: Edge[] = [];
     for (let i = 0; i < o.edges; i++) {
       const id = `edge-${i}`;
-      const p = startPart(id, ['edge', '--cloud', cloudUrl, '--id', id, '--port', '0', '--threads', '1'], { logDir, env });
+      const p = startPart(id, ['edge', '--cloud', cloudUrl, '--id', id, '--port', '0', '--threads', '1'], {
+        logDir,
+        env,
+      });
       parts.push(p);
       const r = await p.ready;
       edges.push({ id, url: String(r.url), adminUrl: String(r.adminUrl ?? `${String(r.url)}/admin`) });

@@ -60,12 +60,23 @@ test.describe.configure({ mode: 'serial' });
 test.beforeAll(async () => {
   mkdirSync(SHOTS, { recursive: true });
   // round 1 waits for three users on two edges; two users per edge per round
-  sys = await startSystem({ name: 'user-page', edges: 2, stepsPerUser: STEPS, usersPerEdge: 2, minUsers: 3, minEdges: 2, lr: 0.003 });
+  sys = await startSystem({
+    name: 'user-page',
+    edges: 2,
+    stepsPerUser: STEPS,
+    usersPerEdge: 2,
+    minUsers: 3,
+    minEdges: 2,
+    lr: 0.003,
+  });
 });
 
 test.afterAll(async () => {
   for (const u of Object.values(users)) await u.ctx.close().catch(() => undefined);
-  await dashboard?.context().close().catch(() => undefined);
+  await dashboard
+    ?.context()
+    .close()
+    .catch(() => undefined);
   await sys?.stop();
   writeFileSync(join(SHOTS, 'step-times.json'), JSON.stringify(stepMs, null, 2));
 });
@@ -107,7 +118,10 @@ function mean(xs: number[]): number {
 
 /** Step times the page reported (ms), read from each step's display as it changes. */
 async function followSteps(u: User, engine: string): Promise<void> {
-  await u.page.exposeFunction(`__stepMs_${u.name}`, (ms: number) => (stepMs[engine] ??= []).push(ms));
+  await u.page.exposeFunction(`__stepMs_${u.name}`, (ms: number) => {
+    stepMs[engine] ??= [];
+    stepMs[engine].push(ms);
+  });
   await u.page.evaluate((fn) => {
     const el = document.getElementById('step-ms')!;
     new MutationObserver(() => {
@@ -151,7 +165,11 @@ test('three users train a round; one tab closed mid-round; the dashboard lists t
   const a = users.a;
   await addText(a.page, TEXT.a);
   // a second document, picked as a .txt file
-  await a.page.setInputFiles('#doc-files', { name: 'fennimore.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT.a2) });
+  await a.page.setInputFiles('#doc-files', {
+    name: 'fennimore.txt',
+    mimeType: 'text/plain',
+    buffer: Buffer.from(TEXT.a2),
+  });
   await expect(a.page.locator('#docs li')).toHaveCount(2);
   await expect(a.page.locator('#start')).toBeEnabled();
   await a.page.screenshot({ path: join(SHOTS, '02-documents-added.png'), fullPage: true });
@@ -168,7 +186,10 @@ test('three users train a round; one tab closed mid-round; the dashboard lists t
     await expect(u.page.locator('#engine')).toHaveAttribute('data-kind', 'wgsl', { timeout: 60_000 });
     await expect(u.page.locator('#engine-reason')).toContainText('asked for');
   }
-  await expect(c.page.locator('#engine-reason')).toContainText(/software WebGPU adapter .*wgsl \d+ ms\/step vs wasm \d+ ms\/step, using (wgsl|wasm)/, { timeout: 60_000 });
+  await expect(c.page.locator('#engine-reason')).toContainText(
+    /software WebGPU adapter .*wgsl \d+ ms\/step vs wasm \d+ ms\/step, using (wgsl|wasm)/,
+    { timeout: 60_000 },
+  );
   console.log(`engine chosen by 'auto' ${await c.page.locator('#engine-reason').textContent()}`);
 
   // the operator of the edge that holds two users watches its dashboard
@@ -183,13 +204,18 @@ test('three users train a round; one tab closed mid-round; the dashboard lists t
   const opCtx = await browser.newContext();
   dashboard = await opCtx.newPage();
   await dashboard.goto(`${busyEdge.adminUrl}#token=${sys.operatorToken}`);
-  for (const u of busyUsers) await expect(dashboard.locator(`#users tr[data-user-id="${u.userId}"]`)).toBeVisible({ timeout: 30_000 });
+  for (const u of busyUsers)
+    await expect(dashboard.locator(`#users tr[data-user-id="${u.userId}"]`)).toBeVisible({ timeout: 30_000 });
 
   // a user of the busy edge goes away in the middle of its turn: its tab closes after two
   // steps (a WGSL user: its steps are slow enough on SwiftShader to close mid-turn)
   const leaver = busyUsers.find((u) => u !== c) ?? busyUsers[1];
   const stayers = [a, b, c].filter((u) => u !== leaver);
-  await leaver.page.waitForFunction(() => Number((document.getElementById('step-progress') as HTMLProgressElement).value) >= 2, null, { polling: 20, timeout: 240_000 });
+  await leaver.page.waitForFunction(
+    () => Number((document.getElementById('step-progress') as HTMLProgressElement).value) >= 2,
+    null,
+    { polling: 20, timeout: 240_000 },
+  );
   const stepAtClose = Number(await leaver.page.locator('#step-progress').getAttribute('value'));
   await leaver.page.screenshot({ path: join(SHOTS, '03-user-training.png'), fullPage: true });
   await leaver.ctx.close();
@@ -198,7 +224,9 @@ test('three users train a round; one tab closed mid-round; the dashboard lists t
 
   const round1 = await waitForRound(1);
   // the aggregate's participants: both edges, and the users who completed their turns
-  expect(round1.participants.sort()).toEqual([...sys.edges.map((e) => `edge:${e.id}`), ...stayers.map((u) => `user:${u.userId}`)].sort());
+  expect(round1.participants.sort()).toEqual(
+    [...sys.edges.map((e) => `edge:${e.id}`), ...stayers.map((u) => `user:${u.userId}`)].sort(),
+  );
 
   for (const u of stayers) {
     await expect(u.page.locator('#version')).toHaveText('1', { timeout: 60_000 });
@@ -276,7 +304,9 @@ test('a user on the wasm engine trains round 2', async ({ browser }) => {
   expect(mean(l.slice(-3))).toBeLessThan(mean(l.slice(0, 3)));
   await expect(d.page.locator('#version')).toHaveText('2', { timeout: 60_000 });
   await d.page.screenshot({ path: join(SHOTS, '09-wasm-user.png'), fullPage: true });
-  console.log(`step ms per engine: ${JSON.stringify(Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, { steps: v.length, median: [...v].sort((x, y) => x - y)[v.length >> 1] }])))}`);
+  console.log(
+    `step ms per engine: ${JSON.stringify(Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, { steps: v.length, median: [...v].sort((x, y) => x - y)[v.length >> 1] }])))}`,
+  );
 });
 
 test('privacy audit: no 16-byte window of any private text left any tab', async () => {
@@ -286,9 +316,14 @@ test('privacy audit: no 16-byte window of any private text left any tab', async 
   expect(recorder.httpBodies).toBeGreaterThan(0);
   // and it finds a text when one is sent (the matcher works)
   const control = new PrivacyRecorder();
-  control.sent.push({ what: 'control', bytes: Buffer.concat([Buffer.from([1, 2, 3]), Buffer.from(TEXT.c.slice(100, 117), 'utf8')]) });
+  control.sent.push({
+    what: 'control',
+    bytes: Buffer.concat([Buffer.from([1, 2, 3]), Buffer.from(TEXT.c.slice(100, 117), 'utf8')]),
+  });
   expect(control.findLeaks([TEXT.c])).toHaveLength(1);
   const leaks = recorder.findLeaks(Object.values(TEXT));
   expect(leaks, JSON.stringify(leaks.slice(0, 5))).toEqual([]);
-  console.log(`privacy audit: ${recorder.requests} requests, ${recorder.httpBodies} request bodies, ${recorder.wsFrames} WebSocket frames (${(recorder.wsBytes / 2 ** 20).toFixed(1)} MiB) sent; no window of the private texts found`);
+  console.log(
+    `privacy audit: ${recorder.requests} requests, ${recorder.httpBodies} request bodies, ${recorder.wsFrames} WebSocket frames (${(recorder.wsBytes / 2 ** 20).toFixed(1)} MiB) sent; no window of the private texts found`,
+  );
 });

@@ -13,7 +13,11 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const PNPM_VERSION = '12.21.0';
 // onnxruntime-node's install script downloads CUDA libraries from outside the npm registry;
 // better-sqlite3 compiles against the machine's Node headers (its prebuilt download fails here).
-const INSTALL_ENV = { ...process.env, ONNXRUNTIME_NODE_INSTALL: 'skip', npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr' };
+const INSTALL_ENV = {
+  ...process.env,
+  ONNXRUNTIME_NODE_INSTALL: 'skip',
+  npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr',
+};
 
 function step(message) {
   console.log(`==> ${message}`);
@@ -61,6 +65,7 @@ const DEBIAN_PACKAGES = ['chromium', 'libvulkan1'];
 
 function missingDebianPackages() {
   return DEBIAN_PACKAGES.filter((p) => {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format field, not a template
     const r = spawnSync('dpkg-query', ['-W', '-f=${Status}', p], { encoding: 'utf8' });
     return !(r.status === 0 && r.stdout.includes('install ok installed'));
   });
@@ -113,10 +118,14 @@ function test() {
   const failedPackages = [];
   for (const pkg of testedPackages()) {
     step(`tests: ${pkg}`);
-    const report = join(reports, pkg.replace('/', '-') + '.json');
-    const code = run('pnpm', ['exec', 'vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`], {
-      cwd: join(ROOT, pkg),
-    });
+    const report = join(reports, `${pkg.replace('/', '-')}.json`);
+    const code = run(
+      'pnpm',
+      ['exec', 'vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`],
+      {
+        cwd: join(ROOT, pkg),
+      },
+    );
     if (existsSync(report)) {
       const r = JSON.parse(readFileSync(report, 'utf8'));
       passed += r.numPassedTests;

@@ -1,3 +1,6 @@
 export * from './app';
-export * from './coordinator';
+export * from './edge-registry';
+export * from './errors';
+export * from './rounds';
 export * from './store';
+export * from './versions';

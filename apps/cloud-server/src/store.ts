@@ -138,7 +138,10 @@ export class RoundStore {
         }
         const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
         if (row?.version !== SCHEMA_VERSION) {
-          throw new Error(`${join(abs, STATE_DB_FILE)}: schema version ${row?.version ?? 'missing'}, this build reads version ${SCHEMA_VERSION}`);
+          throw new Error(
+            `${join(abs, STATE_DB_FILE)}: schema version ${row?.version ?? 'missing'}, ` +
+              `this build reads version ${SCHEMA_VERSION}`,
+          );
         }
         const getMeta = db.prepare('SELECT value FROM meta WHERE key = ?').pluck();
         const setMeta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
@@ -148,7 +151,9 @@ export class RoundStore {
           setMeta.run(META_BASE_MODEL, o.baseModel);
         } else if (Number(nLayer) !== o.nLayer) {
           // adapters of a model with another depth cannot be resumed; refuse before mixing them
-          throw new Error(`${abs}: this state belongs to a ${nLayer}-layer model, but the model has ${o.nLayer} layers`);
+          throw new Error(
+            `${abs}: this state belongs to a ${nLayer}-layer model, but the model has ${o.nLayer} layers`,
+          );
         }
       }).immediate();
     } catch (e) {
@@ -186,7 +191,11 @@ export class RoundStore {
   initGlobal(adapter: LoraAdapter): void {
     if (this.latestOrNull() !== null) return;
     const now = new Date().toISOString();
-    this.persist(adapter, { round: 0, tokens: 0, users: 0, edges: 0, loss: null, bytes: 0, startedAt: now, participants: [] }, -1);
+    this.persist(
+      adapter,
+      { round: 0, tokens: 0, users: 0, edges: 0, loss: null, bytes: 0, startedAt: now, participants: [] },
+      -1,
+    );
   }
 
   /** The highest recorded version (0 right after initGlobal). Throws before initGlobal. */
@@ -206,17 +215,24 @@ export class RoundStore {
    * rec.round is not latest().round + 1 (which covers an already recorded round).
    */
   commitRound(adapter: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>): RoundRecord {
-    if (!Number.isInteger(rec.round) || rec.round < 1) throw new Error(`commitRound: round must be an integer >= 1, got ${rec.round}`);
+    if (!Number.isInteger(rec.round) || rec.round < 1)
+      throw new Error(`commitRound: round must be an integer >= 1, got ${rec.round}`);
     return this.persist(adapter, rec, this.latest().round);
   }
 
   /** The shared commit path; `expectedPrev` is the version that must be latest (-1: none). */
-  private persist(adapter: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>, expectedPrev: number): RoundRecord {
+  private persist(
+    adapter: LoraAdapter,
+    rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>,
+    expectedPrev: number,
+  ): RoundRecord {
     const checkOrder = (): void => {
       const prev = this.latestOrNull()?.round ?? -1;
       if (prev === rec.round) throw new Error(`commitRound: round ${rec.round} is already recorded`);
       if (prev !== expectedPrev || rec.round !== prev + 1) {
-        throw new Error(`commitRound: round ${rec.round} does not follow the latest recorded version ${prev < 0 ? '(none)' : prev}`);
+        throw new Error(
+          `commitRound: round ${rec.round} does not follow the latest recorded version ${prev < 0 ? '(none)' : prev}`,
+        );
       }
     };
     checkOrder();
@@ -248,7 +264,17 @@ export class RoundStore {
               `INSERT INTO rounds (round, tokens, users, edges, loss, bytes, started_at, finished_at, participants)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
-            .run(rec.round, rec.tokens, rec.users, rec.edges, loss, rec.bytes, rec.startedAt, finishedAt, JSON.stringify(rec.participants));
+            .run(
+              rec.round,
+              rec.tokens,
+              rec.users,
+              rec.edges,
+              loss,
+              rec.bytes,
+              rec.startedAt,
+              finishedAt,
+              JSON.stringify(rec.participants),
+            );
         })
         .immediate();
     } catch (e) {
@@ -256,9 +282,7 @@ export class RoundStore {
       throw e;
     }
     this.sweepTempDirs();
-    return this.toRecord(
-      this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(rec.round) as RoundRow,
-    );
+    return this.toRecord(this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(rec.round) as RoundRow);
   }
 
   /**
@@ -283,7 +307,9 @@ export class RoundStore {
   }
 
   setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.db
+      .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value')
+      .run(key, value);
   }
 
   getMeta(key: string): string | undefined {
@@ -293,31 +319,43 @@ export class RoundStore {
   /** A random 32-hex-char token, recorded as unused. */
   issueJoinToken(): string {
     const token = randomBytes(16).toString('hex');
-    this.db.prepare('INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, ?, NULL)').run(token, new Date().toISOString());
+    this.db
+      .prepare('INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, ?, NULL)')
+      .run(token, new Date().toISOString());
     return token;
   }
 
   /** Marks the token used by userId; false for an unknown or already used token. */
   redeemJoinToken(token: string, userId: string): boolean {
     // one conditional UPDATE, so two concurrent redemptions cannot both succeed
-    return this.db.prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL').run(userId, token).changes === 1;
+    return (
+      this.db.prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL').run(userId, token)
+        .changes === 1
+    );
   }
 
   /** Records a user and its edge; a reassigned user keeps its original joined_at. */
   recordUser(userId: string, edgeId: string): void {
     this.db
-      .prepare('INSERT INTO users (user_id, edge_id, joined_at) VALUES (?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET edge_id = excluded.edge_id')
+      .prepare(
+        'INSERT INTO users (user_id, edge_id, joined_at) VALUES (?, ?, ?) ' +
+          'ON CONFLICT(user_id) DO UPDATE SET edge_id = excluded.edge_id',
+      )
       .run(userId, edgeId, new Date().toISOString());
   }
 
   users(): UserRecord[] {
-    const rows = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users ORDER BY joined_at, user_id').all() as UserRow[];
+    const rows = this.db
+      .prepare('SELECT user_id, edge_id, joined_at FROM users ORDER BY joined_at, user_id')
+      .all() as UserRow[];
     return rows.map(userRecord);
   }
 
   /** One user (a join, rejoin or generation request's check), or undefined. */
   user(userId: string): UserRecord | undefined {
-    const row = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users WHERE user_id = ?').get(userId) as UserRow | undefined;
+    const row = this.db.prepare('SELECT user_id, edge_id, joined_at FROM users WHERE user_id = ?').get(userId) as
+      | UserRow
+      | undefined;
     return row ? userRecord(row) : undefined;
   }
 

@@ -23,7 +23,8 @@ const opts = { baseModel: 'tiny-gpt2', nLayer: tiny.nLayer };
 function trained(seed: number): LoraAdapter {
   const a = initLoraAdapter(tiny, { r: 2, alpha: 4, targets: ['attn.c_attn', 'attn.c_proj'] }, 11);
   for (const { A, B } of a.layers.values()) {
-    for (const t of [A, B]) for (let i = 0; i < t.data.length; i++) t.data[i] += Math.fround(Math.sin(seed * 1000 + i) * 0.01);
+    for (const t of [A, B])
+      for (let i = 0; i < t.data.length; i++) t.data[i] += Math.fround(Math.sin(seed * 1000 + i) * 0.01);
   }
   return a;
 }
@@ -36,8 +37,12 @@ function expectSameAdapter(got: LoraAdapter, want: LoraAdapter): void {
     expect(g.A.shape).toEqual(A.shape);
     expect(g.B.shape).toEqual(B.shape);
     // bit-exact, not approximately equal
-    expect(Buffer.from(g.A.data.buffer, g.A.data.byteOffset, g.A.data.byteLength)).toEqual(Buffer.from(A.data.buffer, A.data.byteOffset, A.data.byteLength));
-    expect(Buffer.from(g.B.data.buffer, g.B.data.byteOffset, g.B.data.byteLength)).toEqual(Buffer.from(B.data.buffer, B.data.byteOffset, B.data.byteLength));
+    expect(Buffer.from(g.A.data.buffer, g.A.data.byteOffset, g.A.data.byteLength)).toEqual(
+      Buffer.from(A.data.buffer, A.data.byteOffset, A.data.byteLength),
+    );
+    expect(Buffer.from(g.B.data.buffer, g.B.data.byteOffset, g.B.data.byteLength)).toEqual(
+      Buffer.from(B.data.buffer, B.data.byteOffset, B.data.byteLength),
+    );
   }
 }
 

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkWebDir, webPagePlugin } from '../src/web';
+import { checkWebDir, webPagePlugin } from '../src/routes/web';
 
 function builtPage(): string {
   const dir = mkdtempSync(join(tmpdir(), 'splitllm-web-'));

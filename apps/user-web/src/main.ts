@@ -52,7 +52,9 @@ const ui = {
 const params = new URLSearchParams(location.search);
 let state: RunState = 'idle';
 let docs: store.StoredDoc[] = [];
-const worker = Comlink.wrap<TrainingWorkerApi>(new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'splitllm-training' }));
+const worker = Comlink.wrap<TrainingWorkerApi>(
+  new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'splitllm-training' }),
+);
 
 // ---------------------------------------------------------------------------------------------
 // join link / code
@@ -106,7 +108,9 @@ function renderDocs(): void {
     }),
   );
   const total = docs.reduce((n, d) => n + d.text.length, 0);
-  ui.docsSummary.textContent = docs.length ? `${docs.length} document${docs.length > 1 ? 's' : ''}, ${total.toLocaleString()} characters, stored in this browser only.` : 'No documents yet.';
+  ui.docsSummary.textContent = docs.length
+    ? `${docs.length} document${docs.length > 1 ? 's' : ''}, ${total.toLocaleString()} characters, stored in this browser only.`
+    : 'No documents yet.';
   updateButtons();
 }
 
@@ -276,15 +280,20 @@ function onEvent(e: PageEvent): void {
       setState(e.state);
       if (e.state === 'error') say(`${e.message ?? 'something went wrong'} [${e.code ?? 'ERROR'}]`, true);
       else if (e.state === 'stopped') say(`Stopped: ${e.message ?? ''}`, e.code === '4003');
-      else if (e.state === 'paused') say('Paused. Your documents, adapter and progress are kept in this browser; Resume puts you back in the queue.');
-      else if (e.state === 'connected') say('Connected. Your turn comes when the edge gets to you; this tab must stay open.');
+      else if (e.state === 'paused')
+        say(
+          'Paused. Your documents, adapter and progress are kept in this browser; Resume puts you back in the queue.',
+        );
+      else if (e.state === 'connected')
+        say('Connected. Your turn comes when the edge gets to you; this tab must stay open.');
       break;
     case 'session':
       ui.userId.textContent = e.userId;
       ui.edge.textContent = `${e.edgeId} (${e.edgeUrl})`;
       break;
     case 'engine':
-      ui.engine.textContent = e.kind === 'wgsl' ? 'WebGPU (WGSL)' : e.kind === 'wasm' ? 'WebAssembly (onnxruntime-web)' : e.kind;
+      ui.engine.textContent =
+        e.kind === 'wgsl' ? 'WebGPU (WGSL)' : e.kind === 'wasm' ? 'WebAssembly (onnxruntime-web)' : e.kind;
       ui.engine.dataset.kind = e.kind;
       ui.engineReason.textContent = `(${e.reason})`;
       break;
@@ -297,7 +306,9 @@ function onEvent(e: PageEvent): void {
       if (e.what === 'segment') {
         ui.downloadProgress.max = 1;
         ui.downloadProgress.value = 1;
-        ui.downloadStatus.textContent = e.cached ? `${fmtBytes(e.bytes)}, from this browser's cache` : `${fmtBytes(e.bytes)} downloaded`;
+        ui.downloadStatus.textContent = e.cached
+          ? `${fmtBytes(e.bytes)}, from this browser's cache`
+          : `${fmtBytes(e.bytes)} downloaded`;
         ui.downloadStatus.dataset.cached = String(!!e.cached);
       }
       break;
@@ -321,7 +332,9 @@ function onEvent(e: PageEvent): void {
       ui.stepMs.dataset.ms = e.ms.toFixed(1);
       break;
     case 'turn-end':
-      ui.stepStatus.textContent = e.accepted ? `round ${e.round}: your turn is done; waiting for the round to end` : `round ${e.round}: the turn did not complete (${e.reason ?? 'dropped'})`;
+      ui.stepStatus.textContent = e.accepted
+        ? `round ${e.round}: your turn is done; waiting for the round to end`
+        : `round ${e.round}: the turn did not complete (${e.reason ?? 'dropped'})`;
       break;
     case 'round-end':
       ui.stepStatus.textContent = `round ${e.round} done: version ${e.version}. Waiting for the next turn.`;
@@ -354,7 +367,10 @@ async function startTraining(joinToken: string | undefined, cloudUrl: string): P
   say('');
   setState('joining');
   try {
-    await worker.start({ cloudUrl, joinToken, engine: ui.engineSelect.value as store.EngineChoice }, Comlink.proxy(onEvent));
+    await worker.start(
+      { cloudUrl, joinToken, engine: ui.engineSelect.value as store.EngineChoice },
+      Comlink.proxy(onEvent),
+    );
     if (joinToken) ui.joinCode.value = '';
   } catch {
     /* the worker reported it as a 'state' error event */
@@ -403,7 +419,11 @@ ui.generate.addEventListener('click', () => {
   ui.generate.disabled = true;
   void (async () => {
     try {
-      const r = await worker.generate(prompt, 24, Comlink.proxy((piece: string) => (ui.generateOutput.textContent += piece)));
+      const r = await worker.generate(
+        prompt,
+        24,
+        Comlink.proxy((piece: string) => (ui.generateOutput.textContent += piece)),
+      );
       ui.generateOutput.textContent = prompt + r.text;
       ui.generateOutput.dataset.tokens = String(r.tokens);
       say(`${r.tokens} tokens in ${(r.ms / 1000).toFixed(1)} s, through your edge and the cloud.`);
@@ -431,7 +451,8 @@ async function init(): Promise<void> {
     ui.adapterStatus.textContent = `from your turn in round ${adapter.round}`;
   }
   const seg = await store.loadSegment();
-  if (seg) ui.downloadStatus.textContent = `${fmtBytes(seg.bytes.byteLength)} in this browser's cache (run version ${seg.version})`;
+  if (seg)
+    ui.downloadStatus.textContent = `${fmtBytes(seg.bytes.byteLength)} in this browser's cache (run version ${seg.version})`;
   const session = await store.loadSession();
   if (session) {
     ui.userId.textContent = session.credentials.userId;
@@ -449,7 +470,8 @@ async function init(): Promise<void> {
     }
   }
   setState(state);
-  if (!session && !ui.joinCode.value) say('To take part you need a join link from the person running this fine-tuning.');
+  if (!session && !ui.joinCode.value)
+    say('To take part you need a join link from the person running this fine-tuning.');
 }
 
 void init();

@@ -6,7 +6,7 @@
  *   docs      the private documents (text)                       written by the page
  *   session   cloud URL, credentials, engine choice, data seed   written by the worker
  *   progress  steps, tokens, turns, version, the loss history    written by the worker
- *   adapter   the user-tier adapter after the last turn (a protocol 'adapter' frame)
+ *   adapter   the user-tier adapter after the last turn (an adapterFile 'adapter' message)
  *   segment   the frozen user segment, with its sha-256 and the run version it came with
  */
 import { createStore, del, get, set, type UseStore } from 'idb-keyval';
@@ -51,7 +51,10 @@ export interface StoredAdapter {
   round: number;
   version: number;
   savedAt: number;
-  /** a protocol 'adapter' frame (encodeFrame of adapterToNamedTensors) */
+  /**
+   * the adapter as the message 'adapter' of channel adapterFile (the format the cloud and the
+   * edge serve adapters in): written and read by the worker, which holds the wire code
+   */
   frame: Uint8Array;
   /** the run's LoRA config and model name, so the adapter can be exported without the run */
   lora: unknown;
@@ -78,7 +81,8 @@ export const loadDocs = async (): Promise<StoredDoc[]> => (await get<StoredDoc[]
 export const saveDocs = (docs: StoredDoc[]): Promise<void> => set('docs', docs, db());
 export const loadSession = (): Promise<StoredSession | undefined> => get<StoredSession>('session', db());
 export const saveSession = (s: StoredSession): Promise<void> => set('session', s, db());
-export const loadProgress = async (): Promise<StoredProgress> => (await get<StoredProgress>('progress', db())) ?? emptyProgress();
+export const loadProgress = async (): Promise<StoredProgress> =>
+  (await get<StoredProgress>('progress', db())) ?? emptyProgress();
 export const saveProgress = (p: StoredProgress): Promise<void> => set('progress', p, db());
 export const loadAdapter = (): Promise<StoredAdapter | undefined> => get<StoredAdapter>('adapter', db());
 export const saveAdapter = (a: StoredAdapter): Promise<void> => set('adapter', a, db());

@@ -9,10 +9,21 @@
  * the prompt.
  */
 import * as Comlink from 'comlink';
-import { adapterFromNamedTensors, adapterToNamedTensors, adapterToPeft, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, type Gpt2Tokenizer, type LoraConfig } from '@splitllm/model';
-import { decodeFrame, encodeFrame } from '@splitllm/wire';
+import { zipSync } from 'fflate';
 import {
-  ClientError,
+  adapterFromNamedTensors,
+  adapterToNamedTensors,
+  adapterToPeft,
+  CodedError,
+  codeOf,
+  PEFT_CONFIG_FILE,
+  PEFT_WEIGHTS_FILE,
+  type Gpt2Tokenizer,
+  type LoraAdapter,
+  type LoraConfig,
+} from '@splitllm/model';
+import { decodeExpected, encodeMessage } from '@splitllm/wire';
+import {
   generateContinuation,
   joinRun,
   paddedForward,
@@ -24,7 +35,6 @@ import {
   type WebSocketLike,
 } from '@splitllm/user-client';
 import * as store from './store';
-import { zipStored } from './zip';
 
 export type RunState = 'idle' | 'joining' | 'preparing' | 'connected' | 'training' | 'paused' | 'stopped' | 'error';
 
@@ -49,8 +59,32 @@ export interface GenerateResult {
   ms: number;
 }
 
+/** What the page's own steps refuse with (the client's refusals are ClientError). */
+export type PageErrorCode =
+  | 'ALREADY_RUNNING'
+  | 'NO_DATA'
+  | 'NO_SESSION'
+  | 'NOT_READY'
+  | 'BAD_TOKENIZER'
+  | 'NOT_CONNECTED'
+  | 'EMPTY_PROMPT'
+  | 'NO_ADAPTER';
+
+export class PageError extends CodedError<PageErrorCode> {}
+
+/** The bytes StoredAdapter.frame holds for `adapter` (kept here: the page's bundle has no wire code). */
+function adapterFrame(adapter: LoraAdapter, round: number): Uint8Array {
+  const tensors = adapterToNamedTensors(adapter);
+  return encodeMessage('adapterFile', 'adapter', { round, tokens: 0, steps: 0, tensors });
+}
+
+/** The adapter a StoredAdapter holds; throws ProtocolError when its frame is not an adapter file. */
+function storedAdapter(a: store.StoredAdapter): LoraAdapter {
+  return adapterFromNamedTensors(a.lora as LoraConfig, decodeExpected('adapterFile', 'adapter', a.frame).tensors);
+}
+
 function errorOf(e: unknown): { code: string; message: string } {
-  return { code: (e as { code?: string }).code ?? 'ERROR', message: e instanceof Error ? e.message : String(e) };
+  return { code: codeOf(e, 'ERROR'), message: e instanceof Error ? e.message : String(e) };
 }
 
 class TrainingWorker {
@@ -64,22 +98,36 @@ class TrainingWorker {
   /** Joins (or comes back), prepares the engine, and waits in the edge's queue for turns. */
   async start(req: StartRequest, onEvent: (e: PageEvent) => void): Promise<void> {
     this.onEvent = onEvent;
-    if (this.client) throw new ClientError('ALREADY_RUNNING', 'training is already running in this tab');
+    if (this.client) throw new PageError('ALREADY_RUNNING', 'training is already running in this tab');
     try {
       this.emit({ type: 'state', state: 'joining' });
       this.progress = await store.loadProgress();
       const docs = await store.loadDocs();
-      if (docs.length === 0) throw new ClientError('NO_DATA', 'add some text first: there is nothing to train on');
+      if (docs.length === 0) throw new PageError('NO_DATA', 'add some text first: there is nothing to train on');
       let session = await store.loadSession();
       let credentials: JoinCredentials;
       if (req.joinToken) {
         credentials = await joinRun(req.cloudUrl, req.joinToken);
         // a new run: what the last one left (progress, adapter) is not this run's
         if (session && session.cloudUrl !== req.cloudUrl) await store.forgetRun(false);
-        if (!session || session.cloudUrl !== req.cloudUrl || session.credentials.userId !== credentials.userId) this.progress = store.emptyProgress();
-        session = { cloudUrl: req.cloudUrl, credentials, engine: req.engine, seed: (Math.random() * 2 ** 31) >>> 0, joinedAt: Date.now(), paused: false };
+        if (!session || session.cloudUrl !== req.cloudUrl || session.credentials.userId !== credentials.userId) {
+          this.progress = store.emptyProgress();
+        }
+        session = {
+          cloudUrl: req.cloudUrl,
+          credentials,
+          engine: req.engine,
+          seed: (Math.random() * 2 ** 31) >>> 0,
+          joinedAt: Date.now(),
+          paused: false,
+        };
       } else {
-        if (!session) throw new ClientError('NO_SESSION', 'no join code, and this browser has not joined a run yet: paste the join link or code');
+        if (!session) {
+          throw new PageError(
+            'NO_SESSION',
+            'no join code, and this browser has not joined a run yet: paste the join link or code',
+          );
+        }
         credentials = await rejoinRun(session.cloudUrl, session.credentials);
         session = { ...session, credentials, engine: req.engine, paused: false };
       }
@@ -101,7 +149,7 @@ class TrainingWorker {
           put: (sha, bytes, version) => store.saveSegment({ sha256: sha, bytes, version, savedAt: Date.now() }),
         },
         batches: (B, T, c) => {
-          if (!batches) throw new ClientError('NOT_READY', 'the documents are not tokenized yet');
+          if (!batches) throw new PageError('NOT_READY', 'the documents are not tokenized yet');
           return batches(B, T, c);
         },
         onEvent: (e) => this.onClientEvent(e),
@@ -111,12 +159,17 @@ class TrainingWorker {
       const tokens: number[] = [];
       // documents are separated by the end-of-text token, so no window joins two of them unmarked
       const eos = this.tokenizer.eotId;
-      if (eos === undefined) throw new ClientError('BAD_TOKENIZER', 'the run\'s tokenizer has no <|endoftext|> token to separate documents with');
+      if (eos === undefined) {
+        throw new PageError(
+          'BAD_TOKENIZER',
+          "the run's tokenizer has no <|endoftext|> token to separate documents with",
+        );
+      }
       for (const d of docs) {
         for (const id of this.tokenizer.encode(d.text)) tokens.push(id);
         tokens.push(eos);
       }
-      if (tokens.length < 2 + docs.length) throw new ClientError('NO_DATA', 'the documents hold no text to train on');
+      if (tokens.length < 2 + docs.length) throw new PageError('NO_DATA', 'the documents hold no text to train on');
       // a resumed run draws windows the earlier steps did not
       batches = tokenBatches(tokens, session.seed + this.progress.steps);
       this.emit({ type: 'data', documents: docs.length, tokens: tokens.length - docs.length });
@@ -133,7 +186,13 @@ class TrainingWorker {
   private async saveSession(s: store.StoredSession): Promise<void> {
     this.session = s;
     await store.saveSession(s);
-    this.emit({ type: 'session', userId: s.credentials.userId, edgeId: s.credentials.edgeId, edgeUrl: s.credentials.edgeUrl, cloudUrl: s.cloudUrl });
+    this.emit({
+      type: 'session',
+      userId: s.credentials.userId,
+      edgeId: s.credentials.edgeId,
+      edgeUrl: s.credentials.edgeUrl,
+      cloudUrl: s.cloudUrl,
+    });
   }
 
   private emit(e: PageEvent): void {
@@ -148,7 +207,11 @@ class TrainingWorker {
   private onClientEvent(e: UserEvent): void {
     this.emit(e);
     const persist = (fn: () => Promise<unknown>) => {
-      this.pending = this.pending.then(fn).catch((err) => this.emit({ type: 'error', code: 'STORAGE', message: `could not save progress: ${(err as Error).message}` }));
+      this.pending = this.pending
+        .then(fn)
+        .catch((err) =>
+          this.emit({ type: 'error', code: 'STORAGE', message: `could not save progress: ${(err as Error).message}` }),
+        );
     };
     switch (e.type) {
       case 'turn':
@@ -188,7 +251,13 @@ class TrainingWorker {
         // after pause() the client is already let go: its socket closing is expected
         if (!this.client) break;
         this.client = undefined;
-        this.emit({ type: 'state', state: 'stopped', code: String(e.code), message: e.code === 4003 ? 'the edge operator removed you from this run' : e.reason || 'the connection closed' });
+        this.emit({
+          type: 'state',
+          state: 'stopped',
+          code: String(e.code),
+          message:
+            e.code === 4003 ? 'the edge operator removed you from this run' : e.reason || 'the connection closed',
+        });
         break;
     }
   }
@@ -197,8 +266,15 @@ class TrainingWorker {
     const c = this.client;
     if (!c?.manifest || !c.config) return;
     const adapter = await c.withTrainer((t) => t.readAdapter());
-    const frame = encodeFrame('adapter', { round, tokens: 0, steps: 0 }, adapterToNamedTensors(adapter));
-    await store.saveAdapter({ round, version: this.progress.version, savedAt: Date.now(), frame, lora: c.manifest.lora, modelName: c.manifest.modelName, nLayer: c.config.nLayer });
+    await store.saveAdapter({
+      round,
+      version: this.progress.version,
+      savedAt: Date.now(),
+      frame: adapterFrame(adapter, round),
+      lora: c.manifest.lora,
+      modelName: c.manifest.modelName,
+      nLayer: c.config.nLayer,
+    });
     this.emit({ type: 'adapter-saved', round, version: this.progress.version });
   }
 
@@ -215,11 +291,16 @@ class TrainingWorker {
   /** A continuation of the prompt through the three tiers with the current adapters. */
   async generate(prompt: string, maxNewTokens: number, onToken: (text: string) => void): Promise<GenerateResult> {
     const c = this.client;
-    if (!c?.trainer || !c.config || !c.manifest || !this.tokenizer) throw new ClientError('NOT_CONNECTED', 'start or resume training first: the continuation runs through your edge and the cloud');
+    if (!c?.trainer || !c.config || !c.manifest || !this.tokenizer) {
+      throw new PageError(
+        'NOT_CONNECTED',
+        'start or resume training first: the continuation runs through your edge and the cloud',
+      );
+    }
     const tok = this.tokenizer;
     const config = c.config;
     const promptIds = tok.encode(prompt);
-    if (promptIds.length === 0) throw new ClientError('EMPTY_PROMPT', 'type a prompt first');
+    if (promptIds.length === 0) throw new PageError('EMPTY_PROMPT', 'type a prompt first');
     const t0 = performance.now();
     const { batch: B, seq: T } = c.manifest.train;
     const credentials = c.currentCredentials;
@@ -243,13 +324,16 @@ class TrainingWorker {
   /** The adapter of the last accepted turn in PEFT layout, zipped (adapter_config.json + adapter_model.safetensors). */
   async exportAdapter(): Promise<{ filename: string; bytes: Uint8Array }> {
     const a = await store.loadAdapter();
-    if (!a) throw new ClientError('NO_ADAPTER', 'no adapter yet: it is saved after your first completed turn');
-    const adapter = adapterFromNamedTensors(a.lora as LoraConfig, decodeFrame(a.frame).tensors);
-    const peft = adapterToPeft(adapter, { baseModel: a.modelName, nLayer: a.nLayer });
-    const bytes = zipStored([
-      { name: PEFT_CONFIG_FILE, data: new TextEncoder().encode(JSON.stringify(peft.config, null, 2)) },
-      { name: PEFT_WEIGHTS_FILE, data: peft.safetensors },
-    ]);
+    if (!a) throw new PageError('NO_ADAPTER', 'no adapter yet: it is saved after your first completed turn');
+    const peft = adapterToPeft(storedAdapter(a), { baseModel: a.modelName, nLayer: a.nLayer });
+    // stored (level 0), as before: float32 weights barely deflate, and the download stays instant
+    const bytes = zipSync(
+      {
+        [PEFT_CONFIG_FILE]: new TextEncoder().encode(JSON.stringify(peft.config, null, 2)),
+        [PEFT_WEIGHTS_FILE]: peft.safetensors,
+      },
+      { level: 0 },
+    );
     return Comlink.transfer({ filename: `splitllm-adapter-v${a.version}-round${a.round}.zip`, bytes }, [bytes.buffer]);
   }
 }

@@ -10,7 +10,7 @@
  *
  *   pnpm exec tsx packages/cli/scripts/bench-system.ts [--steps N]
  */
-import { encodeFrame, type WireCodec } from '@splitllm/wire';
+import { type Codec, encodeMessage } from '@splitllm/wire';
 import { GPT2_SMALL_CONFIG } from '@splitllm/model';
 import { randomToken } from '@splitllm/wire/node';
 import { spawnSync } from 'node:child_process';
@@ -25,21 +25,33 @@ const stepsArg = process.argv.indexOf('--steps');
 const STEPS = stepsArg > 0 ? Number(process.argv[stepsArg + 1]) : 40;
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-bench-'));
 
-function stepBytes(B: number, T: number, D: number, codec: WireCodec): { userEdge: number; edgeCloud: number } {
+function stepBytes(B: number, T: number, D: number, codec: Codec): { userEdge: number; edgeCloud: number } {
   const h = { data: new Float32Array(B * T * D).fill(0.5), shape: [B, T, D], codec };
   const targets = { data: new Int32Array(B * T), shape: [B, T] };
-  const fwd = encodeFrame('forward', { round: 1, step: 1, userId: 'u-0123456789ab' }, { h, targets }).byteLength;
-  const back = encodeFrame('backward', { round: 1, step: 1, loss: 4.5, count: B * T }, { dh: h }).byteLength;
-  return { userEdge: fwd + back, edgeCloud: fwd + back };
+  const step = { round: 1, step: 1 };
+  const back = { ...step, loss: 4.5, count: B * T, dh: h };
+  // the edge's forward names the user; the user's does not
+  const userEdge =
+    encodeMessage('userToEdge', 'forward', { ...step, h, targets }).byteLength +
+    encodeMessage('edgeToUser', 'backward', back).byteLength;
+  const edgeCloud =
+    encodeMessage('edgeToCloud', 'forward', { ...step, userId: 'u-0123456789ab', h, targets }).byteLength +
+    encodeMessage('cloudToEdge', 'backward', back).byteLength;
+  return { userEdge, edgeCloud };
 }
 
 function bytesTable(): void {
   console.log('\n1. wire bytes per step (forward frame + backward frame, each hop)');
-  for (const [name, B, T, D] of [['shipped moby-tiny, 4 x 64', 4, 64, 128], ['GPT-2 small, 4 x 128', 4, 128, GPT2_SMALL_CONFIG.nEmbd]] as const) {
+  for (const [name, B, T, D] of [
+    ['shipped moby-tiny, 4 x 64', 4, 64, 128],
+    ['GPT-2 small, 4 x 128', 4, 128, GPT2_SMALL_CONFIG.nEmbd],
+  ] as const) {
     const f32 = stepBytes(B, T, D, 'f32').userEdge;
     for (const codec of ['f32', 'f16', 'int8'] as const) {
       const b = stepBytes(B, T, D, codec);
-      console.log(`  ${name.padEnd(27)} ${codec.padEnd(5)} user<->edge ${(b.userEdge / 1024).toFixed(1).padStart(8)} KiB   edge<->cloud ${(b.edgeCloud / 1024).toFixed(1).padStart(8)} KiB   (${((100 * b.userEdge) / f32).toFixed(0)}% of f32)`);
+      console.log(
+        `  ${name.padEnd(27)} ${codec.padEnd(5)} user<->edge ${(b.userEdge / 1024).toFixed(1).padStart(8)} KiB   edge<->cloud ${(b.edgeCloud / 1024).toFixed(1).padStart(8)} KiB   (${((100 * b.userEdge) / f32).toFixed(0)}% of f32)`,
+      );
     }
   }
 }
@@ -47,43 +59,109 @@ function bytesTable(): void {
 function roundTimes(): void {
   console.log('\n2. time per round: simulate --edges 2 --users 4 --rounds 3 --steps-per-user 10 (engine auto)');
   const out = join(tmp, 'sim');
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/main.ts'), 'simulate', '--edges', '2', '--users', '4', '--rounds', '3', '--steps-per-user', '10', '--data', join(REPO_ROOT, 'packages/assets/data/sotu/train'), '--seed', '1', '--out', out, '--json'], { cwd: REPO_ROOT, encoding: 'utf8' });
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(REPO_ROOT, 'packages/cli/src/main.ts'),
+      'simulate',
+      '--edges',
+      '2',
+      '--users',
+      '4',
+      '--rounds',
+      '3',
+      '--steps-per-user',
+      '10',
+      '--data',
+      join(REPO_ROOT, 'packages/assets/data/sotu/train'),
+      '--seed',
+      '1',
+      '--out',
+      out,
+      '--json',
+    ],
+    { cwd: REPO_ROOT, encoding: 'utf8' },
+  );
   if (r.status !== 0) throw new Error(r.stderr);
   for (const line of r.stdout.trim().split('\n')) {
     const j = JSON.parse(line) as { round: number; ms: number; loss: number; bytes: number };
-    console.log(`  round ${j.round}: ${(j.ms / 1000).toFixed(1)} s, loss ${j.loss.toFixed(4)}, ${(j.bytes / 2 ** 20).toFixed(2)} MiB on the wire (20 steps)`);
+    console.log(
+      `  round ${j.round}: ${(j.ms / 1000).toFixed(1)} s, loss ${j.loss.toFixed(4)}, ${(j.bytes / 2 ** 20).toFixed(2)} MiB on the wire (20 steps)`,
+    );
   }
   const userLog = readFileSync(join(out, 'logs/user-0.log'), 'utf8').split('\n')[0];
   console.log(`  ${userLog}`);
 }
 
 async function edgeMemory(waiting: number): Promise<void> {
-  const env = { SPLITLLM_EDGE_SECRET: randomToken(), SPLITLLM_OPERATOR_TOKEN: randomToken(), SPLITLLM_EDGE_OPERATOR_TOKEN: randomToken() };
+  const env = {
+    SPLITLLM_EDGE_SECRET: randomToken(),
+    SPLITLLM_OPERATOR_TOKEN: randomToken(),
+    SPLITLLM_EDGE_OPERATOR_TOKEN: randomToken(),
+  };
   const logDir = join(tmp, `mem-${waiting}`);
   const parts: Part[] = [];
   const sockets: WebSocket[] = [];
   try {
-    const cloud = startPart('cloud', ['cloud', '--state', join(logDir, 'state'), '--steps-per-user', String(STEPS), '--max-rounds', '1', '--threads', '1'], { logDir, env });
+    const cloud = startPart(
+      'cloud',
+      [
+        'cloud',
+        '--state',
+        join(logDir, 'state'),
+        '--steps-per-user',
+        String(STEPS),
+        '--max-rounds',
+        '1',
+        '--threads',
+        '1',
+      ],
+      { logDir, env },
+    );
     parts.push(cloud);
     const url = String((await cloud.ready).url);
     let done = false;
-    cloud.onLine((j) => void (j.event === 'round' && (done = true)));
+    cloud.onLine((j) => {
+      if (j.event === 'round') done = true;
+    });
     const edge = startPart('edge', ['edge', '--cloud', url, '--id', 'e1', '--threads', '1'], { logDir, env });
     parts.push(edge);
     const edgeUrl = String((await edge.ready).url);
     const token = () => issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
     const status = async () =>
-      (await (await fetch(`${edgeUrl}/api/admin/status`, { headers: { authorization: `Bearer ${env.SPLITLLM_EDGE_OPERATOR_TOKEN}` } })).json()) as { waiting: number; users: unknown[]; memory: { rss: number; peakRss: number } };
+      (await (
+        await fetch(`${edgeUrl}/api/admin/status`, {
+          headers: { authorization: `Bearer ${env.SPLITLLM_EDGE_OPERATOR_TOKEN}` },
+        })
+      ).json()) as { waiting: number; users: unknown[]; memory: { rss: number; peakRss: number } };
     const idle = await status();
-    const user = startPart('user', ['user', '--cloud', url, '--data', join(REPO_ROOT, 'packages/assets/data/sotu/train/user-1.txt'), '--engine', 'reference'], { logDir, env: { SPLITLLM_JOIN_TOKEN: await token() } });
+    const user = startPart(
+      'user',
+      [
+        'user',
+        '--cloud',
+        url,
+        '--data',
+        join(REPO_ROOT, 'packages/assets/data/sotu/train/user-1.txt'),
+        '--engine',
+        'reference',
+      ],
+      { logDir, env: { SPLITLLM_JOIN_TOKEN: await token() } },
+    );
     parts.push(user);
     await user.ready;
     for (let i = 0; i < waiting; i++) {
-      const res = await fetch(`${url}/api/join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ joinToken: await token() }) });
+      const res = await fetch(`${url}/api/join`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ joinToken: await token() }),
+      });
       const cred = (await res.json()) as { userId: string; userToken: string };
-      const ws = new WebSocket(edgeUrl.replace(/^http/, 'ws') + '/ws/user');
+      const ws = new WebSocket(`${edgeUrl.replace(/^http/, 'ws')}/ws/user`);
       await new Promise((r) => ws.once('open', r));
-      ws.send(encodeFrame('hello', { userId: cred.userId, token: cred.userToken }));
+      ws.send(encodeMessage('userToEdge', 'hello', { userId: cred.userId, token: cred.userToken }));
       sockets.push(ws);
     }
     let maxRss = 0;
@@ -96,7 +174,9 @@ async function edgeMemory(waiting: number): Promise<void> {
     }
     const end = await status();
     const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-    console.log(`  ${String(waiting).padStart(2)} waiting (max seen ${maxWaiting}) + 1 training: RSS idle ${mib(idle.memory.rss)}, max during the round ${mib(maxRss)}, peak (VmHWM) ${mib(end.memory.peakRss)}`);
+    console.log(
+      `  ${String(waiting).padStart(2)} waiting (max seen ${maxWaiting}) + 1 training: RSS idle ${mib(idle.memory.rss)}, max during the round ${mib(maxRss)}, peak (VmHWM) ${mib(end.memory.peakRss)}`,
+    );
   } finally {
     for (const s of sockets) s.terminate();
     for (const p of parts.reverse()) await p.stop();

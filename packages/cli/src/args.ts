@@ -56,7 +56,9 @@ export class Args {
     }
     const v = Number(raw);
     if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min) {
-      throw new UsageError(`${this.command}: --${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got "${raw}"`);
+      throw new UsageError(
+        `${this.command}: --${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got "${raw}"`,
+      );
     }
     return v;
   }

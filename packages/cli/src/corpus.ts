@@ -27,7 +27,7 @@ export function mobyDickSplit(): { train: string; heldout: string } {
     if (f === 'contents.txt') continue; // a table of contents teaches nothing
     const c = JSON.parse(readFileSync(join(dir, f.replace(/\.txt$/, '.json')), 'utf8')) as MobyChapter;
     const n = Number(c.chapter);
-    const text = c.text.trim() + '\n';
+    const text = `${c.text.trim()}\n`;
     if (Number.isInteger(n) && n % HELDOUT_CHAPTER_EVERY === 0) heldout.push(text);
     else train.push(text);
   }
@@ -69,7 +69,7 @@ function take(addresses: string[], budget: number): string {
     parts.push(e);
     used += e.length + 2;
   }
-  return parts.join('\n\n') + '\n';
+  return `${parts.join('\n\n')}\n`;
 }
 
 export function sotuUsers(): FineTuneUser[] {
@@ -84,8 +84,14 @@ export function sotuUsers(): FineTuneUser[] {
     return {
       id: era.id,
       era: `${era.from}-${era.to}`,
-      train: take(inEra.filter((_, i) => i % 2 === 0), TRAIN_CHARS),
-      heldout: take(inEra.filter((_, i) => i % 2 === 1), HELDOUT_CHARS),
+      train: take(
+        inEra.filter((_, i) => i % 2 === 0),
+        TRAIN_CHARS,
+      ),
+      heldout: take(
+        inEra.filter((_, i) => i % 2 === 1),
+        HELDOUT_CHARS,
+      ),
     };
   });
 }

@@ -33,7 +33,11 @@ export function logTail(file: string, lines = 15): string {
   }
 }
 
-export function startPart(name: string, args: string[], o: { logDir: string; env?: Record<string, string>; readyTimeoutMs?: number }): Part {
+export function startPart(
+  name: string,
+  args: string[],
+  o: { logDir: string; env?: Record<string, string>; readyTimeoutMs?: number },
+): Part {
   mkdirSync(o.logDir, { recursive: true });
   const logFile = join(o.logDir, `${name}.log`);
   const fd = openSync(logFile, 'a');
@@ -52,7 +56,15 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
     readyResolve = res;
     readyReject = rej;
   });
-  const timer = setTimeout(() => readyReject(new Error(`${name} did not become ready within ${(o.readyTimeoutMs ?? 180_000) / 1000} s; log ${logFile}:\n${logTail(logFile)}`)), o.readyTimeoutMs ?? 180_000);
+  const timer = setTimeout(
+    () =>
+      readyReject(
+        new Error(
+          `${name} did not become ready within ${(o.readyTimeoutMs ?? 180_000) / 1000} s; log ${logFile}:\n${logTail(logFile)}`,
+        ),
+      ),
+    o.readyTimeoutMs ?? 180_000,
+  );
   createInterface({ input: child.stdout! }).on('line', (line) => {
     let j: Record<string, unknown>;
     try {
@@ -71,7 +83,10 @@ export function startPart(name: string, args: string[], o: { logDir: string; env
   const exited = new Promise<number | null>((res) => {
     child.on('exit', (code) => {
       clearTimeout(timer);
-      if (!isReady) readyReject(new Error(`${name} exited (code ${code}) before it was ready; log ${logFile}:\n${logTail(logFile)}`));
+      if (!isReady)
+        readyReject(
+          new Error(`${name} exited (code ${code}) before it was ready; log ${logFile}:\n${logTail(logFile)}`),
+        );
       res(code);
     });
   });
@@ -118,7 +133,10 @@ export function untilSignal(): Promise<NodeJS.Signals | 'parent-exit'> {
 
 /** A single-use join token from the cloud (the operator's endpoint). */
 export async function issueJoinToken(cloudUrl: string, operatorToken: string): Promise<string> {
-  const res = await fetch(`${cloudUrl}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${operatorToken}` } });
+  const res = await fetch(`${cloudUrl}/api/join-tokens`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${operatorToken}` },
+  });
   if (!res.ok) throw new Error(`issuing a join token failed: ${res.status} ${await res.text()}`);
   return ((await res.json()) as { token: string }).token;
 }

@@ -24,7 +24,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<void>; help: s
 };
 
 function usage(): string {
-  return ['usage: splitllm <command> [options]', '', ...Object.values(commands).map((c) => c.help + '\n')].join('\n');
+  return ['usage: splitllm <command> [options]', '', ...Object.values(commands).map((c) => `${c.help}\n`)].join('\n');
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -50,7 +50,7 @@ main(process.argv.slice(2)).then(
   (e: unknown) => {
     const err = e instanceof Error ? e : new Error(String(e));
     process.stderr.write(`splitllm: ${err.message.split('\n')[0]}\n`);
-    if (process.env.SPLITLLM_DEBUG === '1' && err.stack) process.stderr.write(err.stack + '\n');
+    if (process.env.SPLITLLM_DEBUG === '1' && err.stack) process.stderr.write(`${err.stack}\n`);
     process.exitCode = e instanceof UsageError ? e.exitCode : 1;
   },
 );

@@ -23,8 +23,23 @@ const edgeOperatorToken = randomToken();
 const STEPS = 2;
 
 const PAGE_IDS = [
-  'edge-id', 'provider', 'cloud-state', 'version', 'round', 'training-now', 'step-ms', 'tokens-per-second',
-  'bytes-in', 'bytes-out', 'memory', 'users', 'loss-chart', 'errors', 'status-line', 'token', 'token-submit',
+  'edge-id',
+  'provider',
+  'cloud-state',
+  'version',
+  'round',
+  'training-now',
+  'step-ms',
+  'tokens-per-second',
+  'bytes-in',
+  'bytes-out',
+  'memory',
+  'users',
+  'loss-chart',
+  'errors',
+  'status-line',
+  'token',
+  'token-submit',
 ];
 
 interface AdminStatus {
@@ -32,7 +47,10 @@ interface AdminStatus {
   round: { number: number } | null;
   users: Array<{ userId: string; state: string; position: number; bytesIn: number; bytesOut: number }>;
   memory: { rss: number; heapUsed: number; peakRss: number | null };
-  loss: { round: number | null; points: Array<{ userId: string; step: number; loss: number; ms: number; tokens: number; at: string }> };
+  loss: {
+    round: number | null;
+    points: Array<{ userId: string; step: number; loss: number; ms: number; tokens: number; at: string }>;
+  };
 }
 
 describe('the edge operator dashboard', () => {
@@ -42,7 +60,10 @@ describe('the edge operator dashboard', () => {
   const events: UserEvent[] = [];
 
   const admin = (path: string, init: RequestInit & { token?: string | null } = {}) =>
-    fetch(`${edge.url}${path}`, { ...init, headers: init.token === null ? {} : { authorization: `Bearer ${init.token ?? edgeOperatorToken}` } });
+    fetch(`${edge.url}${path}`, {
+      ...init,
+      headers: init.token === null ? {} : { authorization: `Bearer ${init.token ?? edgeOperatorToken}` },
+    });
   const adminStatus = async () => {
     const res = await admin('/api/admin/status');
     expect(res.status).toBe(200);
@@ -62,7 +83,14 @@ describe('the edge operator dashboard', () => {
       logLevel: false,
       threads: 1,
     });
-    edge = await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e1', edgeSecret, operatorToken: edgeOperatorToken, logLevel: false, threads: 1 });
+    edge = await startEdgeServer({
+      cloudUrl: cloud.url,
+      edgeId: 'e1',
+      edgeSecret,
+      operatorToken: edgeOperatorToken,
+      logLevel: false,
+      threads: 1,
+    });
   });
 
   afterAll(async () => {
@@ -101,7 +129,9 @@ describe('the edge operator dashboard', () => {
       expect(drop.status).toBe(401);
       expect(((await drop.json()) as { code: string }).code).toBe('UNAUTHORIZED');
     }
-    const basic = await fetch(`${edge.url}/api/admin/status`, { headers: { authorization: `Basic ${edgeOperatorToken}` } });
+    const basic = await fetch(`${edge.url}/api/admin/status`, {
+      headers: { authorization: `Basic ${edgeOperatorToken}` },
+    });
     expect(basic.status).toBe(401);
     const unknown = await admin('/api/admin/users/nobody-here/drop', { method: 'POST' });
     expect(unknown.status).toBe(404);
@@ -109,9 +139,19 @@ describe('the edge operator dashboard', () => {
   });
 
   it('lists a connected user with its round losses; the public status has counts only', async () => {
-    const jt = await fetch(`${cloud.url}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${cloudOperatorToken}` } });
+    const jt = await fetch(`${cloud.url}/api/join-tokens`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${cloudOperatorToken}` },
+    });
     const { token } = (await jt.json()) as { token: string };
-    client = await startHeadlessUser({ cloudUrl: cloud.url, joinToken: token, dataFile: join(DATA, 'sotu/train/user-1.txt'), seed: 0, engine: 'reference', onEvent: (e) => events.push(e) });
+    client = await startHeadlessUser({
+      cloudUrl: cloud.url,
+      joinToken: token,
+      dataFile: join(DATA, 'sotu/train/user-1.txt'),
+      seed: 0,
+      engine: 'reference',
+      onEvent: (e) => events.push(e),
+    });
     const userId = client.userId;
     await expect.poll(() => events.some((e) => e.type === 'round-end'), { timeout: 60_000 }).toBe(true);
 
@@ -124,14 +164,23 @@ describe('the edge operator dashboard', () => {
     expect(s.memory.rss).toBeGreaterThan(0);
     // the last round's loss series (idle now): one point per step, the loss the user saw
     expect(s.loss.round).toBe(1);
-    expect(s.loss.points.map((p) => [p.userId, p.step])).toEqual(Array.from({ length: STEPS }, (_, i) => [userId, i + 1]));
+    expect(s.loss.points.map((p) => [p.userId, p.step])).toEqual(
+      Array.from({ length: STEPS }, (_, i) => [userId, i + 1]),
+    );
     const seen = events.flatMap((e) => (e.type === 'step' ? [[e.loss, e.tokens]] : []));
     expect(s.loss.points.map((p) => [p.loss, p.tokens])).toEqual(seen);
 
     const pub = await fetch(`${edge.url}/api/status`);
     expect(pub.status).toBe(200);
     const text = await pub.text();
-    expect(JSON.parse(text)).toEqual({ edgeId: 'e1', version: 1, round: null, cloudConnected: true, users: { connected: 1, waiting: 1 }, provider: 'cpu' });
+    expect(JSON.parse(text)).toEqual({
+      edgeId: 'e1',
+      version: 1,
+      round: null,
+      cloudConnected: true,
+      users: { connected: 1, waiting: 1 },
+      provider: 'cpu',
+    });
     expect(text).not.toContain(userId);
   });
 
@@ -140,7 +189,9 @@ describe('the edge operator dashboard', () => {
     const res = await admin(`/api/admin/users/${encodeURIComponent(userId)}/drop`, { method: 'POST' });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ dropped: userId });
-    await expect.poll(() => events.find((e) => e.type === 'closed'), { timeout: 10_000 }).toMatchObject({ type: 'closed', code: 4003 });
+    await expect
+      .poll(() => events.find((e) => e.type === 'closed'), { timeout: 10_000 })
+      .toMatchObject({ type: 'closed', code: 4003 });
     expect((await adminStatus()).users).toEqual([]);
     const again = await admin(`/api/admin/users/${encodeURIComponent(userId)}/drop`, { method: 'POST' });
     expect(again.status).toBe(404);

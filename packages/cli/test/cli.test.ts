@@ -33,14 +33,30 @@ describe('train-central', () => {
   const out = join(tmp, 'adapter');
   const heldout = join(DATA, 'sotu/heldout/user-4.txt');
 
-  it('fine-tunes on one user\'s text, writes a PEFT adapter, and lowers held-out loss', () => {
-    const r = cli(['train-central', '--text', join(DATA, 'sotu/train/user-4.txt'), '--steps', '60', '--seed', '7', '--out', out, '--json']);
+  it("fine-tunes on one user's text, writes a PEFT adapter, and lowers held-out loss", () => {
+    const r = cli([
+      'train-central',
+      '--text',
+      join(DATA, 'sotu/train/user-4.txt'),
+      '--steps',
+      '60',
+      '--seed',
+      '7',
+      '--out',
+      out,
+      '--json',
+    ]);
     expect(r.code).toBe(0);
     const steps = jsonLines(r.stdout);
     expect(steps.map((s) => s.step)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
-    steps.forEach((s) => expect(Number.isFinite(s.loss)).toBe(true));
+    for (const s of steps) expect(Number.isFinite(s.loss)).toBe(true);
     const config = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'));
-    expect(config).toMatchObject({ peft_type: 'LORA', r: 8, lora_alpha: 16, target_modules: ['attn.c_attn', 'attn.c_proj'] });
+    expect(config).toMatchObject({
+      peft_type: 'LORA',
+      r: 8,
+      lora_alpha: 16,
+      target_modules: ['attn.c_attn', 'attn.c_proj'],
+    });
     expect(existsSync(join(out, 'adapter_model.safetensors'))).toBe(true);
 
     const before = jsonLines(cli(['eval', '--text', heldout, '--json']).stdout)[0];
@@ -54,16 +70,45 @@ describe('train-central', () => {
   });
 
   it('is deterministic from its seed', () => {
-    const args = ['train-central', '--text', join(DATA, 'sotu/train/user-1.txt'), '--steps', '3', '--seed', '3', '--json', '--seq-len', '32'];
+    const args = [
+      'train-central',
+      '--text',
+      join(DATA, 'sotu/train/user-1.txt'),
+      '--steps',
+      '3',
+      '--seed',
+      '3',
+      '--json',
+      '--seq-len',
+      '32',
+    ];
     const a = cli([...args, '--out', join(tmp, 'd1')]);
     const b = cli([...args, '--out', join(tmp, 'd2')]);
     expect(a.code).toBe(0);
     expect(jsonLines(a.stdout).map((s) => s.loss)).toEqual(jsonLines(b.stdout).map((s) => s.loss));
-    expect(readFileSync(join(tmp, 'd1/adapter_model.safetensors'))).toEqual(readFileSync(join(tmp, 'd2/adapter_model.safetensors')));
+    expect(readFileSync(join(tmp, 'd1/adapter_model.safetensors'))).toEqual(
+      readFileSync(join(tmp, 'd2/adapter_model.safetensors')),
+    );
   });
 
   it('trains the MLP targets when asked', () => {
-    const r = cli(['train-central', '--text', join(DATA, 'sotu/train/user-2.txt'), '--steps', '1', '--seed', '1', '--seq-len', '16', '--targets', 'mlp.c_fc,mlp.c_proj', '--rank', '4', '--out', join(tmp, 'mlp')]);
+    const r = cli([
+      'train-central',
+      '--text',
+      join(DATA, 'sotu/train/user-2.txt'),
+      '--steps',
+      '1',
+      '--seed',
+      '1',
+      '--seq-len',
+      '16',
+      '--targets',
+      'mlp.c_fc,mlp.c_proj',
+      '--rank',
+      '4',
+      '--out',
+      join(tmp, 'mlp'),
+    ]);
     expect(r.code).toBe(0);
     const config = JSON.parse(readFileSync(join(tmp, 'mlp/adapter_config.json'), 'utf8'));
     expect(config.target_modules).toEqual(['mlp.c_fc', 'mlp.c_proj']);
@@ -80,10 +125,25 @@ describe('errors are one line and a non-zero exit, never a stack trace', () => {
     ['unknown command', ['bogus'], 2, /unknown command "bogus"/],
     ['missing --text', ['eval'], 2, /eval: --text is required/],
     ['unknown option', ['eval', '--text', 'x', '--frobnicate'], 2, /Unknown option '--frobnicate'/],
-    ['bad number', ['train-central', '--text', 'x', '--steps', 'many', '--seed', '1', '--out', 'o'], 2, /--steps must be an integer >= 1, got "many"/],
+    [
+      'bad number',
+      ['train-central', '--text', 'x', '--steps', 'many', '--seed', '1', '--out', 'o'],
+      2,
+      /--steps must be an integer >= 1, got "many"/,
+    ],
     ['unreadable text', ['eval', '--text', join(tmp, 'nope.txt')], 1, /cannot read --text ".*nope.txt": ENOENT/],
-    ['model directory without files', ['eval', '--model', empty, '--text', join(DATA, 'moby-dick/heldout.txt')], 1, /has no config\.json|config\.json/],
-    ['adapter directory that does not exist', ['eval', '--adapter', missingAdapter, '--text', join(DATA, 'moby-dick/heldout.txt')], 1, /adapter/],
+    [
+      'model directory without files',
+      ['eval', '--model', empty, '--text', join(DATA, 'moby-dick/heldout.txt')],
+      1,
+      /has no config\.json|config\.json/,
+    ],
+    [
+      'adapter directory that does not exist',
+      ['eval', '--adapter', missingAdapter, '--text', join(DATA, 'moby-dick/heldout.txt')],
+      1,
+      /adapter/,
+    ],
   ];
   it.each(cases)('%s', (_name, args, code, message) => {
     const r = cli(args);

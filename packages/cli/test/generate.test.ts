@@ -13,11 +13,30 @@
  */
 import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
-import { adapterSubset, blocksForward, decodeSegment, embedForward, headForward, maxRelErr, type Gpt2Model, type LoraAdapter, Rng } from '@splitllm/model';
-import { encodeFrame, maxGenerateFrameBytes } from '@splitllm/wire';
+import {
+  adapterSubset,
+  blocksForward,
+  decodeSegment,
+  embedForward,
+  headForward,
+  maxRelErr,
+  type Gpt2Model,
+  type LoraAdapter,
+  Rng,
+} from '@splitllm/model';
+import { encodeMessage, maxGenerateFrameBytes } from '@splitllm/wire';
 import { loadAdapterDir, loadGpt2Dir } from '@splitllm/model/node';
 import { randomToken, userToken } from '@splitllm/wire/node';
-import { createUserTrainer, generateContinuation, joinRun, nextTokenLogits, paddedForward, sampleToken, type JoinCredentials, type UserTrainer } from '@splitllm/user-client';
+import {
+  createUserTrainer,
+  generateContinuation,
+  joinRun,
+  nextTokenLogits,
+  paddedForward,
+  sampleToken,
+  type JoinCredentials,
+  type UserTrainer,
+} from '@splitllm/user-client';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -71,15 +90,29 @@ describe('generation through user, edge and cloud', () => {
       operatorToken,
       seed: 3,
       // a larger step than the default so that one round moves the adapters well clear of the tolerance
-      train: { stepsPerUser: STEPS, batch: B, seq: T, adamw: { lr: 0.02, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 } },
+      train: {
+        stepsPerUser: STEPS,
+        batch: B,
+        seq: T,
+        adamw: { lr: 0.02, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+      },
       maxRounds: 1,
       logLevel: false,
       threads: 1,
     });
     edge = await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e1', edgeSecret, logLevel: false, threads: 1 });
-    const jt = await fetch(`${cloud.url}/api/join-tokens`, { method: 'POST', headers: { authorization: `Bearer ${operatorToken}` } });
+    const jt = await fetch(`${cloud.url}/api/join-tokens`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${operatorToken}` },
+    });
     creds = await joinRun(cloud.url, ((await jt.json()) as { token: string }).token);
-    const client = await startHeadlessUser({ cloudUrl: cloud.url, credentials: creds, dataFile: join(DATA, 'sotu/train/user-1.txt'), seed: 0, engine: 'reference' });
+    const client = await startHeadlessUser({
+      cloudUrl: cloud.url,
+      credentials: creds,
+      dataFile: join(DATA, 'sotu/train/user-1.txt'),
+      seed: 0,
+      engine: 'reference',
+    });
     try {
       await vi.waitFor(() => expect(cloud.coordinator.version).toBe(1), { timeout: 120_000, interval: 100 });
       await vi.waitFor(() => expect(edge.edge.version).toBe(1), { timeout: 10_000 });
@@ -95,9 +128,13 @@ describe('generation through user, edge and cloud', () => {
     global = loadAdapterDir(rec.adapterDir);
     const manifest = cloud.manifest();
     // the user tier as a page would run it: the segment its edge serves, a fixed-shape engine
-    const segment = decodeSegment(new Uint8Array(await (await fetch(`${edge.url}/api/segments/user`)).arrayBuffer()), 'user');
+    const segment = decodeSegment(
+      new Uint8Array(await (await fetch(`${edge.url}/api/segments/user`)).arrayBuffer()),
+      'user',
+    );
     const opts = { plan: manifest.plan, lora: manifest.lora, batch: B, seq: T, adamw: manifest.train.adamw };
-    trainer = (await createUserTrainer('reference', segment.model, adapterSubset(global, 0, manifest.plan.k), opts)).trainer;
+    trainer = (await createUserTrainer('reference', segment.model, adapterSubset(global, 0, manifest.plan.k), opts))
+      .trainer;
     forward = paddedForward((b) => trainer.forward(b), B, T, model.config.nEmbd, model.config.eosTokenId);
   });
 
@@ -109,10 +146,18 @@ describe('generation through user, edge and cloud', () => {
 
   it('the round left nonzero LoRA B on every tier (so the adapters matter below)', () => {
     const { k, m } = cloud.manifest().plan;
-    for (const [from, to] of [[0, k], [k, m], [m, model.config.nLayer]]) {
+    for (const [from, to] of [
+      [0, k],
+      [k, m],
+      [m, model.config.nLayer],
+    ]) {
       const part = adapterSubset(global, from, to);
       expect(part.layers.size).toBeGreaterThan(0);
-      for (const [path, pair] of part.layers) expect(pair.B.data.some((v) => v !== 0), path).toBe(true);
+      for (const [path, pair] of part.layers)
+        expect(
+          pair.B.data.some((v) => v !== 0),
+          path,
+        ).toBe(true);
     }
   });
 
@@ -130,7 +175,11 @@ describe('generation through user, edge and cloud', () => {
     // and the trained adapters do change them: the base model is far outside the tolerance
     expect(maxRelErr(served.logits, referenceLogits(model, undefined, prompt))).toBeGreaterThan(100 * TOL);
     // a one-token context works too
-    const one = await nextTokenLogits({ edgeUrl: edge.url, credentials: creds, config: c }, await forward(ids.slice(0, 1)), 1);
+    const one = await nextTokenLogits(
+      { edgeUrl: edge.url, credentials: creds, config: c },
+      await forward(ids.slice(0, 1)),
+      1,
+    );
     expect(maxRelErr(one.logits, referenceLogits(model, global, prompt.slice(0, 1)))).toBeLessThan(TOL);
   });
 
@@ -171,7 +220,18 @@ describe('generation through user, edge and cloud', () => {
   it('sampling is reproducible from its seed and stays in the top k', async () => {
     const c = model.config;
     const run = () =>
-      generateContinuation({ edgeUrl: edge.url, credentials: creds, forward, config: c, promptIds: prompt, maxNewTokens: 4, temperature: 0.8, topK: 5, seed: 42, maxContext: T });
+      generateContinuation({
+        edgeUrl: edge.url,
+        credentials: creds,
+        forward,
+        config: c,
+        promptIds: prompt,
+        maxNewTokens: 4,
+        temperature: 0.8,
+        topK: 5,
+        seed: 42,
+        maxContext: T,
+      });
     const a = await run();
     expect(await run()).toEqual(a);
     const first = referenceLogits(model, global, prompt);
@@ -183,26 +243,53 @@ describe('generation through user, edge and cloud', () => {
     const c = model.config;
     const D = c.nEmbd;
     const h = (n: number, d = D, rows = 1) => new Rng(n).fillNormal(new Float32Array(rows * n * d), 1);
-    const frame = (data: Float32Array, shape: number[]) => encodeFrame('generate', {}, { h: { data, shape } });
-    const post = async (body: Uint8Array, headers: Record<string, string> = { authorization: `Bearer ${creds.userToken}`, 'x-splitllm-user': creds.userId }, url = `${edge.url}/api/generate`) => {
-      const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/octet-stream', ...headers }, body: body as Uint8Array<ArrayBuffer> });
+    const frame = (data: Float32Array, shape: number[]) =>
+      encodeMessage('userGenerate', 'generate', { h: { data, shape } });
+    const post = async (
+      body: Uint8Array,
+      headers: Record<string, string> = { authorization: `Bearer ${creds.userToken}`, 'x-splitllm-user': creds.userId },
+      url = `${edge.url}/api/generate`,
+    ) => {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream', ...headers },
+        body: body as Uint8Array<ArrayBuffer>,
+      });
       const text = await res.text();
       return { status: res.status, code: res.ok ? 'OK' : (JSON.parse(text) as { code: string }).code };
     };
     const good = frame(h(5), [1, 5, D]);
 
     expect(await post(good, {})).toEqual({ status: 401, code: 'UNAUTHORIZED' });
-    expect(await post(good, { authorization: `Bearer ${'0'.repeat(64)}`, 'x-splitllm-user': creds.userId })).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    expect(await post(good, { authorization: `Bearer ${'0'.repeat(64)}`, 'x-splitllm-user': creds.userId })).toEqual({
+      status: 401,
+      code: 'UNAUTHORIZED',
+    });
     // a token for another edge is refused by this one
-    expect(await post(good, { authorization: `Bearer ${userToken(edgeSecret, creds.userId, 'e2')}`, 'x-splitllm-user': creds.userId })).toEqual({ status: 401, code: 'UNAUTHORIZED' });
+    expect(
+      await post(good, {
+        authorization: `Bearer ${userToken(edgeSecret, creds.userId, 'e2')}`,
+        'x-splitllm-user': creds.userId,
+      }),
+    ).toEqual({ status: 401, code: 'UNAUTHORIZED' });
     // a genuine token (made with the secret) for a user the cloud never admitted
-    expect(await post(good, { authorization: `Bearer ${userToken(edgeSecret, 'u-nobody', 'e1')}`, 'x-splitllm-user': 'u-nobody' })).toEqual({ status: 404, code: 'UNKNOWN_USER' });
+    expect(
+      await post(good, {
+        authorization: `Bearer ${userToken(edgeSecret, 'u-nobody', 'e1')}`,
+        'x-splitllm-user': 'u-nobody',
+      }),
+    ).toEqual({ status: 404, code: 'UNKNOWN_USER' });
 
     expect(await post(frame(h(5, D - 1), [1, 5, D - 1]))).toEqual({ status: 400, code: 'BAD_SHAPE' });
     expect(await post(frame(h(5, D, 2), [2, 5, D]))).toEqual({ status: 400, code: 'BAD_SHAPE' });
-    expect(await post(frame(h(c.nPositions + 1), [1, c.nPositions + 1, D]))).toEqual({ status: 400, code: 'BAD_SHAPE' });
+    expect(await post(frame(h(c.nPositions + 1), [1, c.nPositions + 1, D]))).toEqual({
+      status: 400,
+      code: 'BAD_SHAPE',
+    });
     expect(await post(frame(new Float32Array(0), [1, 0, D]))).toEqual({ status: 400, code: 'BAD_SHAPE' });
-    expect(await post(encodeFrame('bye', { reason: 'x' }))).toEqual({ status: 400, code: 'UNEXPECTED_TYPE' });
+    // a valid message of another channel
+    const bye = encodeMessage('userToEdge', 'bye', { reason: 'x' });
+    expect(await post(bye)).toEqual({ status: 400, code: 'UNEXPECTED_TYPE' });
     expect(await post(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]))).toEqual({ status: 400, code: 'BAD_FRAME' });
     // NaN written after encoding (the encoder refuses it)
     const nan = frame(h(5), [1, 5, D]);
@@ -212,7 +299,11 @@ describe('generation through user, edge and cloud', () => {
     // the same without a content-length (chunked): refused once read, by the frame limit
     const chunked = await fetch(`${edge.url}/api/generate`, {
       method: 'POST',
-      headers: { 'content-type': 'application/octet-stream', authorization: `Bearer ${creds.userToken}`, 'x-splitllm-user': creds.userId },
+      headers: {
+        'content-type': 'application/octet-stream',
+        authorization: `Bearer ${creds.userToken}`,
+        'x-splitllm-user': creds.userId,
+      },
       body: new Blob([new Uint8Array(maxGenerateFrameBytes(c) + 1)]).stream(),
       duplex: 'half',
     } as RequestInit);
@@ -220,11 +311,18 @@ describe('generation through user, edge and cloud', () => {
     expect(((await chunked.json()) as { code: string }).code).toBe('FRAME_TOO_LARGE');
 
     // the cloud's route is for edges only
-    expect(await post(encodeFrame('generate', { userId: creds.userId, version: 1 }, { h: { data: h(5), shape: [1, 5, D] } }), { authorization: `Bearer ${creds.userToken}` }, `${cloud.url}/api/generate`)).toEqual({ status: 401, code: 'BAD_EDGE_TOKEN' });
+    const h2 = { data: h(5), shape: [1, 5, D] };
+    const fromEdge = encodeMessage('edgeGenerate', 'generate', { userId: creds.userId, version: 1, h: h2 });
+    const userAuth = { authorization: `Bearer ${creds.userToken}` };
+    const refused = await post(fromEdge, userAuth, `${cloud.url}/api/generate`);
+    expect(refused).toEqual({ status: 401, code: 'BAD_EDGE_TOKEN' });
 
     // none of it broke anything
     expect(await post(good)).toEqual({ status: 200, code: 'OK' });
-    const preflight = await fetch(`${edge.url}/api/generate`, { method: 'OPTIONS', headers: { origin: 'http://page.example', 'access-control-request-method': 'POST' } });
+    const preflight = await fetch(`${edge.url}/api/generate`, {
+      method: 'OPTIONS',
+      headers: { origin: 'http://page.example', 'access-control-request-method': 'POST' },
+    });
     expect(preflight.status).toBe(204);
     expect(preflight.headers.get('access-control-allow-headers')).toContain('x-splitllm-user');
   });

@@ -21,7 +21,18 @@ function filesUnder(dir: string): string[] {
 
 describe('pretrain', () => {
   const run = (n: number) =>
-    cli(['pretrain', '--steps', '2', '--seed', '1234', '--out', join(tmp, `model-${n}`), '--data-out', join(tmp, `data-${n}`), '--json']);
+    cli([
+      'pretrain',
+      '--steps',
+      '2',
+      '--seed',
+      '1234',
+      '--out',
+      join(tmp, `model-${n}`),
+      '--data-out',
+      join(tmp, `data-${n}`),
+      '--json',
+    ]);
   let first: CliResult;
   beforeAll(() => {
     first = run(1);
@@ -45,7 +56,9 @@ describe('pretrain', () => {
   it('is deterministic from its seed', () => {
     const second = run(2);
     expect(second.code).toBe(0);
-    expect(readFileSync(join(tmp, 'model-2/model.safetensors'))).toEqual(readFileSync(join(tmp, 'model-1/model.safetensors')));
+    expect(readFileSync(join(tmp, 'model-2/model.safetensors'))).toEqual(
+      readFileSync(join(tmp, 'model-1/model.safetensors')),
+    );
   });
 
   it('the shipped model was made by the recipe it records', () => {

@@ -5,8 +5,8 @@
  * The equivalence with train-central (same data, seed and split; f32 codec; the user tier on the
  * TypeScript reference so only the edge and cloud engines differ):
  *  - loss of every step within 1e-5 relative: the edge and cloud segments are ONNX graphs in
- *    float32 (float32 accumulation) where train-central accumulates in float64; issue 3 measured
- *    those graphs within ~1e-6 of the reference per segment, and a few steps of training carry
+ *    float32 (float32 accumulation) where train-central accumulates in float64; the ONNX tests
+ *    measure those graphs within ~1e-6 of the reference per segment, and a few steps of training carry
  *    differences of that order into the parameters.
  *  - final adapter within 1e-4 (max |split - central| / max |central| per tensor, the measure of
  *    every engine test), with AdamW's eps at 1e-5 (`--adam-eps`). AdamW divides each element's
@@ -57,14 +57,43 @@ describe('simulate', () => {
     const simOut = join(tmp, `equiv-sim-${tag}`);
     const centralOut = join(tmp, `equiv-central-${tag}`);
     const epsArgs = eps ? ['--adam-eps', eps] : [];
-    const lines = simulate(simOut, ['--edges', '1', '--users', '1', '--rounds', '1', '--steps-per-user', String(N), '--data', text, '--seed', '3', '--engine', 'reference', ...epsArgs]);
+    const lines = simulate(simOut, [
+      '--edges',
+      '1',
+      '--users',
+      '1',
+      '--rounds',
+      '1',
+      '--steps-per-user',
+      String(N),
+      '--data',
+      text,
+      '--seed',
+      '3',
+      '--engine',
+      'reference',
+      ...epsArgs,
+    ]);
     expect(lines.map((l) => l.round)).toEqual([1]);
-    const central = cli(['train-central', '--text', text, '--steps', String(N), '--seed', '3', '--out', centralOut, '--json', ...epsArgs]);
+    const central = cli([
+      'train-central',
+      '--text',
+      text,
+      '--steps',
+      String(N),
+      '--seed',
+      '3',
+      '--out',
+      centralOut,
+      '--json',
+      ...epsArgs,
+    ]);
     expect(central.code).toBe(0);
     const centralLosses = jsonLines(central.stdout).map((s) => s.loss as number);
     const splitLosses = rounds(simOut)[0].turns[0].losses;
     expect(splitLosses).toHaveLength(N);
-    for (let i = 0; i < N; i++) expect(Math.abs(splitLosses[i] - centralLosses[i]) / centralLosses[i]).toBeLessThan(1e-5);
+    for (let i = 0; i < N; i++)
+      expect(Math.abs(splitLosses[i] - centralLosses[i]) / centralLosses[i]).toBeLessThan(1e-5);
     const split = loadAdapterDir(simOut);
     const want = loadAdapterDir(centralOut);
     expect([...split.layers.keys()].sort()).toEqual([...want.layers.keys()].sort());
@@ -80,7 +109,7 @@ describe('simulate', () => {
     }
   });
 
-  it('follows train-central\'s loss curve at the default AdamW eps too', () => {
+  it("follows train-central's loss curve at the default AdamW eps too", () => {
     // the adapter is not compared here: see the header (a few elements with ~0 gradient drift)
     equivalence(undefined);
   });
@@ -88,7 +117,22 @@ describe('simulate', () => {
   it('trains 4 users on 2 edges over 3 rounds: versions advance, held-out loss falls, the adapter loads in eval', () => {
     const out = join(tmp, 'two-edges');
     // the WGSL engine, on the software adapter (SwiftShader) here ('auto' might pick wasm on it)
-    const lines = simulate(out, ['--edges', '2', '--users', '4', '--rounds', '3', '--steps-per-user', '10', '--data', join(DATA, 'sotu/train'), '--seed', '1', '--engine', 'wgsl']);
+    const lines = simulate(out, [
+      '--edges',
+      '2',
+      '--users',
+      '4',
+      '--rounds',
+      '3',
+      '--steps-per-user',
+      '10',
+      '--data',
+      join(DATA, 'sotu/train'),
+      '--seed',
+      '1',
+      '--engine',
+      'wgsl',
+    ]);
     expect(lines.map((l) => [l.round, l.version, l.users, l.edges])).toEqual([
       [1, 1, 2, 2],
       [2, 2, 2, 2],
@@ -106,7 +150,10 @@ describe('simulate', () => {
     expect(existsSync(join(out, 'adapter_config.json'))).toBe(true);
 
     const heldout = join(tmp, 'heldout.txt');
-    writeFileSync(heldout, [1, 2, 3, 4].map((i) => readFileSync(join(DATA, `sotu/heldout/user-${i}.txt`), 'utf8')).join('\n'));
+    writeFileSync(
+      heldout,
+      [1, 2, 3, 4].map((i) => readFileSync(join(DATA, `sotu/heldout/user-${i}.txt`), 'utf8')).join('\n'),
+    );
     const before = jsonLines(cli(['eval', '--text', heldout, '--json']).stdout)[0].loss as number;
     const after = cli(['eval', '--text', heldout, '--adapter', out, '--json']);
     expect(after.code).toBe(0);
@@ -119,7 +166,24 @@ describe('simulate', () => {
     const text = join(DATA, 'sotu/train/user-3.txt');
     const run = (codec: string) => {
       const out = join(tmp, `codec-${codec}`);
-      const [line] = simulate(out, ['--edges', '1', '--users', '1', '--rounds', '1', '--steps-per-user', '3', '--data', text, '--seed', '5', '--engine', 'reference', '--codec', codec]);
+      const [line] = simulate(out, [
+        '--edges',
+        '1',
+        '--users',
+        '1',
+        '--rounds',
+        '1',
+        '--steps-per-user',
+        '3',
+        '--data',
+        text,
+        '--seed',
+        '5',
+        '--engine',
+        'reference',
+        '--codec',
+        codec,
+      ]);
       return { line, losses: rounds(out)[0].turns[0].losses };
     };
     const f32 = run('f32');

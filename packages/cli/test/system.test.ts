@@ -5,7 +5,7 @@
  */
 import { startCloudServer, type CloudServer, type RoundSummary } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
-import { decodeFrame, encodeFrame, type Frame } from '@splitllm/wire';
+import { decodeExpected, decodeMessage, encodeFrameWith, encodeMessage, type MessageOn } from '@splitllm/wire';
 import { Rng } from '@splitllm/model';
 import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync } from 'node:fs';
@@ -43,10 +43,14 @@ async function joinToken(cloud: string): Promise<string> {
   return r.json.token;
 }
 
+/** What an edge sends a user. */
+type EdgeMsg = MessageOn<'edgeToUser'>;
+type EdgeMsgOf<T extends EdgeMsg['type']> = Extract<EdgeMsg, { type: T }>;
+
 /** A protocol client with no trainer: it sends whatever it is told to, and records what comes back. */
 class RawUser {
-  readonly frames: Frame[] = [];
-  private waiters: Array<{ pred: (f: Frame) => boolean; resolve: (f: Frame) => void }> = [];
+  readonly frames: EdgeMsg[] = [];
+  private waiters: Array<{ pred: (f: EdgeMsg) => boolean; resolve: (f: EdgeMsg) => void }> = [];
   closed?: { code: number; reason: string };
 
   private constructor(
@@ -54,7 +58,7 @@ class RawUser {
     readonly userId: string,
   ) {
     ws.on('message', (data: Buffer) => {
-      const f = decodeFrame(new Uint8Array(data));
+      const f = decodeMessage('edgeToUser', new Uint8Array(data));
       this.frames.push(f);
       this.waiters = this.waiters.filter((w) => {
         if (!w.pred(f)) return true;
@@ -66,7 +70,7 @@ class RawUser {
   }
 
   static async connect(edgeUrl: string, userId: string): Promise<RawUser> {
-    const ws = new WebSocket(edgeUrl.replace(/^http/, 'ws') + '/ws/user');
+    const ws = new WebSocket(`${edgeUrl.replace(/^http/, 'ws')}/ws/user`);
     await new Promise<void>((res, rej) => {
       ws.once('open', () => res());
       ws.once('error', rej);
@@ -78,20 +82,32 @@ class RawUser {
     this.ws.send(bytes);
   }
 
-  next(pred: (f: Frame) => boolean, timeoutMs = 60_000): Promise<Frame> {
-    const seen = this.frames.find(pred);
+  /** The first message of `type` (that `pred` accepts), taken from those already received or the next to come. */
+  next<T extends EdgeMsg['type']>(
+    type: T,
+    pred: (f: EdgeMsgOf<T>) => boolean = () => true,
+    timeoutMs = 60_000,
+  ): Promise<EdgeMsgOf<T>> {
+    const matches = (f: EdgeMsg): f is EdgeMsgOf<T> => f.type === type && pred(f as EdgeMsgOf<T>);
+    const seen = this.frames.find(matches);
     if (seen) {
       this.frames.splice(this.frames.indexOf(seen), 1);
       return Promise.resolve(seen);
     }
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no matching frame within ${timeoutMs} ms; got ${this.frames.map((f) => f.type).join(', ')}`)), timeoutMs);
+      const t = setTimeout(
+        () =>
+          reject(
+            new Error(`no matching frame within ${timeoutMs} ms; got ${this.frames.map((f) => f.type).join(', ')}`),
+          ),
+        timeoutMs,
+      );
       this.waiters.push({
-        pred,
+        pred: matches,
         resolve: (f) => {
           clearTimeout(t);
           this.frames.splice(this.frames.indexOf(f), 1);
-          resolve(f);
+          resolve(f as EdgeMsgOf<T>);
         },
       });
     });
@@ -99,43 +115,59 @@ class RawUser {
 
   /** The error frame that answers the next bad frame. */
   async error(): Promise<string> {
-    return String((await this.next((f) => f.type === 'error')).fields.code);
+    return (await this.next('error')).code;
   }
 }
 
-function forwardFrame(round: number, step: number, rng: Rng, o: { h?: Float32Array; targets?: Int32Array; shape?: number[] } = {}): Uint8Array {
-  const h = o.h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
-  const targets = o.targets ?? Int32Array.from({ length: B * T }, () => rng.int(V));
-  return encodeFrame('forward', { round, step }, { h: { data: h, shape: o.shape ?? [B, T, D] }, targets: { data: targets, shape: [B, T] } });
+/** A user's forward frame (to an edge), or with `userId` an edge's (to the cloud). */
+function forwardFrame(
+  round: number,
+  step: number,
+  rng: Rng,
+  o: { h?: Float32Array; targets?: Int32Array; shape?: number[]; userId?: string } = {},
+): Uint8Array {
+  const hData = o.h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
+  const h = { data: hData, shape: o.shape ?? [B, T, D] };
+  const targets = { data: o.targets ?? Int32Array.from({ length: B * T }, () => rng.int(V)), shape: [B, T] };
+  if (o.userId === undefined) return encodeMessage('userToEdge', 'forward', { round, step, h, targets });
+  return encodeMessage('edgeToCloud', 'forward', { round, step, userId: o.userId, h, targets });
 }
 
 /** A valid forward frame with one activation overwritten by NaN after encoding (the encoder refuses NaN). */
 function nanFrame(round: number, step: number, rng: Rng): Uint8Array {
   const bytes = forwardFrame(round, step, rng);
   const headerLen = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerLen))) as { tensors: Array<{ name: string; offset: number }> };
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerLen))) as {
+    tensors: Array<{ name: string; offset: number }>;
+  };
   const h = header.tensors.find((t) => t.name === 'h')!;
   new DataView(bytes.buffer, bytes.byteOffset).setFloat32(4 + headerLen + h.offset + 40, NaN, true);
   return bytes;
 }
 
 /** Plays a turn honestly (random activations, the global adapter sent back unchanged). */
-async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, before?: (round: number, step: number) => Promise<void>, beforeAdapter?: (round: number, tensors: Map<string, { data: Float32Array; shape: number[] }>) => Promise<void>): Promise<Frame> {
-  const turn = await u.next((f) => f.type === 'turn');
-  const round = Number(turn.fields.round);
-  for (let step = 1; step <= Number(turn.fields.steps); step++) {
+async function playTurn(
+  u: RawUser,
+  edgeUrl: string,
+  rng: Rng,
+  before?: (round: number, step: number) => Promise<void>,
+  beforeAdapter?: (round: number, tensors: Map<string, { data: Float32Array; shape: number[] }>) => Promise<void>,
+): Promise<EdgeMsgOf<'turn-end'>> {
+  const turn = await u.next('turn');
+  const round = turn.round;
+  for (let step = 1; step <= turn.steps; step++) {
     await before?.(round, step);
     u.send(forwardFrame(round, step, rng));
-    const back = await u.next((f) => f.type === 'backward');
-    expect(back.fields.step).toBe(step);
-    expect(Number.isFinite(back.fields.loss)).toBe(true);
+    const back = await u.next('backward');
+    expect(back.step).toBe(step);
+    expect(Number.isFinite(back.loss)).toBe(true);
   }
-  const res = await fetch(`${edgeUrl}/api/adapters/user?version=${String(turn.fields.version)}`);
-  const adapter = decodeFrame(new Uint8Array(await res.arrayBuffer()));
-  const tensors = new Map([...adapter.tensors].map(([n, t]) => [n, { data: t.data as Float32Array, shape: t.shape }]));
+  const res = await fetch(`${edgeUrl}/api/adapters/user?version=${turn.version}`);
+  const adapter = decodeExpected('adapterFile', 'adapter', new Uint8Array(await res.arrayBuffer()));
+  const tensors = new Map([...adapter.tensors].map(([n, t]) => [n, { data: t.data, shape: t.shape }]));
   await beforeAdapter?.(round, tensors);
-  u.send(encodeFrame('adapter', { round, tokens: B * T * STEPS, steps: STEPS }, tensors));
-  return u.next((f) => f.type === 'turn-end');
+  u.send(encodeMessage('userToEdge', 'adapter', { round, tokens: B * T * STEPS, steps: STEPS, tensors }));
+  return u.next('turn-end');
 }
 
 describe('servers on loopback', () => {
@@ -168,7 +200,11 @@ describe('servers on loopback', () => {
   });
 
   it('refuses a wrong edge secret, a missing edge token and a wrong operator token', async () => {
-    const reg = await post(`${cloud.url}/api/edges/register`, { edgeId: 'intruder', url: 'http://127.0.0.1:1', secret: 'wrong' });
+    const reg = await post(`${cloud.url}/api/edges/register`, {
+      edgeId: 'intruder',
+      url: 'http://127.0.0.1:1',
+      secret: 'wrong',
+    });
     expect(reg.status).toBe(401);
     expect(reg.json.code).toBe('BAD_EDGE_SECRET');
     const seg = await fetch(`${cloud.url}/api/segments/edge`);
@@ -179,8 +215,10 @@ describe('servers on loopback', () => {
     const jt = await post(`${cloud.url}/api/join-tokens`, {}, 'wrong');
     expect(jt.status).toBe(401);
     expect(jt.json.code).toBe('BAD_OPERATOR_TOKEN');
-    const ws = new WebSocket(cloud.url.replace(/^http/, 'ws') + '/ws/edge');
-    const status = await new Promise<number>((res) => ws.on('unexpected-response', (_req, r) => res(r.statusCode ?? 0)));
+    const ws = new WebSocket(`${cloud.url.replace(/^http/, 'ws')}/ws/edge`);
+    const status = await new Promise<number>((res) =>
+      ws.on('unexpected-response', (_req, r) => res(r.statusCode ?? 0)),
+    );
     expect(status).toBe(401);
     expect(cloud.coordinator.edges.has('intruder')).toBe(false);
   });
@@ -202,7 +240,7 @@ describe('servers on loopback', () => {
   it('closes a user socket whose hello has a wrong token, or is not a hello', async () => {
     const join = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
     const forged = await RawUser.connect(edges[0].url, join.json.userId);
-    forged.send(encodeFrame('hello', { userId: join.json.userId, token: 'a'.repeat(64) }));
+    forged.send(encodeMessage('userToEdge', 'hello', { userId: join.json.userId, token: 'a'.repeat(64) }));
     expect(await forged.error()).toBe('UNAUTHORIZED');
     await expect.poll(() => forged.closed?.code).toBe(4001);
     const garbage = await RawUser.connect(edges[0].url, 'x');
@@ -216,20 +254,17 @@ describe('servers on loopback', () => {
     const join = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
     const a = await RawUser.connect(edges[0].url, join.json.userId);
     users.push(a);
-    a.send(encodeFrame('hello', { userId: join.json.userId, token: join.json.userToken }));
-    const welcome = await a.next((f) => f.type === 'welcome');
-    expect(welcome.fields.position).toBe(1);
+    a.send(encodeMessage('userToEdge', 'hello', { userId: join.json.userId, token: join.json.userToken }));
+    const welcome = await a.next('welcome');
+    expect(welcome.position).toBe(1);
     const rng = new Rng(5);
 
     a.send(new Uint8Array(64).fill(255));
     expect(await a.error()).toBe('BAD_FRAME');
     a.send('a text frame');
     expect(await a.error()).toBe('BAD_FRAME');
-    const unknown = new TextEncoder().encode(JSON.stringify({ type: 'launch-missiles', tensors: [] }));
-    const unknownFrame = new Uint8Array(4 + unknown.length);
-    new DataView(unknownFrame.buffer).setUint32(0, unknown.length, true);
-    unknownFrame.set(unknown, 4);
-    a.send(unknownFrame);
+    // a well-formed frame of a type no channel declares (the typed encoder refuses it)
+    a.send(encodeFrameWith({ fields: {} }, 'launch-missiles', {}));
     expect(await a.error()).toBe('UNKNOWN_TYPE');
     a.send(nanFrame(1, 1, rng));
     expect(await a.error()).toBe('NOT_FINITE');
@@ -240,24 +275,38 @@ describe('servers on loopback', () => {
     expect(await a.error()).toBe('FRAME_TOO_LARGE');
 
     expect(a.closed).toBeUndefined();
-    const status = (await (await fetch(`${edges[0].url}/api/admin/status`, { headers: { authorization: `Bearer ${edges[0].operatorToken}` } })).json()) as {
+    const status = (await (
+      await fetch(`${edges[0].url}/api/admin/status`, {
+        headers: { authorization: `Bearer ${edges[0].operatorToken}` },
+      })
+    ).json()) as {
       users: Array<{ userId: string; state: string }>;
       errors: Array<{ code: string }>;
     };
     expect(status.users.map((u) => [u.userId, u.state])).toEqual([[join.json.userId, 'waiting']]);
-    expect(status.errors.map((e) => e.code)).toEqual(expect.arrayContaining(['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_FINITE', 'NOT_YOUR_TURN', 'FRAME_TOO_LARGE']));
+    expect(status.errors.map((e) => e.code)).toEqual(
+      expect.arrayContaining(['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_FINITE', 'NOT_YOUR_TURN', 'FRAME_TOO_LARGE']),
+    );
   });
 
   it('answers a malformed frame from an edge with a code', async () => {
-    const reg = await post(`${cloud.url}/api/edges/register`, { edgeId: 'probe', url: 'http://127.0.0.1:1', secret: edgeSecret });
+    const reg = await post(`${cloud.url}/api/edges/register`, {
+      edgeId: 'probe',
+      url: 'http://127.0.0.1:1',
+      secret: edgeSecret,
+    });
     expect(reg.status).toBe(200);
-    const ws = new WebSocket(cloud.url.replace(/^http/, 'ws') + '/ws/edge', { headers: { authorization: `Bearer ${reg.json.edgeToken}` } });
-    const frames: Frame[] = [];
-    ws.on('message', (d: Buffer) => frames.push(decodeFrame(new Uint8Array(d))));
+    const ws = new WebSocket(`${cloud.url.replace(/^http/, 'ws')}/ws/edge`, {
+      headers: { authorization: `Bearer ${reg.json.edgeToken}` },
+    });
+    const frames: MessageOn<'cloudToEdge'>[] = [];
+    ws.on('message', (d: Buffer) => frames.push(decodeMessage('cloudToEdge', new Uint8Array(d))));
     await new Promise((res) => ws.once('open', res));
     ws.send(new Uint8Array([9, 0, 0, 0, 123]));
-    ws.send(forwardFrame(1, 1, new Rng(1)));
-    await expect.poll(() => frames.filter((f) => f.type === 'error').map((f) => f.fields.code)).toEqual(['BAD_FRAME', 'NO_ROUND']);
+    // a well-formed edge forward, sent while no round runs
+    ws.send(forwardFrame(1, 1, new Rng(1), { userId: 'u-probe' }));
+    const codes = () => frames.flatMap((f) => (f.type === 'error' ? [f.code] : []));
+    await expect.poll(codes).toEqual(['BAD_FRAME', 'NO_ROUND']);
     ws.close();
     await expect.poll(() => cloud.coordinator.edges.get('probe')?.channel).toBeUndefined();
   });
@@ -269,8 +318,8 @@ describe('servers on loopback', () => {
     expect(joinB.json.edgeId).toBe('e1');
     const b = await RawUser.connect(edges[0].url, joinB.json.userId);
     users.push(b);
-    b.send(encodeFrame('hello', { userId: joinB.json.userId, token: joinB.json.userToken }));
-    expect((await b.next((f) => f.type === 'welcome')).fields.position).toBe(2);
+    b.send(encodeMessage('userToEdge', 'hello', { userId: joinB.json.userId, token: joinB.json.userToken }));
+    expect((await b.next('welcome')).position).toBe(2);
 
     edges.push(await startEdgeServer({ cloudUrl: cloud.url, edgeId: 'e2', edgeSecret, logLevel: false, threads: 1 }));
     const joinC = await post(`${cloud.url}/api/join`, { joinToken: await joinToken(cloud.url) });
@@ -279,11 +328,11 @@ describe('servers on loopback', () => {
     users.push(c);
     const rng = new Rng(9);
     const cTurn = playTurn(c, edges[1].url, rng);
-    c.send(encodeFrame('hello', { userId: joinC.json.userId, token: joinC.json.userToken }));
+    c.send(encodeMessage('userToEdge', 'hello', { userId: joinC.json.userId, token: joinC.json.userToken }));
 
     // a: one step's activations, then the process dies before the gradient comes back
-    const aTurn = await a.next((f) => f.type === 'turn');
-    const round = Number(aTurn.fields.round);
+    const aTurn = await a.next('turn');
+    const round = aTurn.round;
     expect(round).toBe(1);
     a.send(forwardFrame(round, 1, rng));
     a.ws.terminate();
@@ -302,15 +351,17 @@ describe('servers on loopback', () => {
       b.send(nanFrame(r, 1, rng));
       expect(await b.error()).toBe('NOT_FINITE');
     });
-    expect(bEnd.fields.accepted).toBe(true);
-    expect((await cTurn).fields.accepted).toBe(true);
+    expect(bEnd.accepted).toBe(true);
+    expect((await cTurn).accepted).toBe(true);
 
-    const end = await b.next((f) => f.type === 'round-end');
-    expect(end.fields.version).toBe(1);
+    const end = await b.next('round-end');
+    expect(end.version).toBe(1);
     const rounds = cloud.store.rounds();
     const last = rounds[rounds.length - 1];
     expect(last.version).toBe(1);
-    expect(last.participants.sort()).toEqual([`edge:e1`, `edge:e2`, `user:${joinB.json.userId}`, `user:${joinC.json.userId}`].sort());
+    expect(last.participants.sort()).toEqual(
+      [`edge:e1`, `edge:e2`, `user:${joinB.json.userId}`, `user:${joinC.json.userId}`].sort(),
+    );
     expect(last.tokens).toBe(2 * STEPS * B * T);
     // the round's loss is the mean over b's and c's steps only: a's step went out with a
     const steps = summaries[0].turns.flatMap((t) => t.losses);
@@ -332,16 +383,16 @@ describe('servers on loopback', () => {
     const rng = new Rng(11);
     const bTurn = playTurn(b, edges[0].url, rng, undefined, async (round, tensors) => {
       const shifted = new Map([...tensors].map(([n, t]) => [n, { data: t.data.map((v) => v + 10), shape: t.shape }]));
-      b.send(encodeFrame('adapter', { round, tokens: 1, steps: STEPS }, shifted));
+      b.send(encodeMessage('userToEdge', 'adapter', { round, tokens: 1, steps: STEPS, tensors: shifted }));
       expect(await b.error()).toBe('ADAPTER_NORM');
       const missing = new Map([...tensors].slice(1));
-      b.send(encodeFrame('adapter', { round, tokens: 1, steps: STEPS }, missing));
+      b.send(encodeMessage('userToEdge', 'adapter', { round, tokens: 1, steps: STEPS, tensors: missing }));
       expect(await b.error()).toBe('ADAPTER_MODULE');
     });
     const cTurn = playTurn(c, edges[1].url, rng);
-    expect((await bTurn).fields.accepted).toBe(true);
-    expect((await cTurn).fields.accepted).toBe(true);
-    await c.next((f) => f.type === 'round-end' && f.fields.version === 2);
+    expect((await bTurn).accepted).toBe(true);
+    expect((await cTurn).accepted).toBe(true);
+    await c.next('round-end', (f) => f.version === 2);
     const last = cloud.store.rounds().find((r) => r.version === 2)!;
     expect(last.participants.sort()).toEqual(['edge:e1', 'edge:e2', `user:${b.userId}`, `user:${c.userId}`].sort());
   });
@@ -382,13 +433,29 @@ describe('an edge that dies', () => {
       expect(client.edgeUrl).toBe(edges[0].url);
       await expect.poll(() => events.some((e) => e.type === 'turn-end' && e.accepted), { timeout: 60_000 }).toBe(true);
       await edges[0].close();
-      await expect.poll(() => events.find((e) => e.type === 'reassigned'), { timeout: 60_000 }).toMatchObject({ edgeId: 'e2', edgeUrl: edges[1].url });
+      await expect
+        .poll(() => events.find((e) => e.type === 'reassigned'), { timeout: 60_000 })
+        .toMatchObject({ edgeId: 'e2', edgeUrl: edges[1].url });
       const afterMove = events.length;
-      await expect.poll(() => events.slice(afterMove).some((e) => e.type === 'turn-end' && e.accepted), { timeout: 60_000 }).toBe(true);
-      await expect.poll(() => cloud.store.rounds().some((r) => r.participants.includes('edge:e2') && r.participants.includes(`user:${client.userId}`)), { timeout: 10_000 }).toBe(true);
+      await expect
+        .poll(() => events.slice(afterMove).some((e) => e.type === 'turn-end' && e.accepted), { timeout: 60_000 })
+        .toBe(true);
+      await expect
+        .poll(
+          () =>
+            cloud.store
+              .rounds()
+              .some((r) => r.participants.includes('edge:e2') && r.participants.includes(`user:${client.userId}`)),
+          { timeout: 10_000 },
+        )
+        .toBe(true);
       // its first token (genuine, for e1) no longer names its edge: the cloud refuses it now
       expect(first.edgeId).toBe('e1');
-      const stale = await post(`${cloud.url}/api/rejoin`, { userId: client.userId, userToken: first.userToken, edgeId: 'e1' });
+      const stale = await post(`${cloud.url}/api/rejoin`, {
+        userId: client.userId,
+        userToken: first.userToken,
+        edgeId: 'e1',
+      });
       expect(stale.status).toBe(403);
       expect(stale.json.code).toBe('BAD_USER_TOKEN');
     } finally {
@@ -418,7 +485,17 @@ describe('a cloud killed and restarted', () => {
     const port = await freePort();
     const env = { SPLITLLM_EDGE_SECRET: edgeSecret, SPLITLLM_OPERATOR_TOKEN: operatorToken };
     const logDir = join(tmp, 'restart-logs');
-    const cloudArgs = ['cloud', '--state', join(tmp, 'restart-state'), '--port', String(port), '--steps-per-user', '3', '--threads', '1'];
+    const cloudArgs = [
+      'cloud',
+      '--state',
+      join(tmp, 'restart-state'),
+      '--port',
+      String(port),
+      '--steps-per-user',
+      '3',
+      '--threads',
+      '1',
+    ];
     const rounds: number[] = [];
     const watch = (p: Part) => p.onLine((j) => j.event === 'round' && rounds.push(Number(j.version)));
     let cloud = startPart('cloud', cloudArgs, { logDir, env });
@@ -428,7 +505,11 @@ describe('a cloud killed and restarted', () => {
     const edge = startPart('edge', ['edge', '--cloud', url, '--id', 'e1', '--threads', '1'], { logDir, env });
     parts.push(edge);
     await edge.ready;
-    const user = startPart('user', ['user', '--cloud', url, '--data', join(DATA, 'sotu/train/user-1.txt'), '--engine', 'reference'], { logDir, env: { SPLITLLM_JOIN_TOKEN: await joinToken(url) } });
+    const user = startPart(
+      'user',
+      ['user', '--cloud', url, '--data', join(DATA, 'sotu/train/user-1.txt'), '--engine', 'reference'],
+      { logDir, env: { SPLITLLM_JOIN_TOKEN: await joinToken(url) } },
+    );
     parts.push(user);
     await user.ready;
     await expect.poll(() => rounds.length, { timeout: 120_000, interval: 100 }).toBeGreaterThanOrEqual(2);

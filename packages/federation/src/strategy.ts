@@ -1,12 +1,14 @@
 /**
- * Aggregation of LoRA adapters at the end of a round, and the checks an uploaded adapter must
- * pass before it may take part (DESIGN.md "Rounds" and "Trust").
+ * Aggregation strategies, in the spirit of Flower's `Strategy`: a strategy owns the round. It
+ * decides which edges take part (`selectEdges`), what the round asks of them (`configureRound`:
+ * what the round-start carries) and how their updates become the next global version
+ * (`aggregate`). The cloud asks and carries the answers out, so a new strategy is a new file and
+ * a registry entry, not an edit of the cloud.
  *
- * The strategy interface is deliberately small, in the spirit of Flower's `Strategy`: the cloud
- * collects one `AdapterUpdate` per participant (a user's blocks [0, k), an edge's [k, m), the
- * cloud's per-edge copy of [m, L)) and hands them with the current global adapter to
- * `aggregate`, which returns the next global version. Each update only holds the modules its
- * participant trained, so a strategy works module by module.
+ * The cloud collects one `AdapterUpdate` per participant (a user's blocks [0, k), an edge's
+ * [k, m), the cloud's per-edge copy of [m, L)) and hands them with the current global adapter
+ * to `aggregate`. Each update only holds the modules its participant trained, so a strategy
+ * works module by module. The upload checks (update-checks.ts) run before any update gets here.
  *
  * Browser-safe: no Node imports.
  */
@@ -21,8 +23,44 @@ export interface AdapterUpdate {
   tokens: number;
 }
 
+/** What the cloud knows of one connected edge when a round could start. */
+export interface EdgeCandidate {
+  edgeId: string;
+  /** users waiting at the edge, as it last reported */
+  waiting: number;
+}
+
+/** The run's settings a strategy decides from (the operator's command line). */
+export interface RoundSettings {
+  /** a round needs this many edges with waiting users ... */
+  minEdges: number;
+  /** ... and this many waiting users in all */
+  minUsers: number;
+  usersPerEdge: number;
+  stepsPerUser: number;
+  /** the AdamW learning rate of the run */
+  lr: number;
+}
+
+/** What one round asks of every edge in it. */
+export interface RoundConfig {
+  /** users an edge trains, one after another, in this round */
+  usersPerEdge: number;
+  /** steps each of those users trains */
+  stepsPerUser: number;
+  /** the learning rate of this round's steps (the update-norm bound is computed from it) */
+  lr: number;
+}
+
 export interface AggregationStrategy {
   readonly name: string;
+  /**
+   * The edges that take part in round `round`, chosen among `edges` (the connected ones, in
+   * registration order). An empty list: no round now; the cloud asks again when an edge reports.
+   */
+  selectEdges(round: number, edges: readonly EdgeCandidate[], settings: RoundSettings): string[];
+  /** The configuration of round `round` (what its round-start carries). */
+  configureRound(round: number, settings: RoundSettings): RoundConfig;
   /** Returns a new global adapter; must not mutate `global` or the updates. */
   aggregate(global: LoraAdapter, updates: readonly AdapterUpdate[]): LoraAdapter;
 }

@@ -5,7 +5,16 @@
  * tiers each stepping their own part with the same t is exactly one AdamW over the whole
  * adapter (what the centralized baseline does).
  */
-import { cloneAdapter, type LoraAdapter, type LoraGrads, type AdamWOptions, AdamW, loraGradArrays, loraParameters, type AdamWSnapshot } from '@splitllm/model';
+import {
+  cloneAdapter,
+  type LoraAdapter,
+  type LoraGrads,
+  type AdamWOptions,
+  AdamW,
+  loraGradArrays,
+  loraParameters,
+  type AdamWSnapshot,
+} from '@splitllm/model';
 
 export type LoraTrainSnapshot = AdamWSnapshot;
 

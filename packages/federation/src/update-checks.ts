@@ -1,7 +1,16 @@
 /**
  * The checks an uploaded adapter must pass before it may take part in aggregation.
  */
-import { type LoraAdapter, type LoraConfig, type LoraPair, AdapterCheckError, adapterElementCount, numel, sameLoraConfig, sameShape } from '@splitllm/model';
+import {
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraPair,
+  AdapterCheckError,
+  adapterElementCount,
+  numel,
+  sameLoraConfig,
+  sameShape,
+} from '@splitllm/model';
 
 function describeConfig(c: LoraConfig): string {
   return `r=${c.r}, alpha=${c.alpha}, targets=[${c.targets.join(', ')}]`;
@@ -24,7 +33,8 @@ export function checkPairShape(path: string, pair: LoraPair, want: LoraPair, who
     if (!sameShape(t.shape, w.shape) || t.data.length !== numel(w.shape)) {
       throw new AdapterCheckError(
         'ADAPTER_SHAPE',
-        `${who}: "${path}" ${half} is [${t.shape.join(', ')}] with ${t.data.length} values, the global has [${w.shape.join(', ')}]`,
+        `${who}: "${path}" ${half} is [${t.shape.join(', ')}] with ${t.data.length} values, ` +
+          `the global has [${w.shape.join(', ')}]`,
       );
     }
   }
@@ -52,12 +62,16 @@ export function checkAdapterUpdate(global: LoraAdapter, update: LoraAdapter, o: 
   const expected = new Set(o.modules);
   for (const path of update.layers.keys()) {
     if (!expected.has(path)) {
-      throw new AdapterCheckError('ADAPTER_MODULE', `${who}: module "${path}" was not expected (expected ${o.modules.length} modules: ${o.modules.join(', ')})`);
+      throw new AdapterCheckError(
+        'ADAPTER_MODULE',
+        `${who}: module "${path}" was not expected (expected ${o.modules.length} modules: ${o.modules.join(', ')})`,
+      );
     }
   }
   for (const path of expected) {
     if (!update.layers.has(path)) throw new AdapterCheckError('ADAPTER_MODULE', `${who}: module "${path}" is missing`);
-    if (!global.layers.has(path)) throw new AdapterCheckError('ADAPTER_MODULE', `${who}: module "${path}" is not in the global adapter`);
+    if (!global.layers.has(path))
+      throw new AdapterCheckError('ADAPTER_MODULE', `${who}: module "${path}" is not in the global adapter`);
   }
   for (const [path, pair] of update.layers) checkPairShape(path, pair, global.layers.get(path)!, who);
 
@@ -92,7 +106,10 @@ export function checkAdapterUpdate(global: LoraAdapter, update: LoraAdapter, o: 
  * `steps` steps at `lr`: the bound is adamUpdateNormBound over those modules' elements.
  */
 export function checkAdamWUpdate(global: LoraAdapter, update: LoraAdapter, lr: number, steps: number): number {
-  return checkAdapterUpdate(global, update, { modules: [...global.layers.keys()], maxUpdateNorm: adamUpdateNormBound(lr, steps, adapterElementCount(global)) });
+  return checkAdapterUpdate(global, update, {
+    modules: [...global.layers.keys()],
+    maxUpdateNorm: adamUpdateNormBound(lr, steps, adapterElementCount(global)),
+  });
 }
 
 /**

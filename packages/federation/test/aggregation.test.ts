@@ -1,5 +1,22 @@
 import { describe, expect, it } from 'vitest';
-import { type AdapterCheckCode, AdapterCheckError, adapterElementCount, adapterFromNamedTensors, adapterSubset, adapterToNamedTensors, cloneAdapter, type Gpt2Config, type LoraAdapter, type LoraConfig, type LoraPair, initLoraAdapter, DEFAULT_ADAMW, adamwInit, adamwStep, Rng } from '@splitllm/model';
+import {
+  type AdapterCheckCode,
+  AdapterCheckError,
+  adapterElementCount,
+  adapterFromNamedTensors,
+  adapterSubset,
+  adapterToNamedTensors,
+  cloneAdapter,
+  type Gpt2Config,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraPair,
+  initLoraAdapter,
+  DEFAULT_ADAMW,
+  adamwInit,
+  adamwStep,
+  Rng,
+} from '@splitllm/model';
 import type { AdapterUpdate } from '../src/strategy';
 import { AGGREGATION_STRATEGIES } from '../src/registry';
 import { FedAvg } from '../src/fedavg';
@@ -32,7 +49,13 @@ function hand(mods: Record<string, [number[], number[]]>): LoraAdapter {
 function snapshot(a: LoraAdapter): unknown {
   return {
     config: JSON.parse(JSON.stringify(a.config)),
-    layers: [...a.layers].map(([p, { A, B }]) => [p, A.shape.slice(), Array.from(A.data), B.shape.slice(), Array.from(B.data)]),
+    layers: [...a.layers].map(([p, { A, B }]) => [
+      p,
+      A.shape.slice(),
+      Array.from(A.data),
+      B.shape.slice(),
+      Array.from(B.data),
+    ]),
   };
 }
 
@@ -58,14 +81,62 @@ function perturbed(base: LoraAdapter, seed: number, scale: number): LoraAdapter 
 }
 
 describe('FedAvg', () => {
-  const global = hand({ '0': [[1, 1], [1, 1]], '1': [[2, 2], [2, 2]], '2': [[3, 3], [3, 3]] });
+  const global = hand({
+    '0': [
+      [1, 1],
+      [1, 1],
+    ],
+    '1': [
+      [2, 2],
+      [2, 2],
+    ],
+    '2': [
+      [3, 3],
+      [3, 3],
+    ],
+  });
   const updates: AdapterUpdate[] = [
     // only h.0 and h.1
-    { from: 'user:u1', tokens: 10, adapter: hand({ '0': [[2, 4], [6, 8]], '1': [[1, 0], [-1, 5]] }) },
+    {
+      from: 'user:u1',
+      tokens: 10,
+      adapter: hand({
+        '0': [
+          [2, 4],
+          [6, 8],
+        ],
+        '1': [
+          [1, 0],
+          [-1, 5],
+        ],
+      }),
+    },
     // overlaps u1 on h.1
-    { from: 'edge:e1', tokens: 30, adapter: hand({ '1': [[5, 4], [3, 1]] }) },
+    {
+      from: 'edge:e1',
+      tokens: 30,
+      adapter: hand({
+        '1': [
+          [5, 4],
+          [3, 1],
+        ],
+      }),
+    },
     // 0 tokens: its wild h.0 and h.2 must not count, and h.2 keeps the global value
-    { from: 'cloud:e1', tokens: 0, adapter: hand({ '0': [[1e6, 1e6], [1e6, 1e6]], '2': [[-9, -9], [-9, -9]] }) },
+    {
+      from: 'cloud:e1',
+      tokens: 0,
+      adapter: hand({
+        '0': [
+          [1e6, 1e6],
+          [1e6, 1e6],
+        ],
+        '2': [
+          [-9, -9],
+          [-9, -9],
+        ],
+      }),
+    },
   ];
 
   it('is the token-weighted mean per module, hand-computed', () => {
@@ -98,7 +169,11 @@ describe('FedAvg', () => {
 
   it('does not depend on the order of the updates', () => {
     const g = initLoraAdapter(tiny, loraCfg, 1);
-    const ups: AdapterUpdate[] = [1, 2, 3, 4].map((s) => ({ from: `user:u${s}`, tokens: 17 * s + 3, adapter: perturbed(g, s, 0.1) }));
+    const ups: AdapterUpdate[] = [1, 2, 3, 4].map((s) => ({
+      from: `user:u${s}`,
+      tokens: 17 * s + 3,
+      adapter: perturbed(g, s, 0.1),
+    }));
     const a = new FedAvg().aggregate(g, ups);
     const b = new FedAvg().aggregate(g, [...ups].reverse());
     expect(snapshot(a)).toEqual(snapshot(b));
@@ -112,19 +187,44 @@ describe('FedAvg', () => {
 
   it('rejects unknown modules, other shapes and configs, bad token counts and non-finite values', () => {
     const fed = new FedAvg();
-    const unknown = hand({ '0': [[1, 1], [1, 1]], '7': [[1, 1], [1, 1]] });
-    expect(expectCode(() => fed.aggregate(global, [{ from: 'user:x', tokens: 1, adapter: unknown }]), 'ADAPTER_MODULE').message).toContain(
-      'h.7.attn.c_attn',
-    );
-    const wide = hand({ '0': [[1, 1], [1, 1]] });
+    const unknown = hand({
+      '0': [
+        [1, 1],
+        [1, 1],
+      ],
+      '7': [
+        [1, 1],
+        [1, 1],
+      ],
+    });
+    expect(
+      expectCode(() => fed.aggregate(global, [{ from: 'user:x', tokens: 1, adapter: unknown }]), 'ADAPTER_MODULE')
+        .message,
+    ).toContain('h.7.attn.c_attn');
+    const wide = hand({
+      '0': [
+        [1, 1],
+        [1, 1],
+      ],
+    });
     wide.layers.get('h.0.attn.c_attn')!.B = { shape: [1, 3], data: new Float32Array(3) };
     expectCode(() => fed.aggregate(global, [{ from: 'user:x', tokens: 1, adapter: wide }]), 'ADAPTER_SHAPE');
-    const otherAlpha = hand({ '0': [[1, 1], [1, 1]] });
+    const otherAlpha = hand({
+      '0': [
+        [1, 1],
+        [1, 1],
+      ],
+    });
     otherAlpha.config.alpha = 8;
     expectCode(() => fed.aggregate(global, [{ from: 'user:x', tokens: 1, adapter: otherAlpha }]), 'ADAPTER_CONFIG');
     expect(() => fed.aggregate(global, [{ from: 'user:x', tokens: -1, adapter: hand({}) }])).toThrow(RangeError);
     expect(() => fed.aggregate(global, [{ from: 'user:x', tokens: NaN, adapter: hand({}) }])).toThrow(RangeError);
-    const nan = hand({ '0': [[NaN, 1], [1, 1]] });
+    const nan = hand({
+      '0': [
+        [NaN, 1],
+        [1, 1],
+      ],
+    });
     expectCode(() => fed.aggregate(global, [{ from: 'user:x', tokens: 1, adapter: nan }]), 'ADAPTER_NOT_FINITE');
     // a rejected aggregate leaves the global untouched
     expect(Array.from(global.layers.get('h.0.attn.c_attn')!.A.data)).toEqual([1, 1]);
@@ -180,7 +280,10 @@ describe('checkAdapterUpdate', () => {
     expectCode(() => checkAdapterUpdate(global, extra, opts), 'ADAPTER_MODULE');
     const beyond = cloneAdapter(good);
     beyond.layers.set('h.9.attn.c_attn', global.layers.get('h.1.attn.c_attn')!);
-    expectCode(() => checkAdapterUpdate(global, beyond, { ...opts, modules: [...userMods, 'h.9.attn.c_attn'] }), 'ADAPTER_MODULE');
+    expectCode(
+      () => checkAdapterUpdate(global, beyond, { ...opts, modules: [...userMods, 'h.9.attn.c_attn'] }),
+      'ADAPTER_MODULE',
+    );
   });
 
   it('ADAPTER_SHAPE on a wrong shape or a shape that lies about its data', () => {
@@ -203,7 +306,10 @@ describe('checkAdapterUpdate', () => {
 
   it('ADAPTER_NORM past the bound, with the norm and bound in the message', () => {
     const norm = checkAdapterUpdate(global, good, opts);
-    const e = expectCode(() => checkAdapterUpdate(global, good, { ...opts, maxUpdateNorm: norm * 0.99 }), 'ADAPTER_NORM');
+    const e = expectCode(
+      () => checkAdapterUpdate(global, good, { ...opts, maxUpdateNorm: norm * 0.99 }),
+      'ADAPTER_NORM',
+    );
     expect(e.message).toContain(norm.toPrecision(4));
     expect(e.message).toContain((norm * 0.99).toPrecision(4));
     expect(checkAdapterUpdate(global, good, { ...opts, maxUpdateNorm: norm })).toBe(norm);
@@ -277,8 +383,15 @@ describe('adapter helpers', () => {
   });
 
   it('adapterFromNamedTensors rejects unknown names, missing halves, int32 and wrong ranks', () => {
-    const named = (): Map<string, { data: Float32Array | Int32Array; shape: number[] }> => new Map(adapterToNamedTensors(a, 'p.'));
-    for (const bad of ['p.h.0.attn.c_proj.lora_A', 'p.h.0.attn.c_attn.lora_C', 'p.h.01.attn.c_attn.lora_A', 'p.bias', 'p.h.x.mlp.c_fc.lora_B']) {
+    const named = (): Map<string, { data: Float32Array | Int32Array; shape: number[] }> =>
+      new Map(adapterToNamedTensors(a, 'p.'));
+    for (const bad of [
+      'p.h.0.attn.c_proj.lora_A',
+      'p.h.0.attn.c_attn.lora_C',
+      'p.h.01.attn.c_attn.lora_A',
+      'p.bias',
+      'p.h.x.mlp.c_fc.lora_B',
+    ]) {
       const m = named();
       m.set(bad, { data: new Float32Array(8), shape: [4, 2] });
       expect(expectCode(() => adapterFromNamedTensors(loraCfg, m, 'p.'), 'ADAPTER_MODULE').message).toContain(bad);

@@ -7,10 +7,17 @@ import { GPT2_SMALL_CONFIG } from '@splitllm/model';
 const c = { ...GPT2_SMALL_CONFIG, nEmbd: 16, nInner: 64, nHead: 2, nLayer: 2 };
 const lora = { r: 2, alpha: 4, targets: ['attn.c_attn', 'mlp.c_fc'] as const };
 
-function grads(seed: number, adapter: { layers: Map<string, { A: { data: Float32Array }; B: { data: Float32Array } }> }): LoraGrads {
+function grads(
+  seed: number,
+  adapter: { layers: Map<string, { A: { data: Float32Array }; B: { data: Float32Array } }> },
+): LoraGrads {
   const rng = new Rng(seed);
   const out: LoraGrads = new Map();
-  for (const [path, p] of adapter.layers) out.set(path, { A: rng.fillNormal(new Float32Array(p.A.data.length), 1), B: rng.fillNormal(new Float32Array(p.B.data.length), 1) });
+  for (const [path, p] of adapter.layers)
+    out.set(path, {
+      A: rng.fillNormal(new Float32Array(p.A.data.length), 1),
+      B: rng.fillNormal(new Float32Array(p.B.data.length), 1),
+    });
   return out;
 }
 
@@ -20,7 +27,15 @@ describe('LoraTrainState', () => {
 
   it('steps exactly as AdamW over each array, without touching the adapter it was given', () => {
     const state = new LoraTrainState(init, adamw);
-    const ref = new Map([...init.layers].flatMap(([p, pair]) => [[`${p}.A`, new Float32Array(pair.A.data)], [`${p}.B`, new Float32Array(pair.B.data)]] as const));
+    const ref = new Map(
+      [...init.layers].flatMap(
+        ([p, pair]) =>
+          [
+            [`${p}.A`, new Float32Array(pair.A.data)],
+            [`${p}.B`, new Float32Array(pair.B.data)],
+          ] as const,
+      ),
+    );
     const moments = new Map([...ref].map(([n, a]) => [n, adamwInit(a.length)]));
     const before = new Float32Array(init.layers.get('h.0.attn.c_attn')!.A.data);
     for (let t = 1; t <= 3; t++) {
@@ -54,10 +69,11 @@ describe('LoraTrainState', () => {
     again.step(grads(1, init));
     again.step(grads(2, init));
     state.step(grads(2, init));
-    for (const [path, pair] of state.adapter.layers) expect(pair.A.data).toEqual(again.adapter.layers.get(path)!.A.data);
+    for (const [path, pair] of state.adapter.layers)
+      expect(pair.A.data).toEqual(again.adapter.layers.get(path)!.A.data);
   });
 
-  it('refuses a step that lacks a module\'s gradient and changes nothing', () => {
+  it("refuses a step that lacks a module's gradient and changes nothing", () => {
     const state = new LoraTrainState(init, adamw);
     const g = grads(1, init);
     g.delete('h.1.mlp.c_fc');

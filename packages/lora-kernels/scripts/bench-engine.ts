@@ -30,12 +30,26 @@ if (!['auto', 'gpu', 'software'].includes(opt.variants)) throw new Error(`--vari
 
 const gpu = await nodeKernelDevice();
 console.log(`adapter: ${gpu.adapter.name} (fallback: ${gpu.adapter.isFallbackAdapter})`);
-for (const v of [opt.matmul, opt['low-rank']]) if (v !== undefined && !MATMUL_VARIANTS.includes(v as MatmulVariant)) throw new Error(`unknown matmul variant ${v}: ${MATMUL_VARIANTS.join(', ')}`);
+for (const v of [opt.matmul, opt['low-rank']])
+  if (v !== undefined && !MATMUL_VARIANTS.includes(v as MatmulVariant))
+    throw new Error(`unknown matmul variant ${v}: ${MATMUL_VARIANTS.join(', ')}`);
 const override = {
   ...(opt.matmul ? { matmul: opt.matmul as MatmulVariant } : {}),
   ...(opt['low-rank'] ? { lowRank: opt['low-rank'] as MatmulVariant } : {}),
 };
-const o = { batch: Number(opt.batch), seq: Number(opt.seq), steps: Number(opt.steps), variants: opt.variants as VariantSetting, override };
+const o = {
+  batch: Number(opt.batch),
+  seq: Number(opt.seq),
+  steps: Number(opt.steps),
+  variants: opt.variants as VariantSetting,
+  override,
+};
 await benchUserSegmentStep(gpu, 'moby-tiny', loadShippedModel(), o);
-if (opt['gpt2-small']) await benchUserSegmentStep(gpu, 'gpt2-small', { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) }, o);
+if (opt['gpt2-small'])
+  await benchUserSegmentStep(
+    gpu,
+    'gpt2-small',
+    { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) },
+    o,
+  );
 process.exit(0);

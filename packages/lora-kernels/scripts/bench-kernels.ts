@@ -27,7 +27,8 @@ function arg(name: string): string | undefined {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));
   return hit?.slice(name.length + 3);
 }
-const list = (name: string, fallback: readonly string[]) => (arg(name) ?? fallback.join(',')).split(',').filter((s) => s);
+const list = (name: string, fallback: readonly string[]) =>
+  (arg(name) ?? fallback.join(',')).split(',').filter((s) => s);
 
 const sizes = list('sizes', ['256', '512', '1024']).map(Number);
 const variants = list('variants', MATMUL_VARIANTS) as MatmulVariant[];
@@ -107,8 +108,10 @@ async function benchUserSegmentSteps(gpu: GpuContext): Promise<void> {
 async function main(): Promise<void> {
   const gpu = await nodeKernelDevice();
   const a = gpu.adapter;
-  console.log(`adapter: ${a.name}${a.isFallbackAdapter ? ' (fallback/software)' : ''}, ${a.featureLevel}, ` +
-    `${a.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ${a.maxComputeWorkgroupStorageSize} B workgroup memory`);
+  console.log(
+    `adapter: ${a.name}${a.isFallbackAdapter ? ' (fallback/software)' : ''}, ${a.featureLevel}, ` +
+      `${a.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ${a.maxComputeWorkgroupStorageSize} B workgroup memory`,
+  );
   await benchMatmul(gpu);
   await benchUserSegmentSteps(gpu);
   gpu.destroy();

@@ -3,7 +3,14 @@
  * dL/dh1, backward, AdamW (what the user tier does per step, without the network). Used by
  * bench-kernels.ts and bench-engine.ts.
  */
-import { DEFAULT_ADAMW, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, Rng, type Gpt2Model } from '@splitllm/model';
+import {
+  DEFAULT_ADAMW,
+  DEFAULT_LORA_CONFIG,
+  defaultSplitPlan,
+  initLoraAdapter,
+  Rng,
+  type Gpt2Model,
+} from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
@@ -40,7 +47,14 @@ export async function benchUserSegmentStep(
     why = `${why}, overridden: ${JSON.stringify(o.override)}` as VariantSetting;
   }
   const adapter = initLoraAdapter(model.config, DEFAULT_LORA_CONFIG, 1, 0, k);
-  const engine = await UserSegmentEngine.create(gpu, model, adapter, { k, lora: DEFAULT_LORA_CONFIG, batch: B, seq: T, adamw: { ...DEFAULT_ADAMW, lr: 5e-3 }, variants });
+  const engine = await UserSegmentEngine.create(gpu, model, adapter, {
+    k,
+    lora: DEFAULT_LORA_CONFIG,
+    batch: B,
+    seq: T,
+    adamw: { ...DEFAULT_ADAMW, lr: 5e-3 },
+    variants,
+  });
   const rng = new Rng(1);
   const ids = Int32Array.from({ length: B * T }, () => rng.int(model.config.vocabSize));
   const dh1 = rng.fillNormal(new Float32Array(B * T * model.config.nEmbd), 1e-3);

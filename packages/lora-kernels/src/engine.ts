@@ -2,7 +2,7 @@
  * UserSegmentEngine: the user tier's training step on WebGPU. Embedding + blocks [0, k) with
  * LoRA, forward, backward from the gradient of the output activation, AdamW on the adapter.
  * The reference it mirrors is `userSegmentForward` / `userSegmentBackward` in
- * packages/shared/src/model.ts, block for block:
+ * packages/model/src/model.ts, block for block:
  *
  *   h0 = wte[ids] + wpe[pos]
  *   per block l:  n1 = ln_1(x_l);  qkv = c_attn(n1);  att = attention(qkv);  a = x_l + c_proj(att)
@@ -23,7 +23,19 @@
  *
  * Browser-safe (no Node API): runs in a Web Worker and in Node (see node.ts).
  */
-import { checkAdapterCovers, loraModulePath, loraScale, loraTargetDims, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type LoraTarget } from '@splitllm/model';
+import {
+  checkAdapterCovers,
+  loraModulePath,
+  loraScale,
+  loraTargetDims,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraGrads,
+  type LoraTarget,
+} from '@splitllm/model';
 import { GpuError, type Dispatch, type GpuContext } from './gpu';
 import { adamw, createAdamwHyper, setAdamwStep, type AdamwHyper } from './kernels/adamw';
 import { attentionBackward, attentionForward, attentionProbsLength, type AttentionVariant } from './kernels/attention';
@@ -52,7 +64,12 @@ export interface KernelVariants {
 }
 
 /** Variants that are fastest on CPU (software Vulkan) adapters, measured on SwiftShader. */
-export const SOFTWARE_ADAPTER_VARIANTS: Required<KernelVariants> = { matmul: 'registers', lowRank: 'registers', layernorm: 'thread', attention: 'naive' };
+export const SOFTWARE_ADAPTER_VARIANTS: Required<KernelVariants> = {
+  matmul: 'registers',
+  lowRank: 'registers',
+  layernorm: 'thread',
+  attention: 'naive',
+};
 
 export interface UserEngineOptions {
   /** the user segment: embedding + blocks [0, k) */
@@ -72,7 +89,17 @@ interface LinearSlot {
   N: number;
   W: GPUBuffer;
   b: GPUBuffer;
-  lora?: { A: GPUBuffer; B: GPUBuffer; dA: GPUBuffer; dB: GPUBuffer; mA: GPUBuffer; vA: GPUBuffer; mB: GPUBuffer; vB: GPUBuffer; xa: GPUBuffer };
+  lora?: {
+    A: GPUBuffer;
+    B: GPUBuffer;
+    dA: GPUBuffer;
+    dB: GPUBuffer;
+    mA: GPUBuffer;
+    vA: GPUBuffer;
+    mB: GPUBuffer;
+    vB: GPUBuffer;
+    xa: GPUBuffer;
+  };
 }
 
 interface BlockBuffers {
@@ -166,40 +193,65 @@ export class UserSegmentEngine {
 
     const fwd: Dispatch[] = [];
     let x = act(M * D, 'h0');
-    fwd.push(...embeddingForward(gpu, { ids: this.ids, wte, wpe, out: x }, { B, T, D, vocabSize: c.vocabSize, nPositions: c.nPositions }));
+    fwd.push(
+      ...embeddingForward(
+        gpu,
+        { ids: this.ids, wte, wpe, out: x },
+        { B, T, D, vocabSize: c.vocabSize, nPositions: c.nPositions },
+      ),
+    );
 
     for (let l = 0; l < k; l++) {
       const p = `h.${l}.`;
       const linears = {} as Record<LoraTarget, LinearSlot>;
       for (const target of ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'] as const) {
         const [K, N] = loraTargetDims(c, target);
-        const slot: LinearSlot = { layer: l, target, K, N, W: weight(p + target + '.weight'), b: weight(p + target + '.bias') };
+        const slot: LinearSlot = {
+          layer: l,
+          target,
+          K,
+          N,
+          W: weight(`${p + target}.weight`),
+          b: weight(`${p + target}.bias`),
+        };
         if (o.lora.targets.includes(target)) {
           const name = loraModulePath(l, target);
           const pair = adapter.layers.get(name)!; // checkEngineAdapter ran in create()
           slot.lora = {
-            A: this.keep(gpu.storage(pair.A.data, name + '.A')),
-            B: this.keep(gpu.storage(pair.B.data, name + '.B')),
-            dA: act(K * r, name + '.dA'),
-            dB: act(r * N, name + '.dB'),
-            mA: act(K * r, name + '.mA'),
-            vA: act(K * r, name + '.vA'),
-            mB: act(r * N, name + '.mB'),
-            vB: act(r * N, name + '.vB'),
-            xa: act(M * r, name + '.xa'),
+            A: this.keep(gpu.storage(pair.A.data, `${name}.A`)),
+            B: this.keep(gpu.storage(pair.B.data, `${name}.B`)),
+            dA: act(K * r, `${name}.dA`),
+            dB: act(r * N, `${name}.dB`),
+            mA: act(K * r, `${name}.mA`),
+            vA: act(K * r, `${name}.vA`),
+            mB: act(r * N, `${name}.mB`),
+            vB: act(r * N, `${name}.vB`),
+            xa: act(M * r, `${name}.xa`),
           };
         }
         linears[target] = slot;
       }
       const blk: BlockBuffers = {
         x,
-        ln1: { gamma: weight(p + 'ln_1.weight'), beta: weight(p + 'ln_1.bias'), y: act(M * D, 'n1'), mean: act(M, 'mean1'), rstd: act(M, 'rstd1') },
+        ln1: {
+          gamma: weight(`${p}ln_1.weight`),
+          beta: weight(`${p}ln_1.bias`),
+          y: act(M * D, 'n1'),
+          mean: act(M, 'mean1'),
+          rstd: act(M, 'rstd1'),
+        },
         qkv: act(M * 3 * D, 'qkv'),
         probs: act(probsLen, 'probs'),
         att: act(M * D, 'att'),
         proj: act(M * D, 'proj'),
         a: act(M * D, 'a'),
-        ln2: { gamma: weight(p + 'ln_2.weight'), beta: weight(p + 'ln_2.bias'), y: act(M * D, 'n2'), mean: act(M, 'mean2'), rstd: act(M, 'rstd2') },
+        ln2: {
+          gamma: weight(`${p}ln_2.weight`),
+          beta: weight(`${p}ln_2.bias`),
+          y: act(M * D, 'n2'),
+          mean: act(M, 'mean2'),
+          rstd: act(M, 'rstd2'),
+        },
         f: act(M * I, 'f'),
         g: act(M * I, 'g'),
         mlpOut: act(M * D, 'mlp'),
@@ -208,14 +260,29 @@ export class UserSegmentEngine {
       this.blocks.push(blk);
       const next = act(M * D, `x${l + 1}`);
       const lin = (s: LinearSlot, xIn: GPUBuffer, y: GPUBuffer) =>
-        loraLinearForward(gpu, { x: xIn, W: s.W, b: s.b, y, A: s.lora?.A, B: s.lora?.B, xa: s.lora?.xa }, { M, K: s.K, N: s.N, r: s.lora ? r : 0, scale }, mm);
+        loraLinearForward(
+          gpu,
+          { x: xIn, W: s.W, b: s.b, y, A: s.lora?.A, B: s.lora?.B, xa: s.lora?.xa },
+          { M, K: s.K, N: s.N, r: s.lora ? r : 0, scale },
+          mm,
+        );
       fwd.push(
-        ...layerNormForward(gpu, { x, gamma: blk.ln1.gamma, beta: blk.ln1.beta, y: blk.ln1.y, mean: blk.ln1.mean, rstd: blk.ln1.rstd }, { M, D, eps: c.layerNormEpsilon }, ln),
+        ...layerNormForward(
+          gpu,
+          { x, gamma: blk.ln1.gamma, beta: blk.ln1.beta, y: blk.ln1.y, mean: blk.ln1.mean, rstd: blk.ln1.rstd },
+          { M, D, eps: c.layerNormEpsilon },
+          ln,
+        ),
         ...lin(linears['attn.c_attn'], blk.ln1.y, blk.qkv),
         ...attentionForward(gpu, { qkv: blk.qkv, out: blk.att, probs: blk.probs }, { B, T, D, H }, at),
         ...lin(linears['attn.c_proj'], blk.att, blk.proj),
         ...residualAdd(gpu, { a: x, b: blk.proj, out: blk.a }, { n: M * D }),
-        ...layerNormForward(gpu, { x: blk.a, gamma: blk.ln2.gamma, beta: blk.ln2.beta, y: blk.ln2.y, mean: blk.ln2.mean, rstd: blk.ln2.rstd }, { M, D, eps: c.layerNormEpsilon }, ln),
+        ...layerNormForward(
+          gpu,
+          { x: blk.a, gamma: blk.ln2.gamma, beta: blk.ln2.beta, y: blk.ln2.y, mean: blk.ln2.mean, rstd: blk.ln2.rstd },
+          { M, D, eps: c.layerNormEpsilon },
+          ln,
+        ),
         ...lin(linears['mlp.c_fc'], blk.ln2.y, blk.f),
         ...geluForward(gpu, { x: blk.f, y: blk.g }, { n: M * I }),
         ...lin(linears['mlp.c_proj'], blk.g, blk.mlpOut),
@@ -239,7 +306,18 @@ export class UserSegmentEngine {
     const linBack = (s: LinearSlot, xIn: GPUBuffer, dy: GPUBuffer, dx: GPUBuffer | undefined) =>
       loraLinearBackward(
         gpu,
-        { dy, x: xIn, W: s.W, dx, A: s.lora?.A, B: s.lora?.B, xa: s.lora?.xa, g: gScratch, dA: s.lora?.dA, dB: s.lora?.dB },
+        {
+          dy,
+          x: xIn,
+          W: s.W,
+          dx,
+          A: s.lora?.A,
+          B: s.lora?.B,
+          xa: s.lora?.xa,
+          g: gScratch,
+          dA: s.lora?.dA,
+          dB: s.lora?.dB,
+        },
         { M, K: s.K, N: s.N, r: s.lora ? r : 0, scale },
         mm,
       );
@@ -250,14 +328,29 @@ export class UserSegmentEngine {
         ...linBack(L['mlp.c_proj'], blk.g, this.dRes, dMlpIn),
         ...geluBackward(gpu, { x: blk.f, dy: dMlpIn, dx: dF }, { n: M * I }),
         ...linBack(L['mlp.c_fc'], blk.ln2.y, dF, dN),
-        ...layerNormBackward(gpu, { x: blk.a, gamma: blk.ln2.gamma, mean: blk.ln2.mean, rstd: blk.ln2.rstd, dy: dN, dx: this.dRes }, { M, D }, { ...ln, accumulate: true }),
+        ...layerNormBackward(
+          gpu,
+          { x: blk.a, gamma: blk.ln2.gamma, mean: blk.ln2.mean, rstd: blk.ln2.rstd, dy: dN, dx: this.dRes },
+          { M, D },
+          { ...ln, accumulate: true },
+        ),
         ...linBack(L['attn.c_proj'], blk.att, this.dRes, dAtt),
-        ...attentionBackward(gpu, { qkv: blk.qkv, probs: blk.probs, dout: dAtt, dscores: dScores, dqkv: dQkv }, { B, T, D, H }, at),
+        ...attentionBackward(
+          gpu,
+          { qkv: blk.qkv, probs: blk.probs, dout: dAtt, dscores: dScores, dqkv: dQkv },
+          { B, T, D, H },
+          at,
+        ),
       );
       if (l > 0) {
         bwd.push(
           ...linBack(L['attn.c_attn'], blk.ln1.y, dQkv, dN),
-          ...layerNormBackward(gpu, { x: blk.x, gamma: blk.ln1.gamma, mean: blk.ln1.mean, rstd: blk.ln1.rstd, dy: dN, dx: this.dRes }, { M, D }, { ...ln, accumulate: true }),
+          ...layerNormBackward(
+            gpu,
+            { x: blk.x, gamma: blk.ln1.gamma, mean: blk.ln1.mean, rstd: blk.ln1.rstd, dy: dN, dx: this.dRes },
+            { M, D },
+            { ...ln, accumulate: true },
+          ),
         );
       } else {
         bwd.push(...linBack(L['attn.c_attn'], blk.ln1.y, dQkv, undefined));
@@ -280,11 +373,18 @@ export class UserSegmentEngine {
    * GpuError('DOES_NOT_FIT') naming the tensor when a buffer exceeds the adapter's limits or the
    * device runs out of memory.
    */
-  static async create(gpu: GpuContext, model: Gpt2Model, adapter: LoraAdapter, options: UserEngineOptions): Promise<UserSegmentEngine> {
+  static async create(
+    gpu: GpuContext,
+    model: Gpt2Model,
+    adapter: LoraAdapter,
+    options: UserEngineOptions,
+  ): Promise<UserSegmentEngine> {
     const c = model.config;
     const { k, batch, seq } = options;
-    if (!(Number.isInteger(k) && k >= 1 && k <= c.nLayer)) throw new Error(`user segment k = ${k} must be in [1, ${c.nLayer}]`);
-    if (!(Number.isInteger(batch) && batch >= 1 && Number.isInteger(seq) && seq >= 1)) throw new Error(`batch ${batch} x seq ${seq} must be positive integers`);
+    if (!(Number.isInteger(k) && k >= 1 && k <= c.nLayer))
+      throw new Error(`user segment k = ${k} must be in [1, ${c.nLayer}]`);
+    if (!(Number.isInteger(batch) && batch >= 1 && Number.isInteger(seq) && seq >= 1))
+      throw new Error(`batch ${batch} x seq ${seq} must be positive integers`);
     if (seq > c.nPositions) throw new Error(`sequence length ${seq} exceeds the model's n_positions ${c.nPositions}`);
     checkEngineAdapter(c, options, adapter);
     gpu.device.pushErrorScope('out-of-memory');
@@ -301,13 +401,19 @@ export class UserSegmentEngine {
     const need = `${(userEngineBytes(c, options) / 2 ** 20).toFixed(1)} MiB`;
     if (thrown) {
       if (thrown instanceof GpuError && thrown.code === 'DOES_NOT_FIT') {
-        throw new GpuError('DOES_NOT_FIT', `the user segment (${need} on the GPU) does not fit this adapter: ${thrown.message}`);
+        throw new GpuError(
+          'DOES_NOT_FIT',
+          `the user segment (${need} on the GPU) does not fit this adapter: ${thrown.message}`,
+        );
       }
       throw thrown;
     }
     if (oom) {
       engine?.destroy();
-      throw new GpuError('DOES_NOT_FIT', `the user segment needs ${need} of GPU memory and the device ran out: ${oom.message}`);
+      throw new GpuError(
+        'DOES_NOT_FIT',
+        `the user segment needs ${need} of GPU memory and the device ran out: ${oom.message}`,
+      );
     }
     if (validation) {
       engine?.destroy();
@@ -328,7 +434,8 @@ export class UserSegmentEngine {
   /** Token ids of one batch, [batch * seq], each in [0, vocab). */
   private uploadIds(inputIds: Int32Array): void {
     const { batch, seq } = this.options;
-    if (inputIds.length !== batch * seq) throw new Error(`the engine takes batches of ${batch} x ${seq} tokens, got ${inputIds.length}`);
+    if (inputIds.length !== batch * seq)
+      throw new Error(`the engine takes batches of ${batch} x ${seq} tokens, got ${inputIds.length}`);
     const V = this.config.vocabSize;
     for (let i = 0; i < inputIds.length; i++) {
       const t = inputIds[i];
@@ -351,7 +458,8 @@ export class UserSegmentEngine {
     if (!this.haveForward) throw new Error('backward needs a forward first');
     const n = this.options.batch * this.options.seq * this.config.nEmbd;
     if (dh1.length !== n) throw new Error(`dL/dh1 has ${dh1.length} values, expected ${n}`);
-    for (let i = 0; i < n; i++) if (!Number.isFinite(dh1[i])) throw new Error(`dL/dh1 holds a non-finite value at ${i}`);
+    for (let i = 0; i < n; i++)
+      if (!Number.isFinite(dh1[i])) throw new Error(`dL/dh1 holds a non-finite value at ${i}`);
     this.gpu.write(this.dRes, dh1);
     this.gpu.run(this.backwardDispatches);
     this.haveGrads = true;
@@ -381,7 +489,10 @@ export class UserSegmentEngine {
     for (const s of this.slots()) {
       const q = s.lora!;
       const r = this.options.lora.r;
-      out.set(loraModulePath(s.layer, s.target), { A: await this.gpu.readF32(q.dA, s.K * r), B: await this.gpu.readF32(q.dB, r * s.N) });
+      out.set(loraModulePath(s.layer, s.target), {
+        A: await this.gpu.readF32(q.dA, s.K * r),
+        B: await this.gpu.readF32(q.dB, r * s.N),
+      });
     }
     return out;
   }
@@ -409,7 +520,13 @@ export class UserSegmentEngine {
       const r = this.options.lora.r;
       this.gpu.write(q.A, pair.A.data);
       this.gpu.write(q.B, pair.B.data);
-      for (const [b, n] of [[q.mA, s.K * r], [q.vA, s.K * r], [q.mB, r * s.N], [q.vB, r * s.N]] as const) this.gpu.write(b, new Float32Array(n));
+      for (const [b, n] of [
+        [q.mA, s.K * r],
+        [q.vA, s.K * r],
+        [q.mB, r * s.N],
+        [q.vB, r * s.N],
+      ] as const)
+        this.gpu.write(b, new Float32Array(n));
     }
     this.stepCount = 0;
     this.haveForward = false;

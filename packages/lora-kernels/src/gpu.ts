@@ -34,7 +34,10 @@ export async function requestKernelDevice(
   opts: { featureLevel?: 'core' | 'compatibility'; powerPreference?: GPUPowerPreference } = {},
 ): Promise<GpuContext> {
   const featureLevel = opts.featureLevel ?? 'core';
-  const adapter = await gpu.requestAdapter({ featureLevel, powerPreference: opts.powerPreference ?? 'high-performance' } as GPURequestAdapterOptions);
+  const adapter = await gpu.requestAdapter({
+    featureLevel,
+    powerPreference: opts.powerPreference ?? 'high-performance',
+  } as GPURequestAdapterOptions);
   if (!adapter) throw new GpuError('NO_ADAPTER', `no WebGPU adapter (featureLevel ${featureLevel})`);
   const l = adapter.limits;
   const device = await adapter.requestDevice({
@@ -49,8 +52,12 @@ export async function requestKernelDevice(
     },
   });
   const info = adapter.info;
-  const name = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' / ') || 'unknown adapter';
-  const isFallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false;
+  const name =
+    [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' / ') || 'unknown adapter';
+  const isFallback =
+    (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+    false;
   const dl = device.limits;
   return new GpuContext(device, {
     name,
@@ -106,7 +113,10 @@ export class GpuContext {
     const errors = info.messages.filter((m) => m.type === 'error');
     if (errors.length) {
       await this.device.popErrorScope();
-      throw new GpuError('GPU_VALIDATION', `WGSL ${key}: ` + errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; '));
+      throw new GpuError(
+        'GPU_VALIDATION',
+        `WGSL ${key}: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ')}`,
+      );
     }
     const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint }, label: key });
     const err = await this.device.popErrorScope();
@@ -128,7 +138,12 @@ export class GpuContext {
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
     if (typeof init === 'number') return this.device.createBuffer({ size, usage, label });
     const buf = this.device.createBuffer({ size, usage, label, mappedAtCreation: true });
-    const dst = init instanceof Float32Array ? new Float32Array(buf.getMappedRange()) : init instanceof Int32Array ? new Int32Array(buf.getMappedRange()) : new Uint32Array(buf.getMappedRange());
+    const dst =
+      init instanceof Float32Array
+        ? new Float32Array(buf.getMappedRange())
+        : init instanceof Int32Array
+          ? new Int32Array(buf.getMappedRange())
+          : new Uint32Array(buf.getMappedRange());
     dst.set(init as never);
     buf.unmap();
     return buf;
@@ -174,7 +189,11 @@ export class GpuContext {
   /** Throws DOES_NOT_FIT, naming `what`, unless the adapter allows `invocations` per workgroup. */
   requireInvocations(what: string, invocations: number): void {
     const have = this.adapter.maxComputeInvocationsPerWorkgroup;
-    if (have < invocations) throw new GpuError('DOES_NOT_FIT', `${what} needs ${invocations} invocations per workgroup; this adapter allows ${have}`);
+    if (have < invocations)
+      throw new GpuError(
+        'DOES_NOT_FIT',
+        `${what} needs ${invocations} invocations per workgroup; this adapter allows ${have}`,
+      );
   }
 
   /** Workgroups for a grid-stride loop over `items` in groups of `perGroup`: never over the dispatch limit. */
@@ -185,7 +204,8 @@ export class GpuContext {
   checkWorkgroups(workgroups: [number, number?, number?]): void {
     const max = this.adapter.maxComputeWorkgroupsPerDimension;
     for (const n of workgroups) {
-      if (n !== undefined && n > max) throw new GpuError('DOES_NOT_FIT', `dispatch of ${n} workgroups exceeds this adapter's limit ${max}`);
+      if (n !== undefined && n > max)
+        throw new GpuError('DOES_NOT_FIT', `dispatch of ${n} workgroups exceeds this adapter's limit ${max}`);
     }
   }
 

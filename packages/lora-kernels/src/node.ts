@@ -55,7 +55,10 @@ export async function nodeKernelDevice(): Promise<GpuContext> {
   try {
     mod = await import('webgpu');
   } catch (e) {
-    throw new GpuError('NO_WEBGPU', `the webgpu package failed to load (${(e as Error).message}); is libvulkan1 installed?`);
+    throw new GpuError(
+      'NO_WEBGPU',
+      `the webgpu package failed to load (${(e as Error).message}); is libvulkan1 installed?`,
+    );
   }
   Object.assign(globalThis, mod.globals);
   const gpu = mod.create([]);

@@ -59,7 +59,10 @@ export interface VariantChoice {
  */
 export async function chooseKernelVariants(gpu: GpuContext, shapes?: EngineShapes): Promise<VariantChoice> {
   if (isSoftwareAdapter(gpu.adapter)) {
-    return { variants: { ...SOFTWARE_ADAPTER_VARIANTS }, reason: `${gpu.adapter.name} is a software adapter: barrier-free kernels` };
+    return {
+      variants: { ...SOFTWARE_ADAPTER_VARIANTS },
+      reason: `${gpu.adapter.name} is a software adapter: barrier-free kernels`,
+    };
   }
   if (!shapes) return { variants: { ...GPU_DEFAULT_VARIANTS }, reason: 'GPU adapter: GPU-tuned defaults' };
   const full = await timeMatmulVariants(gpu, shapes.full, { runs: 3 });

@@ -48,14 +48,22 @@ describe('adamw kernel', () => {
       const [p, m, v] = await Promise.all([gpu.readF32(bufs.p, n), gpu.readF32(bufs.m, n), gpu.readF32(bufs.v, n)]);
       const e = {
         p: maxRelErr(p, ref.p),
-        dp: maxRelErr(p.map((x, i) => x - p0[i]), ref.p.map((x, i) => x - p0[i])),
+        dp: maxRelErr(
+          p.map((x, i) => x - p0[i]),
+          ref.p.map((x, i) => x - p0[i]),
+        ),
         m: maxRelErr(m, ref.s.m),
         v: maxRelErr(v, ref.s.v),
       };
-      errs.push(`t=${t}: ` + Object.entries(e).map(([k, x]) => `${k} ${x.toExponential(2)}`).join(', '));
+      errs.push(
+        `t=${t}: ` +
+          Object.entries(e)
+            .map(([k, x]) => `${k} ${x.toExponential(2)}`)
+            .join(', '),
+      );
       for (const [k, x] of Object.entries(e)) expect(x, `step ${t} ${k}`).toBeLessThan(TOL);
     }
-    console.log('adamw max relative errors:\n  ' + errs.join('\n  '));
+    console.log(`adamw max relative errors:\n  ${errs.join('\n  ')}`);
   });
 
   it('gradScale multiplies the gradient (clipping / averaging)', async () => {
@@ -66,14 +74,31 @@ describe('adamw kernel', () => {
     const p0 = randn(n, rng, 0.05);
     const g = randn(n, rng);
     const ref = { p: p0.slice(), s: adamwInit(n) };
-    adamwStep(ref.p, g.map((x) => x * 0.25), ref.s, 1, o);
-    const bufs = { p: gpu.storage(p0), g: gpu.storage(g), m: gpu.storage(n * 4), v: gpu.storage(n * 4), hyper: createAdamwHyper(gpu, o) };
+    adamwStep(
+      ref.p,
+      g.map((x) => x * 0.25),
+      ref.s,
+      1,
+      o,
+    );
+    const bufs = {
+      p: gpu.storage(p0),
+      g: gpu.storage(g),
+      m: gpu.storage(n * 4),
+      v: gpu.storage(n * 4),
+      hyper: createAdamwHyper(gpu, o),
+    };
     setAdamwStep(gpu, bufs.hyper, 1, o.lr, 0.25);
     gpu.run(adamw(gpu, bufs, { n }));
     const m = await gpu.readF32(bufs.m, n);
     expect(maxRelErr(m, ref.s.m)).toBeLessThan(TOL);
     const p = await gpu.readF32(bufs.p, n);
-    expect(maxRelErr(p.map((x, i) => x - p0[i]), ref.p.map((x, i) => x - p0[i]))).toBeLessThan(TOL);
+    expect(
+      maxRelErr(
+        p.map((x, i) => x - p0[i]),
+        ref.p.map((x, i) => x - p0[i]),
+      ),
+    ).toBeLessThan(TOL);
   });
 
   it('rejects a step before 1', async () => {

@@ -1,12 +1,17 @@
 /**
- * Causal attention kernels against the reference (packages/shared/src/ops/attention.ts, float64
+ * Causal attention kernels against the reference (packages/model/src/ops/attention.ts, float64
  * dots and softmax sums): both variants, T not a multiple of any tile, head sizes below, at and
  * above the 32-wide staging chunk (hd = 1, 4, 7, 32, 43, 50), and large-magnitude scores.
  */
 import { describe, expect, it } from 'vitest';
 import { Rng, causalAttentionBackward, causalAttentionForward } from '@splitllm/model';
 import { GpuContext, GpuError } from '../src/gpu';
-import { ATTENTION_VARIANTS, attentionBackward, attentionForward, attentionProbsLength } from '../src/kernels/attention';
+import {
+  ATTENTION_VARIANTS,
+  attentionBackward,
+  attentionForward,
+  attentionProbsLength,
+} from '../src/kernels/attention';
 import { maxRelErr, randn, testDevice } from './harness';
 
 // Float32 dots of hd <= 50 terms and sums of T <= 70 terms against float64 ones: sqrt(K) ulps of
@@ -36,7 +41,13 @@ const CASES: Case[] = [
   { B: 2, T: 33, D: 16, H: 2, std: 4 },
 ];
 
-async function runAttention(gpu: GpuContext, c: Case, qkv: Float32Array, dy: Float32Array, variant: (typeof ATTENTION_VARIANTS)[number]) {
+async function runAttention(
+  gpu: GpuContext,
+  c: Case,
+  qkv: Float32Array,
+  dy: Float32Array,
+  variant: (typeof ATTENTION_VARIANTS)[number],
+) {
   const { B, T, D } = c;
   const nP = attentionProbsLength(c);
   const bqkv = gpu.storage(qkv);
@@ -49,7 +60,11 @@ async function runAttention(gpu: GpuContext, c: Case, qkv: Float32Array, dy: Flo
     ...attentionForward(gpu, { qkv: bqkv, out, probs }, c, { variant }),
     ...attentionBackward(gpu, { qkv: bqkv, probs, dout, dscores, dqkv }, c, { variant }),
   ]);
-  const [y, p, dx] = await Promise.all([gpu.readF32(out, B * T * D), gpu.readF32(probs, nP), gpu.readF32(dqkv, B * T * 3 * D)]);
+  const [y, p, dx] = await Promise.all([
+    gpu.readF32(out, B * T * D),
+    gpu.readF32(probs, nP),
+    gpu.readF32(dqkv, B * T * 3 * D),
+  ]);
   return { y, p, dx };
 }
 
@@ -65,8 +80,17 @@ describe('attention kernels', () => {
         const ref = causalAttentionForward(qkv, B, T, D, H);
         const refDqkv = causalAttentionBackward(ref.cache, dy, B, T, D, H);
         const got = await runAttention(gpu, c, qkv, dy, variant);
-        const errs = { out: maxRelErr(got.y, ref.y), probs: maxRelErr(got.p, ref.cache.probs), dqkv: maxRelErr(got.dx, refDqkv) };
-        console.log(`attention ${variant} B=${B} T=${T} D=${D} H=${H}${c.std ? ` std=${c.std}` : ''}:`, Object.entries(errs).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', '));
+        const errs = {
+          out: maxRelErr(got.y, ref.y),
+          probs: maxRelErr(got.p, ref.cache.probs),
+          dqkv: maxRelErr(got.dx, refDqkv),
+        };
+        console.log(
+          `attention ${variant} B=${B} T=${T} D=${D} H=${H}${c.std ? ` std=${c.std}` : ''}:`,
+          Object.entries(errs)
+            .map(([k, v]) => `${k} ${v.toExponential(1)}`)
+            .join(', '),
+        );
         const large = c.std !== undefined;
         expect(errs.out).toBeLessThan(large ? TOL_LARGE : TOL_FORWARD);
         expect(errs.probs).toBeLessThan(large ? TOL_LARGE : TOL_FORWARD);
@@ -93,7 +117,9 @@ describe('attention kernels', () => {
       // one-hot rows: the forward is a selection of v rows, exact up to the few entries near the max
       const ref = causalAttentionForward(qkv, c.B, c.T, c.D, c.H);
       const e = maxRelErr(got.y, ref.y);
-      console.log(`attention ${variant} huge scores: out ${e.toExponential(1)}, |row sum - 1| ${worst.toExponential(1)}`);
+      console.log(
+        `attention ${variant} huge scores: out ${e.toExponential(1)}, |row sum - 1| ${worst.toExponential(1)}`,
+      );
       // a score of 1e4 is only good to ~1e-3 in float32, so near-ties may split differently
       expect(e).toBeLessThan(2e-2);
     });
@@ -111,6 +137,8 @@ describe('attention kernels', () => {
   it('rejects D not a multiple of H', async () => {
     const gpu = await testDevice();
     const b = gpu.storage(16);
-    expect(() => attentionForward(gpu, { qkv: b, out: b, probs: b }, { B: 1, T: 4, D: 6, H: 4 })).toThrow(/multiple of H/);
+    expect(() => attentionForward(gpu, { qkv: b, out: b, probs: b }, { B: 1, T: 4, D: 6, H: 4 })).toThrow(
+      /multiple of H/,
+    );
   });
 });

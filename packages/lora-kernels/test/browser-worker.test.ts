@@ -17,7 +17,21 @@
  *    the engine's own gradients (against the reference gradients, AdamW's first step moves each
  *    element by about lr * sign(g), so an element whose gradient is ~0 may step either way).
  */
-import { adamwInit, adamwStep, DEFAULT_ADAMW, LORA_TARGETS, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type TokenBatch } from '@splitllm/model';
+import {
+  adamwInit,
+  adamwStep,
+  DEFAULT_ADAMW,
+  LORA_TARGETS,
+  Rng,
+  userSegmentBackward,
+  userSegmentForward,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type TokenBatch,
+} from '@splitllm/model';
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -63,12 +77,22 @@ const b64 = (a: Float32Array | Int32Array) => Buffer.from(a.buffer, a.byteOffset
 const f32 = (s: string) => new Float32Array(Uint8Array.from(Buffer.from(s, 'base64')).buffer);
 const pairs = (list: WireLoraPair[]) => new Map(list.map((p) => [p.path, { A: f32(p.A.data), B: f32(p.B.data) }]));
 
-function requestFor(model: Gpt2Model, adapter: LoraAdapter, batch: TokenBatch, dh1: Float32Array, variants?: KernelVariants): EngineWorkerRequest {
+function requestFor(
+  model: Gpt2Model,
+  adapter: LoraAdapter,
+  batch: TokenBatch,
+  dh1: Float32Array,
+  variants?: KernelVariants,
+): EngineWorkerRequest {
   return {
     config: model.config,
     weights: [...model.weights].map(([name, t]) => ({ name, shape: t.shape, data: b64(t.data) })),
     lora,
-    adapter: [...adapter.layers].map(([path, p]) => ({ path, A: { shape: p.A.shape, data: b64(p.A.data) }, B: { shape: p.B.shape, data: b64(p.B.data) } })),
+    adapter: [...adapter.layers].map(([path, p]) => ({
+      path,
+      A: { shape: p.A.shape, data: b64(p.A.data) },
+      B: { shape: p.B.shape, data: b64(p.B.data) },
+    })),
     k: K_USER,
     batch: batch.B,
     seq: batch.T,
@@ -92,7 +116,11 @@ async function inWorker(req: EngineWorkerRequest): Promise<Extract<EngineWorkerR
   let reply: EngineWorkerReply;
   try {
     reply = await page!.evaluate(
-      ([r, timeout]) => (window as unknown as { runEngineWorker(r: unknown, t: number): Promise<EngineWorkerReply> }).runEngineWorker(r, timeout),
+      ([r, timeout]) =>
+        (window as unknown as { runEngineWorker(r: unknown, t: number): Promise<EngineWorkerReply> }).runEngineWorker(
+          r,
+          timeout,
+        ),
       [req, WORKER_TIMEOUT_MS] as const,
     );
   } catch (e) {
@@ -142,7 +170,10 @@ beforeAll(async () => {
       res.writeHead(404).end('not found');
       return;
     }
-    res.writeHead(200, { 'content-type': path === '/' ? 'text/html; charset=utf-8' : 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
+    res.writeHead(200, {
+      'content-type': path === '/' ? 'text/html; charset=utf-8' : 'text/javascript; charset=utf-8',
+      'cache-control': 'no-store',
+    });
     res.end(body);
   });
   await new Promise<void>((resolve, reject) => {

@@ -1,5 +1,5 @@
 /**
- * Embedding kernel against the reference (packages/shared/src/ops/embedding.ts). Exact: one
+ * Embedding kernel against the reference (packages/model/src/ops/embedding.ts). Exact: one
  * float32 add per output, the same add the reference does, so the tolerance is 0.
  */
 import { describe, expect, it } from 'vitest';
@@ -25,7 +25,13 @@ describe('embedding kernel', () => {
       const wpe = randn(P * D, rng, 0.01);
       const want = refEmbedding(ids, wte, wpe, B, T, D, V);
       const out = gpu.storage(B * T * D * 4);
-      gpu.run(embeddingForward(gpu, { ids: gpu.storage(ids), wte: gpu.storage(wte), wpe: gpu.storage(wpe), out }, { B, T, D, vocabSize: V, nPositions: P }));
+      gpu.run(
+        embeddingForward(
+          gpu,
+          { ids: gpu.storage(ids), wte: gpu.storage(wte), wpe: gpu.storage(wpe), out },
+          { B, T, D, vocabSize: V, nPositions: P },
+        ),
+      );
       const got = await gpu.readF32(out, B * T * D);
       const err = maxRelErr(got, want);
       console.log(`embedding B=${B} T=${T} D=${D}: ${err.toExponential(1)}`);
@@ -35,13 +41,22 @@ describe('embedding kernel', () => {
 
   it('an out-of-range id gives a NaN row, and only that row', async () => {
     const gpu = await testDevice();
-    const B = 1, T = 4, D = 5, V = 6;
+    const B = 1,
+      T = 4,
+      D = 5,
+      V = 6;
     const rng = new Rng(7);
     const ids = new Int32Array([2, -1, V, 0]);
     const wte = randn(V * D, rng);
     const wpe = randn(T * D, rng);
     const out = gpu.storage(B * T * D * 4);
-    gpu.run(embeddingForward(gpu, { ids: gpu.storage(ids), wte: gpu.storage(wte), wpe: gpu.storage(wpe), out }, { B, T, D, vocabSize: V }));
+    gpu.run(
+      embeddingForward(
+        gpu,
+        { ids: gpu.storage(ids), wte: gpu.storage(wte), wpe: gpu.storage(wpe), out },
+        { B, T, D, vocabSize: V },
+      ),
+    );
     const got = await gpu.readF32(out, B * T * D);
     for (let t = 0; t < T; t++) {
       const row = Array.from(got.subarray(t * D, (t + 1) * D));
@@ -54,6 +69,8 @@ describe('embedding kernel', () => {
   it('rejects T over n_positions', async () => {
     const gpu = await testDevice();
     const b = gpu.storage(16);
-    expect(() => embeddingForward(gpu, { ids: b, wte: b, wpe: b, out: b }, { B: 1, T: 9, D: 1, vocabSize: 1, nPositions: 8 })).toThrow(/n_positions/);
+    expect(() =>
+      embeddingForward(gpu, { ids: b, wte: b, wpe: b, out: b }, { B: 1, T: 9, D: 1, vocabSize: 1, nPositions: 8 }),
+    ).toThrow(/n_positions/);
   });
 });

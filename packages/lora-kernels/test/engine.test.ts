@@ -14,7 +14,27 @@
  *    sides may step either way: that compares nothing about the kernels.)
  *  - three chained steps: the loss curve within 1e-4 relative of the reference's.
  */
-import { adamwInit, adamwStep, cloudSegmentStep, DEFAULT_ADAMW, edgeSegmentBackward, edgeSegmentForward, IGNORE_INDEX, initLoraAdapter, LORA_TARGETS, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type SplitPlan, type TokenBatch } from '@splitllm/model';
+import {
+  adamwInit,
+  adamwStep,
+  cloudSegmentStep,
+  DEFAULT_ADAMW,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  IGNORE_INDEX,
+  initLoraAdapter,
+  LORA_TARGETS,
+  Rng,
+  userSegmentBackward,
+  userSegmentForward,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type SplitPlan,
+  type TokenBatch,
+} from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -43,7 +63,11 @@ const adapterFor = adapterWithRandomB;
 
 function cloneAdapter(a: LoraAdapter): LoraAdapter {
   const layers: LoraAdapter['layers'] = new Map();
-  for (const [k, p] of a.layers) layers.set(k, { A: { shape: [...p.A.shape], data: p.A.data.slice() }, B: { shape: [...p.B.shape], data: p.B.data.slice() } });
+  for (const [k, p] of a.layers)
+    layers.set(k, {
+      A: { shape: [...p.A.shape], data: p.A.data.slice() },
+      B: { shape: [...p.B.shape], data: p.B.data.slice() },
+    });
   return { config: { ...a.config }, layers };
 }
 
@@ -85,9 +109,28 @@ interface Case {
 }
 
 const cases: Case[] = [
-  { name: 'shipped model, k=1, attention pair, default (GPU-tuned) kernels', model: shipped, lora: { r: 8, alpha: 16, targets: ['attn.c_attn', 'attn.c_proj'] }, plan: { k: 1, m: 3 }, T: 37 },
-  { name: 'shipped model, k=2, all four targets, software-tuned kernels', model: shipped, lora: { r: 4, alpha: 8, targets: [...LORA_TARGETS] }, plan: { k: 2, m: 3 }, T: 19, variants: SOFTWARE_ADAPTER_VARIANTS },
-  { name: 'random GPT-2-shaped model (48 wide, 3 heads), k=2, mlp.c_fc only', model: randomModel(), lora: { r: 3, alpha: 6, targets: ['mlp.c_fc'] }, plan: { k: 2, m: 3 }, T: 23 },
+  {
+    name: 'shipped model, k=1, attention pair, default (GPU-tuned) kernels',
+    model: shipped,
+    lora: { r: 8, alpha: 16, targets: ['attn.c_attn', 'attn.c_proj'] },
+    plan: { k: 1, m: 3 },
+    T: 37,
+  },
+  {
+    name: 'shipped model, k=2, all four targets, software-tuned kernels',
+    model: shipped,
+    lora: { r: 4, alpha: 8, targets: [...LORA_TARGETS] },
+    plan: { k: 2, m: 3 },
+    T: 19,
+    variants: SOFTWARE_ADAPTER_VARIANTS,
+  },
+  {
+    name: 'random GPT-2-shaped model (48 wide, 3 heads), k=2, mlp.c_fc only',
+    model: randomModel(),
+    lora: { r: 3, alpha: 6, targets: ['mlp.c_fc'] },
+    plan: { k: 2, m: 3 },
+    T: 23,
+  },
 ];
 
 describe('UserSegmentEngine: one split step against the reference', () => {
@@ -96,7 +139,14 @@ describe('UserSegmentEngine: one split step against the reference', () => {
       const gpu = await testDevice();
       const adapter = adapterFor(c.model.config, c.lora, 10);
       const batch = batchOf(c.model.config, c.T, 20);
-      const engine = await UserSegmentEngine.create(gpu, c.model, adapter, { k: c.plan.k, lora: c.lora, batch: batch.B, seq: batch.T, adamw, variants: c.variants });
+      const engine = await UserSegmentEngine.create(gpu, c.model, adapter, {
+        k: c.plan.k,
+        lora: c.lora,
+        batch: batch.B,
+        seq: batch.T,
+        adamw,
+        variants: c.variants,
+      });
       try {
         const ref = userSegmentForward(c.model, adapter, batch, c.plan);
         const h1 = await engine.forward(batch.inputIds);
@@ -137,7 +187,15 @@ describe('UserSegmentEngine: one split step against the reference', () => {
     const plan = { k: 1, m: 3 };
     const refAdapter = adapterFor(shipped.config, lora, 30);
     const engine = await UserSegmentEngine.create(gpu, shipped, refAdapter, { k: 1, lora, batch: 2, seq: 29, adamw });
-    const state = new Map([...refAdapter.layers].flatMap(([k, p]) => [[k + 'A', adamwInit(p.A.data.length)], [k + 'B', adamwInit(p.B.data.length)]] as const));
+    const state = new Map(
+      [...refAdapter.layers].flatMap(
+        ([k, p]) =>
+          [
+            [`${k}A`, adamwInit(p.A.data.length)],
+            [`${k}B`, adamwInit(p.B.data.length)],
+          ] as const,
+      ),
+    );
     const ref = cloneAdapter(refAdapter);
     try {
       for (let step = 1; step <= 3; step++) {
@@ -148,8 +206,8 @@ describe('UserSegmentEngine: one split step against the reference', () => {
         const g = userSegmentBackward(shipped, ref, u.state, cont.dh1);
         for (const k of g.keys()) {
           const p = ref.layers.get(k)!;
-          adamwStep(p.A.data, g.get(k)!.A, state.get(k + 'A')!, step, adamw);
-          adamwStep(p.B.data, g.get(k)!.B, state.get(k + 'B')!, step, adamw);
+          adamwStep(p.A.data, g.get(k)!.A, state.get(`${k}A`)!, step, adamw);
+          adamwStep(p.B.data, g.get(k)!.B, state.get(`${k}B`)!, step, adamw);
         }
         // engine: the user segment on the GPU, edge and cloud in the reference (frozen copy: the
         // edge and cloud LoRA are not trained here, so both sides see the same continuation)
@@ -174,10 +232,18 @@ describe('UserSegmentEngine: limits and bad input', () => {
     const gpu = await testDevice();
     // the same device, described with a 256 KiB binding limit: wte (1024 x 128 floats) is 512 KiB
     const small = new GpuContext(gpu.device, { ...gpu.adapter, maxStorageBufferBindingSize: 256 * 1024 });
-    const err = await UserSegmentEngine.create(small, shipped, initLoraAdapter(shipped.config, lora, 1), { k: 1, lora, batch: 2, seq: 16, adamw }).catch((e) => e);
+    const err = await UserSegmentEngine.create(small, shipped, initLoraAdapter(shipped.config, lora, 1), {
+      k: 1,
+      lora,
+      batch: 2,
+      seq: 16,
+      adamw,
+    }).catch((e) => e);
     expect(err).toBeInstanceOf(GpuError);
     expect(err.code).toBe('DOES_NOT_FIT');
-    expect(err.message).toMatch(/does not fit this adapter: wte\.weight needs 524288 bytes, over this adapter's maxStorageBufferBindingSize 262144/);
+    expect(err.message).toMatch(
+      /does not fit this adapter: wte\.weight needs 524288 bytes, over this adapter's maxStorageBufferBindingSize 262144/,
+    );
   });
 
   it('refuses bad token ids, shapes, NaN gradients and out-of-order calls; setAdapter restarts cleanly', async () => {
@@ -191,7 +257,9 @@ describe('UserSegmentEngine: limits and bad input', () => {
       await expect(engine.forward(new Int32Array(15))).rejects.toThrow(/batches of 2 x 8 tokens, got 15/);
       const bad = batch.inputIds.slice();
       bad[5] = 1024;
-      await expect(engine.forward(bad)).rejects.toThrow(/token id 1024 at position 5 is outside the vocabulary \[0, 1024\)/);
+      await expect(engine.forward(bad)).rejects.toThrow(
+        /token id 1024 at position 5 is outside the vocabulary \[0, 1024\)/,
+      );
       const first = await engine.forward(batch.inputIds);
       const nan = new Float32Array(first.length);
       nan[7] = NaN;
@@ -205,7 +273,9 @@ describe('UserSegmentEngine: limits and bad input', () => {
       expect(engine.steps).toBe(0);
       expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
       // a foreign adapter is refused before anything is written
-      expect(() => engine.setAdapter(adapterWithRandomB(shipped.config, { ...lora, r: 4 }, 52))).toThrow(/another LoRA config/);
+      expect(() => engine.setAdapter(adapterWithRandomB(shipped.config, { ...lora, r: 4 }, 52))).toThrow(
+        /another LoRA config/,
+      );
       const missing = adapterWithRandomB(shipped.config, lora, 53);
       missing.layers.delete('h.0.attn.c_proj');
       expect(() => engine.setAdapter(missing)).toThrow(/no LoRA pair for h\.0\.attn\.c_proj/);
@@ -224,10 +294,15 @@ describe('kernel variants per adapter', () => {
     expect(sw.variants).toEqual(SOFTWARE_ADAPTER_VARIANTS);
     // the same device described as a GPU: the matmul variant comes from timing
     const asGpu = new GpuContext(gpu.device, { ...gpu.adapter, isFallbackAdapter: false, name: 'Example GPU' });
-    const hw = await chooseKernelVariants(asGpu, { full: [{ M: 16, K: 32, N: 48 }], lowRank: [{ M: 16, K: 32, N: 4 }] });
+    const hw = await chooseKernelVariants(asGpu, {
+      full: [{ M: 16, K: 32, N: 48 }],
+      lowRank: [{ M: 16, K: 32, N: 4 }],
+    });
     expect(MATMUL_VARIANTS).toContain(hw.variants.matmul);
     expect(MATMUL_VARIANTS).toContain(hw.variants.lowRank);
-    expect(hw.reason).toMatch(/timed at the engine's shapes \(full-size: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms; rank-r: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/);
+    expect(hw.reason).toMatch(
+      /timed at the engine's shapes \(full-size: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms; rank-r: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/,
+    );
     expect(hw.variants.layernorm).toBe(GPU_DEFAULT_VARIANTS.layernorm);
   });
 });

@@ -1,5 +1,5 @@
 /**
- * GELU kernels against the reference (packages/shared/src/ops/gelu.ts, float64 tanh): random
+ * GELU kernels against the reference (packages/model/src/ops/gelu.ts, float64 tanh): random
  * inputs of awkward lengths, and extreme inputs (where a naive WGSL tanh gives NaN on some
  * drivers and 1 + tanh u cancels).
  */
@@ -43,7 +43,10 @@ describe('gelu kernels', () => {
   }
 
   it('extreme inputs stay finite and match elementwise', async () => {
-    const special = [0, -0, 1e-30, -1e-30, 1e-3, -1e-3, 3, -3, 5, -5, 8.5, -8.5, 9.9, -9.9, 10, -10, 10.5, -10.5, 40, -40, 1e3, -1e3, 1e15, -1e15, 1e30, -1e30, 3e38, -3e38];
+    const special = [
+      0, -0, 1e-30, -1e-30, 1e-3, -1e-3, 3, -3, 5, -5, 8.5, -8.5, 9.9, -9.9, 10, -10, 10.5, -10.5, 40, -40, 1e3, -1e3,
+      1e15, -1e15, 1e30, -1e30, 3e38, -3e38,
+    ];
     const x = new Float32Array(special);
     const dy = new Float32Array(x.length).fill(1);
     const { y, dx } = await run(x, dy);
@@ -55,7 +58,10 @@ describe('gelu kernels', () => {
     for (let i = 0; i < x.length; i++) {
       expect(Number.isFinite(y[i]), `y(${x[i]}) = ${y[i]}`).toBe(true);
       expect(Number.isFinite(dx[i]), `dx(${x[i]}) = ${dx[i]}`).toBe(true);
-      const e = Math.max(Math.abs(y[i] - wy[i]) / Math.max(1, Math.abs(wy[i])), Math.abs(dx[i] - wdx[i]) / Math.max(1, Math.abs(wdx[i])));
+      const e = Math.max(
+        Math.abs(y[i] - wy[i]) / Math.max(1, Math.abs(wy[i])),
+        Math.abs(dx[i] - wdx[i]) / Math.max(1, Math.abs(wdx[i])),
+      );
       worst = Math.max(worst, e);
     }
     // the negative tail relative to its own size, y(-5) ~ -2.3e-7 (further out, the float64

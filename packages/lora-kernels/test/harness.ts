@@ -2,7 +2,15 @@
  * Test harness for kernels: one Node WebGPU device per test file (software Vulkan here), upload,
  * run, read back, and the error measure every kernel test states its tolerance in.
  */
-import { initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/model';
+import {
+  initLoraAdapter,
+  randomGpt2Weights,
+  Rng,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+} from '@splitllm/model';
 import type { Dispatch, GpuContext } from '../src/gpu';
 import { nodeKernelDevice } from '../src/node';
 
@@ -15,7 +23,12 @@ export function testDevice(): Promise<GpuContext> {
 }
 
 /** Runs the dispatches and reads back `count` floats of `out`. */
-export async function runAndRead(gpu: GpuContext, dispatches: Dispatch[], out: GPUBuffer, count: number): Promise<Float32Array> {
+export async function runAndRead(
+  gpu: GpuContext,
+  dispatches: Dispatch[],
+  out: GPUBuffer,
+  count: number,
+): Promise<Float32Array> {
   gpu.run(dispatches);
   return gpu.readF32(out, count);
 }
@@ -26,7 +39,7 @@ export function randn(n: number, rng: Rng, scale = 1): Float32Array {
 
 /**
  * The measure every kernel test states its tolerance in (max |got - want| / max |want|, from
- * @splitllm/shared). Float32 kernels summing K products in another order than the
+ * @splitllm/model). Float32 kernels summing K products in another order than the
  * float64-accumulating reference differ by about sqrt(K) * 2^-24 of the scale.
  */
 export { maxRelErr } from '@splitllm/model';

@@ -1,5 +1,5 @@
 /**
- * LayerNorm kernels against the reference (packages/shared/src/ops/layernorm.ts, float64
+ * LayerNorm kernels against the reference (packages/model/src/ops/layernorm.ts, float64
  * statistics): both variants, awkward row counts and widths, a large common offset, and the
  * accumulate option of the backward.
  */
@@ -71,9 +71,19 @@ describe('layerNorm kernels', () => {
         const bdx = gpu.storage(M * D * 4);
         const bacc = gpu.storage(prior);
         gpu.run([
-          ...layerNormForward(gpu, { x: bx, gamma: bg, beta: bb, y: by, mean: bm, rstd: br }, { M, D, eps }, { variant }),
+          ...layerNormForward(
+            gpu,
+            { x: bx, gamma: bg, beta: bb, y: by, mean: bm, rstd: br },
+            { M, D, eps },
+            { variant },
+          ),
           ...layerNormBackward(gpu, { x: bx, gamma: bg, mean: bm, rstd: br, dy: bdy, dx: bdx }, { M, D }, { variant }),
-          ...layerNormBackward(gpu, { x: bx, gamma: bg, mean: bm, rstd: br, dy: bdy, dx: bacc }, { M, D }, { variant, accumulate: true }),
+          ...layerNormBackward(
+            gpu,
+            { x: bx, gamma: bg, mean: bm, rstd: br, dy: bdy, dx: bacc },
+            { M, D },
+            { variant, accumulate: true },
+          ),
         ]);
         const [y, mean, rstd, dx, acc] = await Promise.all([
           gpu.readF32(by, M * D),
@@ -91,7 +101,12 @@ describe('layerNorm kernels', () => {
           dx: maxRelErr(dx, refDx),
           acc: maxRelErr(acc, wantAcc),
         };
-        console.log(`layernorm ${variant} M=${M} D=${D}${c.offset ? ' offset' : ''}:`, Object.entries(errs).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', '));
+        console.log(
+          `layernorm ${variant} M=${M} D=${D}${c.offset ? ' offset' : ''}:`,
+          Object.entries(errs)
+            .map(([k, v]) => `${k} ${v.toExponential(1)}`)
+            .join(', '),
+        );
         expect(errs.y).toBeLessThan(tol);
         expect(errs.mean).toBeLessThan(c.offset ? TOL_OFFSET : TOL_MEAN);
         expect(errs.rstd).toBeLessThan(tol);

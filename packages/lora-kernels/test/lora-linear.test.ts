@@ -4,7 +4,12 @@
  * options.
  */
 import { describe, expect, it } from 'vitest';
-import { Rng, loraLinearBackward as refBackward, loraLinearForward as refForward, type LoraLinearParams } from '@splitllm/model';
+import {
+  Rng,
+  loraLinearBackward as refBackward,
+  loraLinearForward as refForward,
+  type LoraLinearParams,
+} from '@splitllm/model';
 import type { GpuContext } from '../src/gpu';
 import { MATMUL_VARIANTS, type MatmulVariant } from '../src/kernels/matmul';
 import { loraLinearBackward, loraLinearForward } from '../src/kernels/lora-linear';
@@ -28,7 +33,8 @@ function setup(c: Case, seed: number) {
     b: randn(c.N, rng, 0.1),
     K: c.K,
     N: c.N,
-    lora: c.r > 0 ? { A: randn(c.K * c.r, rng, 0.2), B: randn(c.r * c.N, rng, 0.2), r: c.r, scale: 2 / c.r } : undefined,
+    lora:
+      c.r > 0 ? { A: randn(c.K * c.r, rng, 0.2), B: randn(c.r * c.N, rng, 0.2), r: c.r, scale: 2 / c.r } : undefined,
   };
   const x = randn(c.M * c.K, rng);
   const dy = randn(c.M * c.N, rng);
@@ -62,7 +68,12 @@ async function runGpu(
   const accumulate = !!init;
   gpu.run([
     ...loraLinearForward(gpu, b, dims, { variant, lowRankVariant }),
-    ...loraLinearBackward(gpu, b, dims, { variant, lowRankVariant, accumulateDx: accumulate, accumulateGrads: accumulate }),
+    ...loraLinearBackward(gpu, b, dims, {
+      variant,
+      lowRankVariant,
+      accumulateDx: accumulate,
+      accumulateGrads: accumulate,
+    }),
   ]);
   const out = {
     y: await gpu.readF32(b.y, M * N),
@@ -99,7 +110,12 @@ describe('lora-linear kernels', () => {
           dA: maxRelErr(got.dA!, g.dA!),
           dB: maxRelErr(got.dB!, g.dB!),
         };
-        errors.push(`${variant} ${c.M}x${c.K}x${c.N} r${c.r}: ` + Object.entries(e).map(([k, v]) => `${k} ${v.toExponential(2)}`).join(', '));
+        errors.push(
+          `${variant} ${c.M}x${c.K}x${c.N} r${c.r}: ` +
+            Object.entries(e)
+              .map(([k, v]) => `${k} ${v.toExponential(2)}`)
+              .join(', '),
+        );
         for (const [k, v] of Object.entries(e)) expect(v, `${variant} ${k}`).toBeLessThan(TOL);
       }
     });
@@ -132,7 +148,12 @@ describe('lora-linear kernels', () => {
       dA: maxRelErr(got.dA!, add(g.dA!, init.dA)),
       dB: maxRelErr(got.dB!, add(g.dB!, init.dB)),
     };
-    errors.push(`accumulate (default variant): ` + Object.entries(e).map(([k, v]) => `${k} ${v.toExponential(2)}`).join(', '));
+    errors.push(
+      `accumulate (default variant): ` +
+        Object.entries(e)
+          .map(([k, v]) => `${k} ${v.toExponential(2)}`)
+          .join(', '),
+    );
     for (const [k, v] of Object.entries(e)) expect(v, k).toBeLessThan(TOL);
   });
 
@@ -140,10 +161,12 @@ describe('lora-linear kernels', () => {
     const gpu = await testDevice();
     const x = gpu.storage(16);
     expect(() => loraLinearForward(gpu, { x, W: x, y: gpu.storage(16) }, { M: 1, K: 1, N: 1, r: 1 })).toThrow(/scale/);
-    expect(() => loraLinearForward(gpu, { x, W: x, y: gpu.storage(16) }, { M: 1, K: 1, N: 1, r: 1, scale: 1 })).toThrow(/A is required/);
+    expect(() => loraLinearForward(gpu, { x, W: x, y: gpu.storage(16) }, { M: 1, K: 1, N: 1, r: 1, scale: 1 })).toThrow(
+      /A is required/,
+    );
   });
 
   it('reports the errors', () => {
-    console.log('lora-linear max relative errors:\n  ' + errors.join('\n  '));
+    console.log(`lora-linear max relative errors:\n  ${errors.join('\n  ')}`);
   });
 });

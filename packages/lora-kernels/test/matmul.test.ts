@@ -5,7 +5,15 @@
 import { describe, expect, it } from 'vitest';
 import { Rng, matmul as refNN, matmulAT as refTN, matmulBT as refNT } from '@splitllm/model';
 import { GpuContext, GpuError } from '../src/gpu';
-import { matmul, matmulWorkgroup, MATMUL_LAYOUTS, MATMUL_VARIANTS, pickFastestMatmul, type MatmulDims, type MatmulLayout } from '../src/kernels/matmul';
+import {
+  matmul,
+  matmulWorkgroup,
+  MATMUL_LAYOUTS,
+  MATMUL_VARIANTS,
+  pickFastestMatmul,
+  type MatmulDims,
+  type MatmulLayout,
+} from '../src/kernels/matmul';
 import { maxRelErr, randn, runAndRead, testDevice } from './harness';
 
 // Float32 accumulation of K products vs the float64 reference: ~sqrt(K) * 6e-8 of the output's
@@ -61,10 +69,18 @@ describe('matmul kernels', () => {
             c: gpu.storage(accumulate ? c0 : new Float32Array(M * N)),
             bias: withBias ? gpu.storage(bias) : undefined,
           };
-          const got = await runAndRead(gpu, matmul(gpu, bufs, d, { layout, variant, accumulate, alpha }), bufs.c, M * N);
+          const got = await runAndRead(
+            gpu,
+            matmul(gpu, bufs, d, { layout, variant, accumulate, alpha }),
+            bufs.c,
+            M * N,
+          );
           const err = maxRelErr(got, want);
           worst = Math.max(worst, err);
-          expect(err, `${variant} ${layout} ${M}x${K}x${N} bias=${withBias} acc=${accumulate} alpha=${alpha}`).toBeLessThan(TOL);
+          expect(
+            err,
+            `${variant} ${layout} ${M}x${K}x${N} bias=${withBias} acc=${accumulate} alpha=${alpha}`,
+          ).toBeLessThan(TOL);
           for (const x of Object.values(bufs)) x?.destroy();
         }
         errors.push(`${variant} ${layout}: ${worst.toExponential(2)}`);
@@ -73,7 +89,7 @@ describe('matmul kernels', () => {
   }
 
   it('reports the worst errors', () => {
-    console.log('matmul max relative error per variant/layout:\n  ' + errors.join('\n  '));
+    console.log(`matmul max relative error per variant/layout:\n  ${errors.join('\n  ')}`);
   });
 
   it('smaller workgroup shapes where the device allows 128 or 64 invocations (compat adapters)', async () => {
@@ -107,7 +123,12 @@ describe('matmul kernels', () => {
     const c = gpu.storage(new Float32Array(6).fill(9));
     const got = await runAndRead(
       gpu,
-      matmul(gpu, { a: gpu.storage(16), b: gpu.storage(16), c, bias: gpu.storage(bias) }, { M: 2, K: 0, N: 3 }, { variant: 'registers' }),
+      matmul(
+        gpu,
+        { a: gpu.storage(16), b: gpu.storage(16), c, bias: gpu.storage(bias) },
+        { M: 2, K: 0, N: 3 },
+        { variant: 'registers' },
+      ),
       c,
       6,
     );
@@ -117,7 +138,9 @@ describe('matmul kernels', () => {
   it('rejects buffers smaller than the dims', async () => {
     const gpu = await testDevice();
     const small = gpu.storage(16);
-    expect(() => matmul(gpu, { a: small, b: gpu.storage(400), c: gpu.storage(400) }, { M: 10, K: 10, N: 10 })).toThrow(/A needs 100 floats/);
+    expect(() => matmul(gpu, { a: small, b: gpu.storage(400), c: gpu.storage(400) }, { M: 10, K: 10, N: 10 })).toThrow(
+      /A needs 100 floats/,
+    );
   });
 
   it('pickFastestMatmul returns one of the candidates', async () => {

@@ -16,7 +16,10 @@ describe('residual kernels', () => {
       const b = randn(n, rng);
       const out = gpu.storage(n * 4);
       const acc = gpu.storage(b);
-      gpu.run([...residualAdd(gpu, { a: gpu.storage(a), b: gpu.storage(b), out }, { n }), ...residualAccumulate(gpu, { a: gpu.storage(a), out: acc }, { n })]);
+      gpu.run([
+        ...residualAdd(gpu, { a: gpu.storage(a), b: gpu.storage(b), out }, { n }),
+        ...residualAccumulate(gpu, { a: gpu.storage(a), out: acc }, { n }),
+      ]);
       const want = a.map((v, i) => v + b[i]);
       const [gotAdd, gotAcc] = await Promise.all([gpu.readF32(out, n), gpu.readF32(acc, n)]);
       expect(maxRelErr(gotAdd, want)).toBe(0);

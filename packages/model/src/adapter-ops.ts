@@ -3,10 +3,22 @@
  * check throws. Browser-safe.
  */
 import { CodedError } from './coded-error';
-import { type LoraAdapter, type LoraConfig, type LoraPair, LORA_TARGETS, isLoraTarget, parseLoraModulePath } from './lora';
+import {
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraPair,
+  LORA_TARGETS,
+  isLoraTarget,
+  parseLoraModulePath,
+} from './lora';
 import { type Tensor, numel } from './tensor';
 
-export type AdapterCheckCode = 'ADAPTER_CONFIG' | 'ADAPTER_SHAPE' | 'ADAPTER_NOT_FINITE' | 'ADAPTER_NORM' | 'ADAPTER_MODULE';
+export type AdapterCheckCode =
+  | 'ADAPTER_CONFIG'
+  | 'ADAPTER_SHAPE'
+  | 'ADAPTER_NOT_FINITE'
+  | 'ADAPTER_NORM'
+  | 'ADAPTER_MODULE';
 
 export class AdapterCheckError extends CodedError<AdapterCheckCode> {}
 
@@ -50,7 +62,10 @@ export function adapterSubset(adapter: LoraAdapter, fromLayer: number, toLayer: 
  * `${prefix}h.{i}.{target}.lora_A` / `.lora_B`. The arrays are shared, not copied (the
  * encoder only reads them).
  */
-export function adapterToNamedTensors(a: LoraAdapter, prefix = ''): Map<string, { data: Float32Array; shape: number[] }> {
+export function adapterToNamedTensors(
+  a: LoraAdapter,
+  prefix = '',
+): Map<string, { data: Float32Array; shape: number[] }> {
   const out = new Map<string, { data: Float32Array; shape: number[] }>();
   for (const [path, { A, B }] of a.layers) {
     out.set(`${prefix}${path}.lora_A`, { data: A.data, shape: [...A.shape] });
@@ -106,7 +121,10 @@ export function adapterFromNamedTensors(
   const layers = new Map<string, LoraPair>();
   for (const [path, h] of sorted) {
     if (!h.A || !h.B) {
-      throw new AdapterCheckError('ADAPTER_MODULE', `adapter module "${prefix}${path}" has lora_${h.A ? 'A' : 'B'} but no lora_${h.A ? 'B' : 'A'}`);
+      throw new AdapterCheckError(
+        'ADAPTER_MODULE',
+        `adapter module "${prefix}${path}" has lora_${h.A ? 'A' : 'B'} but no lora_${h.A ? 'B' : 'A'}`,
+      );
     }
     layers.set(path, { A: h.A, B: h.B });
   }

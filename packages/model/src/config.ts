@@ -51,7 +51,8 @@ export function parseGpt2Config(json: unknown): Gpt2Config {
   if (nEmbd % nHead !== 0) throw new ConfigError(`config.json: n_embd ${nEmbd} is not divisible by n_head ${nHead}`);
   const nInner = j.n_inner === null || j.n_inner === undefined ? 4 * nEmbd : int(j, 'n_inner');
   const eps = j.layer_norm_epsilon ?? 1e-5;
-  if (typeof eps !== 'number' || !(eps > 0)) throw new ConfigError('config.json: layer_norm_epsilon must be a positive number');
+  if (typeof eps !== 'number' || !(eps > 0))
+    throw new ConfigError('config.json: layer_norm_epsilon must be a positive number');
   const vocabSize = int(j, 'vocab_size');
   return {
     vocabSize,

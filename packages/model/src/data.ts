@@ -40,7 +40,7 @@ export function evalBatches(tokens: ArrayLike<number>, B: number, T: number, pad
   for (let i = 0; i < starts.length; i += B) {
     const rows = starts.slice(i, i + B);
     const batch = emptyBatch(rows.length, T);
-    rows.forEach((s, r) => fillRow(batch, r, tokens, s, padId));
+    for (const [r, s] of rows.entries()) fillRow(batch, r, tokens, s, padId);
     batches.push(batch);
   }
   return batches;

@@ -40,7 +40,10 @@ export function isLoraTarget(s: string): s is LoraTarget {
 
 export function parseLoraTargets(list: string): LoraTarget[] {
   const out: LoraTarget[] = [];
-  for (const raw of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const raw of list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     if (!isLoraTarget(raw)) throw new Error(`unknown LoRA target "${raw}" (choose from ${LORA_TARGETS.join(', ')})`);
     if (!out.includes(raw)) out.push(raw);
   }
@@ -78,13 +81,7 @@ export function parseLoraModulePath(path: string): { layer: number; target: Lora
  * the block range, so the user, edge and cloud segments initialize exactly the adapters a
  * centralized run would.
  */
-export function initLoraAdapter(
-  c: Gpt2Config,
-  config: LoraConfig,
-  seed: number,
-  from = 0,
-  to = c.nLayer,
-): LoraAdapter {
+export function initLoraAdapter(c: Gpt2Config, config: LoraConfig, seed: number, from = 0, to = c.nLayer): LoraAdapter {
   const layers = new Map<string, LoraPair>();
   for (let i = from; i < to; i++) {
     for (const target of config.targets) {
@@ -127,9 +124,18 @@ function describeLoraConfig(c: LoraConfig): string {
  * `lora`, shapes that fit the model (checkAdapterFits), arrays as long as their shapes, and a
  * pair for every target of every block in range. Throws a readable Error otherwise.
  */
-export function checkAdapterCovers(c: Gpt2Config, lora: LoraConfig, adapter: LoraAdapter, from: number, to: number, who: string): void {
+export function checkAdapterCovers(
+  c: Gpt2Config,
+  lora: LoraConfig,
+  adapter: LoraAdapter,
+  from: number,
+  to: number,
+  who: string,
+): void {
   if (!sameLoraConfig(adapter.config, lora)) {
-    throw new Error(`${who}: the adapter is LoRA ${describeLoraConfig(adapter.config)}, another LoRA config than the ${describeLoraConfig(lora)} it was made for`);
+    throw new Error(
+      `${who}: the adapter is LoRA ${describeLoraConfig(adapter.config)}, another LoRA config than the ${describeLoraConfig(lora)} it was made for`,
+    );
   }
   checkAdapterFits(c, adapter);
   for (const [path, pair] of adapter.layers) {
@@ -139,7 +145,8 @@ export function checkAdapterCovers(c: Gpt2Config, lora: LoraConfig, adapter: Lor
   }
   for (let layer = from; layer < to; layer++) {
     for (const target of lora.targets) {
-      if (!adapter.layers.has(loraModulePath(layer, target))) throw new Error(`${who}: the adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
+      if (!adapter.layers.has(loraModulePath(layer, target)))
+        throw new Error(`${who}: the adapter has no LoRA pair for ${loraModulePath(layer, target)}`);
     }
   }
 }

@@ -20,12 +20,7 @@ import { softmaxCrossEntropyBackward, softmaxCrossEntropyForward, type CrossEntr
 import { embeddingBackward, embeddingForward } from './ops/embedding';
 import { geluBackward, geluForward } from './ops/gelu';
 import { layerNormBackward, layerNormForward, type LayerNormCache } from './ops/layernorm';
-import {
-  loraLinearBackward,
-  loraLinearForward,
-  type LoraLinearCache,
-  type LoraLinearParams,
-} from './ops/lora-linear';
+import { loraLinearBackward, loraLinearForward, type LoraLinearCache, type LoraLinearParams } from './ops/lora-linear';
 import { matmul, matmulAT, matmulBT } from './ops/matmul';
 import { type Gpt2Weights, getWeight } from './weights';
 
@@ -81,17 +76,23 @@ function checkBatch(c: Gpt2Config, b: TokenBatch): void {
 // ---------------------------------------------------------------------------------------------
 // blocks
 
-function linearParams(model: Gpt2Model, adapter: LoraAdapter | undefined, layer: number, target: LoraTarget): LoraLinearParams {
+function linearParams(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  layer: number,
+  target: LoraTarget,
+): LoraLinearParams {
   const [K, N] = loraTargetDims(model.config, target);
   const prefix = `h.${layer}.${target}`;
   const p: LoraLinearParams = {
-    W: getWeight(model.weights, prefix + '.weight').data,
-    b: getWeight(model.weights, prefix + '.bias').data,
+    W: getWeight(model.weights, `${prefix}.weight`).data,
+    b: getWeight(model.weights, `${prefix}.bias`).data,
     K,
     N,
   };
   const pair = adapter?.layers.get(loraModulePath(layer, target));
-  if (pair && adapter) p.lora = { A: pair.A.data, B: pair.B.data, r: adapter.config.r, scale: loraScale(adapter.config) };
+  if (pair && adapter)
+    p.lora = { A: pair.A.data, B: pair.B.data, r: adapter.config.r, scale: loraScale(adapter.config) };
   return p;
 }
 
@@ -116,7 +117,14 @@ export interface BlocksCache {
   blocks: BlockCache[];
 }
 
-function blockForward(model: Gpt2Model, adapter: LoraAdapter | undefined, layer: number, x: Float32Array, B: number, T: number) {
+function blockForward(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  layer: number,
+  x: Float32Array,
+  B: number,
+  T: number,
+) {
   const c = model.config;
   const M = B * T;
   const D = c.nEmbd;
@@ -238,7 +246,15 @@ export function blocksBackward(
 
 export function embedForward(model: Gpt2Model, inputIds: Int32Array, B: number, T: number): Float32Array {
   const c = model.config;
-  return embeddingForward(inputIds, getWeight(model.weights, 'wte.weight').data, getWeight(model.weights, 'wpe.weight').data, B, T, c.nEmbd, c.vocabSize);
+  return embeddingForward(
+    inputIds,
+    getWeight(model.weights, 'wte.weight').data,
+    getWeight(model.weights, 'wpe.weight').data,
+    B,
+    T,
+    c.nEmbd,
+    c.vocabSize,
+  );
 }
 
 export interface HeadCache {
@@ -253,7 +269,14 @@ export interface HeadCache {
 export function headForward(model: Gpt2Model, h: Float32Array, targets: Int32Array, B: number, T: number) {
   const c = model.config;
   const M = B * T;
-  const lnf = layerNormForward(h, getWeight(model.weights, 'ln_f.weight').data, getWeight(model.weights, 'ln_f.bias').data, M, c.nEmbd, c.layerNormEpsilon);
+  const lnf = layerNormForward(
+    h,
+    getWeight(model.weights, 'ln_f.weight').data,
+    getWeight(model.weights, 'ln_f.bias').data,
+    M,
+    c.nEmbd,
+    c.layerNormEpsilon,
+  );
   const logits = matmulBT(lnf.y, getWeight(model.weights, 'wte.weight').data, M, c.nEmbd, c.vocabSize);
   const ce = softmaxCrossEntropyForward(logits, targets, M, c.vocabSize);
   const cache: HeadCache = { B, T, lnf: lnf.cache, normed: lnf.y, ce: ce.cache };
@@ -266,7 +289,14 @@ export function headBackward(model: Gpt2Model, cache: HeadCache, baseGrads?: Bas
   const dlogits = softmaxCrossEntropyBackward(cache.ce, M, c.vocabSize);
   const wte = getWeight(model.weights, 'wte.weight').data;
   const dnormed = matmul(dlogits, wte, M, c.vocabSize, c.nEmbd);
-  const g = layerNormBackward(cache.lnf, getWeight(model.weights, 'ln_f.weight').data, dnormed, M, c.nEmbd, baseGrads !== undefined);
+  const g = layerNormBackward(
+    cache.lnf,
+    getWeight(model.weights, 'ln_f.weight').data,
+    dnormed,
+    M,
+    c.nEmbd,
+    baseGrads !== undefined,
+  );
   if (baseGrads && g.dgamma && g.dbeta) {
     baseGrads.set('ln_f.weight', g.dgamma);
     baseGrads.set('ln_f.bias', g.dbeta);
@@ -293,24 +323,46 @@ export interface UserSegmentState {
 }
 
 /** User tier: embedding + blocks [0, k). Returns the activation h1 [B*T, D] sent to the edge. */
-export function userSegmentForward(model: Gpt2Model, adapter: LoraAdapter | undefined, batch: TokenBatch, plan: SplitPlan) {
+export function userSegmentForward(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  batch: TokenBatch,
+  plan: SplitPlan,
+) {
   checkBatch(model.config, batch);
   const h0 = embedForward(model, batch.inputIds, batch.B, batch.T);
   const r = blocksForward(model, adapter, h0, batch.B, batch.T, 0, plan.k);
   return { h1: r.y, state: { batch, blocks: r.cache } as UserSegmentState };
 }
 
-export function userSegmentBackward(model: Gpt2Model, adapter: LoraAdapter | undefined, state: UserSegmentState, dh1: Float32Array): LoraGrads {
+export function userSegmentBackward(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  state: UserSegmentState,
+  dh1: Float32Array,
+): LoraGrads {
   return blocksBackward(model, adapter, state.blocks, dh1).loraGrads;
 }
 
 /** Edge tier: blocks [k, m). */
-export function edgeSegmentForward(model: Gpt2Model, adapter: LoraAdapter | undefined, h1: Float32Array, B: number, T: number, plan: SplitPlan) {
+export function edgeSegmentForward(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  h1: Float32Array,
+  B: number,
+  T: number,
+  plan: SplitPlan,
+) {
   const r = blocksForward(model, adapter, h1, B, T, plan.k, plan.m);
   return { h2: r.y, state: r.cache };
 }
 
-export function edgeSegmentBackward(model: Gpt2Model, adapter: LoraAdapter | undefined, state: BlocksCache, dh2: Float32Array) {
+export function edgeSegmentBackward(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  state: BlocksCache,
+  dh2: Float32Array,
+) {
   const r = blocksBackward(model, adapter, state, dh2);
   return { dh1: r.dx, loraGrads: r.loraGrads };
 }
@@ -344,7 +396,11 @@ export interface StepResult {
 }
 
 /** Loss only (evaluation). */
-export function gpt2Loss(model: Gpt2Model, adapter: LoraAdapter | undefined, batch: TokenBatch): { loss: number; count: number } {
+export function gpt2Loss(
+  model: Gpt2Model,
+  adapter: LoraAdapter | undefined,
+  batch: TokenBatch,
+): { loss: number; count: number } {
   checkBatch(model.config, batch);
   const h0 = embedForward(model, batch.inputIds, batch.B, batch.T);
   const blocks = blocksForward(model, adapter, h0, batch.B, batch.T, 0, model.config.nLayer);

@@ -45,14 +45,17 @@ function inTier(name: string, nLayer: number, plan: SplitPlan, tier: Tier): bool
     case 'edge':
       return layer !== undefined && layer >= plan.k && layer < plan.m;
     case 'cloud':
-      return name === 'wte.weight' || name.startsWith('ln_f.') || (layer !== undefined && layer >= plan.m && layer < nLayer);
+      return (
+        name === 'wte.weight' || name.startsWith('ln_f.') || (layer !== undefined && layer >= plan.m && layer < nLayer)
+      );
   }
 }
 
 /** The tier's weights with their shapes, in Hugging Face order. */
 export function segmentParameterShapes(c: Gpt2Config, plan: SplitPlan, tier: Tier): Array<[string, number[]]> {
   validateSplitPlan(c, plan);
-  if (!TIERS.includes(tier)) throw new SegmentError(`segment: unknown tier "${String(tier)}" (one of ${TIERS.join(', ')})`);
+  if (!TIERS.includes(tier))
+    throw new SegmentError(`segment: unknown tier "${String(tier)}" (one of ${TIERS.join(', ')})`);
   return gpt2ParameterShapes(c).filter(([name]) => inTier(name, c.nLayer, plan, tier));
 }
 
@@ -73,7 +76,9 @@ export function encodeSegment(model: Gpt2Model, plan: SplitPlan, tier: Tier): Ui
     const t = model.weights.get(name);
     if (!t) throw new SegmentError(`segment (${tier}): the model has no tensor "${name}"`);
     if (!sameShape(t.shape, shape) || t.data.length !== numel(shape)) {
-      throw new SegmentError(`segment (${tier}): "${name}" is [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
+      throw new SegmentError(
+        `segment (${tier}): "${name}" is [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`,
+      );
     }
     entries.push([name, t]);
   }
@@ -99,7 +104,8 @@ function bad(message: string, cause?: unknown): never {
 
 function metaInt(meta: Record<string, string>, key: 'k' | 'm'): number {
   const v = meta[key];
-  if (typeof v !== 'string' || !/^\d{1,6}$/.test(v)) bad(`metadata "${key}" must be a non-negative integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !/^\d{1,6}$/.test(v))
+    bad(`metadata "${key}" must be a non-negative integer, got ${JSON.stringify(v)}`);
   return Number(v);
 }
 
@@ -121,10 +127,13 @@ export function decodeSegment(bytes: Uint8Array, expectTier?: Tier): DecodedSegm
   }
   const meta = parsed.metadata;
   if (!meta) bad('the file has no __metadata__: not a splitllm segment');
-  if (meta.format !== SEGMENT_FORMAT) bad(`metadata "format" is ${JSON.stringify(meta.format)}, expected "${SEGMENT_FORMAT}"`);
+  if (meta.format !== SEGMENT_FORMAT)
+    bad(`metadata "format" is ${JSON.stringify(meta.format)}, expected "${SEGMENT_FORMAT}"`);
   const tier = meta.tier as Tier;
-  if (!TIERS.includes(tier)) bad(`metadata "tier" is ${JSON.stringify(meta.tier)}, expected one of ${TIERS.join(', ')}`);
-  if (expectTier !== undefined && tier !== expectTier) bad(`this is the ${tier} segment, the ${expectTier} segment was expected`);
+  if (!TIERS.includes(tier))
+    bad(`metadata "tier" is ${JSON.stringify(meta.tier)}, expected one of ${TIERS.join(', ')}`);
+  if (expectTier !== undefined && tier !== expectTier)
+    bad(`this is the ${tier} segment, the ${expectTier} segment was expected`);
   const plan: SplitPlan = { k: metaInt(meta, 'k'), m: metaInt(meta, 'm') };
   if (typeof meta.config !== 'string') bad('metadata has no "config"');
   let config: Gpt2Config;
@@ -142,12 +151,14 @@ export function decodeSegment(bytes: Uint8Array, expectTier?: Tier): DecodedSegm
   const expected = segmentParameterShapes(config, plan, tier);
   const expectedNames = new Set(expected.map(([n]) => n));
   const extra = [...parsed.tensors.keys()].filter((n) => !expectedNames.has(n));
-  if (extra.length > 0) bad(`the ${tier} segment (k=${plan.k}, m=${plan.m}) must not hold ${extra.map((n) => `"${n}"`).join(', ')}`);
+  if (extra.length > 0)
+    bad(`the ${tier} segment (k=${plan.k}, m=${plan.m}) must not hold ${extra.map((n) => `"${n}"`).join(', ')}`);
   for (const [name, shape] of expected) {
     const info = parsed.tensors.get(name);
     if (!info) bad(`the ${tier} segment (k=${plan.k}, m=${plan.m}) is missing "${name}"`);
     if (info.dtype !== 'F32') bad(`"${name}" is ${info.dtype}, segments are F32`);
-    if (!sameShape(info.shape, shape)) bad(`"${name}" is [${info.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
+    if (!sameShape(info.shape, shape))
+      bad(`"${name}" is [${info.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
   }
 
   const raw = readSafetensors(bytes);

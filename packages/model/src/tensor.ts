@@ -17,7 +17,8 @@ export function numel(shape: readonly number[]): number {
 export function tensor(shape: number[], data?: Float32Array | number[]): Tensor {
   const n = numel(shape);
   const buf = data === undefined ? new Float32Array(n) : data instanceof Float32Array ? data : Float32Array.from(data);
-  if (buf.length !== n) throw new Error(`tensor data has ${buf.length} elements, shape [${shape.join(', ')}] needs ${n}`);
+  if (buf.length !== n)
+    throw new Error(`tensor data has ${buf.length} elements, shape [${shape.join(', ')}] needs ${n}`);
   return { shape: [...shape], data: buf };
 }
 

@@ -56,7 +56,8 @@ export class AdamW {
     for (const [name, p] of this.params) {
       const g = grads.get(name);
       if (!g) throw new Error(`AdamW: no gradient for parameter "${name}"`);
-      if (g.length !== p.length) throw new Error(`AdamW: gradient of "${name}" has ${g.length} elements, parameter ${p.length}`);
+      if (g.length !== p.length)
+        throw new Error(`AdamW: gradient of "${name}" has ${g.length} elements, parameter ${p.length}`);
     }
     this.t++;
     const o = { ...this.options, lr };
@@ -74,7 +75,8 @@ export class AdamW {
   }
 
   restore(snap: AdamWSnapshot): void {
-    for (const name of this.params.keys()) if (!snap.arrays.has(name)) throw new Error(`AdamW: the snapshot has no "${name}"`);
+    for (const name of this.params.keys())
+      if (!snap.arrays.has(name)) throw new Error(`AdamW: the snapshot has no "${name}"`);
     for (const [name, p] of this.params) {
       const saved = snap.arrays.get(name)!;
       const s = this.state.get(name)!;
@@ -147,7 +149,8 @@ export function trainLoraCentral(
   onStep?: (r: StepReport) => void,
 ): LoraAdapter {
   const c: Gpt2Config = model.config;
-  if (o.seqLen > c.nPositions) throw new Error(`sequence length ${o.seqLen} exceeds the model's n_positions ${c.nPositions}`);
+  if (o.seqLen > c.nPositions)
+    throw new Error(`sequence length ${o.seqLen} exceeds the model's n_positions ${c.nPositions}`);
   const adapter = initLoraAdapter(c, o.lora, o.seed);
   const opt = new AdamW(loraParameters(adapter), o.adamw);
   const rng = new Rng(o.seed + 1);

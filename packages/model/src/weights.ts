@@ -19,18 +19,18 @@ export function gpt2ParameterShapes(c: Gpt2Config): Array<[string, number[]]> {
   for (let i = 0; i < c.nLayer; i++) {
     const p = `h.${i}.`;
     out.push(
-      [p + 'ln_1.weight', [d]],
-      [p + 'ln_1.bias', [d]],
-      [p + 'attn.c_attn.weight', [d, 3 * d]],
-      [p + 'attn.c_attn.bias', [3 * d]],
-      [p + 'attn.c_proj.weight', [d, d]],
-      [p + 'attn.c_proj.bias', [d]],
-      [p + 'ln_2.weight', [d]],
-      [p + 'ln_2.bias', [d]],
-      [p + 'mlp.c_fc.weight', [d, c.nInner]],
-      [p + 'mlp.c_fc.bias', [c.nInner]],
-      [p + 'mlp.c_proj.weight', [c.nInner, d]],
-      [p + 'mlp.c_proj.bias', [d]],
+      [`${p}ln_1.weight`, [d]],
+      [`${p}ln_1.bias`, [d]],
+      [`${p}attn.c_attn.weight`, [d, 3 * d]],
+      [`${p}attn.c_attn.bias`, [3 * d]],
+      [`${p}attn.c_proj.weight`, [d, d]],
+      [`${p}attn.c_proj.bias`, [d]],
+      [`${p}ln_2.weight`, [d]],
+      [`${p}ln_2.bias`, [d]],
+      [`${p}mlp.c_fc.weight`, [d, c.nInner]],
+      [`${p}mlp.c_fc.bias`, [c.nInner]],
+      [`${p}mlp.c_proj.weight`, [c.nInner, d]],
+      [`${p}mlp.c_proj.bias`, [d]],
     );
   }
   out.push(['ln_f.weight', [d]], ['ln_f.bias', [d]]);

@@ -10,7 +10,7 @@
  * h = 3e-3 sits at the minimum. Checks compare max |fd - analytic| with max |analytic| and
  * allow 1e-3: about 5x the worst error seen, and far below what a wrong formula gives (O(1)).
  */
-import { Rng } from '../src/rng';
+import type { Rng } from '../src/rng';
 
 export const FD_STEP = 3e-3;
 export const FD_TOLERANCE = 1e-3;

@@ -1,4 +1,13 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -16,7 +25,7 @@ import { gpt2ParameterShapes } from '../src/weights';
 function tinyTokenizerFiles(): { vocabJson: string; mergesTxt: string } {
   const byteTokens = [...Gpt2Tokenizer.byteChars].sort((a, b) => a.charCodeAt(0) - b.charCodeAt(0));
   const vocab: Record<string, number> = {};
-  byteTokens.forEach((t, i) => (vocab[t] = i));
+  for (const [i, t] of byteTokens.entries()) vocab[t] = i;
   const merges: Array<[string, string]> = [
     ['Ġ', 't'],
     ['h', 'e'],
@@ -26,7 +35,7 @@ function tinyTokenizerFiles(): { vocabJson: string; mergesTxt: string } {
   vocab['<|endoftext|>'] = Object.keys(vocab).length;
   return {
     vocabJson: JSON.stringify(vocab),
-    mergesTxt: '#version: 0.2\n' + merges.map(([a, b]) => `${a} ${b}`).join('\n') + '\n',
+    mergesTxt: `#version: 0.2\n${merges.map(([a, b]) => `${a} ${b}`).join('\n')}\n`,
   };
 }
 
@@ -57,9 +66,12 @@ function expectWeightsEqual(a: Map<string, Tensor>, b: Map<string, Tensor>): voi
   for (const [k, t] of a) {
     const u = b.get(k)!;
     expect(u.shape, k).toEqual(t.shape);
-    expect(Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength).equals(
-      Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength),
-    ), k).toBe(true);
+    expect(
+      Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength).equals(
+        Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+      ),
+      k,
+    ).toBe(true);
   }
 }
 
@@ -196,7 +208,10 @@ describe('randomGpt2Weights', () => {
     expect(w.get('h.0.ln_1.weight')!.data.every((v) => v === 1)).toBe(true);
     expect(w.get('ln_f.weight')!.data.every((v) => v === 1)).toBe(true);
     for (const name of ['h.0.ln_1.bias', 'h.3.attn.c_attn.bias', 'h.3.mlp.c_proj.bias', 'ln_f.bias']) {
-      expect(w.get(name)!.data.every((v) => v === 0), name).toBe(true);
+      expect(
+        w.get(name)!.data.every((v) => v === 0),
+        name,
+      ).toBe(true);
     }
     const again = randomGpt2Weights(c, 11);
     expectWeightsEqual(w, again);

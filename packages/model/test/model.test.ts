@@ -75,8 +75,12 @@ describe('gpt2ForwardBackward', () => {
     const rng = new Rng(3);
     for (const [path, pair] of adapter.layers) {
       const g = r.loraGrads.get(path)!;
-      expect(fdRelativeError(f, pair.A.data, g.A, sampleIndices(pair.A.data.length, 6, rng)), `${path} A`).toBeLessThan(FD_TOLERANCE);
-      expect(fdRelativeError(f, pair.B.data, g.B, sampleIndices(pair.B.data.length, 6, rng)), `${path} B`).toBeLessThan(FD_TOLERANCE);
+      expect(fdRelativeError(f, pair.A.data, g.A, sampleIndices(pair.A.data.length, 6, rng)), `${path} A`).toBeLessThan(
+        FD_TOLERANCE,
+      );
+      expect(fdRelativeError(f, pair.B.data, g.B, sampleIndices(pair.B.data.length, 6, rng)), `${path} B`).toBeLessThan(
+        FD_TOLERANCE,
+      );
     }
   });
 
@@ -167,6 +171,7 @@ describe('split into user, edge and cloud segments', () => {
   it('the default plan is valid for every depth from 2 layers up', () => {
     expect(defaultSplitPlan(tiny)).toEqual({ k: 1, m: 3 });
     expect(defaultSplitPlan({ ...tiny, nLayer: 12 })).toEqual({ k: 3, m: 9 });
-    for (let L = 2; L <= 48; L++) expect(() => validateSplitPlan({ ...tiny, nLayer: L }, defaultSplitPlan({ ...tiny, nLayer: L }))).not.toThrow();
+    for (let L = 2; L <= 48; L++)
+      expect(() => validateSplitPlan({ ...tiny, nLayer: L }, defaultSplitPlan({ ...tiny, nLayer: L }))).not.toThrow();
   });
 });

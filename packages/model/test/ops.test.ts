@@ -12,7 +12,15 @@ import { Rng } from '../src/rng';
 import { FD_TOLERANCE, fdRelativeError, randomArray, weightedSum } from './gradcheck';
 
 /** Plain triple loop in float64: the definition of a matrix product. */
-function naive(a: Float32Array, b: Float32Array, M: number, K: number, N: number, ta: boolean, tb: boolean): Float64Array {
+function naive(
+  a: Float32Array,
+  b: Float32Array,
+  M: number,
+  K: number,
+  N: number,
+  ta: boolean,
+  tb: boolean,
+): Float64Array {
   const o = new Float64Array(M * N);
   for (let i = 0; i < M; i++)
     for (let j = 0; j < N; j++) {
@@ -140,7 +148,7 @@ describe('gelu (tanh)', () => {
     const ref = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
     const xs = Float32Array.from([-3, -1, -0.5, 0, 0.5, 1, 3]);
     const y = geluForward(xs);
-    xs.forEach((v, i) => expect(y[i]).toBeCloseTo(ref(v), 6));
+    for (const [i, v] of xs.entries()) expect(y[i]).toBeCloseTo(ref(v), 6);
     expect(y[5]).toBeCloseTo(0.841192, 5); // gelu_new(1)
     const rng = new Rng(9);
     const x = randomArray(40, rng, 2);
@@ -196,7 +204,9 @@ describe('embedding', () => {
     const g = embeddingBackward(ids, Float32Array.from(w), B, T, D, V, P);
     expect(fdRelativeError(f, wte, g.dwte)).toBeLessThan(FD_TOLERANCE);
     expect(fdRelativeError(f, wpe, g.dwpe)).toBeLessThan(FD_TOLERANCE);
-    expect(() => embeddingForward(Int32Array.from([0, 1, 6, 0, 0, 0]), wte, wpe, B, T, D, V)).toThrow(/outside the vocabulary/);
+    expect(() => embeddingForward(Int32Array.from([0, 1, 6, 0, 0, 0]), wte, wpe, B, T, D, V)).toThrow(
+      /outside the vocabulary/,
+    );
   });
 });
 
@@ -217,7 +227,16 @@ describe('softmaxCrossEntropy', () => {
     expect(r.count).toBe(3);
     expect(r.loss).toBeCloseTo(total / 3, 6);
     // large logits do not overflow
-    expect(Number.isFinite(softmaxCrossEntropyForward(logits.map((v) => v * 1000), targets, N, V).loss)).toBe(true);
+    expect(
+      Number.isFinite(
+        softmaxCrossEntropyForward(
+          logits.map((v) => v * 1000),
+          targets,
+          N,
+          V,
+        ).loss,
+      ),
+    ).toBe(true);
   });
 
   it('backward matches finite differences and is zero on ignored rows', () => {

@@ -175,7 +175,10 @@ describe('adapterToPeft / adapterFromPeft', () => {
 
     it('unknown targets', () => {
       expectPeftError(() => adapterFromPeft({ ...config, target_modules: ['q_proj'] }, safetensors), 'q_proj');
-      expectPeftError(() => adapterFromPeft({ ...config, target_modules: ['attn.c_attn'] }, safetensors), 'does not select');
+      expectPeftError(
+        () => adapterFromPeft({ ...config, target_modules: ['attn.c_attn'] }, safetensors),
+        'does not select',
+      );
       const extra = new Map(readSafetensors(safetensors));
       extra.set('base_model.model.lm_head.lora_A.weight', { shape: [4, 8], data: new Float32Array(32) });
       expectPeftError(() => adapterFromPeft(config, writeSafetensors(extra)), 'lm_head');
@@ -252,14 +255,18 @@ describe('mergeLoraIntoWeights', () => {
     expect(merged.get('wte.weight')).toBe(weights.get('wte.weight'));
     expect(merged.size).toBe(weights.size);
     const fresh = randomGpt2Weights(cfg, 3);
-    expect(Array.from(weights.get('h.0.attn.c_attn.weight')!.data)).toEqual(Array.from(fresh.get('h.0.attn.c_attn.weight')!.data));
+    expect(Array.from(weights.get('h.0.attn.c_attn.weight')!.data)).toEqual(
+      Array.from(fresh.get('h.0.attn.c_attn.weight')!.data),
+    );
   });
 
   it('a fresh adapter (B = 0) merges to the same values', () => {
     const weights = randomGpt2Weights(cfg, 4);
     const adapter = initLoraAdapter(cfg, { r: 2, alpha: 4, targets: ['attn.c_attn'] }, 1);
     const merged = mergeLoraIntoWeights(cfg, weights, adapter);
-    expect(Array.from(merged.get('h.1.attn.c_attn.weight')!.data)).toEqual(Array.from(weights.get('h.1.attn.c_attn.weight')!.data));
+    expect(Array.from(merged.get('h.1.attn.c_attn.weight')!.data)).toEqual(
+      Array.from(weights.get('h.1.attn.c_attn.weight')!.data),
+    );
   });
 
   it('rejects an adapter that does not fit the model', () => {

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { SafetensorsError, parseSafetensors, readSafetensors, readSafetensorsWithMetadata, writeSafetensors } from '../src/formats/safetensors';
+import {
+  SafetensorsError,
+  parseSafetensors,
+  readSafetensors,
+  readSafetensorsWithMetadata,
+  writeSafetensors,
+} from '../src/formats/safetensors';
 import type { Tensor } from '../src/tensor';
 
 /** Builds a safetensors file by hand from a header object and raw data bytes. */
@@ -15,14 +21,14 @@ function build(header: unknown, data: Uint8Array = new Uint8Array(0), pad = 0): 
 function u16le(values: number[]): Uint8Array {
   const out = new Uint8Array(values.length * 2);
   const dv = new DataView(out.buffer);
-  values.forEach((v, i) => dv.setUint16(2 * i, v, true));
+  for (const [i, v] of values.entries()) dv.setUint16(2 * i, v, true);
   return out;
 }
 
 function f32le(values: number[]): Uint8Array {
   const out = new Uint8Array(values.length * 4);
   const dv = new DataView(out.buffer);
-  values.forEach((v, i) => dv.setFloat32(4 * i, v, true));
+  for (const [i, v] of values.entries()) dv.setFloat32(4 * i, v, true);
   return out;
 }
 
@@ -62,7 +68,12 @@ describe('writeSafetensors / readSafetensors', () => {
       expect(Array.from(r.data)).toEqual(Array.from(t.data));
     }
     const parsed = parseSafetensors(bytes);
-    expect(parsed.tensors.get('b.weight')).toEqual({ name: 'b.weight', dtype: 'F32', shape: [2, 3], dataOffsets: [0, 24] });
+    expect(parsed.tensors.get('b.weight')).toEqual({
+      name: 'b.weight',
+      dtype: 'F32',
+      shape: [2, 3],
+      dataOffsets: [0, 24],
+    });
     expect(parsed.tensors.get('a')!.dataOffsets).toEqual([24, 36]);
   });
 
@@ -137,11 +148,13 @@ describe('writeSafetensors / readSafetensors', () => {
       );
       const t = readSafetensors(bytes).get('h')!;
       expect(t.shape).toEqual([bits.length]);
-      cases.forEach(([, v], i) => expect(t.data[i]).toBe(v));
+      for (const [i, [, v]] of cases.entries()) expect(t.data[i]).toBe(v);
       expect(Number.isNaN(t.data[cases.length])).toBe(true);
     }
     // negative zero keeps its sign
-    const nz = readSafetensors(build({ z: { dtype: 'F16', shape: [1], data_offsets: [0, 2] } }, u16le([0x8000]))).get('z')!;
+    const nz = readSafetensors(build({ z: { dtype: 'F16', shape: [1], data_offsets: [0, 2] } }, u16le([0x8000]))).get(
+      'z',
+    )!;
     expect(Object.is(nz.data[0], -0)).toBe(true);
   });
 
@@ -164,7 +177,7 @@ describe('writeSafetensors / readSafetensors', () => {
       );
       const t = readSafetensors(bytes).get('b')!;
       expect(t.shape).toEqual([2, 4]);
-      cases.forEach(([, v], i) => expect(Object.is(t.data[i], v)).toBe(true));
+      for (const [i, [, v]] of cases.entries()) expect(Object.is(t.data[i], v)).toBe(true);
     }
   });
 
@@ -285,9 +298,21 @@ describe('safetensors errors', () => {
   });
 
   it('writer rejects bad input', () => {
-    expectCode(() => writeSafetensors([['x', { shape: [3], data: new Float32Array(2) }]]), 'SAFETENSORS_BAD_TENSOR', '"x"');
+    expectCode(
+      () => writeSafetensors([['x', { shape: [3], data: new Float32Array(2) }]]),
+      'SAFETENSORS_BAD_TENSOR',
+      '"x"',
+    );
     const t = { shape: [1], data: new Float32Array(1) };
-    expectCode(() => writeSafetensors([['x', t], ['x', t]]), 'SAFETENSORS_BAD_TENSOR', 'twice');
+    expectCode(
+      () =>
+        writeSafetensors([
+          ['x', t],
+          ['x', t],
+        ]),
+      'SAFETENSORS_BAD_TENSOR',
+      'twice',
+    );
     expectCode(() => writeSafetensors([['__metadata__', t]]), 'SAFETENSORS_BAD_TENSOR');
   });
 });

@@ -38,7 +38,10 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
 }
 
 /** Re-encodes a segment after `edit` changed its metadata or tensors (to build bad files). */
-function rewrite(bytes: Uint8Array, edit: (meta: Record<string, string>, tensors: Map<string, Tensor>) => void): Uint8Array {
+function rewrite(
+  bytes: Uint8Array,
+  edit: (meta: Record<string, string>, tensors: Map<string, Tensor>) => void,
+): Uint8Array {
   const { metadata, tensors } = readSafetensorsWithMetadata(bytes);
   const meta = { ...metadata! };
   edit(meta, tensors);
@@ -76,7 +79,9 @@ describe('model segments', () => {
       }
     }
     // zero-copy: the weights are views into the downloaded bytes
-    expect(decodeSegment(bytes.get('user')!).model.weights.get('wte.weight')!.data.buffer).toBe(bytes.get('user')!.buffer);
+    expect(decodeSegment(bytes.get('user')!).model.weights.get('wte.weight')!.data.buffer).toBe(
+      bytes.get('user')!.buffer,
+    );
     // no tier check asked: any tier decodes
     expect(decodeSegment(bytes.get('edge')!).tier).toBe('edge');
   });
@@ -85,7 +90,9 @@ describe('model segments', () => {
     const user = segmentWeightNames(shipped.config, plan, 'user');
     const edge = segmentWeightNames(shipped.config, plan, 'edge');
     const cloud = segmentWeightNames(shipped.config, plan, 'cloud');
-    expect(user).toEqual(expect.arrayContaining(['wte.weight', 'wpe.weight', 'h.0.ln_1.weight', 'h.0.mlp.c_proj.bias']));
+    expect(user).toEqual(
+      expect.arrayContaining(['wte.weight', 'wpe.weight', 'h.0.ln_1.weight', 'h.0.mlp.c_proj.bias']),
+    );
     expect(user.some((n) => n.startsWith('h.1.'))).toBe(false);
     expect(edge.every((n) => n.startsWith('h.1.') || n.startsWith('h.2.'))).toBe(true);
     expect(cloud).toEqual(expect.arrayContaining(['wte.weight', 'ln_f.weight', 'ln_f.bias', 'h.3.attn.c_attn.weight']));
@@ -97,7 +104,7 @@ describe('model segments', () => {
     expect(() => segmentWeightNames(shipped.config, { k: 3, m: 2 }, 'user')).toThrow(/split plan k=3, m=2 is invalid/);
   });
 
-  it('the decoded segments alone give the whole model\'s loss and gradients, bit for bit', () => {
+  it("the decoded segments alone give the whole model's loss and gradients, bit for bit", () => {
     const c = shipped.config;
     const [user, edge, cloud] = tiers.map((t) => decodeSegment(bytes.get(t)!, t).model);
     // B random too, so every LoRA pair changes the output
@@ -158,15 +165,45 @@ describe('model segments', () => {
     );
     // metadata
     rejects(writeSafetensors(readSafetensorsWithMetadata(user).tensors), /no __metadata__: not a splitllm segment/);
-    rejects(rewrite(user, (m) => (m.format = 'pt')), /"format" is "pt", expected "splitllm-segment"/);
-    rejects(rewrite(user, (m) => (m.tier = 'browser')), /"tier" is "browser", expected one of user, edge, cloud/);
-    rejects(rewrite(user, (m) => delete m.tier), /"tier" is undefined/);
-    rejects(rewrite(user, (m) => (m.k = '1.5')), /"k" must be a non-negative integer, got "1\.5"/);
-    rejects(rewrite(user, (m) => delete m.m), /"m" must be a non-negative integer, got undefined/);
-    rejects(rewrite(user, (m) => ((m.k = '3'), (m.m = '2'))), /split plan k=3, m=2 is invalid for 4 layers/);
-    rejects(rewrite(user, (m) => (m.m = '5')), /split plan k=1, m=5 is invalid for 4 layers/);
-    rejects(rewrite(user, (m) => delete m.config), /metadata has no "config"/);
-    rejects(rewrite(user, (m) => (m.config = '{not json')), /"config" is not a usable GPT-2 config/);
+    rejects(
+      rewrite(user, (m) => (m.format = 'pt')),
+      /"format" is "pt", expected "splitllm-segment"/,
+    );
+    rejects(
+      rewrite(user, (m) => (m.tier = 'browser')),
+      /"tier" is "browser", expected one of user, edge, cloud/,
+    );
+    rejects(
+      rewrite(user, (m) => delete m.tier),
+      /"tier" is undefined/,
+    );
+    rejects(
+      rewrite(user, (m) => (m.k = '1.5')),
+      /"k" must be a non-negative integer, got "1\.5"/,
+    );
+    rejects(
+      rewrite(user, (m) => delete m.m),
+      /"m" must be a non-negative integer, got undefined/,
+    );
+    rejects(
+      rewrite(user, (m) => {
+        m.k = '3';
+        m.m = '2';
+      }),
+      /split plan k=3, m=2 is invalid for 4 layers/,
+    );
+    rejects(
+      rewrite(user, (m) => (m.m = '5')),
+      /split plan k=1, m=5 is invalid for 4 layers/,
+    );
+    rejects(
+      rewrite(user, (m) => delete m.config),
+      /metadata has no "config"/,
+    );
+    rejects(
+      rewrite(user, (m) => (m.config = '{not json')),
+      /"config" is not a usable GPT-2 config/,
+    );
     rejects(
       rewrite(user, (m) => (m.config = JSON.stringify({ ...gpt2ConfigToJson(shipped.config), n_head: 3 }))),
       /"config" is not a usable GPT-2 config: .*n_embd 128 is not divisible by n_head 3/,
@@ -184,10 +221,14 @@ describe('model segments', () => {
   it('refuses to encode a model that lacks or mis-shapes a tensor of the tier', () => {
     const weights = new Map(shipped.weights);
     weights.delete('h.2.mlp.c_fc.bias');
-    expect(() => encodeSegment({ config: shipped.config, weights }, plan, 'edge')).toThrow(/segment \(edge\): the model has no tensor "h\.2\.mlp\.c_fc\.bias"/);
+    expect(() => encodeSegment({ config: shipped.config, weights }, plan, 'edge')).toThrow(
+      /segment \(edge\): the model has no tensor "h\.2\.mlp\.c_fc\.bias"/,
+    );
     // the other tiers do not need it
     expect(decodeSegment(encodeSegment({ config: shipped.config, weights }, plan, 'user'), 'user').tier).toBe('user');
     weights.set('h.2.mlp.c_fc.bias', { shape: [3], data: new Float32Array(3) });
-    expect(() => encodeSegment({ config: shipped.config, weights }, plan, 'edge')).toThrow(/"h\.2\.mlp\.c_fc\.bias" is \[3\], the config needs \[512\]/);
+    expect(() => encodeSegment({ config: shipped.config, weights }, plan, 'edge')).toThrow(
+      /"h\.2\.mlp\.c_fc\.bias" is \[3\], the config needs \[512\]/,
+    );
   });
 });

@@ -14,7 +14,7 @@ const gpt2 = Gpt2Tokenizer.fromFiles(vocabJson, mergesTxt);
 
 const PARAGRAPH =
   "It's 3:14pm; we've paid $1,234.56 (approx.)!  Don't   panic...\n\n\tThey're here: naïve café — 東京, " +
-  'Zürich & São Paulo 🚀 x²=4.\n  Line with trailing spaces   \nEnd. I\'m sure you\'ll see what I\'d do: ' +
+  "Zürich & São Paulo 🚀 x²=4.\n  Line with trailing spaces   \nEnd. I'm sure you'll see what I'd do: " +
   'ABC-123_def, e.g. "quoted", 42nd street, 1e-9, 0x1F, C++ & C#, tabs\there, CRLF\r\nnext line\n\n\n';
 
 /** Deterministic pseudo-random text over a mixed alphabet, to stress the pre-tokenizer. */
@@ -22,7 +22,27 @@ function mixedText(n: number, seed: number): string {
   const alphabet = [
     ...'abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789',
     ...'     \n\n\t.,;:!?\'"()-_$%&*/@#',
-    ...["'s", "'t", "'re", "'ll", 'é', 'ß', 'ø', 'Ж', 'ы', '東', '京', 'α', 'β', '😀', '🚀', '²', '½', '\u00a0', '\u3000'],
+    ...[
+      "'s",
+      "'t",
+      "'re",
+      "'ll",
+      'é',
+      'ß',
+      'ø',
+      'Ж',
+      'ы',
+      '東',
+      '京',
+      'α',
+      'β',
+      '😀',
+      '🚀',
+      '²',
+      '½',
+      '\u00a0',
+      '\u3000',
+    ],
   ];
   let s = seed >>> 0;
   let out = '';
@@ -83,7 +103,7 @@ describe('Gpt2Tokenizer on the real GPT-2 files', () => {
       expect(gpt2.encode(text)).toEqual(oracle.encode(text));
     }
     // Long single pieces exercise the heap-driven merge loop.
-    for (const text of ['ab'.repeat(400), 'a'.repeat(777), ' ' + 'xyz'.repeat(300), '='.repeat(500)]) {
+    for (const text of ['ab'.repeat(400), 'a'.repeat(777), ` ${'xyz'.repeat(300)}`, '='.repeat(500)]) {
       expect(gpt2.encode(text)).toEqual(oracle.encode(text));
     }
   });
@@ -163,7 +183,10 @@ describe('Gpt2Tokenizer.fromFiles errors', () => {
     expectTokenizerError(() => Gpt2Tokenizer.fromFiles(vocab, '#version: 0.2\na b c'), /line 2: expected two tokens/);
     expectTokenizerError(() => Gpt2Tokenizer.fromFiles(vocab, 'a b\nab'), /line 2: expected two tokens/);
     expectTokenizerError(() => Gpt2Tokenizer.fromFiles(vocab, 'a  b'), /line 1: expected two tokens/);
-    expectTokenizerError(() => Gpt2Tokenizer.fromFiles(vocab, 'a b\nab c'), /result "abc" of merge #2 "ab c" is not in the vocab/);
+    expectTokenizerError(
+      () => Gpt2Tokenizer.fromFiles(vocab, 'a b\nab c'),
+      /result "abc" of merge #2 "ab c" is not in the vocab/,
+    );
     expectTokenizerError(() => Gpt2Tokenizer.fromFiles(vocab, 'a b\nxy z'), /uses "xy", which is not in the vocab/);
   });
 });
@@ -274,7 +297,7 @@ describe('trainByteLevelBpe', () => {
     const loaded = Gpt2Tokenizer.fromFiles(v, m);
     expect(loaded.vocabSize).toBe(400);
     expect(loaded.eotId).toBe(399);
-    for (const text of [CORPUS, HELD_OUT, PARAGRAPH, mixedText(3000, 5) + '<|endoftext|>']) {
+    for (const text of [CORPUS, HELD_OUT, PARAGRAPH, `${mixedText(3000, 5)}<|endoftext|>`]) {
       expect(loaded.encode(text)).toEqual(trained.encode(text));
     }
   });
@@ -296,7 +319,13 @@ describe('trainByteLevelBpe', () => {
     expectTokenizerError(() => trainByteLevelBpe(CORPUS, { vocabSize: 256 }), /vocabSize must be an integer >= 257/);
     expectTokenizerError(() => trainByteLevelBpe(CORPUS, { vocabSize: 300.5 }), /vocabSize/);
     expectTokenizerError(() => trainByteLevelBpe('tiny text', { vocabSize: 1000 }), /only supports/);
-    expectTokenizerError(() => trainByteLevelBpe(CORPUS, { vocabSize: 300, specialTokens: ['!'] }), /collides with a byte token/);
-    expectTokenizerError(() => trainByteLevelBpe(CORPUS, { vocabSize: 300, specialTokens: ['<a>', '<a>'] }), /distinct/);
+    expectTokenizerError(
+      () => trainByteLevelBpe(CORPUS, { vocabSize: 300, specialTokens: ['!'] }),
+      /collides with a byte token/,
+    );
+    expectTokenizerError(
+      () => trainByteLevelBpe(CORPUS, { vocabSize: 300, specialTokens: ['<a>', '<a>'] }),
+      /distinct/,
+    );
   });
 });

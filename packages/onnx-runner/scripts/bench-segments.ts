@@ -9,7 +9,15 @@
  * with random weights (12 layers x 768, edge = blocks [3, 9)). Prints one line per case and
  * the process's peak RSS.
  */
-import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Model } from '@splitllm/model';
+import {
+  GPT2_SMALL_CONFIG,
+  DEFAULT_LORA_CONFIG,
+  defaultSplitPlan,
+  initLoraAdapter,
+  randomGpt2Weights,
+  Rng,
+  type Gpt2Model,
+} from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -25,7 +33,6 @@ const { values: opt } = parseArgs({
     only: { type: 'string' },
   },
 });
-
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -61,7 +68,11 @@ async function bench(label: string, model: Gpt2Model, runner: SegmentRunner, B: 
   }
 }
 
-const runner = await SegmentRunner.start({ provider: opt.provider as ExecutionProvider, threads: Number(opt.threads), log: (l) => console.log(l) });
+const runner = await SegmentRunner.start({
+  provider: opt.provider as ExecutionProvider,
+  threads: Number(opt.threads),
+  log: (l) => console.log(l),
+});
 const [B, T, iters] = [Number(opt.batch), Number(opt.seq), Number(opt.iters)];
 if (!opt.only || opt.only === 'shipped') {
   const dir = fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url));
@@ -69,7 +80,14 @@ if (!opt.only || opt.only === 'shipped') {
   await bench('moby-tiny', { config, weights }, runner, B, Math.min(T, config.nPositions), iters);
 }
 if (!opt.only || opt.only === 'gpt2-small') {
-  await bench('gpt2-small', { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) }, runner, B, T, iters);
+  await bench(
+    'gpt2-small',
+    { config: GPT2_SMALL_CONFIG, weights: randomGpt2Weights(GPT2_SMALL_CONFIG, 1) },
+    runner,
+    B,
+    T,
+    iters,
+  );
 }
 console.log(`peak RSS ${((peakRssBytes() ?? 0) / 2 ** 20).toFixed(0)} MiB`);
 await runner.close();

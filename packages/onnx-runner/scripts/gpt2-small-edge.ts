@@ -19,7 +19,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { GPT2_SMALL_CONFIG, DEFAULT_LORA_CONFIG, defaultSplitPlan, initLoraAdapter, randomGpt2Weights, Rng, type Gpt2Weights } from '@splitllm/model';
+import {
+  GPT2_SMALL_CONFIG,
+  DEFAULT_LORA_CONFIG,
+  defaultSplitPlan,
+  initLoraAdapter,
+  randomGpt2Weights,
+  Rng,
+  type Gpt2Weights,
+} from '@splitllm/model';
 import { loadGpt2Dir, writeGpt2Dir } from '@splitllm/model/node';
 import { BlocksSegment, peakRssBytes, SegmentRunner, type ExecutionProvider } from '../src/index';
 
@@ -40,7 +48,8 @@ function edgeTensors(all: Gpt2Weights, from: number, to: number): Gpt2Weights {
   const out: Gpt2Weights = new Map();
   for (const [name, t] of all) {
     const layer = /^h\.(\d+)\./.exec(name);
-    if (layer && Number(layer[1]) >= from && Number(layer[1]) < to) out.set(name, { shape: t.shape, data: t.data.slice() });
+    if (layer && Number(layer[1]) >= from && Number(layer[1]) < to)
+      out.set(name, { shape: t.shape, data: t.data.slice() });
   }
   all.clear();
   return out;
@@ -59,7 +68,22 @@ if (!opt.child) {
     writeGpt2Dir(opt.dir, GPT2_SMALL_CONFIG, randomGpt2Weights(GPT2_SMALL_CONFIG, 124), tokenizer);
     console.log(`wrote a random GPT-2 small to ${opt.dir} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
-  const r = spawnSync(process.execPath, [...process.execArgv, '--expose-gc', fileURLToPath(import.meta.url), '--child', '--dir', opt.dir, '--provider', opt.provider, '--threads', opt.threads], { stdio: 'inherit' });
+  const r = spawnSync(
+    process.execPath,
+    [
+      ...process.execArgv,
+      '--expose-gc',
+      fileURLToPath(import.meta.url),
+      '--child',
+      '--dir',
+      opt.dir,
+      '--provider',
+      opt.provider,
+      '--threads',
+      opt.threads,
+    ],
+    { stdio: 'inherit' },
+  );
   process.exit(r.status ?? 1);
 }
 
@@ -70,7 +94,9 @@ function loadEdgeSegment(dir: string) {
   let params = 0;
   for (const t of loaded.weights.values()) params += t.data.length;
   const c = loaded.config;
-  console.log(`loaded ${dir}: ${(params / 1e6).toFixed(1)}M parameters, ${c.nLayer} layers x ${c.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`);
+  console.log(
+    `loaded ${dir}: ${(params / 1e6).toFixed(1)}M parameters, ${c.nLayer} layers x ${c.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`,
+  );
   const plan = defaultSplitPlan(c);
   return { config: c, ...plan, weights: edgeTensors(loaded.weights, plan.k, plan.m) };
 }
@@ -82,10 +108,18 @@ for (let i = 0; i < 3; i++) {
   await new Promise((r) => setTimeout(r, 50));
 }
 console.log(`kept the edge's ${weights.size} tensors of blocks [${k},${m}); RSS ${mib(process.memoryUsage().rss)}`);
-const runner = await SegmentRunner.start({ provider: opt.provider as ExecutionProvider, threads: Number(opt.threads), log: (l) => console.log(l) });
+const runner = await SegmentRunner.start({
+  provider: opt.provider as ExecutionProvider,
+  threads: Number(opt.threads),
+  log: (l) => console.log(l),
+});
 let t0 = performance.now();
-const seg = await BlocksSegment.create(runner, { config, weights }, DEFAULT_LORA_CONFIG, k, m, { saveIntermediates: false });
-console.log(`edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; RSS ${mib(process.memoryUsage().rss)}`);
+const seg = await BlocksSegment.create(runner, { config, weights }, DEFAULT_LORA_CONFIG, k, m, {
+  saveIntermediates: false,
+});
+console.log(
+  `edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; RSS ${mib(process.memoryUsage().rss)}`,
+);
 const [B, T, D] = [4, 128, config.nEmbd];
 const rng = new Rng(3);
 const adapter = initLoraAdapter(config, DEFAULT_LORA_CONFIG, 1, k, m);
@@ -97,7 +131,11 @@ t0 = performance.now();
 const b = await seg.backward(adapter, x, f.saved, rng.fillNormal(new Float32Array(B * T * D), 1e-3), B, T);
 const tb = performance.now() - t0;
 const finite = [...f.y, ...b.dx].every(Number.isFinite);
-console.log(`forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`);
-console.log(`peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the segment's weights are ${mib([...weights.values()].reduce((n, t) => n + t.data.byteLength, 0))} of float32)`);
+console.log(
+  `forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`,
+);
+console.log(
+  `peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the segment's weights are ${mib([...weights.values()].reduce((n, t) => n + t.data.byteLength, 0))} of float32)`,
+);
 await runner.close();
 process.exit(finite ? 0 : 1);

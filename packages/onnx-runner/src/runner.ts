@@ -74,13 +74,16 @@ export class SegmentRunner {
     private readonly log: (line: string) => void,
   ) {
     this.actualProvider = requestedProvider;
-    worker.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: { code: string; message: string } }) => {
-      const p = this.pending.get(msg.id);
-      if (!p) return;
-      this.pending.delete(msg.id);
-      if (msg.ok) p.resolve(msg.result);
-      else p.reject(new RunnerError(msg.error!.code as RunnerErrorCode, msg.error!.message));
-    });
+    worker.on(
+      'message',
+      (msg: { id: number; ok: boolean; result?: unknown; error?: { code: string; message: string } }) => {
+        const p = this.pending.get(msg.id);
+        if (!p) return;
+        this.pending.delete(msg.id);
+        if (msg.ok) p.resolve(msg.result);
+        else p.reject(new RunnerError(msg.error!.code as RunnerErrorCode, msg.error!.message));
+      },
+    );
     const die = (e: RunnerError) => {
       this.dead ??= e;
       for (const p of this.pending.values()) p.reject(this.dead);
@@ -92,14 +95,20 @@ export class SegmentRunner {
 
   static async start(opts: RunnerOptions): Promise<SegmentRunner> {
     if (!EXECUTION_PROVIDERS.includes(opts.provider)) {
-      throw new RunnerError('BAD_PROVIDER', `unknown execution provider '${opts.provider}' (expected ${EXECUTION_PROVIDERS.join(', ')})`);
+      throw new RunnerError(
+        'BAD_PROVIDER',
+        `unknown execution provider '${opts.provider}' (expected ${EXECUTION_PROVIDERS.join(', ')})`,
+      );
     }
     const threads = opts.threads ?? 0;
-    if (!Number.isInteger(threads) || threads < 0) throw new RunnerError('BAD_THREADS', `threads must be an integer >= 0, got ${threads}`);
+    if (!Number.isInteger(threads) || threads < 0)
+      throw new RunnerError('BAD_THREADS', `threads must be an integer >= 0, got ${threads}`);
     const worker = new Worker(new URL('./worker.mjs', import.meta.url));
     const runner = new SegmentRunner(worker, opts.provider, threads, opts.log ?? (() => {}));
     const info = (await runner.call({ op: 'init', provider: opts.provider, threads })) as { backends: string[] };
-    runner.log(`onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), intra-op threads ${threads || 'auto'}`);
+    runner.log(
+      `onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), intra-op threads ${threads || 'auto'}`,
+    );
     return runner;
   }
 
@@ -119,7 +128,8 @@ export class SegmentRunner {
 
   /** Creates (or replaces) the session `name` from ONNX bytes; the bytes are transferred. */
   async load(name: string, model: Uint8Array): Promise<LoadedGraph> {
-    const owned = model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.buffer instanceof ArrayBuffer;
+    const owned =
+      model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.buffer instanceof ArrayBuffer;
     const bytes = owned ? model : model.slice();
     const r = (await this.call({ op: 'load', name, model: bytes }, [bytes.buffer as ArrayBuffer])) as LoadedGraph & {
       provider: ExecutionProvider;
@@ -144,11 +154,16 @@ export class SegmentRunner {
    * Runs graph `name`. The ArrayBuffers behind the feeds are transferred to the worker and are
    * unusable afterwards, except for the feeds named in `keep` (copied instead).
    */
-  async run(name: string, feeds: Record<string, RunnerTensor>, opts: { keep?: readonly string[] } = {}): Promise<Record<string, RunnerTensor>> {
+  async run(
+    name: string,
+    feeds: Record<string, RunnerTensor>,
+    opts: { keep?: readonly string[] } = {},
+  ): Promise<Record<string, RunnerTensor>> {
     const g = this.graphs.get(name);
     if (!g) throw new RunnerError('ONNX_UNKNOWN_GRAPH', `no graph named '${name}' is loaded`);
     const missing = g.inputs.filter((i) => !(i in feeds));
-    if (missing.length) throw new RunnerError('ONNX_MISSING_INPUT', `graph '${name}' needs inputs ${missing.join(', ')}`);
+    if (missing.length)
+      throw new RunnerError('ONNX_MISSING_INPUT', `graph '${name}' needs inputs ${missing.join(', ')}`);
     const keep = new Set(opts.keep ?? []);
     const msgFeeds: Record<string, { type: string; data: TensorData; dims: readonly number[] }> = {};
     const transfer = new Set<ArrayBuffer>();

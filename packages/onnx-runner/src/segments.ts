@@ -9,20 +9,49 @@
  * keep vs recompute (`saveIntermediates`): keeping makes the backward cheaper but holds every
  * block's intermediates between forward and backward; recomputing holds only the segment input.
  */
-import { IGNORE_INDEX, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads } from '@splitllm/model';
-import { loraGradsFromGraph, loraGraphFeeds, buildBlocksBackwardGraph, buildBlocksForwardGraph, buildTailGraph, buildTailLogitsGraph, buildTailLossGraph, type SegmentGraph } from '@splitllm/onnx';
+import {
+  IGNORE_INDEX,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraGrads,
+} from '@splitllm/model';
+import {
+  loraGradsFromGraph,
+  loraGraphFeeds,
+  buildBlocksBackwardGraph,
+  buildBlocksForwardGraph,
+  buildTailGraph,
+  buildTailLogitsGraph,
+  buildTailLossGraph,
+  type SegmentGraph,
+} from '@splitllm/onnx';
 import type { RunnerTensor, SegmentRunner } from './runner';
 
 let graphSerial = 0;
 
 /** Feeds for every LoRA pair of blocks [from, to) (shapes checked); copies, because the arrays stay the caller's (its optimizer updates them in place). */
-function loraFeeds(config: Gpt2Config, lora: LoraConfig, adapter: LoraAdapter, from: number, to: number): Record<string, RunnerTensor> {
+function loraFeeds(
+  config: Gpt2Config,
+  lora: LoraConfig,
+  adapter: LoraAdapter,
+  from: number,
+  to: number,
+): Record<string, RunnerTensor> {
   const feeds: Record<string, RunnerTensor> = {};
-  for (const [name, t] of loraGraphFeeds(config, lora, adapter, from, to)) feeds[name] = { data: t.data.slice(), dims: t.dims };
+  for (const [name, t] of loraGraphFeeds(config, lora, adapter, from, to))
+    feeds[name] = { data: t.data.slice(), dims: t.dims };
   return feeds;
 }
 
-function loraGradsOf(out: Record<string, RunnerTensor>, config: Gpt2Config, lora: LoraConfig, from: number, to: number): LoraGrads {
+function loraGradsOf(
+  out: Record<string, RunnerTensor>,
+  config: Gpt2Config,
+  lora: LoraConfig,
+  from: number,
+  to: number,
+): LoraGrads {
   return loraGradsFromGraph(config, lora, from, to, (name) => {
     const t = out[name];
     if (!t) throw new Error(`graph output lacks ${name}`);
@@ -31,7 +60,8 @@ function loraGradsOf(out: Record<string, RunnerTensor>, config: Gpt2Config, lora
 }
 
 function activation(data: Float32Array, B: number, T: number, D: number): RunnerTensor {
-  if (data.length !== B * T * D) throw new Error(`activation has ${data.length} values, expected B*T*D = ${B}*${T}*${D}`);
+  if (data.length !== B * T * D)
+    throw new Error(`activation has ${data.length} values, expected B*T*D = ${B}*${T}*${D}`);
   return { data, dims: [B, T, D] };
 }
 
@@ -68,14 +98,26 @@ export class BlocksSegment {
     opts: { saveIntermediates: boolean },
   ): Promise<BlocksSegment> {
     // built and loaded one after the other: each graph carries a copy of the segment's weights
-    const fwd = await load(runner, `blocks[${from},${to}).forward`, buildBlocksForwardGraph(model, lora, from, to, opts));
-    const bwd = await load(runner, `blocks[${from},${to}).backward`, buildBlocksBackwardGraph(model, lora, from, to, opts));
+    const fwd = await load(
+      runner,
+      `blocks[${from},${to}).forward`,
+      buildBlocksForwardGraph(model, lora, from, to, opts),
+    );
+    const bwd = await load(
+      runner,
+      `blocks[${from},${to}).backward`,
+      buildBlocksBackwardGraph(model, lora, from, to, opts),
+    );
     return new BlocksSegment(runner, model.config, lora, from, to, opts.saveIntermediates, fwd, bwd);
   }
 
   /** x is kept (copied to the worker) because the backward needs it again. */
   async forward(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<BlocksForwardResult> {
-    const out = await this.runner.run(this.forwardGraph, { x: activation(x, B, T, this.config.nEmbd), ...loraFeeds(this.config, this.lora, adapter, this.from, this.to) }, { keep: ['x'] });
+    const out = await this.runner.run(
+      this.forwardGraph,
+      { x: activation(x, B, T, this.config.nEmbd), ...loraFeeds(this.config, this.lora, adapter, this.from, this.to) },
+      { keep: ['x'] },
+    );
     const saved: Record<string, RunnerTensor> = {};
     for (const [k, v] of Object.entries(out)) if (k.startsWith('saved.')) saved[k] = v;
     return { y: out.y.data as Float32Array, saved };
@@ -130,13 +172,20 @@ export class TailSegment {
     return new TailSegment(runner, model, lora, from, step, loss);
   }
 
-  private feeds(adapter: LoraAdapter, x: Float32Array, targets: Int32Array, B: number, T: number): Record<string, RunnerTensor> {
+  private feeds(
+    adapter: LoraAdapter,
+    x: Float32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+  ): Record<string, RunnerTensor> {
     if (targets.length !== B * T) throw new Error(`targets have ${targets.length} entries, expected B*T = ${B * T}`);
     // the graph's GatherElements would wrap a negative target and fail on one >= V: refuse here
     const V = this.config.vocabSize;
     for (let i = 0; i < targets.length; i++) {
       const t = targets[i];
-      if (t !== IGNORE_INDEX && !(t >= 0 && t < V)) throw new Error(`target ${t} at position ${i} is outside the vocabulary [0, ${V}) and is not ${IGNORE_INDEX}`);
+      if (t !== IGNORE_INDEX && !(t >= 0 && t < V))
+        throw new Error(`target ${t} at position ${i} is outside the vocabulary [0, ${V}) and is not ${IGNORE_INDEX}`);
     }
     return {
       x: activation(x, B, T, this.config.nEmbd),
@@ -156,7 +205,13 @@ export class TailSegment {
     };
   }
 
-  async loss(adapter: LoraAdapter, x: Float32Array, targets: Int32Array, B: number, T: number): Promise<{ loss: number; count: number }> {
+  async loss(
+    adapter: LoraAdapter,
+    x: Float32Array,
+    targets: Int32Array,
+    B: number,
+    T: number,
+  ): Promise<{ loss: number; count: number }> {
     const out = await this.runner.run(this.lossGraph, this.feeds(adapter, x, targets, B, T), { keep: ['targets'] });
     return { loss: (out.loss.data as Float32Array)[0], count: (out.count.data as Float32Array)[0] };
   }
@@ -167,10 +222,17 @@ export class TailSegment {
    */
   async logits(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<Float32Array> {
     if (this.closed) throw new Error('tail segment: logits() after close()');
-    const feeds = { x: activation(x, B, T, this.config.nEmbd), ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer) };
+    const feeds = {
+      x: activation(x, B, T, this.config.nEmbd),
+      ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer),
+    };
     if (!this.logitsGraph) {
       const L = this.config.nLayer;
-      this.logitsGraph = load(this.runner, `tail[${this.from},${L}).logits`, buildTailLogitsGraph(this.model, this.lora, this.from));
+      this.logitsGraph = load(
+        this.runner,
+        `tail[${this.from},${L}).logits`,
+        buildTailLogitsGraph(this.model, this.lora, this.from),
+      );
       // a failed load is retried by the next call rather than remembered
       this.logitsGraph.catch(() => (this.logitsGraph = undefined));
     }

@@ -67,7 +67,8 @@ const handlers = {
   },
   async run(msg) {
     const session = sessions.get(msg.name);
-    if (!session) throw Object.assign(new Error(`no graph named '${msg.name}' is loaded`), { code: 'ONNX_UNKNOWN_GRAPH' });
+    if (!session)
+      throw Object.assign(new Error(`no graph named '${msg.name}' is loaded`), { code: 'ONNX_UNKNOWN_GRAPH' });
     const feeds = {};
     for (const [k, t] of Object.entries(msg.feeds)) feeds[k] = new ort.Tensor(t.type, t.data, t.dims);
     let out;
@@ -98,9 +99,13 @@ const handlers = {
 parentPort.on('message', async (msg) => {
   try {
     const r = await handlers[msg.op](msg);
-    if (r && r.transfer) parentPort.postMessage({ id: msg.id, ok: true, result: r.result }, r.transfer);
+    if (r?.transfer) parentPort.postMessage({ id: msg.id, ok: true, result: r.result }, r.transfer);
     else parentPort.postMessage({ id: msg.id, ok: true, result: r });
   } catch (e) {
-    parentPort.postMessage({ id: msg.id, ok: false, error: { code: e.code ?? 'ONNX_RUNNER_ERROR', message: e.message } });
+    parentPort.postMessage({
+      id: msg.id,
+      ok: false,
+      error: { code: e.code ?? 'ONNX_RUNNER_ERROR', message: e.message },
+    });
   }
 });

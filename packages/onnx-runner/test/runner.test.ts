@@ -6,7 +6,20 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { cloudSegmentStep, edgeSegmentBackward, edgeSegmentForward, IGNORE_INDEX, initLoraAdapter, maxRelErr, randomGpt2Weights, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig } from '@splitllm/model';
+import {
+  cloudSegmentStep,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  IGNORE_INDEX,
+  initLoraAdapter,
+  maxRelErr,
+  randomGpt2Weights,
+  Rng,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+} from '@splitllm/model';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlocksSegment, RunnerError, SegmentRunner, TailSegment } from '../src/index';
 
@@ -79,7 +92,9 @@ describe('TailSegment (cloud)', () => {
     const a = adapter();
     const rng = new Rng(12);
     const x = rng.fillNormal(new Float32Array(B * T * D), 1);
-    const targets = Int32Array.from({ length: B * T }, (_, i) => (i % T > T - 4 && i >= T ? IGNORE_INDEX : rng.int(config.vocabSize)));
+    const targets = Int32Array.from({ length: B * T }, (_, i) =>
+      i % T > T - 4 && i >= T ? IGNORE_INDEX : rng.int(config.vocabSize),
+    );
     const ref = cloudSegmentStep(model, a, x, targets, B, T, plan);
     const tail = await TailSegment.create(runner, model, lora, plan.m);
     const r = await tail.step(a, x.slice(), targets, B, T);
@@ -95,7 +110,9 @@ describe('TailSegment (cloud)', () => {
     // the graph itself would wrap -1 to the last class: the segment refuses such targets
     const bad = targets.slice();
     bad[3] = -1;
-    await expect(tail.step(a, x.slice(), bad, B, T)).rejects.toThrow(/target -1 at position 3 is outside the vocabulary/);
+    await expect(tail.step(a, x.slice(), bad, B, T)).rejects.toThrow(
+      /target -1 at position 3 is outside the vocabulary/,
+    );
     bad[3] = config.vocabSize;
     await expect(tail.loss(a, x.slice(), bad, B, T)).rejects.toThrow(/outside the vocabulary/);
     await tail.close();
@@ -127,9 +144,13 @@ describe('SegmentRunner', () => {
     const a = adapter();
     // a wrong width reaches onnxruntime, which refuses it
     const graphName = runner.graphNames().find((n) => n.includes('forward'))!;
-    const feeds = Object.fromEntries(runner.graph(graphName)!.inputs.map((n) => [n, { data: new Float32Array(6), dims: [1, 2, 3] }]));
+    const feeds = Object.fromEntries(
+      runner.graph(graphName)!.inputs.map((n) => [n, { data: new Float32Array(6), dims: [1, 2, 3] }]),
+    );
     await expect(runner.run(graphName, feeds)).rejects.toMatchObject({ code: 'ONNX_RUN_FAILED' });
-    await expect(runner.run(graphName, { x: { data: new Float32Array(D), dims: [1, 1, D] } })).rejects.toMatchObject({ code: 'ONNX_MISSING_INPUT' });
+    await expect(runner.run(graphName, { x: { data: new Float32Array(D), dims: [1, 1, D] } })).rejects.toMatchObject({
+      code: 'ONNX_MISSING_INPUT',
+    });
     await expect(seg.forward(a, new Float32Array(5), B, T)).rejects.toThrow(/expected B\*T\*D/);
     // still works
     const ok = await seg.forward(a, new Float32Array(B * T * D), B, T);

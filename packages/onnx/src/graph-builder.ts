@@ -62,7 +62,12 @@ export type Attrs = Record<string, AttrValue>;
 
 export const floatAttr = (value: number): TaggedFloat => ({ kind: 'float', value });
 export const floatsAttr = (values: number[]): TaggedFloats => ({ kind: 'floats', values });
-export const tensorAttr = (dtype: DType, dims: number[], data: TensorData): TaggedTensor => ({ kind: 'tensor', dtype, dims, data });
+export const tensorAttr = (dtype: DType, dims: number[], data: TensorData): TaggedTensor => ({
+  kind: 'tensor',
+  dtype,
+  dims,
+  data,
+});
 
 function bytesOf(data: TensorData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
@@ -76,19 +81,23 @@ function checkData(what: string, dtype: DType, dims: number[], data: TensorData)
     ((dtype === 'bool' || dtype === 'uint8') && data instanceof Uint8Array);
   if (!ok) throw new Error(`${what}: data is not a typed array of ${dtype}`);
   const n = dims.reduce((a, b) => a * b, 1);
-  if (n !== data.length) throw new Error(`${what}: dims [${dims.join(', ')}] need ${n} elements, data has ${data.length}`);
+  if (n !== data.length)
+    throw new Error(`${what}: dims [${dims.join(', ')}] need ${n} elements, data has ${data.length}`);
 }
 
 function toAttribute(name: string, v: AttrValue): AttributeProto {
   if (typeof v === 'number') {
-    if (!Number.isInteger(v)) throw new Error(`attribute "${name}": ${v} is not an integer; use floatAttr(${v}) for a FLOAT attribute`);
+    if (!Number.isInteger(v))
+      throw new Error(`attribute "${name}": ${v} is not an integer; use floatAttr(${v}) for a FLOAT attribute`);
     return { name, type: AttributeType.INT, i: v };
   }
   if (typeof v === 'string') return { name, type: AttributeType.STRING, s: v };
   if (Array.isArray(v)) {
-    if (v.length > 0 && v.every((x) => typeof x === 'string')) return { name, type: AttributeType.STRINGS, strings: v as string[] };
+    if (v.length > 0 && v.every((x) => typeof x === 'string'))
+      return { name, type: AttributeType.STRINGS, strings: v as string[] };
     const ints = v as number[];
-    if (!ints.every((x) => Number.isInteger(x))) throw new Error(`attribute "${name}": INTS must be integers; use floatsAttr([...])`);
+    if (!ints.every((x) => Number.isInteger(x)))
+      throw new Error(`attribute "${name}": INTS must be integers; use floatsAttr([...])`);
     return { name, type: AttributeType.INTS, ints };
   }
   switch (v.kind) {
@@ -98,7 +107,11 @@ function toAttribute(name: string, v: AttrValue): AttributeProto {
       return { name, type: AttributeType.FLOATS, floats: v.values };
     case 'tensor':
       checkData(`attribute "${name}"`, v.dtype, v.dims, v.data);
-      return { name, type: AttributeType.TENSOR, t: { name: '', dataType: DTYPE_CODE[v.dtype], dims: v.dims, rawData: bytesOf(v.data) } };
+      return {
+        name,
+        type: AttributeType.TENSOR,
+        t: { name: '', dataType: DTYPE_CODE[v.dtype], dims: v.dims, rawData: bytesOf(v.data) },
+      };
   }
 }
 
@@ -142,7 +155,12 @@ export class GraphBuilder {
   /** A constant tensor stored in the model. The data is kept by reference until serialization. */
   initializer(name: string, dtype: DType, dims: number[], data: TensorData): string {
     checkData(`initializer "${name}"`, dtype, dims, data);
-    this.initializers.push({ name: this.claim(name), dataType: DTYPE_CODE[dtype], dims: [...dims], rawData: bytesOf(data) });
+    this.initializers.push({
+      name: this.claim(name),
+      dataType: DTYPE_CODE[dtype],
+      dims: [...dims],
+      rawData: bytesOf(data),
+    });
     return name;
   }
 
@@ -152,8 +170,10 @@ export class GraphBuilder {
    * is a graph input, an initializer or already another output.
    */
   output(name: string, value: string, dtype: DType, dims: Dims): void {
-    if (!this.names.has(value)) throw new Error(`graph "${this.name}": output "${name}" refers to unknown value "${value}"`);
-    if (this.outputs.some((o) => o.name === name)) throw new Error(`graph "${this.name}": output "${name}" declared twice`);
+    if (!this.names.has(value))
+      throw new Error(`graph "${this.name}": output "${name}" refers to unknown value "${value}"`);
+    if (this.outputs.some((o) => o.name === name))
+      throw new Error(`graph "${this.name}": output "${name}" declared twice`);
     if (name !== value) this.claim(name);
     this.outputs.push({ name, value, elemType: DTYPE_CODE[dtype], dims: [...dims] });
   }
@@ -166,7 +186,8 @@ export class GraphBuilder {
   /** Appends a node with `nOutputs` outputs; returns their names. */
   node(opType: string, inputs: string[], nOutputs: number, attrs: Attrs = {}, hint?: string): string[] {
     for (const i of inputs) {
-      if (i !== '' && !this.names.has(i)) throw new Error(`graph "${this.name}": ${opType} input "${i}" is not defined`);
+      if (i !== '' && !this.names.has(i))
+        throw new Error(`graph "${this.name}": ${opType} input "${i}" is not defined`);
     }
     const outputs = Array.from({ length: nOutputs }, () => this.claim(this.fresh(hint ?? opType.toLowerCase())));
     const node: NodeProto = {
@@ -190,7 +211,9 @@ export class GraphBuilder {
 
   /** float32 scalar constant (rank 0), shared by value. */
   scalar(v: number): string {
-    return this.cached(`f32:${Object.is(v, -0) ? '-0' : v}`, () => this.initializer(this.fresh('c'), 'float32', [], Float32Array.of(v)));
+    return this.cached(`f32:${Object.is(v, -0) ? '-0' : v}`, () =>
+      this.initializer(this.fresh('c'), 'float32', [], Float32Array.of(v)),
+    );
   }
 
   /** int32 scalar constant (rank 0), shared by value. */
@@ -213,8 +236,17 @@ export class GraphBuilder {
     for (const o of this.outputs) {
       const producer = this.producers.get(o.value);
       if (o.name === o.value) continue;
-      if (producer && !rename.has(o.value) && !this.outputs.some((p) => p.name === o.value)) rename.set(o.value, o.name);
-      else extra.push({ opType: 'Identity', inputs: [o.value], outputs: [o.name], name: `Identity_out_${o.name}`, domain: '', attributes: [] });
+      if (producer && !rename.has(o.value) && !this.outputs.some((p) => p.name === o.value))
+        rename.set(o.value, o.name);
+      else
+        extra.push({
+          opType: 'Identity',
+          inputs: [o.value],
+          outputs: [o.name],
+          name: `Identity_out_${o.name}`,
+          domain: '',
+          attributes: [],
+        });
     }
     const r = (n: string) => rename.get(n) ?? n;
     const nodes = this.nodes.map((n) => ({ ...n, inputs: n.inputs.map(r), outputs: n.outputs.map(r) }));

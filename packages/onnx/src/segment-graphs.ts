@@ -1,12 +1,14 @@
 /**
- * ONNX graphs for the segments that the edge and the cloud run with onnxruntime (inference
- * only, so every backward is an explicit graph of its own):
+ * ONNX graphs for the segments that the edge and the cloud run with onnxruntime, and that the
+ * tab's wasm engine runs with onnxruntime-web (inference only, so every backward is an
+ * explicit graph of its own):
  *
- *   buildBlocksForwardGraph   blocks [from, to) forward                   (edge)
- *   buildBlocksBackwardGraph  blocks [from, to) backward                  (edge)
+ *   buildBlocksForwardGraph   blocks [from, to) forward                   (edge; tab, wasm engine)
+ *   buildBlocksBackwardGraph  blocks [from, to) backward                  (edge; tab, wasm engine)
  *   buildTailGraph            blocks [from, L) + ln_f + tied head + loss, forward and backward (cloud)
  *   buildTailLossGraph        the same, loss only                         (cloud, evaluation)
- *   buildTailLogitsGraph      blocks [from, L) + ln_f + tied head: next-token logits at the last position (cloud, generation)
+ *   buildTailLogitsGraph      blocks [from, L) + ln_f + tied head: next-token logits at the last
+ *                             position (cloud, generation)
  *
  * They mirror model.ts (blocksForward/blocksBackward, headForward/headBackward) op for op,
  * through the fragments in ./ops. Frozen base weights are initializers (named as in
@@ -27,9 +29,26 @@
  * recomputed cheaply with the same nodes as the forward, so both modes give the same numbers
  * (bit for bit on onnxruntime's CPU provider).
  */
-import { type Gpt2Config, type LoraAdapter, type LoraConfig, type LoraTarget, isLoraTarget, loraModulePath, loraScale, loraTargetDims, type Gpt2Model, type LoraGrads, getWeight } from '@splitllm/model';
+import {
+  type Gpt2Config,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraTarget,
+  isLoraTarget,
+  loraModulePath,
+  loraScale,
+  loraTargetDims,
+  type Gpt2Model,
+  type LoraGrads,
+  getWeight,
+} from '@splitllm/model';
 import { GraphBuilder, type Dims } from './graph-builder';
-import { attentionBackwardNodes, attentionForwardNodes, attentionLayoutNodes, type AttentionLayout } from './ops/attention';
+import {
+  attentionBackwardNodes,
+  attentionForwardNodes,
+  attentionLayoutNodes,
+  type AttentionLayout,
+} from './ops/attention';
 import { crossEntropyBackwardNodes, crossEntropyForwardNodes } from './ops/cross-entropy';
 import { geluBackwardNodes, geluForwardNodes } from './ops/gelu';
 import { layerNormBackwardNodes, layerNormForwardNodes, type LayerNormForward } from './ops/layernorm';
@@ -80,7 +99,8 @@ export interface LoraSlot {
 }
 
 function checkLora(lora: LoraConfig): LoraTarget[] {
-  if (!Number.isInteger(lora.r) || lora.r <= 0) throw new Error(`LoRA rank r must be a positive integer, got ${lora.r}`);
+  if (!Number.isInteger(lora.r) || lora.r <= 0)
+    throw new Error(`LoRA rank r must be a positive integer, got ${lora.r}`);
   if (!Number.isFinite(lora.alpha)) throw new Error(`LoRA alpha must be finite, got ${lora.alpha}`);
   const targets: LoraTarget[] = [];
   for (const t of lora.targets) {
@@ -118,9 +138,19 @@ export function loraGraphFeeds(
   for (const s of loraSlots(config, lora, from, to)) {
     const pair = adapter.layers.get(s.path);
     if (!pair) throw new Error(`adapter has no LoRA pair for "${s.path}" (LoRA targets: ${lora.targets.join(', ')})`);
-    for (const [which, t, dims] of [['A', pair.A, s.aDims], ['B', pair.B, s.bDims]] as const) {
-      if (t.data.length !== dims[0] * dims[1] || t.shape.length !== 2 || t.shape[0] !== dims[0] || t.shape[1] !== dims[1]) {
-        throw new Error(`adapter: "${s.path}" lora_${which} is [${t.shape.join(', ')}], the graph needs [${dims.join(', ')}]`);
+    for (const [which, t, dims] of [
+      ['A', pair.A, s.aDims],
+      ['B', pair.B, s.bDims],
+    ] as const) {
+      if (
+        t.data.length !== dims[0] * dims[1] ||
+        t.shape.length !== 2 ||
+        t.shape[0] !== dims[0] ||
+        t.shape[1] !== dims[1]
+      ) {
+        throw new Error(
+          `adapter: "${s.path}" lora_${which} is [${t.shape.join(', ')}], the graph needs [${dims.join(', ')}]`,
+        );
       }
       feeds.set(loraInputName(s.path, which), { data: t.data, dims: [...dims] });
     }
@@ -272,7 +302,9 @@ class Segment {
 
   /** [batch*seq, width] -> [batch, seq, width] */
   unrows(v: string, width: number): string {
-    const shape = this.g.cached(`bt-shape:${width}`, () => this.g.op('Concat', [this.bt, this.g.int64s([width])], { axis: 0 }));
+    const shape = this.g.cached(`bt-shape:${width}`, () =>
+      this.g.op('Concat', [this.bt, this.g.int64s([width])], { axis: 0 }),
+    );
     return this.g.op('Reshape', [v, shape]);
   }
 
@@ -304,7 +336,12 @@ class Segment {
   }
 
   /** Blocks [from, to) forward; y is undefined when withOutput is false. */
-  blocksForward(x: string, from: number, to: number, withOutput: boolean): { y: string | undefined; tapes: BlockTape[] } {
+  blocksForward(
+    x: string,
+    from: number,
+    to: number,
+    withOutput: boolean,
+  ): { y: string | undefined; tapes: BlockTape[] } {
     const tapes: BlockTape[] = [];
     let h: string | undefined = x;
     for (let layer = from; layer < to; layer++) {
@@ -315,12 +352,26 @@ class Segment {
     return { y: h, tapes };
   }
 
-  /** A tape from saved tensors: the layer norms are recomputed with the forward's own op, so their values are the same. */
+  /**
+   * A tape from saved tensors: the layer norms are recomputed with the forward's own op, so
+   * their values are the same.
+   */
   tapeFromSaved(layer: number, saved: Pick<BlockTape, SavedKey>): BlockTape {
-    return { ...saved, ln1: this.layerNorm(layer, 'ln_1', saved.in), ln2: this.layerNorm(layer, 'ln_2', saved.a), xa: {} };
+    return {
+      ...saved,
+      ln1: this.layerNorm(layer, 'ln_1', saved.in),
+      ln2: this.layerNorm(layer, 'ln_2', saved.a),
+      xa: {},
+    };
   }
 
-  private linearBackward(layer: number, target: LoraTarget, x: () => string, dy: string, xa: string | undefined): string {
+  private linearBackward(
+    layer: number,
+    target: LoraTarget,
+    x: () => string,
+    dy: string,
+    xa: string | undefined,
+  ): string {
     const p = this.linear(layer, target, false);
     // the layer input is only read for the adapter's gradients
     const r = loraLinearBackwardNodes(this.g, p.lora ? x() : undefined, dy, p, xa);
@@ -340,7 +391,12 @@ class Segment {
     const dAct = this.linearBackward(layer, 'mlp.c_proj', act, dy, t.xa['mlp.c_proj']);
     const dFc = geluBackwardNodes(g, t.fc, dAct);
     const dLn2 = this.linearBackward(layer, 'mlp.c_fc', () => t.ln2.y, dFc, t.xa['mlp.c_fc']);
-    const da = g.op('Add', [dy, layerNormBackwardNodes(g, t.a, t.ln2.mean, t.ln2.rstd, w('ln_2.weight'), dLn2)], {}, `h${layer}_da`);
+    const da = g.op(
+      'Add',
+      [dy, layerNormBackwardNodes(g, t.a, t.ln2.mean, t.ln2.rstd, w('ln_2.weight'), dLn2)],
+      {},
+      `h${layer}_da`,
+    );
     // attention branch: a = x + c_proj(attn(c_attn(ln_1(x))))
     const ctx = () => {
       if (!t.ctx) throw new Error(`internal: attention output of block ${layer} was not kept`);
@@ -349,7 +405,12 @@ class Segment {
     const dCtx = this.linearBackward(layer, 'attn.c_proj', ctx, da, t.xa['attn.c_proj']);
     const dQkv = attentionBackwardNodes(g, t.qkv, t.probs, dCtx, this.layout);
     const dLn1 = this.linearBackward(layer, 'attn.c_attn', () => t.ln1.y, dQkv, t.xa['attn.c_attn']);
-    return g.op('Add', [da, layerNormBackwardNodes(g, t.in, t.ln1.mean, t.ln1.rstd, w('ln_1.weight'), dLn1)], {}, `h${layer}_dx`);
+    return g.op(
+      'Add',
+      [da, layerNormBackwardNodes(g, t.in, t.ln1.mean, t.ln1.rstd, w('ln_1.weight'), dLn1)],
+      {},
+      `h${layer}_dx`,
+    );
   }
 
   /** What a block's forward saves for its backward; the first block's input is the graph input x. */
@@ -357,7 +418,10 @@ class Segment {
     const D = this.config.nEmbd;
     const specs: SavedSpec[] = [];
     if (!first) specs.push({ key: 'in', suffix: 'in', width: D });
-    specs.push({ key: 'qkv', suffix: 'attn.qkv', width: 3 * D }, { key: 'probs', suffix: 'attn.probs', width: 'probs' });
+    specs.push(
+      { key: 'qkv', suffix: 'attn.qkv', width: 3 * D },
+      { key: 'probs', suffix: 'attn.probs', width: 'probs' },
+    );
     if (this.adapted('attn.c_proj')) specs.push({ key: 'ctx', suffix: 'attn.out', width: D });
     specs.push({ key: 'a', suffix: 'a', width: D }, { key: 'fc', suffix: 'mlp.fc', width: this.config.nInner });
     return specs;
@@ -387,7 +451,13 @@ const savedName = (layer: number, suffix: string) => `${SAVED_PREFIX}h.${layer}.
  * [r,out]. Outputs: 'y' [batch,seq,D], then (when saveIntermediates) the saved tensors, names
  * starting with 'saved.'.
  */
-export function buildBlocksForwardGraph(model: Gpt2Model, lora: LoraConfig, from: number, to: number, opts: BlocksGraphOptions): SegmentGraph {
+export function buildBlocksForwardGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  to: number,
+  opts: BlocksGraphOptions,
+): SegmentGraph {
   checkRange(model, from, to, 'blocks forward graph');
   if (from === to) throw new Error('blocks forward graph: the block range is empty');
   const s = new Segment(model, lora, `blocks_${from}_${to}_forward`);
@@ -415,7 +485,13 @@ export function buildBlocksForwardGraph(model: Gpt2Model, lora: LoraConfig, from
  * (when saveIntermediates) the 'saved.*' tensors the forward output, same names. Outputs: 'dx',
  * then `grad.${modulePath}.lora_A` and `grad.${modulePath}.lora_B` for each pair.
  */
-export function buildBlocksBackwardGraph(model: Gpt2Model, lora: LoraConfig, from: number, to: number, opts: BlocksGraphOptions): SegmentGraph {
+export function buildBlocksBackwardGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  to: number,
+  opts: BlocksGraphOptions,
+): SegmentGraph {
   checkRange(model, from, to, 'blocks backward graph');
   if (from === to) throw new Error('blocks backward graph: the block range is empty');
   const s = new Segment(model, lora, `blocks_${from}_${to}_backward`);

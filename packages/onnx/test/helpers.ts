@@ -4,7 +4,17 @@
  */
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { type Gpt2Config, randomGpt2Weights, initLoraAdapter, type LoraAdapter, type LoraConfig, type Gpt2Model, type TokenBatch, IGNORE_INDEX, Rng } from '@splitllm/model';
+import {
+  type Gpt2Config,
+  randomGpt2Weights,
+  initLoraAdapter,
+  type LoraAdapter,
+  type LoraConfig,
+  type Gpt2Model,
+  type TokenBatch,
+  IGNORE_INDEX,
+  Rng,
+} from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 
 export type Feed = { data: Float32Array | Int32Array; dims: number[] };
@@ -22,7 +32,10 @@ export async function createSession(model: Uint8Array): Promise<ort.InferenceSes
 export async function run(session: ort.InferenceSession, feeds: Record<string, Feed>): Promise<Outputs> {
   const inputs: Record<string, ort.Tensor> = {};
   for (const [name, f] of Object.entries(feeds)) {
-    inputs[name] = f.data instanceof Int32Array ? new ort.Tensor('int32', f.data, f.dims) : new ort.Tensor('float32', f.data, f.dims);
+    inputs[name] =
+      f.data instanceof Int32Array
+        ? new ort.Tensor('int32', f.data, f.dims)
+        : new ort.Tensor('float32', f.data, f.dims);
   }
   const out = await session.run(inputs);
   const res: Outputs = {};
@@ -108,7 +121,8 @@ export function paddedBatch(config: Gpt2Config, B: number, T: number, seed: numb
     for (let t = 0; t < T; t++) {
       inputIds[b * T + t] = t < len ? rng.int(config.vocabSize) : config.eosTokenId;
     }
-    for (let t = 0; t < T; t++) targets[b * T + t] = t < len - 1 ? inputIds[b * T + t + 1] : t === len - 1 ? config.eosTokenId : IGNORE_INDEX;
+    for (let t = 0; t < T; t++)
+      targets[b * T + t] = t < len - 1 ? inputIds[b * T + t + 1] : t === len - 1 ? config.eosTokenId : IGNORE_INDEX;
   }
   return { B, T, inputIds, targets };
 }

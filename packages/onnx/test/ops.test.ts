@@ -5,7 +5,21 @@
  * Tolerances (relative to the max |value| of each reference tensor): forward 1e-5, gradients 1e-4.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { causalAttentionBackward, causalAttentionForward, IGNORE_INDEX, softmaxCrossEntropyBackward, softmaxCrossEntropyForward, geluBackward, geluForward, layerNormBackward, layerNormForward, loraLinearBackward, loraLinearForward, type LoraLinearParams, Rng } from '@splitllm/model';
+import {
+  causalAttentionBackward,
+  causalAttentionForward,
+  IGNORE_INDEX,
+  softmaxCrossEntropyBackward,
+  softmaxCrossEntropyForward,
+  geluBackward,
+  geluForward,
+  layerNormBackward,
+  layerNormForward,
+  loraLinearBackward,
+  loraLinearForward,
+  type LoraLinearParams,
+  Rng,
+} from '@splitllm/model';
 import { GraphBuilder } from '../src/graph-builder';
 import { attentionBackwardNodes, attentionForwardNodes, attentionLayoutNodes } from '../src/ops/attention';
 import { crossEntropyBackwardNodes, crossEntropyForwardNodes } from '../src/ops/cross-entropy';
@@ -36,7 +50,10 @@ describe('ONNX op fragments vs the reference ops', () => {
     const g = new GraphBuilder('lora_linear');
     const xi = g.input('x', 'float32', ['m', K]);
     const dyi = g.input('dy', 'float32', ['m', N]);
-    const p: LoraLinearNodes = { W: g.initializer('W', 'float32', [K, N], W), b: g.initializer('b', 'float32', [N], b) };
+    const p: LoraLinearNodes = {
+      W: g.initializer('W', 'float32', [K, N], W),
+      b: g.initializer('b', 'float32', [N], b),
+    };
     if (withLora) p.lora = { A: g.input('A', 'float32', [K, r]), B: g.input('B', 'float32', [r, N]), scale };
     const fwd = loraLinearForwardNodes(g, xi, p);
     g.output('y', fwd.y, 'float32', ['m', N]);
@@ -47,7 +64,11 @@ describe('ONNX op fragments vs the reference ops', () => {
       g.output('dB', bwd.dB!, 'float32', [r, N]);
     }
     const session = await createSession(g.toModel());
-    const feeds = { x: { data: x, dims: [M, K] }, dy: { data: dy, dims: [M, N] }, ...(withLora ? { A: { data: A, dims: [K, r] }, B: { data: B, dims: [r, N] } } : {}) };
+    const feeds = {
+      x: { data: x, dims: [M, K] },
+      dy: { data: dy, dims: [M, N] },
+      ...(withLora ? { A: { data: A, dims: [K, r] }, B: { data: B, dims: [r, N] } } : {}),
+    };
     const out = await run(session, feeds);
     const ref: LoraLinearParams = { W, b, K, N, lora: withLora ? { A, B, r, scale } : undefined };
     const f = loraLinearForward(ref, x, M);
@@ -79,7 +100,10 @@ describe('ONNX op fragments vs the reference ops', () => {
     g.output('mean', f.mean, 'float32', ['m', 1]);
     g.output('rstd', f.rstd, 'float32', ['m', 1]);
     g.output('dx', layerNormBackwardNodes(g, xi, f.mean, f.rstd, gi, dyi), 'float32', ['m', D]);
-    const out = await run(await createSession(g.toModel()), { x: { data: x, dims: [M, D] }, dy: { data: dy, dims: [M, D] } });
+    const out = await run(await createSession(g.toModel()), {
+      x: { data: x, dims: [M, D] },
+      dy: { data: dy, dims: [M, D] },
+    });
     const ref = layerNormForward(x, gamma, beta, M, D, eps);
     const back = layerNormBackward(ref.cache, gamma, dy, M, D);
     expect(log.note('layerNorm y', relErr(out.y, ref.y))).toBeLessThan(FWD_TOL);
@@ -123,7 +147,10 @@ describe('ONNX op fragments vs the reference ops', () => {
       const rng = new Rng(14 + T);
       const qkvData = randn(B * T * 3 * D, rng, 1.5);
       const dy = randn(B * T * D, rng);
-      const out = await run(session, { qkv: { data: qkvData, dims: [B, T, 3 * D] }, dy: { data: dy, dims: [B, T, D] } });
+      const out = await run(session, {
+        qkv: { data: qkvData, dims: [B, T, 3 * D] },
+        dy: { data: dy, dims: [B, T, D] },
+      });
       const ref = causalAttentionForward(qkvData, B, T, D, H);
       expect(log.note('attention y', relErr(out.y, ref.y)), `B=${B} T=${T}`).toBeLessThan(FWD_TOL);
       expect(log.note('attention probs', relErr(out.probs, ref.cache.probs)), `B=${B} T=${T}`).toBeLessThan(FWD_TOL);
@@ -146,7 +173,9 @@ describe('ONNX op fragments vs the reference ops', () => {
     const session = await createSession(g.toModel());
     const rng = new Rng(15);
     const x = randn(N * V, rng, 3);
-    const withIgnored = Int32Array.from({ length: N }, (_, i) => (i % 4 === 3 || i >= N - 2 ? IGNORE_INDEX : rng.int(V)));
+    const withIgnored = Int32Array.from({ length: N }, (_, i) =>
+      i % 4 === 3 || i >= N - 2 ? IGNORE_INDEX : rng.int(V),
+    );
     withIgnored[0] = V - 1; // the last class
     withIgnored[1] = 0;
     const allIgnored = new Int32Array(N).fill(IGNORE_INDEX);

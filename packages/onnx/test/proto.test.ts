@@ -37,7 +37,12 @@ describe('ONNX protobuf writer', () => {
               {
                 name: 't',
                 type: AttributeType.TENSOR,
-                t: { name: '', dataType: TensorDataType.INT64, dims: [2], rawData: new Uint8Array(BigInt64Array.of(-1n, 7n).buffer) },
+                t: {
+                  name: '',
+                  dataType: TensorDataType.INT64,
+                  dims: [2],
+                  rawData: new Uint8Array(BigInt64Array.of(-1n, 7n).buffer),
+                },
               },
             ],
           },
@@ -56,7 +61,13 @@ describe('ONNX protobuf writer', () => {
     expect(back.producerName).toBe('test');
     expect(back.opsetImports).toEqual(model.opsetImports);
     const n = back.graph.nodes[0];
-    expect(n).toMatchObject({ opType: 'Custom', inputs: ['a', ''], outputs: ['b'], name: 'n0', domain: 'com.microsoft' });
+    expect(n).toMatchObject({
+      opType: 'Custom',
+      inputs: ['a', ''],
+      outputs: ['b'],
+      name: 'n0',
+      domain: 'com.microsoft',
+    });
     const attrs = Object.fromEntries(n.attributes.map((a) => [a.name, a]));
     expect(attrs.f).toEqual({ name: 'f', type: AttributeType.FLOAT, f: 0.25 });
     expect(attrs.i).toEqual({ name: 'i', type: AttributeType.INT, i: -3 });
@@ -99,7 +110,12 @@ describe('ONNX protobuf writer', () => {
       { name: 'alpha', type: AttributeType.FLOAT, f: 0.5 },
     ]);
     const custom = m.graph.nodes.find((nd) => nd.opType === 'Custom')!;
-    expect(custom.attributes.map((a) => a.type)).toEqual([AttributeType.FLOATS, AttributeType.INTS, AttributeType.STRING, AttributeType.STRINGS]);
+    expect(custom.attributes.map((a) => a.type)).toEqual([
+      AttributeType.FLOATS,
+      AttributeType.INTS,
+      AttributeType.STRING,
+      AttributeType.STRINGS,
+    ]);
     expect(custom.attributes[0].floats).toEqual([1, 2.5]);
     const ident = m.graph.nodes.filter((nd) => nd.opType === 'Identity');
     expect(ident.map((nd) => [nd.inputs, nd.outputs])).toEqual([[['x'], ['x_again']]]); // a graph input needs one
@@ -127,7 +143,9 @@ describe('ONNX protobuf writer', () => {
     const z = g.op('Gemm', [x, W, b], { alpha: floatAttr(1), beta: floatAttr(1) });
     const p = g.op('Softmax', [z], { axis: -1 });
     g.output('p', g.op('Mul', [p, g.scalar(2)]), 'float32', ['n', 3]);
-    const ones = g.op('ConstantOfShape', [g.op('Shape', [x], { start: 0, end: 1 })], { value: tensorAttr('float32', [1], Float32Array.of(1)) });
+    const ones = g.op('ConstantOfShape', [g.op('Shape', [x], { start: 0, end: 1 })], {
+      value: tensorAttr('float32', [1], Float32Array.of(1)),
+    });
     g.output('count', g.op('ReduceSum', [ones], { keepdims: 0 }), 'float32', []);
     const neg = g.op('Cast', [g.op('Equal', [ids, g.int32Scalar(-100)])], { to: 1 });
     g.output('ignored', neg, 'float32', ['n']);
@@ -136,9 +154,17 @@ describe('ONNX protobuf writer', () => {
     expect(session.inputNames).toEqual(['x', 'ids']);
     expect(session.outputNames).toEqual(['p', 'count', 'ignored', 'lp']);
     const xv = Float32Array.from([1, 2, 3, 4, -1, 0, 1, 0]);
-    const out = await run(session, { x: { data: xv, dims: [2, 4] }, ids: { data: Int32Array.from([5, -100]), dims: [2] } });
+    const out = await run(session, {
+      x: { data: xv, dims: [2, 4] },
+      ids: { data: Int32Array.from([5, -100]), dims: [2] },
+    });
     for (let r = 0; r < 2; r++) {
-      const zr = [0, 1, 2].map((j) => [0, 1, 2, 3].reduce((s, k) => s + xv[r * 4 + k] * [1, 0, -1, 0.5, 2, 0, 0, 0, 1, -1, 1, 1][k * 3 + j], [0.1, -0.2, 0.3][j]));
+      const zr = [0, 1, 2].map((j) =>
+        [0, 1, 2, 3].reduce(
+          (s, k) => s + xv[r * 4 + k] * [1, 0, -1, 0.5, 2, 0, 0, 0, 1, -1, 1, 1][k * 3 + j],
+          [0.1, -0.2, 0.3][j],
+        ),
+      );
       const m = Math.max(...zr);
       const e = zr.map((v) => Math.exp(v - m));
       const s = e.reduce((a, c) => a + c, 0);

@@ -8,9 +8,37 @@
  * gradients (dx, dA, dB) 1e-4; keep vs recompute must agree to 1e-6.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { type LoraConfig, type LoraTarget, blocksBackward, blocksForward, embedForward, type Gpt2Model, Rng } from '@splitllm/model';
-import { buildBlocksBackwardGraph, buildBlocksForwardGraph, loraGradsFromGraph, loraGraphFeeds, type SegmentGraph } from '../src/segment-graphs';
-import { ErrorLog, SMALL_CONFIG, createSession, loadMobyTiny, maxAbs, paddedBatch, randn, randomAdapter, randomModel, relErr, run, type Feed, type Outputs } from './helpers';
+import {
+  type LoraConfig,
+  type LoraTarget,
+  blocksBackward,
+  blocksForward,
+  embedForward,
+  type Gpt2Model,
+  Rng,
+} from '@splitllm/model';
+import {
+  buildBlocksBackwardGraph,
+  buildBlocksForwardGraph,
+  loraGradsFromGraph,
+  loraGraphFeeds,
+  type SegmentGraph,
+} from '../src/segment-graphs';
+import {
+  ErrorLog,
+  SMALL_CONFIG,
+  createSession,
+  loadMobyTiny,
+  maxAbs,
+  paddedBatch,
+  randn,
+  randomAdapter,
+  randomModel,
+  relErr,
+  run,
+  type Feed,
+  type Outputs,
+} from './helpers';
 
 const FWD_TOL = 1e-5;
 const GRAD_TOL = 1e-4;
@@ -46,63 +74,69 @@ describe.each(models)('blocks graphs on %s', (modelName, load, T) => {
   const B = 2;
   const D = c.nEmbd;
 
-  it.each(TARGET_SETS.flatMap(([tl, targets]) => RANGES.map(([from, to]) => [`[${from},${to}) ${tl}`, from, to, targets] as const)))(
-    'blocks %s: forward 1e-5, gradients 1e-4, keep == recompute',
-    async (_label, from, to, targets) => {
-      const lora: LoraConfig = { r: 4, alpha: 6, targets: [...targets] };
-      const adapter = randomAdapter(c, lora, 20 + from + 3 * to);
-      const batch = paddedBatch(c, B, T, 7);
-      // a real activation at the split: the embedding and blocks [0, from) of the reference
-      const x = blocksForward(model, adapter, embedForward(model, batch.inputIds, B, T), B, T, 0, from).y;
-      const dy = randn(B * T * D, new Rng(from * 10 + to), 1);
-      const ref = blocksForward(model, adapter, x, B, T, from, to);
-      const refBack = blocksBackward(model, adapter, ref.cache, dy);
+  it.each(
+    TARGET_SETS.flatMap(([tl, targets]) =>
+      RANGES.map(([from, to]) => [`[${from},${to}) ${tl}`, from, to, targets] as const),
+    ),
+  )('blocks %s: forward 1e-5, gradients 1e-4, keep == recompute', async (_label, from, to, targets) => {
+    const lora: LoraConfig = { r: 4, alpha: 6, targets: [...targets] };
+    const adapter = randomAdapter(c, lora, 20 + from + 3 * to);
+    const batch = paddedBatch(c, B, T, 7);
+    // a real activation at the split: the embedding and blocks [0, from) of the reference
+    const x = blocksForward(model, adapter, embedForward(model, batch.inputIds, B, T), B, T, 0, from).y;
+    const dy = randn(B * T * D, new Rng(from * 10 + to), 1);
+    const ref = blocksForward(model, adapter, x, B, T, from, to);
+    const refBack = blocksBackward(model, adapter, ref.cache, dy);
 
-      const loraFeeds: Record<string, Feed> = Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, to));
-      const xFeed: Feed = { data: x, dims: [B, T, D] };
-      const dyFeed: Feed = { data: dy, dims: [B, T, D] };
-      const results: Array<{ fwd: Outputs; bwd: Outputs }> = [];
-      for (const saveIntermediates of [true, false]) {
-        const fg = buildBlocksForwardGraph(model, lora, from, to, { saveIntermediates });
-        const bg = buildBlocksBackwardGraph(model, lora, from, to, { saveIntermediates });
-        const fs = await createSession(fg.model);
-        const bs = await createSession(bg.model);
-        checkIO(fg, fs);
-        checkIO(bg, bs);
-        const fwd = await run(fs, { x: xFeed, ...loraFeeds });
-        const saved: Record<string, Feed> = {};
-        for (const o of fg.outputs.filter((o) => o.name.startsWith('saved.'))) {
-          // dims of this run: symbolic ones from the batch
-          const dims = o.dims.map((d) => (d === 'batch' ? B : d === 'seq' ? T : (d as number)));
-          saved[o.name] = { data: fwd[o.name], dims };
-          expect(fwd[o.name].length).toBe(dims.reduce((a, b) => a * b, 1));
-        }
-        expect(Object.keys(saved).length > 0).toBe(saveIntermediates);
-        expect(bg.inputs.filter((i) => i.name.startsWith('saved.')).map((i) => i.name)).toEqual(Object.keys(saved));
-        const bwd = await run(bs, { x: xFeed, ...loraFeeds, dy: dyFeed, ...saved });
-        const mode = saveIntermediates ? 'keep' : 'recompute';
-        expect(log.note(`${modelName} y`, relErr(fwd.y, ref.y)), `${mode} y`).toBeLessThan(FWD_TOL);
-        expect(log.note(`${modelName} dx`, relErr(bwd.dx, refBack.dx)), `${mode} dx`).toBeLessThan(GRAD_TOL);
-        const grads = loraGradsFromGraph(c, lora, from, to, (n) => bwd[n]);
-        expect(new Set(grads.keys())).toEqual(new Set(refBack.loraGrads.keys()));
-        expect(grads.size).toBe((to - from) * targets.length);
-        for (const [path, g] of grads) {
-          const r = refBack.loraGrads.get(path)!;
-          expect(maxAbs(r.A) > 0 && maxAbs(r.B) > 0, `${path}: a zero reference gradient would prove nothing`).toBe(true);
-          expect(log.note(`${modelName} dA`, relErr(g.A, r.A)), `${mode} ${path} dA`).toBeLessThan(GRAD_TOL);
-          expect(log.note(`${modelName} dB`, relErr(g.B, r.B)), `${mode} ${path} dB`).toBeLessThan(GRAD_TOL);
-        }
-        results.push({ fwd, bwd });
-        await fs.release();
-        await bs.release();
+    const loraFeeds: Record<string, Feed> = Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, to));
+    const xFeed: Feed = { data: x, dims: [B, T, D] };
+    const dyFeed: Feed = { data: dy, dims: [B, T, D] };
+    const results: Array<{ fwd: Outputs; bwd: Outputs }> = [];
+    for (const saveIntermediates of [true, false]) {
+      const fg = buildBlocksForwardGraph(model, lora, from, to, { saveIntermediates });
+      const bg = buildBlocksBackwardGraph(model, lora, from, to, { saveIntermediates });
+      const fs = await createSession(fg.model);
+      const bs = await createSession(bg.model);
+      checkIO(fg, fs);
+      checkIO(bg, bs);
+      const fwd = await run(fs, { x: xFeed, ...loraFeeds });
+      const saved: Record<string, Feed> = {};
+      for (const o of fg.outputs.filter((o) => o.name.startsWith('saved.'))) {
+        // dims of this run: symbolic ones from the batch
+        const dims = o.dims.map((d) => (d === 'batch' ? B : d === 'seq' ? T : (d as number)));
+        saved[o.name] = { data: fwd[o.name], dims };
+        expect(fwd[o.name].length).toBe(dims.reduce((a, b) => a * b, 1));
       }
-      const [keep, recompute] = results;
-      expect(log.note(`${modelName} keep vs recompute y`, relErr(keep.fwd.y, recompute.fwd.y))).toBeLessThanOrEqual(MODE_TOL);
-      for (const name of Object.keys(recompute.bwd)) {
-        expect(log.note(`${modelName} keep vs recompute grads`, relErr(keep.bwd[name], recompute.bwd[name])), name).toBeLessThanOrEqual(MODE_TOL);
+      expect(Object.keys(saved).length > 0).toBe(saveIntermediates);
+      expect(bg.inputs.filter((i) => i.name.startsWith('saved.')).map((i) => i.name)).toEqual(Object.keys(saved));
+      const bwd = await run(bs, { x: xFeed, ...loraFeeds, dy: dyFeed, ...saved });
+      const mode = saveIntermediates ? 'keep' : 'recompute';
+      expect(log.note(`${modelName} y`, relErr(fwd.y, ref.y)), `${mode} y`).toBeLessThan(FWD_TOL);
+      expect(log.note(`${modelName} dx`, relErr(bwd.dx, refBack.dx)), `${mode} dx`).toBeLessThan(GRAD_TOL);
+      const grads = loraGradsFromGraph(c, lora, from, to, (n) => bwd[n]);
+      expect(new Set(grads.keys())).toEqual(new Set(refBack.loraGrads.keys()));
+      expect(grads.size).toBe((to - from) * targets.length);
+      for (const [path, g] of grads) {
+        const r = refBack.loraGrads.get(path)!;
+        expect(maxAbs(r.A) > 0 && maxAbs(r.B) > 0, `${path}: a zero reference gradient would prove nothing`).toBe(true);
+        expect(log.note(`${modelName} dA`, relErr(g.A, r.A)), `${mode} ${path} dA`).toBeLessThan(GRAD_TOL);
+        expect(log.note(`${modelName} dB`, relErr(g.B, r.B)), `${mode} ${path} dB`).toBeLessThan(GRAD_TOL);
       }
-    },
-  );
+      results.push({ fwd, bwd });
+      await fs.release();
+      await bs.release();
+    }
+    const [keep, recompute] = results;
+    expect(log.note(`${modelName} keep vs recompute y`, relErr(keep.fwd.y, recompute.fwd.y))).toBeLessThanOrEqual(
+      MODE_TOL,
+    );
+    for (const name of Object.keys(recompute.bwd)) {
+      expect(
+        log.note(`${modelName} keep vs recompute grads`, relErr(keep.bwd[name], recompute.bwd[name])),
+        name,
+      ).toBeLessThanOrEqual(MODE_TOL);
+    }
+  });
 });
 
 describe('blocks graphs: contract', () => {
@@ -154,15 +188,27 @@ describe('blocks graphs: contract', () => {
     const ref = blocksForward(model, undefined, x, B, T, 0, 2);
     expect(relErr(fo.y, ref.y)).toBeLessThan(FWD_TOL);
     const saved: Record<string, Feed> = {};
-    for (const o of f.outputs.slice(1)) saved[o.name] = { data: fo[o.name], dims: o.dims.map((d) => (d === 'batch' ? B : d === 'seq' ? T : (d as number))) };
-    const bo = await run(await createSession(b.model), { x: { data: x, dims: [B, T, D] }, dy: { data: dy, dims: [B, T, D] }, ...saved });
+    for (const o of f.outputs.slice(1))
+      saved[o.name] = {
+        data: fo[o.name],
+        dims: o.dims.map((d) => (d === 'batch' ? B : d === 'seq' ? T : (d as number))),
+      };
+    const bo = await run(await createSession(b.model), {
+      x: { data: x, dims: [B, T, D] },
+      dy: { data: dy, dims: [B, T, D] },
+      ...saved,
+    });
     expect(relErr(bo.dx, blocksBackward(model, undefined, ref.cache, dy).dx)).toBeLessThan(GRAD_TOL);
   });
 
   it('rejects bad ranges, unknown targets and adapters that lack a targeted pair', () => {
     expect(() => buildBlocksForwardGraph(model, lora, 2, 2, { saveIntermediates: false })).toThrow(/empty/);
     expect(() => buildBlocksForwardGraph(model, lora, 3, 6, { saveIntermediates: false })).toThrow(/invalid/);
-    expect(() => buildBlocksBackwardGraph(model, { ...lora, targets: ['attn.c_q' as LoraTarget] }, 0, 1, { saveIntermediates: false })).toThrow(/unknown LoRA target/);
+    expect(() =>
+      buildBlocksBackwardGraph(model, { ...lora, targets: ['attn.c_q' as LoraTarget] }, 0, 1, {
+        saveIntermediates: false,
+      }),
+    ).toThrow(/unknown LoRA target/);
     const adapter = randomAdapter(SMALL_CONFIG, lora, 1);
     adapter.layers.delete('h.2.mlp.c_proj');
     expect(() => loraGraphFeeds(SMALL_CONFIG, lora, adapter, 1, 3)).toThrow(/no LoRA pair for "h.2.mlp.c_proj"/);

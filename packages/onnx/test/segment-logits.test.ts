@@ -8,9 +8,26 @@
  * forward of the same ops in float32; the reference accumulates in float64).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { type LoraConfig, type LoraTarget, blocksForward, embedForward, headForward, type Gpt2Model } from '@splitllm/model';
+import {
+  type LoraConfig,
+  type LoraTarget,
+  blocksForward,
+  embedForward,
+  headForward,
+  type Gpt2Model,
+} from '@splitllm/model';
 import { buildTailLogitsGraph, loraGraphFeeds } from '../src/segment-graphs';
-import { ErrorLog, SMALL_CONFIG, createSession, loadMobyTiny, paddedBatch, randomAdapter, randomModel, relErr, run } from './helpers';
+import {
+  ErrorLog,
+  SMALL_CONFIG,
+  createSession,
+  loadMobyTiny,
+  paddedBatch,
+  randomAdapter,
+  randomModel,
+  relErr,
+  run,
+} from './helpers';
 
 const FWD_TOL = 1e-5;
 
@@ -43,29 +60,34 @@ describe.each(models)('tail logits graph on %s', (modelName, load, T) => {
   const B = 2;
   const D = c.nEmbd;
 
-  it.each(TARGET_SETS.flatMap(([tl, targets]) => [2, 3, L].map((from) => [`from ${from} ${tl}`, from, targets] as const)))(
-    'tail %s: last-position logits within 1e-5',
-    async (_label, from, targets) => {
-      const lora: LoraConfig = { r: 4, alpha: 6, targets: [...targets] };
-      const adapter = randomAdapter(c, lora, 60 + from);
-      const batch = paddedBatch(c, B, T, 19);
-      const x = blocksForward(model, adapter, embedForward(model, batch.inputIds, B, T), B, T, 0, from).y;
-      const ref = lastLogits(model, blocksForward(model, adapter, x, B, T, from, L).y, B, T);
+  it.each(
+    TARGET_SETS.flatMap(([tl, targets]) => [2, 3, L].map((from) => [`from ${from} ${tl}`, from, targets] as const)),
+  )('tail %s: last-position logits within 1e-5', async (_label, from, targets) => {
+    const lora: LoraConfig = { r: 4, alpha: 6, targets: [...targets] };
+    const adapter = randomAdapter(c, lora, 60 + from);
+    const batch = paddedBatch(c, B, T, 19);
+    const x = blocksForward(model, adapter, embedForward(model, batch.inputIds, B, T), B, T, 0, from).y;
+    const ref = lastLogits(model, blocksForward(model, adapter, x, B, T, from, L).y, B, T);
 
-      const g = buildTailLogitsGraph(model, lora, from);
-      const session = await createSession(g.model);
-      expect(session.inputNames).toEqual(g.inputs.map((i) => i.name));
-      expect(session.outputNames).toEqual(['logits']);
-      const out = await run(session, { x: { data: x, dims: [B, T, D] }, ...Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, L)) });
-      expect(out.logits).toHaveLength(B * c.vocabSize);
-      expect(log.note(`${modelName} logits`, relErr(out.logits, ref))).toBeLessThan(FWD_TOL);
-      // T = 1 (a one-token context) takes the same path
-      const one = await run(session, { x: { data: x.slice(0, D), dims: [1, 1, D] }, ...Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, L)) });
-      const refOne = lastLogits(model, blocksForward(model, adapter, x.slice(0, D), 1, 1, from, L).y, 1, 1);
-      expect(log.note(`${modelName} logits (T = 1)`, relErr(one.logits, refOne))).toBeLessThan(FWD_TOL);
-      await session.release();
-    },
-  );
+    const g = buildTailLogitsGraph(model, lora, from);
+    const session = await createSession(g.model);
+    expect(session.inputNames).toEqual(g.inputs.map((i) => i.name));
+    expect(session.outputNames).toEqual(['logits']);
+    const out = await run(session, {
+      x: { data: x, dims: [B, T, D] },
+      ...Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, L)),
+    });
+    expect(out.logits).toHaveLength(B * c.vocabSize);
+    expect(log.note(`${modelName} logits`, relErr(out.logits, ref))).toBeLessThan(FWD_TOL);
+    // T = 1 (a one-token context) takes the same path
+    const one = await run(session, {
+      x: { data: x.slice(0, D), dims: [1, 1, D] },
+      ...Object.fromEntries(loraGraphFeeds(c, lora, adapter, from, L)),
+    });
+    const refOne = lastLogits(model, blocksForward(model, adapter, x.slice(0, D), 1, 1, from, L).y, 1, 1);
+    expect(log.note(`${modelName} logits (T = 1)`, relErr(one.logits, refOne))).toBeLessThan(FWD_TOL);
+    await session.release();
+  });
 });
 
 describe('tail logits graph: contract', () => {

@@ -9,9 +9,29 @@
  * gradients (dx, dA, dB) 1e-4; count exact.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { type LoraConfig, type LoraTarget, blocksForward, cloudSegmentStep, embedForward, type Gpt2Model, IGNORE_INDEX } from '@splitllm/model';
+import {
+  type LoraConfig,
+  type LoraTarget,
+  blocksForward,
+  cloudSegmentStep,
+  embedForward,
+  type Gpt2Model,
+  IGNORE_INDEX,
+} from '@splitllm/model';
 import { buildTailGraph, buildTailLossGraph, loraGradsFromGraph, loraGraphFeeds } from '../src/segment-graphs';
-import { ErrorLog, SMALL_CONFIG, createSession, loadMobyTiny, maxAbs, paddedBatch, randomAdapter, randomModel, relErr, run, type Feed } from './helpers';
+import {
+  ErrorLog,
+  SMALL_CONFIG,
+  createSession,
+  loadMobyTiny,
+  maxAbs,
+  paddedBatch,
+  randomAdapter,
+  randomModel,
+  relErr,
+  run,
+  type Feed,
+} from './helpers';
 
 const FWD_TOL = 1e-5;
 const GRAD_TOL = 1e-4;
@@ -123,6 +143,10 @@ describe('tail graphs: contract', () => {
     });
     expect(out.loss[0]).toBe(0);
     expect(out.count[0]).toBe(0);
-    for (const [name, v] of Object.entries(out)) expect(v.every((e) => e === 0), name).toBe(true);
+    for (const [name, v] of Object.entries(out))
+      expect(
+        v.every((e) => e === 0),
+        name,
+      ).toBe(true);
   });
 });

@@ -6,11 +6,44 @@
  *
  * Only activations h1, the batch's labels and the adapter leave this side: the private text
  * and the token ids of the inputs stay here.
+ *
+ * Frames are the typed messages of @splitllm/wire: userToEdge out, edgeToUser in, adapterFile
+ * for the adapter download. A reply the client waits for goes through one MessageWaiter, and
+ * always with request(send, ...), so a failed send leaves no wait behind.
  */
-import { adapterFromNamedTensors, adapterToNamedTensors, decodeSegment, Gpt2Tokenizer, Rng, sampleBatch, type Gpt2Config, type LoraAdapter, type TokenBatch } from '@splitllm/model';
-import { decodeFrame, encodeFrame, expectFrameRoundStep, f32Tensor, intField, parseRunManifest, ProtocolError, responseError, type Frame, type RunManifest } from '@splitllm/wire';
+import {
+  adapterFromNamedTensors,
+  adapterToNamedTensors,
+  codeOf,
+  decodeSegment,
+  Gpt2Tokenizer,
+  Rng,
+  sampleBatch,
+  type Gpt2Config,
+  type LoraAdapter,
+  type TokenBatch,
+} from '@splitllm/model';
+import {
+  decodeExpected,
+  decodeMessage,
+  encodeMessage,
+  expectRoundStep,
+  expectShape,
+  MessageWaiter,
+  parseRunManifest,
+  ProtocolError,
+  responseError,
+  type DecodeLimits,
+  type Incoming,
+  type MessageOn,
+  type MessageTypeOn,
+  type Outgoing,
+  type RunManifest,
+} from '@splitllm/wire';
 import type { GpuContext } from '@splitllm/lora-kernels';
-import { createUserTrainer, type UserEngineKind, type UserTrainer } from './trainers';
+import { createUserTrainer } from './create-trainer';
+import { ClientError } from './errors';
+import type { UserEngineKind, UserTrainer } from './trainer';
 
 export interface JoinCredentials {
   userId: string;
@@ -19,24 +52,18 @@ export interface JoinCredentials {
   edgeUrl: string;
 }
 
-export class ClientError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ClientError';
-  }
-}
-
 async function readError(res: Response): Promise<ClientError> {
   const e = await responseError(res);
-  return new ClientError(e.code, e.message);
+  return ClientError.fromPeer(e.code, e.message);
 }
 
 /** Redeems a join token at the cloud; the cloud assigns an edge and a token for it. */
 export async function joinRun(cloudUrl: string, joinToken: string): Promise<JoinCredentials> {
-  const res = await fetch(`${cloudUrl}/api/join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ joinToken }) });
+  const res = await fetch(`${cloudUrl}/api/join`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ joinToken }),
+  });
   if (!res.ok) throw await readError(res);
   return (await res.json()) as JoinCredentials;
 }
@@ -70,7 +97,10 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
 }
 
 /** The body of a response, read in chunks so a progress bar can follow it. */
-async function readWithProgress(res: Response, onProgress: (loaded: number, total: number | null) => void): Promise<Uint8Array> {
+async function readWithProgress(
+  res: Response,
+  onProgress: (loaded: number, total: number | null) => void,
+): Promise<Uint8Array> {
   const total = Number(res.headers.get('content-length')) || null;
   if (!res.body) return new Uint8Array(await res.arrayBuffer());
   const reader = res.body.getReader();
@@ -116,7 +146,17 @@ export type UserEvent =
   | { type: 'welcome'; edgeId: string; version: number; position: number }
   | { type: 'queue'; position: number; waiting: number }
   | { type: 'turn'; round: number; version: number; steps: number }
-  | { type: 'step'; round: number; step: number; steps: number; loss: number; tokens: number; ms: number; bytesOut: number; bytesIn: number }
+  | {
+      type: 'step';
+      round: number;
+      step: number;
+      steps: number;
+      loss: number;
+      tokens: number;
+      ms: number;
+      bytesOut: number;
+      bytesIn: number;
+    }
   | { type: 'turn-end'; round: number; accepted: boolean; reason?: string }
   | { type: 'round-end'; round: number; version: number }
   | { type: 'error'; code: string; message: string }
@@ -131,7 +171,9 @@ export interface UserClientOptions {
   engine: UserEngineKind | 'auto';
   getGpu?: () => Promise<GpuContext>;
   /** a WebSocket constructor (the browser's, or `ws` in Node) */
-  WebSocket: new (url: string) => WebSocketLike;
+  WebSocket: new (
+    url: string,
+  ) => WebSocketLike;
   onEvent?: (e: UserEvent) => void;
   /** frames larger than this from the edge are refused */
   maxFrameBytes?: number;
@@ -143,24 +185,25 @@ export interface UserClientOptions {
   segmentCache?: SegmentCache;
 }
 
-interface Waiter {
-  type: string;
-  resolve: (f: Frame) => void;
-  reject: (e: Error) => void;
-}
-
 /** A batch source over a token stream: random windows from Rng(seed + 1), as train-central draws them. */
-export function tokenBatches(tokens: ArrayLike<number>, seed: number): (B: number, T: number, c: Gpt2Config) => TokenBatch {
+export function tokenBatches(
+  tokens: ArrayLike<number>,
+  seed: number,
+): (B: number, T: number, c: Gpt2Config) => TokenBatch {
   const rng = new Rng(seed + 1);
   return (B, T, c) => sampleBatch(tokens, B, T, rng, c.eosTokenId);
 }
+
+type FromEdge = MessageOn<'edgeToUser'>;
+type Turn = Incoming<'edgeToUser', 'turn'>;
 
 export class UserClient {
   manifest?: RunManifest;
   config?: Gpt2Config;
   trainer?: UserTrainer;
   private ws?: WebSocketLike;
-  private waiter?: Waiter;
+  /** the edge's replies a turn waits for (backward, turn-end) */
+  private readonly waiter = new MessageWaiter<FromEdge>();
   private turnRunning = false;
   private closed = false;
   /** the adapter versions this client has, by version */
@@ -184,6 +227,10 @@ export class UserClient {
 
   private get edge(): string {
     return this.credentials.edgeUrl;
+  }
+
+  private get limits(): DecodeLimits {
+    return { maxBytes: this.o.maxFrameBytes ?? 256 * 2 ** 20 };
   }
 
   get userId(): string {
@@ -232,7 +279,8 @@ export class UserClient {
     if (have) return have;
     const bytes = new Uint8Array(await (await this.get(`/api/adapters/user?version=${version}`)).arrayBuffer());
     this.emit({ type: 'download', what: 'adapter', bytes: bytes.byteLength });
-    const a = adapterFromNamedTensors(this.manifest!.lora, decodeFrame(bytes, { maxBytes: this.o.maxFrameBytes ?? 256 * 2 ** 20 }).tensors);
+    const file = decodeExpected('adapterFile', 'adapter', bytes, this.limits);
+    const a = adapterFromNamedTensors(this.manifest!.lora, file.tensors);
     this.adapters.clear();
     this.adapters.set(version, a);
     return a;
@@ -247,9 +295,13 @@ export class UserClient {
       return cached;
     }
     const res = await this.get('/api/segments/user');
-    const bytes = await readWithProgress(res, (loaded, total) => this.emit({ type: 'download-progress', what: 'segment', loaded, total }));
+    const bytes = await readWithProgress(res, (loaded, total) => {
+      this.emit({ type: 'download-progress', what: 'segment', loaded, total });
+    });
     const got = await sha256Hex(bytes);
-    if (got !== want) throw new ClientError('SEGMENT_CORRUPT', `the user segment's sha-256 is ${got}, the manifest says ${want}`);
+    if (got !== want) {
+      throw new ClientError('SEGMENT_CORRUPT', `the user segment's sha-256 is ${got}, the manifest says ${want}`);
+    }
     this.emit({ type: 'download', what: 'segment', bytes: bytes.byteLength });
     await this.o.segmentCache?.put(want, bytes, manifest.version);
     return bytes;
@@ -262,24 +314,28 @@ export class UserClient {
     this.config = config;
     const segBytes = await this.userSegment(manifest);
     const seg = decodeSegment(segBytes, 'user');
-    if (seg.plan.k !== manifest.plan.k) throw new ClientError('SEGMENT_MISMATCH', `the segment holds blocks [0, ${seg.plan.k}), the run cuts at k = ${manifest.plan.k}`);
+    if (seg.plan.k !== manifest.plan.k) {
+      const why = `the segment holds blocks [0, ${seg.plan.k}), the run cuts at k = ${manifest.plan.k}`;
+      throw new ClientError('SEGMENT_MISMATCH', why);
+    }
     const adapter = await this.adapter(manifest.version);
     const t = manifest.train;
-    const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw }, this.o.getGpu);
+    const options = { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw };
+    const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, options, this.o.getGpu);
     this.trainer = trainer;
     this.emit({ type: 'engine', kind: trainer.kind, reason });
     await this.connect();
   }
 
   private connect(): Promise<void> {
-    const url = this.edge.replace(/^http/, 'ws') + '/ws/user';
+    const url = `${this.edge.replace(/^http/, 'ws')}/ws/user`;
     const ws = new this.o.WebSocket(url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     return new Promise((resolve, reject) => {
       ws.onopen = () => {
         this.closed = false;
-        this.send(encodeFrame('hello', { userId: this.credentials.userId, token: this.credentials.userToken }));
+        this.sendMessage('hello', { userId: this.credentials.userId, token: this.credentials.userToken });
         resolve();
       };
       ws.onerror = () => reject(new ClientError('CONNECT_FAILED', `cannot connect to the edge at ${url}`));
@@ -287,10 +343,13 @@ export class UserClient {
       ws.onclose = (ev) => {
         if (this.ws !== ws) return;
         this.closed = true;
-        this.waiter?.reject(new ClientError('EDGE_GONE', `the edge closed the connection (${ev.code} ${ev.reason})`));
+        this.waiter.fail(new ClientError('EDGE_GONE', `the edge closed the connection (${ev.code} ${ev.reason})`));
         // 4001: refused (bad token); 4003: dropped by the edge's operator: neither comes back by itself
-        if (this.stopping || !this.o.cloudUrl || ev.code === 4001 || ev.code === 4003) this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
-        else void this.rejoin(`the edge closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`, ev);
+        if (this.stopping || !this.o.cloudUrl || ev.code === 4001 || ev.code === 4003) {
+          this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
+        } else {
+          void this.rejoin(`the edge closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`, ev);
+        }
       };
     });
   }
@@ -311,15 +370,17 @@ export class UserClient {
         this.emit({ type: 'reassigned', edgeId: this.credentials.edgeId, edgeUrl: this.credentials.edgeUrl });
         return;
       } catch (e) {
-        if ((e as ClientError).code === 'BAD_USER_TOKEN') break; // will not get better
+        if (e instanceof ClientError && e.code === 'BAD_USER_TOKEN') break; // will not get better
         /* cloud or edge not reachable yet: try again */
       }
     }
     if (!this.stopping) this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
   }
 
-  private send(bytes: Uint8Array): void {
+  /** Sends one message to the edge; throws EDGE_GONE when not connected. */
+  private sendMessage<T extends MessageTypeOn<'userToEdge'>>(type: T, message: Outgoing<'userToEdge', T>): void {
     if (!this.ws || this.closed) throw new ClientError('EDGE_GONE', 'not connected to the edge');
+    const bytes = encodeMessage('userToEdge', type, message);
     this.bytesOut += bytes.byteLength;
     this.ws.send(bytes);
   }
@@ -331,22 +392,22 @@ export class UserClient {
       return;
     }
     this.bytesIn += bytes.byteLength;
-    let f: Frame;
+    let m: FromEdge;
     try {
-      f = decodeFrame(bytes, { maxBytes: this.o.maxFrameBytes ?? 256 * 2 ** 20 });
+      m = decodeMessage('edgeToUser', bytes, this.limits);
     } catch (e) {
-      this.emit({ type: 'error', code: (e as ProtocolError).code ?? 'BAD_FRAME', message: `from the edge: ${(e as Error).message}` });
+      this.emit({ type: 'error', code: codeOf(e, 'BAD_FRAME'), message: `from the edge: ${(e as Error).message}` });
       return;
     }
-    switch (f.type) {
+    switch (m.type) {
       case 'welcome':
-        this.emit({ type: 'welcome', edgeId: String(f.fields.edgeId), version: intField(f, 'version'), position: intField(f, 'position') });
+        this.emit({ type: 'welcome', edgeId: m.edgeId, version: m.version, position: m.position });
         return;
       case 'queue':
-        this.emit({ type: 'queue', position: intField(f, 'position'), waiting: intField(f, 'waiting') });
+        this.emit({ type: 'queue', position: m.position, waiting: m.waiting });
         return;
       case 'round-end':
-        this.emit({ type: 'round-end', round: intField(f, 'round'), version: intField(f, 'version') });
+        this.emit({ type: 'round-end', round: m.round, version: m.version });
         return;
       case 'turn':
         if (this.turnRunning) {
@@ -355,53 +416,39 @@ export class UserClient {
         }
         // set now, not when the trainer is free: a second turn frame meanwhile is an overlap too
         this.turnRunning = true;
-        void this.withTrainer(() => this.runTurn(f))
-          .catch((e) => this.emit({ type: 'error', code: (e as ClientError).code ?? 'TURN_FAILED', message: (e as Error).message }))
+        void this.withTrainer(() => this.runTurn(m))
+          .catch((e) => this.emit({ type: 'error', code: codeOf(e, 'TURN_FAILED'), message: (e as Error).message }))
           .finally(() => (this.turnRunning = false));
         return;
       case 'error':
-        this.emit({ type: 'error', code: String(f.fields.code), message: String(f.fields.message) });
+        this.emit({ type: 'error', code: m.code, message: m.message });
         return;
       case 'turn-end':
-        if (this.waiter?.type === 'turn-end') this.waiter.resolve(f);
-        else if (this.waiter) this.waiter.reject(new ClientError(String(f.fields.reason ?? 'DROPPED'), 'the edge ended this turn'));
-        else this.emit({ type: 'turn-end', round: intField(f, 'round'), accepted: f.fields.accepted === true, reason: f.fields.reason as string | undefined });
+        if (this.waiter.waitingFor === undefined) {
+          this.emit({ type: 'turn-end', round: m.round, accepted: m.accepted, reason: m.reason });
+        } else if (!this.waiter.deliver(m)) {
+          // the edge ended the turn while a step waited for its backward
+          this.waiter.fail(ClientError.fromPeer(m.reason ?? 'DROPPED', 'the edge ended this turn'));
+        }
         return;
-      default:
-        if (this.waiter?.type === f.type) this.waiter.resolve(f);
-        else this.emit({ type: 'error', code: 'UNEXPECTED_TYPE', message: `unexpected "${f.type}" frame from the edge` });
+      case 'backward':
+        if (!this.waiter.deliver(m)) {
+          this.emit({ type: 'error', code: 'UNEXPECTED_TYPE', message: `unexpected "${m.type}" frame from the edge` });
+        }
+        return;
     }
   }
 
-  private next(type: string): Promise<Frame> {
-    return new Promise((resolve, reject) => {
-      if (this.closed) return reject(new ClientError('EDGE_GONE', 'not connected to the edge'));
-      this.waiter = {
-        type,
-        resolve: (f) => {
-          this.waiter = undefined;
-          resolve(f);
-        },
-        reject: (e) => {
-          this.waiter = undefined;
-          reject(e);
-        },
-      };
-    });
-  }
-
   /** One turn: the steps of this round for this user, then the adapter goes to the edge. */
-  private async runTurn(turn: Frame): Promise<void> {
-    const round = intField(turn, 'round');
-    const version = intField(turn, 'version');
-    const steps = intField(turn, 'steps');
+  private async runTurn(turn: Turn): Promise<void> {
+    const { round, version, steps, codec } = turn;
     const trainer = this.trainer!;
     const { batch: B, seq: T } = this.manifest!.train;
     const D = this.config!.nEmbd;
     try {
-      if (intField(turn, 'batch') !== B || intField(turn, 'seq') !== T) throw new ProtocolError('BAD_FIELD', `the turn's batch shape is not the manifest's ${B} x ${T}`);
-      const codec = String(turn.fields.codec) as 'f32' | 'f16' | 'int8';
-      if (!['f32', 'f16', 'int8'].includes(codec)) throw new ProtocolError('BAD_FIELD', `unknown codec "${codec}"`);
+      if (turn.batch !== B || turn.seq !== T) {
+        throw new ProtocolError('BAD_FIELD', `the turn's batch shape is not the manifest's ${B} x ${T}`);
+      }
       this.emit({ type: 'turn', round, version, steps });
       await trainer.setAdapter(await this.adapter(version));
       let tokens = 0;
@@ -411,24 +458,41 @@ export class UserClient {
         const in0 = this.bytesIn;
         const batch = this.o.batches(B, T, this.config!);
         const h1 = await trainer.forward(batch);
-        const reply = this.next('backward');
-        this.send(encodeFrame('forward', { round, step }, { h: { data: h1, shape: [B, T, D], codec }, targets: { data: batch.targets, shape: [B, T] } }));
-        const back = await reply;
-        expectFrameRoundStep(back, round, step);
-        const dh1 = f32Tensor(back, 'dh', [B, T, D]);
+        const back = await this.waiter.request(
+          () =>
+            this.sendMessage('forward', {
+              round,
+              step,
+              h: { data: h1, shape: [B, T, D], codec },
+              targets: { data: batch.targets, shape: [B, T] },
+            }),
+          'backward',
+          { accept: (m) => expectRoundStep(m, round, step) },
+        );
+        const dh1 = expectShape(back.dh, 'dh', [B, T, D]);
         await trainer.backwardAndStep(dh1);
-        const count = intField(back, 'count');
-        tokens += count;
-        this.emit({ type: 'step', round, step, steps, loss: Number(back.fields.loss), tokens: count, ms: performance.now() - t0, bytesOut: this.bytesOut - out0, bytesIn: this.bytesIn - in0 });
+        tokens += back.count;
+        this.emit({
+          type: 'step',
+          round,
+          step,
+          steps,
+          loss: back.loss,
+          tokens: back.count,
+          ms: performance.now() - t0,
+          bytesOut: this.bytesOut - out0,
+          bytesIn: this.bytesIn - in0,
+        });
       }
       const adapter = await trainer.readAdapter();
-      const end = this.next('turn-end');
-      this.send(encodeFrame('adapter', { round, tokens, steps }, adapterToNamedTensors(adapter)));
-      const f = await end;
+      const end = await this.waiter.request(
+        () => this.sendMessage('adapter', { round, tokens, steps, tensors: adapterToNamedTensors(adapter) }),
+        'turn-end',
+      );
       this.turns++;
-      this.emit({ type: 'turn-end', round, accepted: f.fields.accepted === true });
+      this.emit({ type: 'turn-end', round, accepted: end.accepted });
     } catch (e) {
-      const code = (e as { code?: string }).code ?? 'TURN_FAILED';
+      const code = codeOf(e, 'TURN_FAILED');
       this.emit({ type: 'error', code, message: (e as Error).message });
       this.emit({ type: 'turn-end', round, accepted: false, reason: code });
     }
@@ -439,7 +503,7 @@ export class UserClient {
     this.stopping = true;
     if (this.ws && !this.closed) {
       try {
-        this.send(encodeFrame('bye', { reason }));
+        this.sendMessage('bye', { reason });
       } catch {
         /* already gone */
       }

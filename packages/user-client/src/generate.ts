@@ -4,19 +4,27 @@
  *
  * Per new token: the user runs its segment (embedding + blocks [0, k), with whatever adapter its
  * engine holds) on the context, sends h1 [1, T, D] to its edge (`POST {edgeUrl}/api/generate`,
- * one `generate` frame, the user's credentials in headers); the edge runs blocks [k, m) with its
- * current global edge adapter, the cloud blocks [m, L) + ln_f + the tied head with the same
- * version's cloud adapter, and the next-token logits [V] of the last position come back in a
- * `logits` frame. The user samples the next token and goes again: no KV cache, a full forward per
- * token, over the last `maxContext` tokens at most.
+ * one `generate` message of channel userGenerate, the user's credentials in headers); the edge
+ * runs blocks [k, m) with its current global edge adapter, the cloud blocks [m, L) + ln_f + the
+ * tied head with the same version's cloud adapter, and the next-token logits [V] of the last
+ * position come back in a `logits` message (channel logits). The user samples the next token and
+ * goes again: no KV cache, a full forward per token, over the last `maxContext` tokens at most.
  *
  * Only h1 leaves this side: the prompt's text and its token ids stay here. h1 of a context is
  * exact for it whatever follows it (causal attention), which is why a fixed-shape engine may pad
  * on the right (paddedForward).
  */
-import { decodeLogitsFrame, encodeFrame, GENERATE_USER_HEADER, ProtocolError, responseError } from '@splitllm/wire';
+import {
+  decodeExpected,
+  encodeMessage,
+  expectShape,
+  GENERATE_USER_HEADER,
+  maxLogitsFrameBytes,
+  ProtocolError,
+  responseError,
+} from '@splitllm/wire';
 import { IGNORE_INDEX, Rng, type Gpt2Config, type TokenBatch } from '@splitllm/model';
-import { ClientError } from './client';
+import { ClientError } from './errors';
 
 export interface SamplingOptions {
   /** 0: greedy (argmax, the lowest id on a tie); otherwise logits are divided by it before the softmax */
@@ -35,7 +43,10 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
   maxNewTokens: number;
   /** default 0 (the sampler's Rng) */
   seed?: number;
-  /** the longest context sent, older tokens dropped from the left (default and at most config.nPositions; paddedForward's T for a fixed-shape engine) */
+  /**
+   * the longest context sent, older tokens dropped from the left (default and at most
+   * config.nPositions; paddedForward's T for a fixed-shape engine)
+   */
   maxContext?: number;
   /** stop after sampling the end-of-text token (config.eosTokenId), which is returned (default true) */
   stopAtEos?: boolean;
@@ -47,11 +58,20 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
   fetch?: typeof fetch;
 }
 
-/** Sends the last ids of a context (h1 of them) and returns the next-token logits [V] and the version that made them. */
-export async function nextTokenLogits(o: Pick<GenerateOptions, 'edgeUrl' | 'credentials' | 'config' | 'retries' | 'signal' | 'fetch'>, h1: Float32Array, T: number): Promise<{ logits: Float32Array; version: number }> {
+/**
+ * Sends the last ids of a context (h1 of them) and returns the next-token logits [V] and the
+ * version that made them.
+ */
+export async function nextTokenLogits(
+  o: Pick<GenerateOptions, 'edgeUrl' | 'credentials' | 'config' | 'retries' | 'signal' | 'fetch'>,
+  h1: Float32Array,
+  T: number,
+): Promise<{ logits: Float32Array; version: number }> {
   const { config: c } = o;
-  if (h1.length !== T * c.nEmbd) throw new ClientError('BAD_SHAPE', `h1 has ${h1.length} values, a context of ${T} needs ${T * c.nEmbd}`);
-  const body = encodeFrame('generate', {}, { h: { data: h1, shape: [1, T, c.nEmbd] } });
+  if (h1.length !== T * c.nEmbd) {
+    throw new ClientError('BAD_SHAPE', `h1 has ${h1.length} values, a context of ${T} needs ${T * c.nEmbd}`);
+  }
+  const body = encodeMessage('userGenerate', 'generate', { h: { data: h1, shape: [1, T, c.nEmbd] } });
   const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
   const retries = o.retries ?? 3;
   for (let attempt = 0; ; attempt++) {
@@ -71,20 +91,28 @@ export async function nextTokenLogits(o: Pick<GenerateOptions, 'edgeUrl' | 'cred
         await new Promise((r) => setTimeout(r, 250 * (attempt + 1)));
         continue;
       }
-      throw new ClientError(e.code, `generate: ${res.status} ${e.message}`);
+      throw ClientError.fromPeer(e.code, `generate: ${res.status} ${e.message}`);
     }
     try {
-      return decodeLogitsFrame(new Uint8Array(await res.arrayBuffer()), c);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      const m = decodeExpected('logits', 'logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
+      return { logits: expectShape(m.logits, 'logits', [c.vocabSize]), version: m.version };
     } catch (e) {
-      if (e instanceof ProtocolError) throw new ClientError(String(e.code), `generate: the edge's answer is unusable: ${e.message}`);
+      if (e instanceof ProtocolError) {
+        throw new ClientError(e.code, `generate: the edge's answer is unusable: ${e.message}`);
+      }
       throw e;
     }
   }
 }
 
 function checkSampling(s: SamplingOptions): void {
-  if (!(Number.isFinite(s.temperature) && s.temperature >= 0)) throw new ClientError('BAD_OPTION', `temperature must be a finite number >= 0, got ${s.temperature}`);
-  if (!(Number.isInteger(s.topK) && s.topK >= 0)) throw new ClientError('BAD_OPTION', `topK must be an integer >= 0, got ${s.topK}`);
+  if (!(Number.isFinite(s.temperature) && s.temperature >= 0)) {
+    throw new ClientError('BAD_OPTION', `temperature must be a finite number >= 0, got ${s.temperature}`);
+  }
+  if (!(Number.isInteger(s.topK) && s.topK >= 0)) {
+    throw new ClientError('BAD_OPTION', `topK must be an integer >= 0, got ${s.topK}`);
+  }
 }
 
 /**
@@ -123,13 +151,19 @@ export async function generateContinuation(o: GenerateOptions): Promise<number[]
   const c = o.config;
   const sampling: SamplingOptions = { temperature: o.temperature ?? 0, topK: o.topK ?? 0 };
   checkSampling(sampling);
-  if (!(Number.isInteger(o.maxNewTokens) && o.maxNewTokens >= 0)) throw new ClientError('BAD_OPTION', `maxNewTokens must be an integer >= 0, got ${o.maxNewTokens}`);
+  if (!(Number.isInteger(o.maxNewTokens) && o.maxNewTokens >= 0)) {
+    throw new ClientError('BAD_OPTION', `maxNewTokens must be an integer >= 0, got ${o.maxNewTokens}`);
+  }
   const maxContext = Math.min(o.maxContext ?? c.nPositions, c.nPositions);
-  if (!(Number.isInteger(maxContext) && maxContext >= 1)) throw new ClientError('BAD_OPTION', `maxContext must be a positive integer, got ${o.maxContext}`);
+  if (!(Number.isInteger(maxContext) && maxContext >= 1)) {
+    throw new ClientError('BAD_OPTION', `maxContext must be a positive integer, got ${o.maxContext}`);
+  }
   const context = Array.from(o.promptIds);
   if (context.length === 0) throw new ClientError('BAD_OPTION', 'the prompt is empty');
   for (const id of context) {
-    if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) throw new ClientError('BAD_OPTION', `prompt token id ${id} is outside the vocabulary [0, ${c.vocabSize})`);
+    if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) {
+      throw new ClientError('BAD_OPTION', `prompt token id ${id} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
   }
   const rng = new Rng(o.seed ?? 0);
   const stopAtEos = o.stopAtEos ?? true;
@@ -164,14 +198,26 @@ export function paddedForward(
   D: number,
   eosId: number,
 ): (ids: Int32Array) => Promise<Float32Array> {
-  if (![B, T, D].every((n) => Number.isInteger(n) && n >= 1)) throw new ClientError('BAD_OPTION', `paddedForward: B ${B}, T ${T} and D ${D} must be positive integers`);
+  if (![B, T, D].every((n) => Number.isInteger(n) && n >= 1)) {
+    throw new ClientError('BAD_OPTION', `paddedForward: B ${B}, T ${T} and D ${D} must be positive integers`);
+  }
   return async (ids) => {
     const n = ids.length;
-    if (n < 1 || n > T) throw new ClientError('BAD_OPTION', `paddedForward: ${n} ids do not fit the engine's ${T} positions (1 to ${T}; pass maxContext: ${T})`);
+    if (n < 1 || n > T) {
+      throw new ClientError(
+        'BAD_OPTION',
+        `paddedForward: ${n} ids do not fit the engine's ${T} positions (1 to ${T}; pass maxContext: ${T})`,
+      );
+    }
     const inputIds = new Int32Array(B * T).fill(eosId);
     inputIds.set(ids, 0);
     const h1 = await forward({ B, T, inputIds, targets: new Int32Array(B * T).fill(IGNORE_INDEX) });
-    if (h1.length !== B * T * D) throw new ClientError('BAD_SHAPE', `paddedForward: the engine returned ${h1.length} values, expected ${B} x ${T} x ${D}`);
+    if (h1.length !== B * T * D) {
+      throw new ClientError(
+        'BAD_SHAPE',
+        `paddedForward: the engine returned ${h1.length} values, expected ${B} x ${T} x ${D}`,
+      );
+    }
     return h1.slice(0, n * D);
   };
 }

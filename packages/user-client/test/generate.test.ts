@@ -4,11 +4,19 @@
  * packages/cli/test/generate.test.ts.
  */
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_LORA_TRAIN, initLoraAdapter, maxRelErr, Rng, userSegmentForward, type Gpt2Model, type LoraConfig } from '@splitllm/model';
+import {
+  DEFAULT_LORA_TRAIN,
+  initLoraAdapter,
+  maxRelErr,
+  Rng,
+  userSegmentForward,
+  type Gpt2Model,
+  type LoraConfig,
+} from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { describe, expect, it } from 'vitest';
 import { paddedForward, sampleToken } from '../src/generate';
-import { ReferenceUserTrainer } from '../src/trainers';
+import { ReferenceUserTrainer } from '../src/engines/reference';
 
 const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
 
@@ -20,12 +28,23 @@ describe('paddedForward', () => {
     const adapter = initLoraAdapter(c, lora, 3);
     const rng = new Rng(4);
     for (const p of adapter.layers.values()) rng.fillNormal(p.B.data, 0.1);
-    const trainer = ReferenceUserTrainer.create(shipped, adapter, { plan: { k, m: 2 }, lora, batch: B, seq: T, adamw: DEFAULT_LORA_TRAIN.adamw });
+    const trainer = ReferenceUserTrainer.create(shipped, adapter, {
+      plan: { k, m: 2 },
+      lora,
+      batch: B,
+      seq: T,
+      adamw: DEFAULT_LORA_TRAIN.adamw,
+    });
     const forward = paddedForward((b) => trainer.forward(b), B, T, c.nEmbd, c.eosTokenId);
     for (const n of [1, 5, T]) {
       const ids = Int32Array.from({ length: n }, () => rng.int(c.vocabSize));
       const got = await forward(ids);
-      const want = userSegmentForward(shipped, adapter, { B: 1, T: n, inputIds: ids, targets: new Int32Array(n) }, { k, m: 2 }).h1;
+      const want = userSegmentForward(
+        shipped,
+        adapter,
+        { B: 1, T: n, inputIds: ids, targets: new Int32Array(n) },
+        { k, m: 2 },
+      ).h1;
       expect(got).toHaveLength(n * c.nEmbd);
       expect(maxRelErr(got, want), `n = ${n}`).toBeLessThan(1e-6);
     }

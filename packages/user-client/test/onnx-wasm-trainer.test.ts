@@ -24,15 +24,40 @@
  *    loosely (the reasoning of trainers.test.ts; the gradient check above is the precise one).
  * onnxruntime-web runs one thread here, so repeating steps gives bit-identical losses.
  */
-import { cloneAdapter, cloudSegmentStep, DEFAULT_LORA_TARGETS, DEFAULT_LORA_TRAIN, edgeSegmentBackward, edgeSegmentForward, AdamW, initLoraAdapter, loraGradArrays, loraParameters, maxRelErr, Rng, userSegmentBackward, userSegmentForward, type AdamWOptions, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type SplitPlan, type TokenBatch } from '@splitllm/model';
+import {
+  cloneAdapter,
+  cloudSegmentStep,
+  DEFAULT_LORA_TARGETS,
+  DEFAULT_LORA_TRAIN,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  AdamW,
+  initLoraAdapter,
+  loraGradArrays,
+  loraParameters,
+  maxRelErr,
+  Rng,
+  userSegmentBackward,
+  userSegmentForward,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraGrads,
+  type SplitPlan,
+  type TokenBatch,
+} from '@splitllm/model';
 import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuError, type GpuContext } from '@splitllm/lora-kernels';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { OnnxWasmUserTrainer, type OnnxWasmOptions } from '../src/onnx-wasm-trainer';
-import { createUserTrainer, ReferenceUserTrainer, type UserTrainer, type UserTrainerOptions } from '../src/trainers';
+import { OnnxWasmUserTrainer, type OnnxWasmOptions } from '../src/engines/wasm';
+import { createUserTrainer } from '../src/create-trainer';
+import { ReferenceUserTrainer } from '../src/engines/reference';
+import type { UserTrainer, UserTrainerOptions } from '../src/trainer';
 
 const c = shipped.config;
 const plan: SplitPlan = { k: 2, m: 3 };
@@ -45,13 +70,12 @@ const D = c.nEmbd;
 
 /** what a page does: serve onnxruntime-web's dist/ and point wasmPaths at it (here a file: URL) */
 const ortDist = dirname(createRequire(import.meta.url).resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm'));
-const wasm: OnnxWasmOptions = { wasmPaths: pathToFileURL(ortDist).href + '/', numThreads: 1 };
+const wasm: OnnxWasmOptions = { wasmPaths: `${pathToFileURL(ortDist).href}/`, numThreads: 1 };
 
 const segment = (tier: 'user' | 'edge' | 'cloud') => tierModel(plan, tier);
 const userModel = segment('user');
 const edgeModel = segment('edge');
 const cloudModel = segment('cloud');
-
 
 const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
 
@@ -131,10 +155,20 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
   it('LoRA gradients (read through one AdamW step, see the header) match the reference within 1e-4', async () => {
     const batch = batches[0];
     const dh1 = realDh1(trained, batch);
-    const want: LoraGrads = userSegmentBackward(userModel, trained, userSegmentForward(userModel, trained, batch, plan).state, dh1);
+    const want: LoraGrads = userSegmentBackward(
+      userModel,
+      trained,
+      userSegmentForward(userModel, trained, batch, plan).state,
+      dh1,
+    );
     // s: every tensor's step at least O(1) (its largest element), far above the parameters (< 0.1)
     let smallest = Infinity;
-    for (const g of want.values()) for (const a of [g.A, g.B]) smallest = Math.min(smallest, a.reduce((m, v) => Math.max(m, Math.abs(v)), 0));
+    for (const g of want.values())
+      for (const a of [g.A, g.B])
+        smallest = Math.min(
+          smallest,
+          a.reduce((m, v) => Math.max(m, Math.abs(v)), 0),
+        );
     expect(smallest).toBeGreaterThan(0);
     const s = 1 / smallest;
     const sgd: AdamWOptions = { lr: 1e8 * s, beta1: 0.9, beta2: 0.999, eps: 1e8, weightDecay: 0 };
@@ -169,7 +203,7 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
     }
   });
 
-  it('with the run\'s AdamW: the adapter and h1 after a step, three split steps, setAdapter restarts', async () => {
+  it("with the run's AdamW: the adapter and h1 after a step, three split steps, setAdapter restarts", async () => {
     const batch = batches[0];
     const dh1 = realDh1(trained, batch);
     const ref = ReferenceUserTrainer.create(userModel, trained, options);
@@ -220,10 +254,14 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
       await expect(trainer.forward(wide)).rejects.toThrow(/takes batches of 2 x 32 tokens, got 3 x 32/);
       const short: TokenBatch = { B, T: 16, inputIds: new Int32Array(B * 16), targets: new Int32Array(B * 16) };
       await expect(trainer.forward(short)).rejects.toThrow(/takes batches of 2 x 32 tokens, got 2 x 16/);
-      await expect(trainer.forward({ ...batch, inputIds: batch.inputIds.subarray(1) })).rejects.toThrow(/needs 64 input ids and targets, got 63 and 64/);
+      await expect(trainer.forward({ ...batch, inputIds: batch.inputIds.subarray(1) })).rejects.toThrow(
+        /needs 64 input ids and targets, got 63 and 64/,
+      );
       const badIds = batch.inputIds.slice();
       badIds[9] = c.vocabSize;
-      await expect(trainer.forward({ ...batch, inputIds: badIds })).rejects.toThrow(/token id 1024 at position 9 is outside the vocabulary \[0, 1024\)/);
+      await expect(trainer.forward({ ...batch, inputIds: badIds })).rejects.toThrow(
+        /token id 1024 at position 9 is outside the vocabulary \[0, 1024\)/,
+      );
 
       const h1 = await trainer.forward(batch);
       await expect(trainer.backwardAndStep(new Float32Array(5))).rejects.toThrow(/dL\/dh1 has 5 values, expected 8192/);
@@ -242,7 +280,9 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
       await trainer.setAdapter(userInit);
       await expect(trainer.backwardAndStep(new Float32Array(h1.length))).rejects.toThrow(/needs a forward first/);
       const before = await trainer.readAdapter();
-      await expect(trainer.setAdapter(initLoraAdapter(c, { ...lora, r: 4 }, 1, 0, plan.k))).rejects.toThrow(/adapter is LoRA r=4 alpha=16/);
+      await expect(trainer.setAdapter(initLoraAdapter(c, { ...lora, r: 4 }, 1, 0, plan.k))).rejects.toThrow(
+        /adapter is LoRA r=4 alpha=16/,
+      );
       const missing = cloneAdapter(userInit);
       missing.layers.delete('h.1.attn.c_proj');
       await expect(trainer.setAdapter(missing)).rejects.toThrow(/no LoRA pair for h\.1\.attn\.c_proj/);
@@ -255,12 +295,25 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
   });
 
   it('refuses bad options, weights and adapters before loading anything', async () => {
-    await expect(OnnxWasmUserTrainer.create(userModel, userInit, { ...options, plan: { k: 3, m: 3 } }, wasm)).rejects.toThrow(/split plan k=3, m=3 is invalid/);
-    await expect(OnnxWasmUserTrainer.create(userModel, userInit, { ...options, seq: 129 }, wasm)).rejects.toThrow(/sequence length 129 exceeds the model's n_positions 128/);
-    const noBlock: Gpt2Model = { config: c, weights: new Map([...userModel.weights].filter(([n]) => n !== 'h.1.mlp.c_fc.weight')) };
-    await expect(OnnxWasmUserTrainer.create(noBlock, userInit, options, wasm)).rejects.toThrow(/user segment has no tensor "h\.1\.mlp\.c_fc\.weight"/);
-    await expect(OnnxWasmUserTrainer.create(userModel, initLoraAdapter(c, lora, 7, 0, 1), options, wasm)).rejects.toThrow(/no LoRA pair for h\.1\./);
-    await expect(OnnxWasmUserTrainer.create(userModel, userInit, options, { numThreads: 0 })).rejects.toThrow(/numThreads must be a positive integer, got 0/);
+    await expect(
+      OnnxWasmUserTrainer.create(userModel, userInit, { ...options, plan: { k: 3, m: 3 } }, wasm),
+    ).rejects.toThrow(/split plan k=3, m=3 is invalid/);
+    await expect(OnnxWasmUserTrainer.create(userModel, userInit, { ...options, seq: 129 }, wasm)).rejects.toThrow(
+      /sequence length 129 exceeds the model's n_positions 128/,
+    );
+    const noBlock: Gpt2Model = {
+      config: c,
+      weights: new Map([...userModel.weights].filter(([n]) => n !== 'h.1.mlp.c_fc.weight')),
+    };
+    await expect(OnnxWasmUserTrainer.create(noBlock, userInit, options, wasm)).rejects.toThrow(
+      /user segment has no tensor "h\.1\.mlp\.c_fc\.weight"/,
+    );
+    await expect(
+      OnnxWasmUserTrainer.create(userModel, initLoraAdapter(c, lora, 7, 0, 1), options, wasm),
+    ).rejects.toThrow(/no LoRA pair for h\.1\./);
+    await expect(OnnxWasmUserTrainer.create(userModel, userInit, options, { numThreads: 0 })).rejects.toThrow(
+      /numThreads must be a positive integer, got 0/,
+    );
   });
 });
 
@@ -271,10 +324,17 @@ describe("createUserTrainer and 'wasm'", () => {
 
   it("'wasm' builds the wasm engine without asking for a GPU", async () => {
     let asked = false;
-    const r = await createUserTrainer('wasm', userModel, userInit, options, async () => {
-      asked = true;
-      return noGpu();
-    }, wasm);
+    const r = await createUserTrainer(
+      'wasm',
+      userModel,
+      userInit,
+      options,
+      async () => {
+        asked = true;
+        return noGpu();
+      },
+      wasm,
+    );
     try {
       expect(asked).toBe(false);
       expect(r.trainer.kind).toBe('wasm');
@@ -290,18 +350,22 @@ describe("createUserTrainer and 'wasm'", () => {
     const r = await createUserTrainer('auto', userModel, userInit, options, noGpu, wasm);
     try {
       expect(r.trainer.kind).toBe('wasm');
-      expect(r.reason).toBe(`no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${r.trainer.description}`);
+      expect(r.reason).toBe(
+        `no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${r.trainer.description}`,
+      );
     } finally {
       r.trainer.destroy();
     }
     // a getGpu that throws something else
-    const s = await createUserTrainer('auto', userModel, userInit, options, () => Promise.reject(new Error('navigator.gpu is missing')));
+    const s = await createUserTrainer('auto', userModel, userInit, options, () =>
+      Promise.reject(new Error('navigator.gpu is missing')),
+    );
     expect(s.trainer.kind).toBe('wasm');
     expect(s.reason).toMatch(/^no WebGPU device \(navigator\.gpu is missing\): wasm /);
     s.trainer.destroy();
   });
 
-  it('a wasm engine that cannot start: an Error for \'wasm\', the reference with the reason for \'auto\'', async () => {
+  it("a wasm engine that cannot start: an Error for 'wasm', the reference with the reason for 'auto'", async () => {
     // the runtime runs with 1 thread in this worker (started here if no test did yet): asking for 3 cannot be honoured
     (await OnnxWasmUserTrainer.create(userModel, userInit, options, wasm)).destroy();
     await expect(createUserTrainer('wasm', userModel, userInit, options, noGpu, { numThreads: 3 })).rejects.toThrow(
@@ -309,9 +373,13 @@ describe("createUserTrainer and 'wasm'", () => {
     );
     const r = await createUserTrainer('auto', userModel, userInit, options, noGpu, { numThreads: 3 });
     expect(r.trainer.kind).toBe('reference');
-    expect(r.reason).toMatch(/^no WebGPU device \(no WebGPU adapter .*\) and the wasm engine could not start \(wasm engine: onnxruntime-web already runs with 1 thread\(s\).*\): reference \(TypeScript\) engine$/);
+    expect(r.reason).toMatch(
+      /^no WebGPU device \(no WebGPU adapter .*\) and the wasm engine could not start \(wasm engine: onnxruntime-web already runs with 1 thread\(s\).*\): reference \(TypeScript\) engine$/,
+    );
     r.trainer.destroy();
     // bad options stay the caller's error, whatever the engine
-    await expect(createUserTrainer('wasm', userModel, userInit, { ...options, batch: 0 }, noGpu, wasm)).rejects.toThrow(/batch 0 x seq 32 must be positive integers/);
+    await expect(createUserTrainer('wasm', userModel, userInit, { ...options, batch: 0 }, noGpu, wasm)).rejects.toThrow(
+      /batch 0 x seq 32 must be positive integers/,
+    );
   });
 });

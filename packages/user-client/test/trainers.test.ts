@@ -27,12 +27,36 @@
  *
  * The GPU is SwiftShader (software Vulkan) here, through the Node `webgpu` package.
  */
-import { cloneAdapter, AdamW, cloudSegmentStep, DEFAULT_LORA_TRAIN, DEFAULT_LORA_TARGETS, edgeSegmentBackward, edgeSegmentForward, gpt2ForwardBackward, initLoraAdapter, loraGradArrays, loraParameters, maxRelErr, Rng, type Gpt2Config, type Gpt2Model, type LoraAdapter, type LoraConfig, type LoraGrads, type SplitPlan, type TokenBatch } from '@splitllm/model';
+import {
+  cloneAdapter,
+  AdamW,
+  cloudSegmentStep,
+  DEFAULT_LORA_TRAIN,
+  DEFAULT_LORA_TARGETS,
+  edgeSegmentBackward,
+  edgeSegmentForward,
+  gpt2ForwardBackward,
+  initLoraAdapter,
+  loraGradArrays,
+  loraParameters,
+  maxRelErr,
+  Rng,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type LoraGrads,
+  type SplitPlan,
+  type TokenBatch,
+} from '@splitllm/model';
 import { paddedRandomBatch, shipped, tierModel } from './fixtures';
 import { GpuContext, GpuError } from '@splitllm/lora-kernels';
 import { describe, expect, it } from 'vitest';
 import { nodeGpu } from '../src/node/gpu';
-import { createUserTrainer, ReferenceUserTrainer, WgslUserTrainer, type UserTrainer, type UserTrainerOptions } from '../src/trainers';
+import { createUserTrainer } from '../src/create-trainer';
+import { ReferenceUserTrainer } from '../src/engines/reference';
+import { WgslUserTrainer } from '../src/engines/wgsl';
+import type { UserTrainer, UserTrainerOptions } from '../src/trainer';
 
 const c = shipped.config;
 const plan: SplitPlan = { k: 1, m: 3 };
@@ -52,7 +76,6 @@ const cloudModel = segment('cloud');
 
 let gpuPromise: Promise<GpuContext> | undefined;
 const testGpu = () => (gpuPromise ??= nodeGpu());
-
 
 const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
 
@@ -82,7 +105,11 @@ const central = (() => {
  * Split steps with the trainer as the user, the reference as edge and cloud (fresh adapters
  * and optimizers for those two each time this runs).
  */
-async function splitChain(trainer: UserTrainer, steps: number, afterStep?: (step: number) => Promise<void>): Promise<number[]> {
+async function splitChain(
+  trainer: UserTrainer,
+  steps: number,
+  afterStep?: (step: number) => Promise<void>,
+): Promise<number[]> {
   const edgeA = initLoraAdapter(c, lora, SEED, plan.k, plan.m);
   const cloudA = initLoraAdapter(c, lora, SEED, plan.m, c.nLayer);
   const edgeOpt = new AdamW(loraParameters(edgeA), adamw);
@@ -117,7 +144,6 @@ function adapterErr(got: LoraAdapter, want: Map<string, { A: Float32Array; B: Fl
   return worst;
 }
 
-
 interface EngineCase {
   kind: 'reference' | 'wgsl';
   make(adapter: LoraAdapter): Promise<UserTrainer>;
@@ -149,14 +175,19 @@ describe('user trainers: three split steps against the central reference run', (
         });
         expect(losses.every(Number.isFinite)).toBe(true);
         expect(losses[STEPS - 1]).toBeLessThan(losses[0]); // it trains
-        expect(Math.max(...relErrs(losses, central.losses)), `losses ${losses} vs ${central.losses}`).toBeLessThan(eng.lossTol);
+        expect(Math.max(...relErrs(losses, central.losses)), `losses ${losses} vs ${central.losses}`).toBeLessThan(
+          eng.lossTol,
+        );
 
         const after = await trainer.readAdapter();
         const vsCentral = adapterErr(after, central.userAdapter);
         if (eng.kind === 'reference') {
           expect(vsCentral).toBeLessThan(1e-6);
         } else {
-          expect(adapterErr(after, asArrays(shadow)), 'adapter vs reference AdamW on the engine gradients').toBeLessThan(1e-6);
+          expect(
+            adapterErr(after, asArrays(shadow)),
+            'adapter vs reference AdamW on the engine gradients',
+          ).toBeLessThan(1e-6);
           expect(vsCentral, 'adapter vs the central run (see the header)').toBeLessThan(1e-2);
         }
         // the caller's adapter was copied, never trained in place
@@ -179,21 +210,29 @@ describe('user trainers: three split steps against the central reference run', (
       const trainer = await eng.make(userInit);
       try {
         const batch = batches[0];
-        await expect(trainer.backwardAndStep(new Float32Array(B * T * c.nEmbd))).rejects.toThrow(/needs a forward first/);
+        await expect(trainer.backwardAndStep(new Float32Array(B * T * c.nEmbd))).rejects.toThrow(
+          /needs a forward first/,
+        );
         const wide: TokenBatch = { B: 3, T, inputIds: new Int32Array(3 * T), targets: new Int32Array(3 * T) };
         await expect(trainer.forward(wide)).rejects.toThrow(/takes batches of 2 x 32 tokens, got 3 x 32/);
         const short: TokenBatch = { B, T: 16, inputIds: new Int32Array(B * 16), targets: new Int32Array(B * 16) };
         await expect(trainer.forward(short)).rejects.toThrow(/takes batches of 2 x 32 tokens, got 2 x 16/);
-        await expect(trainer.forward({ ...batch, inputIds: batch.inputIds.subarray(1) })).rejects.toThrow(/needs 64 input ids and targets, got 63 and 64/);
+        await expect(trainer.forward({ ...batch, inputIds: batch.inputIds.subarray(1) })).rejects.toThrow(
+          /needs 64 input ids and targets, got 63 and 64/,
+        );
         const badIds = batch.inputIds.slice();
         badIds[9] = c.vocabSize;
-        await expect(trainer.forward({ ...batch, inputIds: badIds })).rejects.toThrow(/token id 1024 at position 9 is outside the vocabulary \[0, 1024\)/);
+        await expect(trainer.forward({ ...batch, inputIds: badIds })).rejects.toThrow(
+          /token id 1024 at position 9 is outside the vocabulary \[0, 1024\)/,
+        );
         badIds[9] = -1;
         await expect(trainer.forward({ ...batch, inputIds: badIds })).rejects.toThrow(/token id -1 at position 9/);
 
         const h1 = await trainer.forward(batch);
         expect(h1.length).toBe(B * T * c.nEmbd);
-        await expect(trainer.backwardAndStep(new Float32Array(5))).rejects.toThrow(/dL\/dh1 has 5 values, expected 8192/);
+        await expect(trainer.backwardAndStep(new Float32Array(5))).rejects.toThrow(
+          /dL\/dh1 has 5 values, expected 8192/,
+        );
         const nan = new Float32Array(h1.length);
         nan[3] = NaN;
         await expect(trainer.backwardAndStep(nan)).rejects.toThrow(/non-finite value at 3/);
@@ -202,7 +241,9 @@ describe('user trainers: three split steps against the central reference run', (
 
         // an adapter of another LoRA config is refused and the trainer keeps its own
         const before = await trainer.readAdapter();
-        await expect(trainer.setAdapter(initLoraAdapter(c, { ...lora, r: 4 }, 1, 0, 1))).rejects.toThrow(/adapter is LoRA r=4 alpha=16/);
+        await expect(trainer.setAdapter(initLoraAdapter(c, { ...lora, r: 4 }, 1, 0, 1))).rejects.toThrow(
+          /adapter is LoRA r=4 alpha=16/,
+        );
         const missing = cloneAdapter(userInit);
         missing.layers.delete('h.0.attn.c_proj');
         await expect(trainer.setAdapter(missing)).rejects.toThrow(/no LoRA pair for h\.0\.attn\.c_proj/);
@@ -214,11 +255,20 @@ describe('user trainers: three split steps against the central reference run', (
     });
   }
 
-  it('both engines refuse a model that lacks the user segment\'s weights', async () => {
-    const noBlock: Gpt2Model = { config: c, weights: new Map([...userModel.weights].filter(([n]) => n !== 'h.0.attn.c_proj.weight')) };
-    expect(() => ReferenceUserTrainer.create(noBlock, userInit, options)).toThrow(/user segment has no tensor "h\.0\.attn\.c_proj\.weight"/);
-    await expect(WgslUserTrainer.create(await testGpu(), noBlock, userInit, options)).rejects.toThrow(/user segment has no tensor/);
-    expect(() => ReferenceUserTrainer.create(userModel, userInit, { ...options, plan: { k: 2, m: 3 } })).toThrow(/user segment has no tensor "h\.1\./);
+  it("both engines refuse a model that lacks the user segment's weights", async () => {
+    const noBlock: Gpt2Model = {
+      config: c,
+      weights: new Map([...userModel.weights].filter(([n]) => n !== 'h.0.attn.c_proj.weight')),
+    };
+    expect(() => ReferenceUserTrainer.create(noBlock, userInit, options)).toThrow(
+      /user segment has no tensor "h\.0\.attn\.c_proj\.weight"/,
+    );
+    await expect(WgslUserTrainer.create(await testGpu(), noBlock, userInit, options)).rejects.toThrow(
+      /user segment has no tensor/,
+    );
+    expect(() => ReferenceUserTrainer.create(userModel, userInit, { ...options, plan: { k: 2, m: 3 } })).toThrow(
+      /user segment has no tensor "h\.1\./,
+    );
   });
 });
 
@@ -227,7 +277,10 @@ describe('createUserTrainer', () => {
     const { trainer, reason } = await createUserTrainer('auto', userModel, userInit, options, testGpu);
     try {
       const gpu = await testGpu();
-      const m = /^software WebGPU adapter \((.+)\): wgsl ([\d.]+) ms\/step vs wasm ([\d.]+) ms\/step, using (wgsl|wasm)$/.exec(reason);
+      const m =
+        /^software WebGPU adapter \((.+)\): wgsl ([\d.]+) ms\/step vs wasm ([\d.]+) ms\/step, using (wgsl|wasm)$/.exec(
+          reason,
+        );
       expect(m, reason).not.toBeNull();
       expect(m![1]).toBe(gpu.adapter.name);
       const [wgslMs, wasmMs] = [Number(m![2]), Number(m![3])];
@@ -236,7 +289,9 @@ describe('createUserTrainer', () => {
       expect(trainer.kind).toBe(m![4]);
       expect(trainer.kind).toBe(wasmMs <= wgslMs ? 'wasm' : 'wgsl');
       if (trainer.kind === 'wgsl') {
-        expect(trainer.description).toMatch(/^wgsl on .+ \(software adapter\): kernels matmul registers, low-rank registers, layernorm thread, attention naive$/);
+        expect(trainer.description).toMatch(
+          /^wgsl on .+ \(software adapter\): kernels matmul registers, low-rank registers, layernorm thread, attention naive$/,
+        );
       } else {
         expect(trainer.description).toMatch(/^wasm \(onnxruntime-web .* wasm EP, 1 thread, intermediates kept\)$/);
       }
@@ -252,7 +307,11 @@ describe('createUserTrainer', () => {
   it("'auto' takes wgsl on a hardware adapter, without timing wasm", async () => {
     const gpu = await testGpu();
     // the same device described as a discrete GPU (isSoftwareAdapter looks at the name and the fallback flag)
-    const hw = new GpuContext(gpu.device, { ...gpu.adapter, name: 'acme / discrete / AcmeForce 9000', isFallbackAdapter: false });
+    const hw = new GpuContext(gpu.device, {
+      ...gpu.adapter,
+      name: 'acme / discrete / AcmeForce 9000',
+      isFallbackAdapter: false,
+    });
     const { trainer, reason } = await createUserTrainer('auto', userModel, userInit, options, async () => hw);
     try {
       expect(trainer.kind).toBe('wgsl');
@@ -269,7 +328,9 @@ describe('createUserTrainer', () => {
     };
     const a = await createUserTrainer('auto', userModel, userInit, options, noGpu);
     expect(a.trainer.kind).toBe('wasm');
-    expect(a.reason).toBe(`no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${a.trainer.description}`);
+    expect(a.reason).toBe(
+      `no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${a.trainer.description}`,
+    );
     a.trainer.destroy();
 
     // the same device described with a 256 KiB binding limit: wte (1024 x 128 floats) is 512 KiB
@@ -277,7 +338,9 @@ describe('createUserTrainer', () => {
     const small = new GpuContext(gpu.device, { ...gpu.adapter, maxStorageBufferBindingSize: 256 * 1024 });
     const b = await createUserTrainer('auto', userModel, userInit, options, async () => small);
     expect(b.trainer.kind).toBe('wasm');
-    expect(b.reason).toMatch(/^software WebGPU adapter \(.+\): the wgsl engine failed \(.*wte\.weight needs 524288 bytes.*\): using wasm, [\d.]+ ms\/step$/);
+    expect(b.reason).toMatch(
+      /^software WebGPU adapter \(.+\): the wgsl engine failed \(.*wte\.weight needs 524288 bytes.*\): using wasm, [\d.]+ ms\/step$/,
+    );
     expect(adapterErr(await b.trainer.readAdapter(), asArrays(userInit))).toBe(0);
     b.trainer.destroy();
   });
@@ -289,8 +352,12 @@ describe('createUserTrainer', () => {
     const err = await createUserTrainer('wgsl', userModel, userInit, options, noGpu).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GpuError);
     expect((err as GpuError).code).toBe('NO_WEBGPU');
-    expect((err as Error).message).toMatch(/the wgsl engine was asked for but there is no WebGPU device: navigator\.gpu is missing/);
-    await expect(createUserTrainer('wgsl', userModel, userInit, options, () => Promise.reject(new Error('boom')))).rejects.toThrow(/no WebGPU device: boom/);
+    expect((err as Error).message).toMatch(
+      /the wgsl engine was asked for but there is no WebGPU device: navigator\.gpu is missing/,
+    );
+    await expect(
+      createUserTrainer('wgsl', userModel, userInit, options, () => Promise.reject(new Error('boom'))),
+    ).rejects.toThrow(/no WebGPU device: boom/);
 
     let asked = false;
     const r = await createUserTrainer('reference', userModel, userInit, options, async () => {
@@ -305,6 +372,8 @@ describe('createUserTrainer', () => {
     expect(w.trainer.kind).toBe('wgsl');
     expect(w.reason).toBe(`the wgsl engine was asked for: ${w.trainer.description}`);
     w.trainer.destroy();
-    await expect(createUserTrainer('metal' as 'wgsl', userModel, userInit, options, testGpu)).rejects.toThrow(/unknown user engine "metal" \(wgsl, wasm, reference or auto\)/);
+    await expect(createUserTrainer('metal' as 'wgsl', userModel, userInit, options, testGpu)).rejects.toThrow(
+      /unknown user engine "metal" \(wgsl, wasm, reference or auto\)/,
+    );
   });
 });

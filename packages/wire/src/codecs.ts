@@ -24,7 +24,7 @@ const scratchU32 = new Uint32Array(scratchF32.buffer);
 
 /**
  * float32 value -> IEEE half bits, round-to-nearest-even. Magnitudes that round past 65504
- * give infinity here; encodeFrame refuses anything above 65504 before calling this.
+ * give infinity here; encodeFrameWith refuses anything above 65504 before calling this.
  */
 export function f32ToF16Bits(value: number): number {
   scratchF32[0] = value;

@@ -1,6 +1,7 @@
 /**
- * The binary wire protocol spoken over WebSocket between user, edge and cloud
- * (DESIGN.md "Wire protocol").
+ * The binary frame of the wire protocol spoken between user, edge and cloud (over WebSocket, and
+ * as HTTP bodies). This file knows frames and message specs, not messages: which messages exist
+ * on which hop is messages.ts's registry, which hands its specs to encodeFrameWith/decodeFrameWith.
  *
  * Frame layout (all integers little-endian):
  *
@@ -37,7 +38,7 @@ import { f16ToF32 } from '@splitllm/model';
 import { CODECS, type Codec, F16_MAX, f32ToF16Bits, isCodec } from './codecs';
 import { ProtocolError } from './errors';
 
-// ---------------------------------------------------------------- errors and constants
+// ---------------------------------------------------------------- limits
 
 /** Default frame size limit: comfortably above one GPT-2 activation batch, far below OOM. */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 2 ** 20;
@@ -48,23 +49,8 @@ export const MAX_WIRE_TENSOR_ELEMENTS = 2 ** 28;
 export const MAX_WIRE_TENSOR_NAME_LENGTH = 200;
 export const MAX_STRING_FIELD_LENGTH = 256;
 export const MAX_ERROR_MESSAGE_LENGTH = 2000;
-/** Room for the JSON header of a generation frame (`generate`, `logits`) on top of its tensor. */
-export const GENERATION_HEADER_BYTES = 64 * 1024;
 
-/** The request header that names the user of a generation request (its token is the bearer token). */
-export const GENERATE_USER_HEADER = 'x-splitllm-user';
-
-/** The size limit of a `generate` frame: h [1, T <= nPositions, D] as f32, and its header. */
-export function maxGenerateFrameBytes(c: { nPositions: number; nEmbd: number }): number {
-  return c.nPositions * c.nEmbd * 4 + GENERATION_HEADER_BYTES;
-}
-
-/** The size limit of a `logits` frame: logits [V] as f32, and its header. */
-export function maxLogitsFrameBytes(c: { vocabSize: number }): number {
-  return c.vocabSize * 4 + GENERATION_HEADER_BYTES;
-}
-
-// ---------------------------------------------------------------- message registry
+// ---------------------------------------------------------------- message specs
 
 /**
  * Field kinds: 'int' safe integer >= 0, 'number' finite, 'string' non-empty <= 256 chars,
@@ -88,57 +74,6 @@ export interface WireMessageSpec {
   readonly anyTensors?: WireDtype;
 }
 
-const F32_RANK3 = { dtype: 'f32', rank: 3 } as const;
-
-export const MESSAGE_TYPES = {
-  hello: { fields: { userId: 'string', token: 'string' } },
-  welcome: { fields: { userId: 'string', edgeId: 'string', version: 'int', position: 'int' } },
-  /** cloud -> edge on connect: the current global version */
-  'edge-welcome': { fields: { edgeId: 'string', version: 'int' } },
-  queue: { fields: { position: 'int', waiting: 'int' } },
-  turn: {
-    fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'codec' },
-  },
-  forward: {
-    fields: { round: 'int', step: 'int' },
-    tensors: { h: F32_RANK3, targets: { dtype: 'i32', rank: 2 } },
-  },
-  backward: {
-    fields: { round: 'int', step: 'int', loss: 'number', count: 'int' },
-    tensors: { dh: F32_RANK3 },
-  },
-  adapter: { fields: { round: 'int', tokens: 'int', steps: 'int' }, anyTensors: 'f32' },
-  'turn-end': { fields: { round: 'int', accepted: 'bool', reason: 'string?' } },
-  'round-start': {
-    fields: { round: 'int', version: 'int', usersPerEdge: 'int', stepsPerUser: 'int' },
-  },
-  'round-end': { fields: { round: 'int', version: 'int' } },
-  'edge-status': { fields: { waiting: 'int' } },
-  'user-begin': { fields: { round: 'int', userId: 'string' } },
-  'user-dropped': { fields: { round: 'int', userId: 'string' } },
-  update: {
-    fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'users', userBytes: 'int' },
-    anyTensors: 'f32',
-  },
-  error: { fields: { code: 'string', message: 'text' } },
-  bye: { fields: { reason: 'string' } },
-  /**
-   * Generation, over HTTP (`POST /api/generate`), never on the training sockets: user -> edge
-   * carries h1 [1, T, D] of the context; edge -> cloud carries h2 [1, T, D] and adds the fields
-   * `userId` and `version` (the global version whose edge adapter ran).
-   */
-  generate: { fields: {}, tensors: { h: F32_RANK3 } },
-  /** cloud -> edge -> user: the next-token logits [V] at the last position, and the version that made them */
-  logits: { fields: { version: 'int' }, tensors: { logits: { dtype: 'f32', rank: 1 } } },
-} as const satisfies Record<string, WireMessageSpec>;
-
-export type MessageType = keyof typeof MESSAGE_TYPES;
-
-export function isMessageType(type: unknown): type is MessageType {
-  // hasOwn, not `in`: "toString" or "__proto__" must not pass as a message type
-  return typeof type === 'string' && Object.hasOwn(MESSAGE_TYPES, type);
-}
-
 // ---------------------------------------------------------------- public shapes
 
 export interface TensorInput {
@@ -156,7 +91,7 @@ export interface DecodedTensor {
 
 export interface Frame {
   type: string;
-  /** Every header key except `type` and `tensors`, including ones the registry doesn't list. */
+  /** Every header key except `type` and `tensors`, including ones the spec doesn't list. */
   fields: Record<string, unknown>;
   tensors: Map<string, DecodedTensor>;
 }
@@ -264,10 +199,7 @@ const align4 = (n: number): number => (n + 3) & ~3;
 // ---------------------------------------------------------------- validation shared by both ends
 
 function fieldError(type: string, name: string, want: string, got: unknown): ProtocolError {
-  return new ProtocolError(
-    'BAD_FIELD',
-    `message "${type}": field "${name}" must be ${want}, got ${describe(got)}`,
-  );
+  return new ProtocolError('BAD_FIELD', `message "${type}": field "${name}" must be ${want}, got ${describe(got)}`);
 }
 
 /** Users one `update` may list. */
@@ -346,7 +278,8 @@ function checkMessage(
       if (t.shape.length !== want.rank) {
         throw new ProtocolError(
           'BAD_SHAPE',
-          `message "${type}": tensor "${name}" has shape ${shapeText(t.shape)} (rank ${t.shape.length}), expected rank ${want.rank}`,
+          `message "${type}": tensor "${name}" has shape ${shapeText(t.shape)} ` +
+            `(rank ${t.shape.length}), expected rank ${want.rank}`,
         );
       }
     }
@@ -367,7 +300,8 @@ function checkTensorName(name: unknown, index: number): asserts name is string {
   if (typeof name !== 'string' || name.length === 0 || name.length > MAX_WIRE_TENSOR_NAME_LENGTH) {
     throw new ProtocolError(
       'BAD_TENSOR',
-      `tensor #${index}: name must be a non-empty string of at most ${MAX_WIRE_TENSOR_NAME_LENGTH} chars, got ${describe(name)}`,
+      `tensor #${index}: name must be a non-empty string of at most ${MAX_WIRE_TENSOR_NAME_LENGTH} chars, ` +
+        `got ${describe(name)}`,
     );
   }
 }
@@ -386,19 +320,6 @@ interface PlannedTensor {
 }
 
 const textEncoder = new TextEncoder();
-
-/**
- * Builds a frame. Validates like the decoder does (registry, shapes, finiteness, f16 range)
- * so a sender finds its own bug at the source instead of as an error frame from its peer.
- */
-export function encodeFrame(
-  type: MessageType,
-  fields: Record<string, unknown>,
-  tensors?: Record<string, TensorInput> | Map<string, TensorInput>,
-): Uint8Array {
-  if (!isMessageType(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
-  return encodeFrameWith(MESSAGE_TYPES[type], type, fields, tensors);
-}
 
 /**
  * Builds the frame of message `type` as `spec` declares it. Validates like the decoder does
@@ -544,16 +465,6 @@ function writeTensor(dv: DataView, at: number, p: PlannedTensor): void {
   }
 }
 
-/**
- * An error frame for any code/message. Never throws: it runs inside error handlers, so
- * empty or overlong strings are repaired rather than rejected.
- */
-export function encodeErrorFrame(code: string, message: string): Uint8Array {
-  const c = String(code).slice(0, MAX_STRING_FIELD_LENGTH) || 'ERROR';
-  const m = String(message).slice(0, MAX_ERROR_MESSAGE_LENGTH) || c;
-  return encodeFrame('error', { code: c, message: m });
-}
-
 // ---------------------------------------------------------------- decode
 
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
@@ -567,17 +478,6 @@ interface WireTensor {
   rows: number;
   offset: number;
   byteLength: number;
-}
-
-/**
- * Parses and fully validates a frame. Throws ProtocolError only; the returned tensors own
- * their memory (copies), so `bytes` may be reused as soon as this returns.
- */
-export function decodeFrame(bytes: Uint8Array, limits?: DecodeLimits): Frame {
-  return decodeFrameWith(bytes, limits, (type) => {
-    if (!isMessageType(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${describe(type)}`);
-    return MESSAGE_TYPES[type];
-  });
 }
 
 /**
@@ -607,13 +507,14 @@ function decodeUnchecked(
   const maxBytes = limits?.maxBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const maxTensors = limits?.maxTensors ?? DEFAULT_MAX_FRAME_TENSORS;
   if (!(maxBytes >= 0) || !(maxTensors >= 0)) {
-    throw new ProtocolError('BAD_FRAME', `decodeFrame: invalid limits ${describe(limits)}`);
+    throw new ProtocolError('BAD_FRAME', `decodeFrameWith: invalid limits ${describe(limits)}`);
   }
   if (!(bytes instanceof Uint8Array)) throw new ProtocolError('BAD_FRAME', 'frame is not a Uint8Array');
   if (bytes.length > maxBytes) {
     throw new ProtocolError('FRAME_TOO_LARGE', `frame of ${bytes.length} bytes exceeds the limit of ${maxBytes}`);
   }
-  if (bytes.length < 4) throw new ProtocolError('BAD_FRAME', `frame of ${bytes.length} bytes is shorter than its length prefix`);
+  if (bytes.length < 4)
+    throw new ProtocolError('BAD_FRAME', `frame of ${bytes.length} bytes is shorter than its length prefix`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = dv.getUint32(0, true);
   if (headerLength > bytes.length - 4) {
@@ -626,7 +527,10 @@ function decodeUnchecked(
   try {
     header = JSON.parse(textDecoder.decode(bytes.subarray(4, 4 + headerLength)));
   } catch (err) {
-    throw new ProtocolError('BAD_FRAME', `header is not UTF-8 JSON: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ProtocolError(
+      'BAD_FRAME',
+      `header is not UTF-8 JSON: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
   if (!isPlainObject(header)) throw new ProtocolError('BAD_FRAME', `header is not a JSON object: ${describe(header)}`);
   const type = own(header, 'type');
@@ -637,7 +541,10 @@ function decodeUnchecked(
   const table = own(header, 'tensors');
   if (!Array.isArray(table)) throw new ProtocolError('BAD_FRAME', `message "${type}": "tensors" is not an array`);
   if (table.length > maxTensors) {
-    throw new ProtocolError('BAD_FRAME', `message "${type}": ${table.length} tensors exceed the limit of ${maxTensors}`);
+    throw new ProtocolError(
+      'BAD_FRAME',
+      `message "${type}": ${table.length} tensors exceed the limit of ${maxTensors}`,
+    );
   }
 
   const fields: Record<string, unknown> = {};
@@ -668,7 +575,8 @@ function parseTensorEntry(entry: unknown, index: number, payloadLength: number):
   const what = `tensor "${name}"`;
   const dtype = own(entry, 'dtype');
   const codec = own(entry, 'codec');
-  if (dtype !== 'f32' && dtype !== 'i32') throw new ProtocolError('BAD_TENSOR', `${what}: unknown dtype ${describe(dtype)}`);
+  if (dtype !== 'f32' && dtype !== 'i32')
+    throw new ProtocolError('BAD_TENSOR', `${what}: unknown dtype ${describe(dtype)}`);
   if (codec !== 'i32' && !CODECS.includes(codec as Codec)) {
     throw new ProtocolError('BAD_TENSOR', `${what}: unknown codec ${describe(codec)}`);
   }
@@ -708,7 +616,8 @@ function checkOverlap(list: WireTensor[]): void {
     if (cur.offset < prev.offset + prev.byteLength) {
       throw new ProtocolError(
         'BAD_TENSOR',
-        `tensors "${prev.name}" [${prev.offset}, ${prev.offset + prev.byteLength}) and "${cur.name}" [${cur.offset}, ${cur.offset + cur.byteLength}) overlap`,
+        `tensors "${prev.name}" [${prev.offset}, ${prev.offset + prev.byteLength}) and ` +
+          `"${cur.name}" [${cur.offset}, ${cur.offset + cur.byteLength}) overlap`,
       );
     }
   }
@@ -751,11 +660,16 @@ function readTensor(dv: DataView, at: number, t: WireTensor): Float32Array | Int
       for (let r = 0; r < rows; r++) {
         const scale = dv.getFloat32(at + 4 * r, true);
         if (!Number.isFinite(scale)) throw notFinite(t.name, r, scale, 'int8 scale of row');
-        if (scale < 0) throw new ProtocolError('BAD_TENSOR', `tensor "${t.name}": int8 scale of row ${r} is negative (${scale})`);
+        if (scale < 0)
+          throw new ProtocolError('BAD_TENSOR', `tensor "${t.name}": int8 scale of row ${r} is negative (${scale})`);
         const base = r * cols;
         for (let c = 0; c < cols; c++) {
           const q = dv.getInt8(qStart + base + c);
-          if (q === -128) throw new ProtocolError('BAD_TENSOR', `tensor "${t.name}": int8 element ${base + c} is -128, outside [-127, 127]`);
+          if (q === -128)
+            throw new ProtocolError(
+              'BAD_TENSOR',
+              `tensor "${t.name}": int8 element ${base + c} is -128, outside [-127, 127]`,
+            );
           out[base + c] = q * scale;
           // q*scale can exceed float32 range when scale is near its top
           if (!Number.isFinite(out[base + c])) throw notFinite(t.name, base + c, out[base + c]);
@@ -764,92 +678,4 @@ function readTensor(dv: DataView, at: number, t: WireTensor): Float32Array | Int
       return out;
     }
   }
-}
-
-// ---------------------------------------------------------------- accessors
-
-function tensorOf(frame: Frame, name: string, dtype: WireDtype, shape: readonly (number | null)[]): DecodedTensor {
-  const t = frame.tensors.get(name);
-  if (!t) throw new ProtocolError('BAD_TENSOR', `message "${frame.type}": missing tensor "${name}"`);
-  const actual: WireDtype = t.data instanceof Int32Array ? 'i32' : 'f32';
-  if (actual !== dtype) {
-    throw new ProtocolError('BAD_TENSOR', `message "${frame.type}": tensor "${name}" has dtype ${actual}, expected ${dtype}`);
-  }
-  const ok = t.shape.length === shape.length && shape.every((d, i) => d === null || d === t.shape[i]);
-  if (!ok) {
-    throw new ProtocolError(
-      'BAD_SHAPE',
-      `message "${frame.type}": tensor "${name}" has shape ${shapeText(t.shape)}, expected ${shapeText(shape)}`,
-    );
-  }
-  return t;
-}
-
-/** The f32 tensor `name`, whose shape must match `shape` (null: any size in that dimension). */
-export function f32Tensor(frame: Frame, name: string, shape: readonly (number | null)[]): Float32Array {
-  return tensorOf(frame, name, 'f32', shape).data as Float32Array;
-}
-
-/** The i32 tensor `name`, whose shape must match `shape` (null: any size in that dimension). */
-export function i32Tensor(frame: Frame, name: string, shape: readonly (number | null)[]): Int32Array {
-  return tensorOf(frame, name, 'i32', shape).data as Int32Array;
-}
-
-/** A safe integer field within [min, max] (default: any non-negative safe integer). */
-export function intField(frame: Frame, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  const v = own(frame.fields, name);
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw fieldError(frame.type, name, `an integer in [${min}, ${max}]`, v);
-  }
-  return v;
-}
-
-/** A finite number field. */
-export function numberField(frame: Frame, name: string): number {
-  const v = own(frame.fields, name);
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw fieldError(frame.type, name, 'a finite number', v);
-  return v;
-}
-
-/** A non-empty string field of at most maxLength chars. */
-export function stringField(frame: Frame, name: string, maxLength = MAX_STRING_FIELD_LENGTH): string {
-  const v = own(frame.fields, name);
-  if (typeof v !== 'string' || v.length === 0 || v.length > maxLength) {
-    throw fieldError(frame.type, name, `a non-empty string of at most ${maxLength} chars`, v);
-  }
-  return v;
-}
-
-/** Rejects a frame from another round or step: late frames must not leak into the current one. */
-export function expectFrameRoundStep(frame: Frame, round: number, step?: number): void {
-  const r = intField(frame, 'round');
-  if (r !== round) {
-    throw new ProtocolError('WRONG_ROUND', `message "${frame.type}" is for round ${r}, expected round ${round}`);
-  }
-  if (step !== undefined) {
-    const s = intField(frame, 'step');
-    if (s !== step) {
-      throw new ProtocolError('WRONG_STEP', `message "${frame.type}" is for step ${s}, expected step ${step}`);
-    }
-  }
-}
-
-/**
- * A `generate` frame as the edge and the cloud take it: decoded within maxGenerateFrameBytes,
- * of that type, with h [1, T, D] for 1 <= T <= nPositions.
- */
-export function decodeGenerateFrame(bytes: Uint8Array, c: { nPositions: number; nEmbd: number }): { frame: Frame; h: Float32Array; T: number } {
-  const frame = decodeFrame(bytes, { maxBytes: maxGenerateFrameBytes(c) });
-  if (frame.type !== 'generate') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "generate" frame, got "${frame.type}"`);
-  const h = f32Tensor(frame, 'h', [1, null, c.nEmbd]);
-  const T = frame.tensors.get('h')!.shape[1];
-  if (T < 1 || T > c.nPositions) throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
-  return { frame, h, T };
-}
-
-/** A `logits` frame as the edge and the user take it: logits [V], and the version that made them. */
-export function decodeLogitsFrame(bytes: Uint8Array, c: { vocabSize: number }): { logits: Float32Array; version: number } {
-  const frame = decodeFrame(bytes, { maxBytes: maxLogitsFrameBytes(c) });
-  if (frame.type !== 'logits') throw new ProtocolError('UNEXPECTED_TYPE', `expected a "logits" frame, got "${frame.type}"`);
-  return { logits: f32Tensor(frame, 'logits', [c.vocabSize]), version: intField(frame, 'version') };
 }

@@ -9,7 +9,10 @@ export async function responseError(res: Response): Promise<{ code: string; mess
   try {
     const j = JSON.parse(text) as { code?: unknown; message?: unknown };
     if (typeof j === 'object' && j !== null) {
-      return { code: typeof j.code === 'string' ? j.code : `HTTP_${res.status}`, message: typeof j.message === 'string' ? j.message : text };
+      return {
+        code: typeof j.code === 'string' ? j.code : `HTTP_${res.status}`,
+        message: typeof j.message === 'string' ? j.message : text,
+      };
     }
   } catch {
     /* not JSON */
@@ -22,8 +25,12 @@ export async function responseError(res: Response): Promise<{ code: string; mess
  * and was refused: a ProtocolError (413 when too large, else 400), or Fastify's body-too-large
  * and wrong-content-type errors; anything else keeps its own status and code.
  */
-export function frameRequestStatus(err: Error & { statusCode?: number; code?: unknown }): { status: number; code: string } {
-  if (err instanceof ProtocolError) return { status: err.code === 'FRAME_TOO_LARGE' ? 413 : 400, code: String(err.code) };
+export function frameRequestStatus(err: Error & { statusCode?: number; code?: unknown }): {
+  status: number;
+  code: string;
+} {
+  if (err instanceof ProtocolError)
+    return { status: err.code === 'FRAME_TOO_LARGE' ? 413 : 400, code: String(err.code) };
   const code = typeof err.code === 'string' ? err.code : 'INTERNAL';
   if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 413, code: 'FRAME_TOO_LARGE' };
   if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return { status: 415, code: 'BAD_CONTENT_TYPE' };

@@ -3,9 +3,17 @@
  * owns it and hands it down (cloud -> edge -> user) with the segments; every tier checks the
  * frames it receives against it.
  */
-import { parseGpt2Config, type Gpt2Config, isLoraTarget, type LoraConfig, type LoraTarget, type SplitPlan, type AdamWOptions, validateSplitPlan } from '@splitllm/model';
-
-export type WireCodec = 'f32' | 'f16' | 'int8';
+import {
+  parseGpt2Config,
+  type Gpt2Config,
+  isLoraTarget,
+  type LoraConfig,
+  type LoraTarget,
+  type SplitPlan,
+  type AdamWOptions,
+  validateSplitPlan,
+} from '@splitllm/model';
+import { type Codec, isCodec } from './codecs';
 
 export interface TrainSettings {
   /** rows and tokens per row of every step (the WGSL engine is built for one shape) */
@@ -16,7 +24,7 @@ export interface TrainSettings {
   /** users an edge trains, one after another, per round (the paper's scheme: 1) */
   usersPerEdge: number;
   /** how activations and their gradients travel (adapters always travel as f32) */
-  codec: WireCodec;
+  codec: Codec;
   adamw: AdamWOptions;
 }
 
@@ -47,12 +55,14 @@ export class ManifestError extends Error {
 }
 
 function posInt(v: unknown, what: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new ManifestError(`manifest: ${what} must be a positive integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
+    throw new ManifestError(`manifest: ${what} must be a positive integer, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function num(v: unknown, what: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ManifestError(`manifest: ${what} must be a finite number >= 0, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
+    throw new ManifestError(`manifest: ${what} must be a finite number >= 0, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -65,7 +75,12 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   if (typeof plan !== 'object' || plan === null) throw new ManifestError('manifest: plan missing');
   validateSplitPlan(config, { k: posInt(plan.k, 'plan.k'), m: posInt(plan.m, 'plan.m') });
   const lora = j.lora as LoraConfig;
-  if (typeof lora !== 'object' || lora === null || !Array.isArray(lora.targets) || !lora.targets.every((t) => typeof t === 'string' && isLoraTarget(t))) {
+  if (
+    typeof lora !== 'object' ||
+    lora === null ||
+    !Array.isArray(lora.targets) ||
+    !lora.targets.every((t) => typeof t === 'string' && isLoraTarget(t))
+  ) {
     throw new ManifestError('manifest: lora must have r, alpha and known targets');
   }
   posInt(lora.r, 'lora.r');
@@ -74,16 +89,19 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   if (typeof t !== 'object' || t === null) throw new ManifestError('manifest: train missing');
   posInt(t.batch, 'train.batch');
   posInt(t.seq, 'train.seq');
-  if (t.seq > config.nPositions) throw new ManifestError(`manifest: train.seq ${t.seq} exceeds n_positions ${config.nPositions}`);
+  if (t.seq > config.nPositions)
+    throw new ManifestError(`manifest: train.seq ${t.seq} exceeds n_positions ${config.nPositions}`);
   posInt(t.stepsPerUser, 'train.stepsPerUser');
   posInt(t.usersPerEdge, 'train.usersPerEdge');
-  if (!['f32', 'f16', 'int8'].includes(t.codec)) throw new ManifestError(`manifest: unknown codec ${JSON.stringify(t.codec)}`);
+  if (!isCodec(t.codec)) throw new ManifestError(`manifest: unknown codec ${JSON.stringify(t.codec)}`);
   for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) num(t.adamw?.[k], `train.adamw.${k}`);
-  if (typeof j.version !== 'number' || !Number.isSafeInteger(j.version) || j.version < 0) throw new ManifestError('manifest: version must be an integer >= 0');
+  if (typeof j.version !== 'number' || !Number.isSafeInteger(j.version) || j.version < 0)
+    throw new ManifestError('manifest: version must be an integer >= 0');
   const segs = j.segments as RunManifest['segments'];
   for (const tier of ['user', 'edge'] as const) {
     const s = segs?.[tier];
-    if (typeof s?.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(s.sha256)) throw new ManifestError(`manifest: segments.${tier}.sha256 must be a sha-256 hex digest`);
+    if (typeof s?.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(s.sha256))
+      throw new ManifestError(`manifest: segments.${tier}.sha256 must be a sha-256 hex digest`);
     posInt(s.bytes, `segments.${tier}.bytes`);
   }
   const manifest: RunManifest = {

@@ -19,9 +19,31 @@ import {
   type DecodeLimits,
   decodeFrameWith,
   encodeFrameWith,
+  MAX_ERROR_MESSAGE_LENGTH,
+  MAX_STRING_FIELD_LENGTH,
   type TensorInput,
   type WireMessageSpec,
 } from './frame';
+
+// ---------------------------------------------------------------- generation over HTTP
+
+/** Room for the JSON header of a generation frame (`generate`, `logits`) on top of its tensor. */
+export const GENERATION_HEADER_BYTES = 64 * 1024;
+
+/** The request header that names the user of a generation request (its token is the bearer token). */
+export const GENERATE_USER_HEADER = 'x-splitllm-user';
+
+/** The size limit of a `generate` frame: h [1, T <= nPositions, D] as f32, and its header. */
+export function maxGenerateFrameBytes(c: { nPositions: number; nEmbd: number }): number {
+  return c.nPositions * c.nEmbd * 4 + GENERATION_HEADER_BYTES;
+}
+
+/** The size limit of a `logits` frame: logits [V] as f32, and its header. */
+export function maxLogitsFrameBytes(c: { vocabSize: number }): number {
+  return c.vocabSize * 4 + GENERATION_HEADER_BYTES;
+}
+
+// ---------------------------------------------------------------- the registries
 
 const F32_RANK3 = { dtype: 'f32', rank: 3 } as const;
 const I32_RANK2 = { dtype: 'i32', rank: 2 } as const;
@@ -141,7 +163,9 @@ export interface WireTensor<A extends Float32Array | Int32Array = Float32Array |
   data: A;
 }
 
-type InTensors<S> = S extends { tensors: infer T } ? { -readonly [K in keyof T]: WireTensor<TensorData<T[K]>> } : unknown;
+type InTensors<S> = S extends { tensors: infer T }
+  ? { -readonly [K in keyof T]: WireTensor<TensorData<T[K]>> }
+  : unknown;
 type OutTensors<S> = S extends { tensors: infer T }
   ? { -readonly [K in keyof T]: { data: TensorData<T[K]>; shape: number[]; codec?: Codec } }
   : unknown;
@@ -170,6 +194,9 @@ function specOf(channel: Channel, type: string): WireMessageSpec | undefined {
   return Object.hasOwn(registry, type) ? registry[type] : undefined;
 }
 
+/** Every type some channel carries: what a receiver tells apart from a type nobody speaks. */
+const KNOWN_TYPES: ReadonlySet<string> = new Set(Object.values(CHANNELS).flatMap((registry) => Object.keys(registry)));
+
 /** Builds the frame of message `type` on `channel`; validates it as the receiver will. */
 export function encodeMessage<C extends Channel, T extends MessageTypeOn<C>>(
   channel: C,
@@ -188,15 +215,17 @@ export function encodeMessage<C extends Channel, T extends MessageTypeOn<C>>(
 }
 
 /**
- * Decodes and fully validates a frame received on `channel`: a type that channel does not carry
- * is UNEXPECTED_TYPE, a field or tensor off its registry entry BAD_FIELD / BAD_TENSOR / BAD_SHAPE.
- * Throws ProtocolError only.
+ * Decodes and fully validates a frame received on `channel`: a type no channel carries is
+ * UNKNOWN_TYPE, a type of another channel UNEXPECTED_TYPE (a peer that speaks the protocol but
+ * sent it to the wrong place), a field or tensor off its registry entry BAD_FIELD / BAD_TENSOR /
+ * BAD_SHAPE. Fields the registry does not list are dropped. Throws ProtocolError only.
  */
 export function decodeMessage<C extends Channel>(channel: C, bytes: Uint8Array, limits?: DecodeLimits): MessageOn<C> {
   const frame = decodeFrameWith(bytes, limits, (type) => {
     const spec = specOf(channel, type);
-    if (!spec) throw new ProtocolError('UNEXPECTED_TYPE', `"${type}" is not a message of channel ${channel}`);
-    return spec;
+    if (spec) return spec;
+    if (!KNOWN_TYPES.has(type)) throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${JSON.stringify(type)}`);
+    throw new ProtocolError('UNEXPECTED_TYPE', `"${type}" is not a message of channel ${channel}`);
   });
   const spec = specOf(channel, frame.type)!;
   const out: Record<string, unknown> = { type: frame.type };
@@ -220,9 +249,14 @@ export function decodeExpected<C extends Channel, T extends MessageTypeOn<C>>(
   return m as Incoming<C, T>;
 }
 
-/** The error frame of any channel. */
+/**
+ * The error frame of any channel. Never throws: it runs inside error handlers, so an empty or
+ * overlong code or message is repaired rather than refused.
+ */
 export function encodeErrorMessage(code: string, message: string): Uint8Array {
-  return encodeFrameWith(ERROR, 'error', { code, message: message.slice(0, 2000) || code }, new Map());
+  const c = String(code).slice(0, MAX_STRING_FIELD_LENGTH) || 'ERROR';
+  const m = String(message).slice(0, MAX_ERROR_MESSAGE_LENGTH) || c;
+  return encodeFrameWith(ERROR, 'error', { code: c, message: m }, new Map());
 }
 
 // ---------------------------------------------------------------- checks on decoded messages
@@ -238,7 +272,8 @@ export function expectShape<A extends Float32Array | Int32Array>(
   shape: readonly (number | null)[],
 ): A {
   const ok = t.shape.length === shape.length && shape.every((d, i) => d === null || d === t.shape[i]);
-  if (!ok) throw new ProtocolError('BAD_SHAPE', `${what} has shape ${shapeText(t.shape)}, expected ${shapeText(shape)}`);
+  if (!ok)
+    throw new ProtocolError('BAD_SHAPE', `${what} has shape ${shapeText(t.shape)}, expected ${shapeText(shape)}`);
   return t.data;
 }
 
@@ -246,6 +281,10 @@ export function expectShape<A extends Float32Array | Int32Array>(
 export function expectRoundStep(m: { type: string; round: number; step?: number }, round: number, step?: number): void {
   if (m.round !== round) {
     throw new ProtocolError('WRONG_ROUND', `message "${m.type}" is for round ${m.round}, expected round ${round}`);
+  }
+  if (step !== undefined && m.step === undefined) {
+    // a caller asking for the step of a message that has none: a bug, not a late frame
+    throw new ProtocolError('BAD_FIELD', `message "${m.type}": field "step" is missing`);
   }
   if (step !== undefined && m.step !== step) {
     throw new ProtocolError('WRONG_STEP', `message "${m.type}" is for step ${m.step}, expected step ${step}`);

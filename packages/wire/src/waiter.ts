@@ -40,7 +40,10 @@ export class MessageWaiter<M extends { type: string }> {
    * pending is a bug in the caller and throws at once (rejecting the first would leave a promise
    * nobody may be listening to).
    */
-  wait<T extends M['type']>(type: T, opts: WaitOptions<Extract<M, { type: T }>> = {}): Promise<Extract<M, { type: T }>> {
+  wait<T extends M['type']>(
+    type: T,
+    opts: WaitOptions<Extract<M, { type: T }>> = {},
+  ): Promise<Extract<M, { type: T }>> {
     if (this.pending) throw new Error(`a wait for "${this.pending.type}" is pending; cannot wait for "${type}" too`);
     return new Promise<Extract<M, { type: T }>>((resolve, reject) => {
       const p: Pending<M> = {

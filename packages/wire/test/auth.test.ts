@@ -12,7 +12,7 @@ describe('tokens', () => {
     expect(secretsEqual('é', 'e\u0301')).toBe(false);
   });
 
-  it("a user token holds for its (user, edge) pair only", () => {
+  it('a user token holds for its (user, edge) pair only', () => {
     const t = userToken('secret', 'u1', 'e1');
     expect(checkUserToken('secret', 'u1', 'e1', t)).toBe(true);
     expect(checkUserToken('secret', 'u1', 'e2', t)).toBe(false);

@@ -25,7 +25,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const { model, tokenizer } = loadModel(modelDir);
   const seqLen = args.int('seq-len', Math.min(128, model.config.nPositions), 1);
   const batchSize = args.int('batch-size', 8, 1);
-  if (seqLen > model.config.nPositions) throw new Error(`--seq-len ${seqLen} exceeds the model's n_positions ${model.config.nPositions}`);
+  if (seqLen > model.config.nPositions)
+    throw new Error(`--seq-len ${seqLen} exceeds the model's n_positions ${model.config.nPositions}`);
   const adapter = adapterDir ? loadAdapterFor(model, adapterDir) : undefined;
   const tokens = tokenizer.encode(readText(textPath, '--text'));
   if (tokens.length < 2) throw new Error(`"${textPath}" has fewer than 2 tokens: nothing to evaluate`);

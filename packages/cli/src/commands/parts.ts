@@ -9,14 +9,14 @@ import { startCloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
 import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
-import type { WireCodec } from '@splitllm/wire';
+import { CODECS, type Codec, isCodec } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
 import { SHIPPED_MODEL_DIR } from '../io';
 import { untilSignal } from '../launcher';
 
-const print = (j: Record<string, unknown>) => process.stdout.write(JSON.stringify(j) + '\n');
+const print = (j: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(j)}\n`);
 
 export function envSecret(name: string, what: string): string {
   const v = process.env[name];
@@ -31,18 +31,19 @@ export function optionalEnvSecret(name: string): string | undefined {
 
 function provider(args: Args): ExecutionProvider {
   const p = args.optionalString('provider') ?? 'cpu';
-  if (!(EXECUTION_PROVIDERS as readonly string[]).includes(p)) throw new UsageError(`--provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${p}"`);
+  if (!(EXECUTION_PROVIDERS as readonly string[]).includes(p))
+    throw new UsageError(`--provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${p}"`);
   return p as ExecutionProvider;
 }
 
-export function codecOf(v: string | undefined): WireCodec {
+export function codecOf(v: string | undefined): Codec {
   const c = v ?? 'f32';
-  if (c !== 'f32' && c !== 'f16' && c !== 'int8') throw new UsageError(`--codec must be f32, f16 or int8, got "${c}"`);
+  if (!isCodec(c)) throw new UsageError(`--codec must be one of ${CODECS.join(', ')}, got "${c}"`);
   return c;
 }
 
 export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N] [--users-per-edge N]
-    [--min-edges N] [--min-users N] [--max-rounds R] [--codec f32|f16|int8] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
+    [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
     [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
   The cloud server: tail segment, rounds, aggregation (FedAvg), state in DIR (resumes from the last
   recorded round). --web DIR serves the built user page (apps/user-web/dist) at /, so a join link
@@ -92,7 +93,11 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       codec: codecOf(args.optionalString('codec')),
       ...(args.optionalString('batch-size') ? { batch: args.int('batch-size', 4, 1) } : {}),
       ...(args.optionalString('seq-len') ? { seq: args.int('seq-len', 64, 2) } : {}),
-      adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr: args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr), eps: args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps) },
+      adamw: {
+        ...DEFAULT_LORA_TRAIN.adamw,
+        lr: args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr),
+        eps: args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps),
+      },
     },
     minEdges: args.int('min-edges', 1, 1),
     minUsers: args.int('min-users', 1, 1),
@@ -132,7 +137,12 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     threads: args.int('threads', 0),
     logLevel: args.optionalString('log-level') ?? 'info',
   });
-  print({ event: 'ready', url: server.url, provider: server.runner.provider, ...(server.adminUrl ? { adminUrl: server.adminUrl } : {}) });
+  print({
+    event: 'ready',
+    url: server.url,
+    provider: server.runner.provider,
+    ...(server.adminUrl ? { adminUrl: server.adminUrl } : {}),
+  });
   await untilSignal();
   await server.close();
 }
@@ -153,7 +163,8 @@ export async function userCommand(argv: string[]): Promise<void> {
     json: { type: 'boolean' },
   });
   const engine = args.optionalString('engine') ?? 'auto';
-  if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'wasm' && engine !== 'reference') throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
+  if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'wasm' && engine !== 'reference')
+    throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
   const client = await startHeadlessUser({
     cloudUrl: args.string('cloud').replace(/\/$/, ''),
@@ -164,7 +175,10 @@ export async function userCommand(argv: string[]): Promise<void> {
     onEvent: (e) => {
       if (json) print({ event: 'user', ...e });
       else if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);
-      else if (e.type === 'step') process.stderr.write(`round ${e.round} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)} ${e.ms.toFixed(0)} ms\n`);
+      else if (e.type === 'step')
+        process.stderr.write(
+          `round ${e.round} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)} ${e.ms.toFixed(0)} ms\n`,
+        );
       else if (e.type === 'error') process.stderr.write(`user: ${e.code}: ${e.message}\n`);
       else if (e.type === 'reconnecting') process.stderr.write(`user: ${e.reason}; asking the cloud for an edge\n`);
       else if (e.type === 'reassigned') process.stderr.write(`user: now on edge ${e.edgeId} (${e.edgeUrl})\n`);
@@ -174,7 +188,13 @@ export async function userCommand(argv: string[]): Promise<void> {
       }
     },
   });
-  print({ event: 'ready', userId: client.userId, edgeUrl: client.edgeUrl, engine: client.trainer?.kind, description: client.trainer?.description });
+  print({
+    event: 'ready',
+    userId: client.userId,
+    edgeUrl: client.edgeUrl,
+    engine: client.trainer?.kind,
+    description: client.trainer?.description,
+  });
   await untilSignal();
   client.stop('stopped');
   // Dawn's device keeps the event loop alive; nothing is left to flush

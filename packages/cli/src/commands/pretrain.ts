@@ -10,7 +10,22 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdamW, Rng, clipGradNorm, evalBatches, gpt2ForwardBackward, learningRateAt, meanLoss, randomGpt2Weights, sampleBatch, trainByteLevelBpe, unigramLoss, type Gpt2Config, type Gpt2Model, type LrSchedule } from '@splitllm/model';
+import {
+  AdamW,
+  Rng,
+  clipGradNorm,
+  evalBatches,
+  gpt2ForwardBackward,
+  learningRateAt,
+  meanLoss,
+  randomGpt2Weights,
+  sampleBatch,
+  trainByteLevelBpe,
+  unigramLoss,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LrSchedule,
+} from '@splitllm/model';
 import { writeGpt2Dir } from '@splitllm/model/node';
 import { Args } from '../args';
 import { mobyDickSplit, sotuUsers } from '../corpus';
@@ -70,16 +85,28 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
   }
   writeFileSync(
     join(dataOut, 'sotu', 'users.json'),
-    JSON.stringify(users.map((u) => ({ id: u.id, era: u.era, trainChars: u.train.length, heldoutChars: u.heldout.length })), null, 2) + '\n',
+    `${JSON.stringify(
+      users.map((u) => ({ id: u.id, era: u.era, trainChars: u.train.length, heldoutChars: u.heldout.length })),
+      null,
+      2,
+    )}\n`,
   );
-  log({ event: 'data', dataOut, trainChars: moby.train.length, heldoutChars: moby.heldout.length }, `data written to ${dataOut}`);
+  log(
+    { event: 'data', dataOut, trainChars: moby.train.length, heldoutChars: moby.heldout.length },
+    `data written to ${dataOut}`,
+  );
 
   // 2. tokenizer
   const tokenizer = trainByteLevelBpe(moby.train, { vocabSize: R.vocabSize });
   const trainTokens = tokenizer.encode(moby.train);
   const heldTokens = tokenizer.encode(moby.heldout);
   log(
-    { event: 'tokenizer', vocabSize: tokenizer.vocabSize, trainTokens: trainTokens.length, heldoutTokens: heldTokens.length },
+    {
+      event: 'tokenizer',
+      vocabSize: tokenizer.vocabSize,
+      trainTokens: trainTokens.length,
+      heldoutTokens: heldTokens.length,
+    },
     `tokenizer: ${tokenizer.vocabSize} tokens; ${trainTokens.length} training tokens, ${heldTokens.length} held out`,
   );
 
@@ -106,7 +133,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
   const evalSet = evalBatches(heldTokens.slice(0, 8 * R.seqLen * 2 + 1), 8, R.seqLen, eot);
   const evalEvery = Math.max(1, Math.floor(R.steps / 10));
   const progress = new Progress('pretrain', R.steps);
-  let last = { loss: NaN, heldout: NaN };
+  const last = { loss: NaN, heldout: NaN };
   for (let step = 0; step < R.steps; step++) {
     const t0 = performance.now();
     const batch = sampleBatch(trainTokens, R.batchSize, R.seqLen, rng, eot);
@@ -116,13 +143,23 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     const lr = learningRateAt(step, schedule);
     opt.step(grads, lr);
     last.loss = r.loss;
-    const record: Record<string, unknown> = { step: step + 1, loss: r.loss, lr, gradNorm, ms: Math.round(performance.now() - t0) };
+    const record: Record<string, unknown> = {
+      step: step + 1,
+      loss: r.loss,
+      lr,
+      gradNorm,
+      ms: Math.round(performance.now() - t0),
+    };
     if ((step + 1) % evalEvery === 0 || step + 1 === R.steps) {
       last.heldout = meanLoss(model, undefined, evalSet).loss;
       record.heldoutLoss = last.heldout;
     }
     if (json || record.heldoutLoss !== undefined || !process.stderr.isTTY) {
-      log(record, `step ${step + 1}/${R.steps}  loss ${r.loss.toFixed(4)}  lr ${lr.toExponential(2)}` + (record.heldoutLoss !== undefined ? `  held-out ${last.heldout.toFixed(4)}` : ''));
+      log(
+        record,
+        `step ${step + 1}/${R.steps}  loss ${r.loss.toFixed(4)}  lr ${lr.toExponential(2)}` +
+          (record.heldoutLoss !== undefined ? `  held-out ${last.heldout.toFixed(4)}` : ''),
+      );
     }
     progress.tick(`loss ${r.loss.toFixed(3)}`);
   }
@@ -138,6 +175,9 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, R.seqLen, eot)).loss,
     heldoutUnigramLoss: unigramLoss(heldTokens, config.vocabSize),
   };
-  writeFileSync(join(outDir, 'training.json'), JSON.stringify(summary, null, 2) + '\n');
-  log({ event: 'done', out: outDir, ...summary }, `model written to ${outDir}: held-out loss ${summary.heldoutLoss.toFixed(4)} (unigram ${summary.heldoutUnigramLoss.toFixed(4)})`);
+  writeFileSync(join(outDir, 'training.json'), `${JSON.stringify(summary, null, 2)}\n`);
+  log(
+    { event: 'done', out: outDir, ...summary },
+    `model written to ${outDir}: held-out loss ${summary.heldoutLoss.toFixed(4)} (unigram ${summary.heldoutUnigramLoss.toFixed(4)})`,
+  );
 }

@@ -4,6 +4,7 @@
  * persists in --state, so a restart resumes at the last recorded round. Runs until Ctrl-C, or
  * for --rounds rounds.
  */
+import { CODECS } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -13,7 +14,7 @@ import { issueJoinToken, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
 export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N] [--rounds R]
-    [--steps-per-user N] [--codec f32|f16|int8] [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
+    [--steps-per-user N] [--codec ${CODECS.join('|')}] [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
   Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
   on loopback, and N headless demo users (default 1) training on the shipped demo data. The cloud
   serves the user page (--web, default apps/user-web/dist, built by \`npm start\`) at /. Prints the
@@ -32,7 +33,7 @@ function secretsFor(stateDir: string): Secrets {
   if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as Secrets;
   mkdirSync(stateDir, { recursive: true });
   const s = { edgeSecret: randomToken(), operatorToken: randomToken() };
-  writeFileSync(file, JSON.stringify(s, null, 2) + '\n', { mode: 0o600 });
+  writeFileSync(file, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o600 });
   return s;
 }
 
@@ -52,7 +53,9 @@ export async function serveCommand(argv: string[]): Promise<void> {
   });
   const webDir = resolve(args.optionalString('web') ?? join(REPO_ROOT, 'apps/user-web/dist'));
   if (!existsSync(join(webDir, 'index.html'))) {
-    throw new Error(`the user page is not built (${webDir}/index.html is missing): run \`pnpm --filter @splitllm/user-web build\` (npm start does)`);
+    throw new Error(
+      `the user page is not built (${webDir}/index.html is missing): run \`pnpm --filter @splitllm/user-web build\` (npm start does)`,
+    );
   }
   const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
   const stateDir = resolve(args.optionalString('state') ?? join(REPO_ROOT, 'out/serve-state'));
@@ -60,16 +63,32 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const rounds = args.int('rounds', 0);
   const secrets = secretsFor(stateDir);
   // one operator token for the cloud's join tokens and the edge's dashboard: one operator here
-  const env = { SPLITLLM_EDGE_SECRET: secrets.edgeSecret, SPLITLLM_OPERATOR_TOKEN: secrets.operatorToken, SPLITLLM_EDGE_OPERATOR_TOKEN: secrets.operatorToken };
+  const env = {
+    SPLITLLM_EDGE_SECRET: secrets.edgeSecret,
+    SPLITLLM_OPERATOR_TOKEN: secrets.operatorToken,
+    SPLITLLM_EDGE_OPERATOR_TOKEN: secrets.operatorToken,
+  };
   const logDir = join(stateDir, 'logs');
   const parts: Part[] = [];
   try {
     const cloud = startPart(
       'cloud',
       [
-        'cloud', '--model', modelDir, '--state', join(stateDir, 'cloud'), '--port', String(args.int('port', 8700)),
-        '--steps-per-user', String(args.int('steps-per-user', 20, 1)), '--codec', codecOf(args.optionalString('codec')),
-        '--threads', '1', '--web', webDir,
+        'cloud',
+        '--model',
+        modelDir,
+        '--state',
+        join(stateDir, 'cloud'),
+        '--port',
+        String(args.int('port', 8700)),
+        '--steps-per-user',
+        String(args.int('steps-per-user', 20, 1)),
+        '--codec',
+        codecOf(args.optionalString('codec')),
+        '--threads',
+        '1',
+        '--web',
+        webDir,
       ],
       { logDir, env },
     );
@@ -81,32 +100,72 @@ export async function serveCommand(argv: string[]): Promise<void> {
     const done = new Promise<void>((res) => (reached = res));
     cloud.onLine((j) => {
       if (j.event !== 'round') return;
-      console.log(`round ${j.round} recorded: version ${j.version}, loss ${Number(j.loss).toFixed(4)}, ${j.users} user(s), ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s`);
+      console.log(
+        `round ${j.round} recorded: version ${j.version}, loss ${Number(j.loss).toFixed(4)}, ${j.users} user(s), ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s`,
+      );
       if (rounds > 0 && ++seen >= rounds) reached();
     });
-    console.log(`cloud  ${cloudUrl}  (status ${cloudUrl}/api/status, metrics ${cloudUrl}/metrics; log ${cloud.logFile})`);
-    const edgeArgs = ['edge', '--cloud', cloudUrl, '--id', 'edge-0', '--port', String(args.int('edge-port', 8701)), '--threads', '1'];
+    console.log(
+      `cloud  ${cloudUrl}  (status ${cloudUrl}/api/status, metrics ${cloudUrl}/metrics; log ${cloud.logFile})`,
+    );
+    const edgeArgs = [
+      'edge',
+      '--cloud',
+      cloudUrl,
+      '--id',
+      'edge-0',
+      '--port',
+      String(args.int('edge-port', 8701)),
+      '--threads',
+      '1',
+    ];
     if (args.optionalString('provider')) edgeArgs.push('--provider', args.string('provider'));
     const edge = startPart('edge-0', edgeArgs, { logDir, env });
     parts.push(edge);
     const edgeReady = await edge.ready;
-    console.log(`edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  (status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`);
+    console.log(
+      `edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  (status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`,
+    );
     console.log(`       operator dashboard: ${String(edgeReady.adminUrl)}#token=${secrets.operatorToken}`);
     const issue = () => issueJoinToken(cloudUrl, secrets.operatorToken);
     for (let i = 0; i < demoUsers; i++) {
       const data = join(REPO_ROOT, `packages/assets/data/sotu/train/user-${(i % 4) + 1}.txt`);
-      const user = startPart(`demo-user-${i}`, ['user', '--cloud', cloudUrl, '--data', data, '--seed', String(i), '--engine', args.optionalString('engine') ?? 'auto'], {
-        logDir,
-        env: { SPLITLLM_JOIN_TOKEN: await issue() },
-      });
+      const user = startPart(
+        `demo-user-${i}`,
+        [
+          'user',
+          '--cloud',
+          cloudUrl,
+          '--data',
+          data,
+          '--seed',
+          String(i),
+          '--engine',
+          args.optionalString('engine') ?? 'auto',
+        ],
+        {
+          logDir,
+          env: { SPLITLLM_JOIN_TOKEN: await issue() },
+        },
+      );
       parts.push(user);
       const r = await user.ready;
       console.log(`demo user ${i}: ${String(r.userId)} training on ${data} with ${String(r.description ?? r.engine)}`);
     }
-    console.log(`\na person joins in a browser (one use per link; the page serves WebGPU or WebAssembly training):\n  ${cloudUrl}/?join=${await issue()}`);
-    console.log(`a headless user joins with:\n  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`);
+    console.log(
+      `\na person joins in a browser (one use per link; the page serves WebGPU or WebAssembly training):\n  ${cloudUrl}/?join=${await issue()}`,
+    );
+    console.log(
+      `a headless user joins with:\n  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`,
+    );
     console.log(rounds > 0 ? `running ${rounds} round(s)...` : 'serving until Ctrl-C...');
-    await Promise.race([untilSignal(), done, ...parts.map((p) => p.exited.then((code) => Promise.reject(new Error(`${p.name} exited (code ${code}); log ${p.logFile}`))))]);
+    await Promise.race([
+      untilSignal(),
+      done,
+      ...parts.map((p) =>
+        p.exited.then((code) => Promise.reject(new Error(`${p.name} exited (code ${code}); log ${p.logFile}`))),
+      ),
+    ]);
   } finally {
     for (const p of [...parts].reverse()) await p.stop();
   }

@@ -3,6 +3,7 @@
  * edges and U headless users. Runs R rounds, prints one JSON object per round and writes the
  * final global adapter (PEFT layout) to --out.
  */
+import { CODECS } from '@splitllm/wire';
 import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
 import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
 import { randomToken } from '@splitllm/wire/node';
@@ -15,7 +16,7 @@ import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../l
 import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
-    [--model DIR] [--codec f32|f16|int8] [--users-per-edge N] [--engine auto|wgsl|wasm|reference]
+    [--model DIR] [--codec ${CODECS.join('|')}] [--users-per-edge N] [--engine auto|wgsl|wasm|reference]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--state DIR] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
@@ -24,7 +25,7 @@ export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --
   Defaults: the shipped model, f32, 1 user per edge per round, engine auto, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen}, lr ${DEFAULT_LORA_TRAIN.adamw.lr}.`;
 
 function dataFiles(path: string): string[] {
-  let st;
+  let st: ReturnType<typeof statSync>;
   try {
     st = statSync(path);
   } catch {
@@ -69,7 +70,8 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   const files = dataFiles(args.string('data'));
   const codec = codecOf(args.optionalString('codec'));
   const engine = args.optionalString('engine') ?? 'auto';
-  if (!['auto', 'wgsl', 'wasm', 'reference'].includes(engine)) throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
+  if (!['auto', 'wgsl', 'wasm', 'reference'].includes(engine))
+    throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
   const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
   const threads = String(args.int('threads', 1));
@@ -89,11 +91,36 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   };
   try {
     const trainArgs = ['--steps-per-user', String(N), '--codec', codec, '--seed', String(seed)];
-    for (const [flag, key] of [['--users-per-edge', 'users-per-edge'], ['--batch-size', 'batch-size'], ['--seq-len', 'seq-len'], ['--lr', 'lr'], ['--adam-eps', 'adam-eps']] as const) {
+    for (const [flag, key] of [
+      ['--users-per-edge', 'users-per-edge'],
+      ['--batch-size', 'batch-size'],
+      ['--seq-len', 'seq-len'],
+      ['--lr', 'lr'],
+      ['--adam-eps', 'adam-eps'],
+    ] as const) {
       const v = args.optionalString(key);
       if (v !== undefined) trainArgs.push(flag, v);
     }
-    const cloud = startPart('cloud', ['cloud', '--model', modelDir, '--state', stateDir, '--min-edges', String(E), '--min-users', String(U), '--max-rounds', String(R), '--threads', threads, ...trainArgs], { logDir, env });
+    const cloud = startPart(
+      'cloud',
+      [
+        'cloud',
+        '--model',
+        modelDir,
+        '--state',
+        stateDir,
+        '--min-edges',
+        String(E),
+        '--min-users',
+        String(U),
+        '--max-rounds',
+        String(R),
+        '--threads',
+        threads,
+        ...trainArgs,
+      ],
+      { logDir, env },
+    );
     parts.push(cloud);
     const url = String((await cloud.ready).url);
     const rounds: Array<Record<string, unknown>> = [];
@@ -101,30 +128,56 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     const allDone = new Promise<void>((res, rej) => {
       cloud.onLine((j) => {
         if (j.event !== 'round') return;
-        const line = { round: j.round, version: j.version, loss: j.loss, users: j.users, edges: j.edges, tokens: j.tokens, bytes: j.bytes, ms: j.ms, adapterDir: j.adapterDir, turns: j.turns };
+        const line = {
+          round: j.round,
+          version: j.version,
+          loss: j.loss,
+          users: j.users,
+          edges: j.edges,
+          tokens: j.tokens,
+          bytes: j.bytes,
+          ms: j.ms,
+          adapterDir: j.adapterDir,
+          turns: j.turns,
+        };
         rounds.push(line);
         if (json) console.log(JSON.stringify({ ...line, adapterDir: undefined, turns: undefined }));
-        else console.log(`round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ${(Number(j.ms) / 1000).toFixed(1)} s`);
+        else
+          console.log(
+            `round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ${(Number(j.ms) / 1000).toFixed(1)} s`,
+          );
         if (Number(j.version) >= R) res();
       });
-      watchExit = (p) => void p.exited.then((code) => rej(new Error(`${p.name} exited (code ${code}) before round ${R}; log ${p.logFile}:\n${logTail(p.logFile)}`)));
+      watchExit = (p) =>
+        void p.exited.then((code) =>
+          rej(new Error(`${p.name} exited (code ${code}) before round ${R}; log ${p.logFile}:\n${logTail(p.logFile)}`)),
+        );
       watchExit(cloud);
     });
     allDone.catch(() => undefined);
-    const edges = Array.from({ length: E }, (_, i) => startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads], { logDir, env }));
+    const edges = Array.from({ length: E }, (_, i) =>
+      startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads], { logDir, env }),
+    );
     parts.push(...edges);
-    edges.forEach((e) => watchExit(e));
+    for (const e of edges) watchExit(e);
     await Promise.all(edges.map((e) => e.ready));
     for (let i = 0; i < U; i++) {
       const joinToken = await issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
-      const user = startPart(`user-${i}`, ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i), '--engine', engine], {
-        logDir,
-        env: { SPLITLLM_JOIN_TOKEN: joinToken },
-      });
+      const user = startPart(
+        `user-${i}`,
+        ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i), '--engine', engine],
+        {
+          logDir,
+          env: { SPLITLLM_JOIN_TOKEN: joinToken },
+        },
+      );
       parts.push(user);
       watchExit(user);
       const ready = await user.ready;
-      if (!json) console.log(`user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ${String(ready.description ?? ready.engine)}`);
+      if (!json)
+        console.log(
+          `user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ${String(ready.description ?? ready.engine)}`,
+        );
     }
     const signal = untilSignal().then((s) => {
       throw new Error(`interrupted (${s})`);
@@ -133,7 +186,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     const last = rounds[rounds.length - 1];
     const version = Number(last.version);
     saveAdapterDir(outDir, loadAdapterDir(String(last.adapterDir)), { baseModel: modelDir });
-    writeFileSync(join(outDir, 'rounds.json'), JSON.stringify(rounds, null, 2) + '\n');
+    writeFileSync(join(outDir, 'rounds.json'), `${JSON.stringify(rounds, null, 2)}\n`);
     if (!json) console.log(`final adapter (version ${version}) written to ${outDir} (PEFT layout); logs in ${logDir}`);
   } catch (e) {
     fail(e as Error);

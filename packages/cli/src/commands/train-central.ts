@@ -54,7 +54,8 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
     { lora, steps, seed, batchSize, seqLen, adamw: { ...DEFAULT_LORA_TRAIN.adamw, lr, eps } },
     (s) => {
       if (json) console.log(JSON.stringify({ step: s.step, loss: s.loss, tokens: s.tokens, ms: Math.round(s.ms) }));
-      else if (!process.stderr.isTTY) console.log(`step ${s.step}/${steps}  loss ${s.loss.toFixed(4)}  ${s.ms.toFixed(0)} ms`);
+      else if (!process.stderr.isTTY)
+        console.log(`step ${s.step}/${steps}  loss ${s.loss.toFixed(4)}  ${s.ms.toFixed(0)} ms`);
       progress.tick(`loss ${s.loss.toFixed(4)}`);
     },
   );

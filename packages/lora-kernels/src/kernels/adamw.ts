@@ -1,7 +1,7 @@
 /**
  * adamw: one AdamW step (torch.optim.AdamW, decoupled weight decay) on a flat float32 parameter
  * buffer with its gradient and moment buffers, in place. The reference is
- * packages/shared/src/ops/adamw.ts (adamwStep), same formula term by term:
+ * packages/model/src/ops/adamw.ts (adamwStep), same formula term by term:
  *   g = gradScale * g                       (gradScale 1 unless set: clipping / averaging)
  *   m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
  *   p = p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps),   bc1 = 1 - b1^t, bc2 = 1 - b2^t
@@ -55,8 +55,8 @@ export interface AdamwHyper {
 }
 
 function hyperWords(o: AdamWOptions, t: number, lr: number, gradScale: number): number[] {
-  const bc1 = t > 0 ? 1 - Math.pow(o.beta1, t) : 1;
-  const bc2 = t > 0 ? 1 - Math.pow(o.beta2, t) : 1;
+  const bc1 = t > 0 ? 1 - o.beta1 ** t : 1;
+  const bc2 = t > 0 ? 1 - o.beta2 ** t : 1;
   return [lr, o.beta1, o.beta2, o.eps, 1 - o.beta1, 1 - o.beta2, bc1, bc2, 1 - lr * o.weightDecay, gradScale, t, 0];
 }
 const HYPER_F32 = new Set([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -72,7 +72,13 @@ export function createAdamwHyper(gpu: GpuContext, options: AdamWOptions): AdamwH
  * options' lr) and a gradient scale (default 1) for the next dispatches. Queue-ordered: it
  * applies to work submitted after this call.
  */
-export function setAdamwStep(gpu: GpuContext, hyper: AdamwHyper, t: number, lr = hyper.options.lr, gradScale = 1): void {
+export function setAdamwStep(
+  gpu: GpuContext,
+  hyper: AdamwHyper,
+  t: number,
+  lr = hyper.options.lr,
+  gradScale = 1,
+): void {
   if (!Number.isInteger(t) || t < 1) throw new Error(`adamw: step t must be an integer >= 1, got ${t}`);
   hyper.t = t;
   hyper.lr = lr;

@@ -1,7 +1,7 @@
 /**
  * causalAttention: GPT-2's multi-head self-attention core, from the fused qkv projection [B*T, 3D]
  * to the concatenated heads [B*T, D] (c_attn and c_proj are matmuls / LoRA linears); the
- * reference is packages/shared/src/ops/attention.ts. Head h of q, k, v is columns h*hd ..
+ * reference is packages/model/src/ops/attention.ts. Head h of q, k, v is columns h*hd ..
  * (h+1)*hd of each D-wide third, hd = D / H, scale = 1 / sqrt(hd). For each (b, h):
  *   forward   s_ij = scale q_i . k_j (j <= i),  p_i = softmax(s_i) (max subtracted),
  *             o_i = sum_j p_ij v_j;  p is saved, [B, H, T, T] ("probs").
@@ -222,7 +222,16 @@ ${NAIVE_ENTRY} {
  * (b, h), with `pass1` run per causal entry (acc: the dot, j, pRow), `combine` run once (after
  * the partials of every invocation are in `st`), and `pass2` per own entry.
  */
-function rowKernel(p: { bindings: string; x: string; y: string; init: string; pass1: string; partial: string; combine: string; pass2: string }): string {
+function rowKernel(p: {
+  bindings: string;
+  x: string;
+  y: string;
+  init: string;
+  pass1: string;
+  partial: string;
+  combine: string;
+  pass2: string;
+}): string {
   return /* wgsl */ `${p.bindings}
 const BR = ${BR}u;
 const BC = ${BC}u;
@@ -325,7 +334,15 @@ export const ATTENTION_DSCORES_TILED_WGSL = rowKernel({
  * (part, b, h). `a` returns A (masked, 0 outside), `bv` returns B, `range` sets kBegin / kEnd,
  * `aLoad` picks which tile index runs fastest in the A loads, `store` writes one output.
  */
-function productKernel(p: { bindings: string; parts: number; a: string; bv: string; range: string; aLoad: string; store: string }): string {
+function productKernel(p: {
+  bindings: string;
+  parts: number;
+  a: string;
+  bv: string;
+  range: string;
+  aLoad: string;
+  store: string;
+}): string {
   return /* wgsl */ `${p.bindings}
 const BR = ${BR}u;
 const BN = ${BC}u;
@@ -418,24 +435,43 @@ export const ATTENTION_DQKV_TILED_WGSL = productKernel({
 // Dispatch
 
 /** Checks dims and limits; `storageBuffers` bound at most, `parts` kernels per (b, h) on one dispatch axis. */
-function plan(gpu: GpuContext, d: AttentionDims, variant: AttentionVariant, storageBuffers: number, parts: number): { hd: number; uniform: GPUBuffer } {
+function plan(
+  gpu: GpuContext,
+  d: AttentionDims,
+  variant: AttentionVariant,
+  storageBuffers: number,
+  parts: number,
+): { hd: number; uniform: GPUBuffer } {
   for (const k of ['B', 'T', 'D', 'H'] as const) {
     if (!Number.isInteger(d[k]) || d[k] < 1) throw new Error(`attention: ${k} must be a positive integer, got ${d[k]}`);
   }
   if (d.D % d.H !== 0) throw new Error(`attention: D = ${d.D} is not a multiple of H = ${d.H}`);
   const a = gpu.adapter;
   const need = (what: string, have: number, want: number) => {
-    if (have < want) throw new GpuError('DOES_NOT_FIT', `attention '${variant}' needs ${want} ${what}; this adapter allows ${have}`);
+    if (have < want)
+      throw new GpuError('DOES_NOT_FIT', `attention '${variant}' needs ${want} ${what}; this adapter allows ${have}`);
   };
   gpu.requireInvocations(`attention '${variant}'`, WG);
   need('storage buffers per shader stage', a.maxStorageBuffersPerShaderStage, storageBuffers);
   if (variant === 'tiled') {
-    need('bytes of workgroup memory', a.maxComputeWorkgroupStorageSize, Math.max((BR * PAD + BC * PAD + 2 * WG) * 4, (BR * PAD + KC * BC) * 4));
+    need(
+      'bytes of workgroup memory',
+      a.maxComputeWorkgroupStorageSize,
+      Math.max((BR * PAD + BC * PAD + 2 * WG) * 4, (BR * PAD + KC * BC) * 4),
+    );
     // the tiled kernels put (part, b, h) on the z / y axis of the dispatch
-    need(`workgroups per dimension (${parts} x B*H = ${parts * d.B * d.H})`, a.maxComputeWorkgroupsPerDimension, parts * d.B * d.H);
+    need(
+      `workgroups per dimension (${parts} x B*H = ${parts * d.B * d.H})`,
+      a.maxComputeWorkgroupsPerDimension,
+      parts * d.B * d.H,
+    );
   }
   const hd = d.D / d.H;
-  const uniform = gpu.uniform([d.B, d.T, d.D, d.H, hd, 1 / Math.sqrt(hd), d.B * d.H, 0], new Set([5]), 'attention-dims');
+  const uniform = gpu.uniform(
+    [d.B, d.T, d.D, d.H, hd, 1 / Math.sqrt(hd), d.B * d.H, 0],
+    new Set([5]),
+    'attention-dims',
+  );
   return { hd, uniform };
 }
 
@@ -444,7 +480,12 @@ function naiveGroups(gpu: GpuContext, n: number): [number] {
 }
 
 /** out and probs from qkv: softmax, then pv. */
-export function attentionForward(gpu: GpuContext, buffers: AttentionForwardBuffers, dims: AttentionDims, options: AttentionOptions = {}): Dispatch[] {
+export function attentionForward(
+  gpu: GpuContext,
+  buffers: AttentionForwardBuffers,
+  dims: AttentionDims,
+  options: AttentionOptions = {},
+): Dispatch[] {
   const variant = options.variant ?? DEFAULT_ATTENTION_VARIANT;
   const { hd, uniform } = plan(gpu, dims, variant, 3, 1);
   const { B, T, D, H } = dims;
@@ -466,7 +507,12 @@ export function attentionForward(gpu: GpuContext, buffers: AttentionForwardBuffe
 }
 
 /** dqkv from dout, qkv and probs: dscores, then dqkv. */
-export function attentionBackward(gpu: GpuContext, buffers: AttentionBackwardBuffers, dims: AttentionDims, options: AttentionOptions = {}): Dispatch[] {
+export function attentionBackward(
+  gpu: GpuContext,
+  buffers: AttentionBackwardBuffers,
+  dims: AttentionDims,
+  options: AttentionOptions = {},
+): Dispatch[] {
   const variant = options.variant ?? DEFAULT_ATTENTION_VARIANT;
   const { hd, uniform } = plan(gpu, dims, variant, 5, 3);
   const { B, T, D, H } = dims;

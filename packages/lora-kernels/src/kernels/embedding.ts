@@ -1,6 +1,6 @@
 /**
  * embedding: h0[b, t] = wte[ids[b, t]] + wpe[t], ids int32 [B, T], tables [V, D] and
- * [n_positions, D], h0 [B*T, D]; the reference is packages/shared/src/ops/embedding.ts.
+ * [n_positions, D], h0 [B*T, D]; the reference is packages/model/src/ops/embedding.ts.
  * Forward only: the embeddings are frozen under LoRA, so nothing flows back into them (the
  * gradient of h0 is where the user segment's backward ends).
  *
@@ -68,7 +68,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 /** h0 = wte[ids] + wpe[pos]. Returns [] when B*T*D is 0. */
 export function embeddingForward(gpu: GpuContext, buffers: EmbeddingBuffers, dims: EmbeddingDims): Dispatch[] {
   for (const k of ['B', 'T', 'D', 'vocabSize'] as const) {
-    if (!Number.isInteger(dims[k]) || dims[k] < 0) throw new Error(`embedding: ${k} must be a non-negative integer, got ${dims[k]}`);
+    if (!Number.isInteger(dims[k]) || dims[k] < 0)
+      throw new Error(`embedding: ${k} must be a non-negative integer, got ${dims[k]}`);
   }
   if (dims.nPositions !== undefined && dims.T > dims.nPositions) {
     throw new Error(`embedding: sequence length ${dims.T} exceeds n_positions ${dims.nPositions}`);
@@ -77,7 +78,11 @@ export function embeddingForward(gpu: GpuContext, buffers: EmbeddingBuffers, dim
   if (n === 0) return [];
   gpu.requireInvocations('embedding', WG);
   const pipeline = gpu.pipeline('embedding-forward', EMBEDDING_FORWARD_WGSL);
-  const uniform = gpu.uniform([dims.B * dims.T, dims.T, dims.D, dims.vocabSize, NAN_BITS, 0, 0, 0], new Set(), 'embedding-dims');
+  const uniform = gpu.uniform(
+    [dims.B * dims.T, dims.T, dims.D, dims.vocabSize, NAN_BITS, 0, 0, 0],
+    new Set(),
+    'embedding-dims',
+  );
   const b = buffers;
   return [gpu.dispatchOf(pipeline, [b.ids, b.wte, b.wpe, b.out, uniform], [gpu.gridStrideGroups(n, WG)])];
 }

@@ -1,6 +1,6 @@
 /**
  * GELU, tanh approximation (GPT-2's "gelu_new"), elementwise over n floats; the reference is
- * packages/shared/src/ops/gelu.ts. The bias add before it belongs to the matmul (its bias option).
+ * packages/model/src/ops/gelu.ts. The bias add before it belongs to the matmul (its bias option).
  *   forward   y = 0.5 x (1 + tanh u),  u = sqrt(2/pi) (x + 0.044715 x^3)
  *   backward  dx = dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2))
  *

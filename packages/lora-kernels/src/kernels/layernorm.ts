@@ -1,6 +1,6 @@
 /**
  * layerNorm over the last dimension of x[M, D] (GPT-2's ln_1, ln_2; the reference is
- * packages/shared/src/ops/layernorm.ts):
+ * packages/model/src/ops/layernorm.ts):
  *   forward   mean = sum_j x_j / D,  var = sum_j (x_j - mean)^2 / D  (biased, as PyTorch),
  *             rstd = 1 / sqrt(var + eps),  y = (x - mean) * rstd * gamma + beta;
  *             mean[M] and rstd[M] are saved for the backward.
@@ -238,7 +238,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 function checkDims(d: LayerNormDims): void {
   for (const k of ['M', 'D'] as const) {
-    if (!Number.isInteger(d[k]) || d[k] < 0) throw new Error(`layerNorm: ${k} must be a non-negative integer, got ${d[k]}`);
+    if (!Number.isInteger(d[k]) || d[k] < 0)
+      throw new Error(`layerNorm: ${k} must be a non-negative integer, got ${d[k]}`);
   }
 }
 
@@ -246,7 +247,10 @@ function plan(gpu: GpuContext, d: LayerNormDims, variant: LayerNormVariant): [nu
   const wg = variant === 'workgroup' ? WG : WG_THREAD;
   gpu.requireInvocations(`layerNorm '${variant}'`, wg);
   if (gpu.adapter.maxStorageBuffersPerShaderStage < 6) {
-    throw new GpuError('DOES_NOT_FIT', `layerNorm binds 6 storage buffers; this adapter allows ${gpu.adapter.maxStorageBuffersPerShaderStage}`);
+    throw new GpuError(
+      'DOES_NOT_FIT',
+      `layerNorm binds 6 storage buffers; this adapter allows ${gpu.adapter.maxStorageBuffersPerShaderStage}`,
+    );
   }
   // grid stride over rows: never more workgroups than the dispatch limit
   return [gpu.gridStrideGroups(d.M, variant === 'workgroup' ? 1 : WG_THREAD)];

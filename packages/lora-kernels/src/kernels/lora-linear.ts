@@ -1,6 +1,6 @@
 /**
  * loraLinear: y = x W + b + s (x A) B, s = alpha / r; W [K,N] and b [N] frozen, A [K,r] and
- * B [r,N] trained. The reference is packages/shared/src/ops/lora-linear.ts.
+ * B [r,N] trained. The reference is packages/model/src/ops/lora-linear.ts.
  *
  * Forward (3 matmuls, no elementwise pass):
  *   y  = x W + b          'nn' with bias
@@ -130,21 +130,55 @@ export function loraLinearBackward(
   if (r > 0) {
     g = buf.g ?? gpu.storage(M * r * 4, 'lora-g');
     // g = s dy B^T   (dy [M,N], B [r,N])
-    out.push(...matmul(gpu, { a: buf.dy, b: need(buf.B, 'B'), c: g }, { M, K: N, N: r }, { layout: 'nt', variant: low, alpha: dims.scale }));
+    out.push(
+      ...matmul(
+        gpu,
+        { a: buf.dy, b: need(buf.B, 'B'), c: g },
+        { M, K: N, N: r },
+        { layout: 'nt', variant: low, alpha: dims.scale },
+      ),
+    );
   }
   if (buf.dx) {
     // dx = dy W^T   (W [K,N])
-    out.push(...matmul(gpu, { a: buf.dy, b: buf.W, c: buf.dx }, { M, K: N, N: K }, { layout: 'nt', variant, accumulate: options.accumulateDx }));
+    out.push(
+      ...matmul(
+        gpu,
+        { a: buf.dy, b: buf.W, c: buf.dx },
+        { M, K: N, N: K },
+        { layout: 'nt', variant, accumulate: options.accumulateDx },
+      ),
+    );
     // dx += g A^T   (A [K,r])
-    if (g) out.push(...matmul(gpu, { a: g, b: need(buf.A, 'A'), c: buf.dx }, { M, K: r, N: K }, { layout: 'nt', variant: low, accumulate: true }));
+    if (g)
+      out.push(
+        ...matmul(
+          gpu,
+          { a: g, b: need(buf.A, 'A'), c: buf.dx },
+          { M, K: r, N: K },
+          { layout: 'nt', variant: low, accumulate: true },
+        ),
+      );
   }
   if (g) {
     const acc = options.accumulateGrads;
     // dA = x^T g     (x [M,K] read as [K,M]^T)
-    out.push(...matmul(gpu, { a: buf.x, b: g, c: need(buf.dA, 'dA') }, { M: K, K: M, N: r }, { layout: 'tn', variant: low, accumulate: acc }));
+    out.push(
+      ...matmul(
+        gpu,
+        { a: buf.x, b: g, c: need(buf.dA, 'dA') },
+        { M: K, K: M, N: r },
+        { layout: 'tn', variant: low, accumulate: acc },
+      ),
+    );
     // dB = s xa^T dy (xa [M,r])
     out.push(
-      ...matmul(gpu, { a: need(buf.xa, 'xa'), b: buf.dy, c: need(buf.dB, 'dB') }, { M: r, K: M, N }, { layout: 'tn', variant: low, accumulate: acc, alpha: dims.scale }),
+      ...matmul(
+        gpu,
+        { a: need(buf.xa, 'xa'), b: buf.dy, c: need(buf.dB, 'dB') },
+        { M: r, K: M, N },
+        { layout: 'tn', variant: low, accumulate: acc, alpha: dims.scale },
+      ),
     );
   }
   return out;

@@ -2,7 +2,7 @@
  * matmul: C[M,N] = alpha * op(A) op(B) (+ bias[N]) (+ C), row-major float32, float32 accumulation.
  *
  * Layouts (what the LoRA backward needs without materializing a transpose; same names as the
- * reference ops in packages/shared/src/ops/matmul.ts):
+ * reference ops in packages/model/src/ops/matmul.ts):
  *   'nn'  A[M,K]   · B[K,N]      (matmul:   y = x W, xa = x A, y += s xa B)
  *   'nt'  A[M,K]   · B[N,K]^T    (matmulBT: dx = dy W^T, g = s dy B^T, dx += g A^T)
  *   'tn'  A[K,M]^T · B[K,N]      (matmulAT: dA = x^T g, dB = s xa^T dy)
@@ -252,7 +252,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 function registersWgsl(c: MatmulShaderConfig): string {
   const L = c.layout;
   // vec4 of 4 consecutive scalar words starting at word index `i` (an expression)
-  const scalar4 = (buf: string, i: string) => `vec4<f32>(${buf}[${i}], ${buf}[${i} + 1u], ${buf}[${i} + 2u], ${buf}[${i} + 3u])`;
+  const scalar4 = (buf: string, i: string) =>
+    `vec4<f32>(${buf}[${i}], ${buf}[${i} + 1u], ${buf}[${i} + 2u], ${buf}[${i} + 3u])`;
   const gather4 = (buf: string, idx: (q: string) => string) =>
     `vec4<f32>(${buf}[${idx('mi.x')}], ${buf}[${idx('mi.y')}], ${buf}[${idx('mi.z')}], ${buf}[${idx('mi.w')}])`;
   const gather4n = (buf: string, idx: (q: string) => string) =>
@@ -281,7 +282,8 @@ function registersWgsl(c: MatmulShaderConfig): string {
     bLoad = `let Bm = mat4x4<f32>(${[0, 1, 2, 3].map(row).join(', ')});`;
   }
   // K tail, one k at a time (scalar reads; B/A bound as vec4 are read through the word index)
-  const word = (buf: string, vec: boolean | undefined, i: string) => (vec ? `${buf}[(${i}) / 4u][(${i}) % 4u]` : `${buf}[${i}]`);
+  const word = (buf: string, vec: boolean | undefined, i: string) =>
+    vec ? `${buf}[(${i}) / 4u][(${i}) % 4u]` : `${buf}[${i}]`;
   const aWord = (mm: string) => word('A', c.vecA, L === 'tn' ? `k * d.M + ${mm}` : `${mm} * d.K + k`);
   const bWord = (nn: string) => word('B', c.vecB, L === 'nt' ? `${nn} * d.K + k` : `k * d.N + ${nn}`);
   const mx = ['mi.x', 'mi.y', 'mi.z', 'mi.w'];
@@ -378,7 +380,12 @@ export function matmulWorkgroup(gpu: GpuContext, variant: MatmulVariant): [numbe
   );
 }
 
-function shaderConfig(gpu: GpuContext, dims: MatmulDims, layout: MatmulLayout, variant: MatmulVariant): MatmulShaderConfig {
+function shaderConfig(
+  gpu: GpuContext,
+  dims: MatmulDims,
+  layout: MatmulLayout,
+  variant: MatmulVariant,
+): MatmulShaderConfig {
   const wg = matmulWorkgroup(gpu, variant);
   const c: MatmulShaderConfig = { variant, layout, wg };
   if (variant === 'registers') {
@@ -420,17 +427,22 @@ function workgroups(c: MatmulShaderConfig, dims: MatmulDims): [number, number] {
 const noBiasBuffers = new WeakMap<GpuContext, GPUBuffer>();
 function noBias(gpu: GpuContext): GPUBuffer {
   let b = noBiasBuffers.get(gpu);
-  if (!b) noBiasBuffers.set(gpu, (b = gpu.storage(16, 'matmul-no-bias')));
+  if (!b) {
+    b = gpu.storage(16, 'matmul-no-bias');
+    noBiasBuffers.set(gpu, b);
+  }
   return b;
 }
 
 function checkSize(buf: GPUBuffer, elems: number, what: string): void {
-  if (buf.size < elems * 4) throw new Error(`matmul: ${what} needs ${elems} floats, its buffer holds ${Math.floor(buf.size / 4)}`);
+  if (buf.size < elems * 4)
+    throw new Error(`matmul: ${what} needs ${elems} floats, its buffer holds ${Math.floor(buf.size / 4)}`);
 }
 
 function checkDims(d: MatmulDims): void {
   for (const k of ['M', 'K', 'N'] as const) {
-    if (!Number.isInteger(d[k]) || d[k] < 0) throw new Error(`matmul: ${k} must be a non-negative integer, got ${d[k]}`);
+    if (!Number.isInteger(d[k]) || d[k] < 0)
+      throw new Error(`matmul: ${k} must be a non-negative integer, got ${d[k]}`);
   }
 }
 
@@ -438,7 +450,12 @@ function checkDims(d: MatmulDims): void {
  * Builds the dispatch for C = alpha op(A) op(B) (+ bias) (+ C); the uniform buffer and bind group
  * are created here, once. Returns [] when C is empty.
  */
-export function matmul(gpu: GpuContext, buffers: MatmulBuffers, dims: MatmulDims, options: MatmulOptions = {}): Dispatch[] {
+export function matmul(
+  gpu: GpuContext,
+  buffers: MatmulBuffers,
+  dims: MatmulDims,
+  options: MatmulOptions = {},
+): Dispatch[] {
   checkDims(dims);
   if (dims.M === 0 || dims.N === 0) return [];
   const layout = options.layout ?? 'nn';

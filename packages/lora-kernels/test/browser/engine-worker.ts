@@ -2,8 +2,8 @@
  * Entry of the dedicated module Worker that test/browser-worker.test.ts bundles with esbuild and
  * runs in headless Chromium: one UserSegmentEngine training step on the browser's own WebGPU.
  *
- * Browser-only on purpose: imports the engine, the device helper and '@splitllm/shared' (never
- * src/node.ts or '@splitllm/shared/node'), so the bundle proves the browser path has no Node
+ * Browser-only on purpose: imports the engine, the device helper and '@splitllm/model' (never
+ * src/node.ts or '@splitllm/model/node'), so the bundle proves the browser path has no Node
  * dependency. Float tensors cross postMessage / page.evaluate as base64 of their raw bytes
  * (exact, compact); the test decodes them with Buffer.
  *
@@ -82,13 +82,28 @@ async function runStep(req: EngineWorkerRequest): Promise<EngineWorkerReply> {
   const gpuApi = (navigator as Navigator & { gpu?: GPU }).gpu;
   if (!gpuApi) throw new Error('navigator.gpu is undefined in this worker (WebGPU disabled, or not a secure context)');
   const gpu = await requestKernelDevice(gpuApi);
-  const model: Gpt2Model = { config: req.config, weights: new Map(req.weights.map((w) => [w.name, { shape: w.shape, data: f32(w.data) }])) };
+  const model: Gpt2Model = {
+    config: req.config,
+    weights: new Map(req.weights.map((w) => [w.name, { shape: w.shape, data: f32(w.data) }])),
+  };
   const adapter: LoraAdapter = {
     config: req.lora,
-    layers: new Map(req.adapter.map((p) => [p.path, { A: { shape: p.A.shape, data: f32(p.A.data) }, B: { shape: p.B.shape, data: f32(p.B.data) } }])),
+    layers: new Map(
+      req.adapter.map((p) => [
+        p.path,
+        { A: { shape: p.A.shape, data: f32(p.A.data) }, B: { shape: p.B.shape, data: f32(p.B.data) } },
+      ]),
+    ),
   };
   try {
-    const engine = await UserSegmentEngine.create(gpu, model, adapter, { k: req.k, lora: req.lora, batch: req.batch, seq: req.seq, adamw: req.adamw, variants: req.variants });
+    const engine = await UserSegmentEngine.create(gpu, model, adapter, {
+      k: req.k,
+      lora: req.lora,
+      batch: req.batch,
+      seq: req.seq,
+      adamw: req.adamw,
+      variants: req.variants,
+    });
     try {
       const h1 = await engine.forward(new Int32Array(bytesOf(req.inputIds)));
       engine.backward(f32(req.dh1));
@@ -103,8 +118,16 @@ async function runStep(req: EngineWorkerRequest): Promise<EngineWorkerReply> {
         isFallbackAdapter: gpu.adapter.isFallbackAdapter,
         featureLevel: gpu.adapter.featureLevel,
         h1: toBase64(h1),
-        grads: [...grads].map(([path, g]) => ({ path, A: { shape: [g.A.length], data: toBase64(g.A) }, B: { shape: [g.B.length], data: toBase64(g.B) } })),
-        after: [...after.layers].map(([path, p]) => ({ path, A: { shape: p.A.shape, data: toBase64(p.A.data) }, B: { shape: p.B.shape, data: toBase64(p.B.data) } })),
+        grads: [...grads].map(([path, g]) => ({
+          path,
+          A: { shape: [g.A.length], data: toBase64(g.A) },
+          B: { shape: [g.B.length], data: toBase64(g.B) },
+        })),
+        after: [...after.layers].map(([path, p]) => ({
+          path,
+          A: { shape: p.A.shape, data: toBase64(p.A.data) },
+          B: { shape: p.B.shape, data: toBase64(p.B.data) },
+        })),
         ms: performance.now() - t0,
       };
     } finally {

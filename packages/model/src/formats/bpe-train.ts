@@ -44,10 +44,11 @@ export function trainByteLevelBpe(text: string, opts: TrainBpeOptions): Gpt2Toke
   const byteOrder = [...byteChars.keys()].sort((x, y) => byteChars[x].charCodeAt(0) - byteChars[y].charCodeAt(0));
   const tokens: string[] = byteOrder.map((b) => byteChars[b]);
   const byteId = new Array<number>(256);
-  byteOrder.forEach((b, id) => (byteId[b] = id));
+  for (const [id, b] of byteOrder.entries()) byteId[b] = id;
   const idOf = new Map<string, number>(tokens.map((t, id) => [t, id]));
   for (const s of specials) {
-    if (idOf.has(s)) throw new TokenizerError(`trainByteLevelBpe: special token ${JSON.stringify(s)} collides with a byte token`);
+    if (idOf.has(s))
+      throw new TokenizerError(`trainByteLevelBpe: special token ${JSON.stringify(s)} collides with a byte token`);
   }
 
   // Special tokens are never learned from: cut them out of the text first.
@@ -79,7 +80,10 @@ export function trainByteLevelBpe(text: string, opts: TrainBpeOptions): Gpt2Toke
       pairCount.set(k, (pairCount.get(k) ?? 0) + sign * freq[w]);
       if (sign > 0) {
         let set = pairWords.get(k);
-        if (set === undefined) pairWords.set(k, (set = new Set()));
+        if (set === undefined) {
+          set = new Set();
+          pairWords.set(k, set);
+        }
         set.add(w);
       }
       keys.push(k);
@@ -154,7 +158,8 @@ export function trainByteLevelBpe(text: string, opts: TrainBpeOptions): Gpt2Toke
   }
 
   for (const s of specials) {
-    if (idOf.has(s)) throw new TokenizerError(`trainByteLevelBpe: special token ${JSON.stringify(s)} collides with a learned token`);
+    if (idOf.has(s))
+      throw new TokenizerError(`trainByteLevelBpe: special token ${JSON.stringify(s)} collides with a learned token`);
     idOf.set(s, tokens.length);
     tokens.push(s);
   }

@@ -13,7 +13,15 @@
  */
 import { CodedError } from '../coded-error';
 import type { Gpt2Config } from '../config';
-import { type LoraAdapter, type LoraPair, type LoraTarget, LORA_TARGETS, loraScale, loraTargetDims, parseLoraModulePath } from '../lora';
+import {
+  type LoraAdapter,
+  type LoraPair,
+  type LoraTarget,
+  LORA_TARGETS,
+  loraScale,
+  loraTargetDims,
+  parseLoraModulePath,
+} from '../lora';
 import { readSafetensors, writeSafetensors } from './safetensors';
 import { type Tensor, assertShape } from '../tensor';
 import type { Gpt2Weights } from '../weights';
@@ -77,7 +85,9 @@ export function adapterToPeft(
   for (const layer of layers) {
     for (const target of targets) {
       if (!adapter.layers.has(`h.${layer}.${target}`)) {
-        throw new PeftError(`LoRA adapter: block ${layer} has no weights for target ${target} (PEFT needs every target on every block)`);
+        throw new PeftError(
+          `LoRA adapter: block ${layer} has no weights for target ${target} (PEFT needs every target on every block)`,
+        );
       }
     }
   }
@@ -97,8 +107,7 @@ export function adapterToPeft(
     tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_B.weight`, transpose(B)]);
   }
 
-  const coversAll =
-    opts.nLayer !== undefined && layers.length === opts.nLayer && layers.every((l, i) => l === i);
+  const coversAll = opts.nLayer !== undefined && layers.length === opts.nLayer && layers.every((l, i) => l === i);
   const config: Record<string, unknown> = {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
@@ -131,7 +140,8 @@ function targetsMatchedBy(entry: string): LoraTarget[] {
   });
 }
 
-const PEFT_KEY_RE = /^base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight$/;
+const PEFT_KEY_RE =
+  /^base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight$/;
 
 function fail(msg: string): never {
   throw new PeftError(`PEFT adapter: ${msg}`);
@@ -148,9 +158,11 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
   const cfg = configJson as Record<string, unknown>;
   if (cfg.peft_type !== 'LORA') fail(`peft_type is ${JSON.stringify(cfg.peft_type)}, only "LORA" is supported`);
   const r = cfg.r;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r <= 0) fail(`"r" must be a positive integer, got ${JSON.stringify(r)}`);
+  if (typeof r !== 'number' || !Number.isInteger(r) || r <= 0)
+    fail(`"r" must be a positive integer, got ${JSON.stringify(r)}`);
   const alpha = cfg.lora_alpha;
-  if (typeof alpha !== 'number' || !(alpha > 0)) fail(`"lora_alpha" must be a positive number, got ${JSON.stringify(alpha)}`);
+  if (typeof alpha !== 'number' || !(alpha > 0))
+    fail(`"lora_alpha" must be a positive number, got ${JSON.stringify(alpha)}`);
   if (cfg.fan_in_fan_out !== true) {
     fail(
       `"fan_in_fan_out" is ${JSON.stringify(cfg.fan_in_fan_out)}; GPT-2's Conv1D layers need fan_in_fan_out: true ` +
@@ -204,11 +216,14 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
   const halves = new Map<string, { layer: number; target: LoraTarget; A?: Tensor; B?: Tensor }>();
   for (const [key, t] of raw) {
     const m = PEFT_KEY_RE.exec(key);
-    if (!m) fail(`unexpected tensor "${key}" (expected base_model.model.transformer.h.{i}.{target}.lora_A/lora_B.weight)`);
+    if (!m)
+      fail(`unexpected tensor "${key}" (expected base_model.model.transformer.h.{i}.{target}.lora_A/lora_B.weight)`);
     const layer = Number(m[1]);
     const target = m[2] as LoraTarget;
-    if (!allowed.has(target)) fail(`tensor "${key}" is for ${target}, which target_modules ${JSON.stringify(targetModules)} does not select`);
-    if (layerFilter && !layerFilter.has(layer)) fail(`tensor "${key}" is for block ${layer}, outside layers_to_transform`);
+    if (!allowed.has(target))
+      fail(`tensor "${key}" is for ${target}, which target_modules ${JSON.stringify(targetModules)} does not select`);
+    if (layerFilter && !layerFilter.has(layer))
+      fail(`tensor "${key}" is for block ${layer}, outside layers_to_transform`);
     if (t.shape.length !== 2) fail(`tensor "${key}" has shape [${t.shape.join(', ')}], expected 2-D`);
     const path = `h.${layer}.${target}`;
     const h = halves.get(path) ?? { layer, target };
@@ -231,7 +246,9 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
     const [ra, din] = h.A.shape;
     const [dout, rb] = h.B.shape;
     if (ra !== r || rb !== r) {
-      fail(`module "${path}": lora_A [${h.A.shape.join(', ')}] / lora_B [${h.B.shape.join(', ')}] do not have rank r = ${r} ([r, in] / [out, r])`);
+      fail(
+        `module "${path}": lora_A [${h.A.shape.join(', ')}] / lora_B [${h.B.shape.join(', ')}] do not have rank r = ${r} ([r, in] / [out, r])`,
+      );
     }
     const prev = dims.get(h.target);
     if (prev && (prev[0] !== din || prev[1] !== dout)) {

@@ -127,10 +127,7 @@ export function parseSafetensors(bytes: Uint8Array): ParsedSafetensors {
       metadata = {};
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') {
-          throw new SafetensorsError(
-            'SAFETENSORS_BAD_HEADER',
-            `safetensors: metadata value "${k}" is not a string`,
-          );
+          throw new SafetensorsError('SAFETENSORS_BAD_HEADER', `safetensors: metadata value "${k}" is not a string`);
         }
         metadata[k] = v;
       }
@@ -334,7 +331,10 @@ export function writeSafetensors(
     }
     seen.add(name);
     if (!t.shape.every((d) => isNonNegInt(d))) {
-      throw new SafetensorsError('SAFETENSORS_BAD_TENSOR', `safetensors: tensor "${name}": bad shape [${t.shape.join(', ')}]`);
+      throw new SafetensorsError(
+        'SAFETENSORS_BAD_TENSOR',
+        `safetensors: tensor "${name}": bad shape [${t.shape.join(', ')}]`,
+      );
     }
     const n = numel(t.shape);
     if (t.data.length !== n) {

@@ -99,10 +99,14 @@ export class Gpt2Tokenizer {
     const idToTok: (string | undefined)[] = [];
     for (const [tok, id] of this.vocab) {
       if (!Number.isSafeInteger(id) || id < 0) {
-        throw new TokenizerError(`vocab: id of ${JSON.stringify(tok)} must be a non-negative integer, got ${String(id)}`);
+        throw new TokenizerError(
+          `vocab: id of ${JSON.stringify(tok)} must be a non-negative integer, got ${String(id)}`,
+        );
       }
       if (idToTok[id] !== undefined) {
-        throw new TokenizerError(`vocab: id ${id} is used by both ${JSON.stringify(idToTok[id])} and ${JSON.stringify(tok)}`);
+        throw new TokenizerError(
+          `vocab: id ${id} is used by both ${JSON.stringify(idToTok[id])} and ${JSON.stringify(tok)}`,
+        );
       }
       idToTok[id] = tok;
       if (id > maxId) maxId = id;
@@ -127,7 +131,9 @@ export class Gpt2Tokenizer {
       const left = this.vocab.get(a);
       const right = this.vocab.get(b);
       if (left === undefined || right === undefined) {
-        throw new TokenizerError(`merges: ${where} uses ${JSON.stringify(left === undefined ? a : b)}, which is not in the vocab`);
+        throw new TokenizerError(
+          `merges: ${where} uses ${JSON.stringify(left === undefined ? a : b)}, which is not in the vocab`,
+        );
       }
       const result = this.vocab.get(a + b);
       if (result === undefined) {
@@ -165,7 +171,9 @@ export class Gpt2Tokenizer {
     const vocab = new Map<string, number>();
     for (const [tok, id] of Object.entries(parsed)) {
       if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) {
-        throw new TokenizerError(`vocab.json: id of ${JSON.stringify(tok)} must be a non-negative integer, got ${JSON.stringify(id)}`);
+        throw new TokenizerError(
+          `vocab.json: id of ${JSON.stringify(tok)} must be a non-negative integer, got ${JSON.stringify(id)}`,
+        );
       }
       vocab.set(tok, id);
     }
@@ -178,7 +186,9 @@ export class Gpt2Tokenizer {
       // Byte-level tokens never contain a space, so a valid line is exactly "left right".
       const parts = line.split(' ');
       if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
-        throw new TokenizerError(`merges.txt line ${i + 1}: expected two tokens separated by one space, got ${JSON.stringify(line)}`);
+        throw new TokenizerError(
+          `merges.txt line ${i + 1}: expected two tokens separated by one space, got ${JSON.stringify(line)}`,
+        );
       }
       merges.push([parts[0], parts[1]]);
     });
@@ -193,7 +203,7 @@ export class Gpt2Tokenizer {
       if (tok !== undefined) entries.push(`${JSON.stringify(tok)}: ${id}`);
     });
     const vocabJson = `{${entries.join(', ')}}`;
-    const mergesTxt = ['#version: 0.2', ...this.merges.map(([a, b]) => `${a} ${b}`)].join('\n') + '\n';
+    const mergesTxt = `${['#version: 0.2', ...this.merges.map(([a, b]) => `${a} ${b}`)].join('\n')}\n`;
     return { vocabJson, mergesTxt };
   }
 
@@ -229,7 +239,8 @@ export class Gpt2Tokenizer {
     let total = 0;
     for (let i = 0; i < ids.length; i++) {
       const bytes = this.idBytes[ids[i]];
-      if (bytes === undefined) throw new RangeError(`decode: unknown token id ${ids[i]} (vocab size ${this.vocabSize})`);
+      if (bytes === undefined)
+        throw new RangeError(`decode: unknown token id ${ids[i]} (vocab size ${this.vocabSize})`);
       parts.push(bytes);
       total += bytes.length;
     }

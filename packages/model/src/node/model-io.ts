@@ -7,11 +7,29 @@
  * loading a model costs about one file size of memory, not two.
  */
 import { CodedError } from '../coded-error';
-import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from '../config';
 import type { LoraAdapter } from '../lora';
-import { type AdapterToPeftOptions, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, adapterFromPeft, adapterToPeft } from '../formats/peft';
+import {
+  type AdapterToPeftOptions,
+  PEFT_CONFIG_FILE,
+  PEFT_WEIGHTS_FILE,
+  adapterFromPeft,
+  adapterToPeft,
+} from '../formats/peft';
 import { parseSafetensors, readSafetensors, writeSafetensors } from '../formats/safetensors';
 import { type Tensor, sameShape } from '../tensor';
 import { Gpt2Tokenizer } from '../formats/tokenizer';
@@ -89,7 +107,8 @@ export function readFileBytes(path: string): Uint8Array {
     const CHUNK = 1 << 30;
     while (pos < size) {
       const n = readSync(fd, out, pos, Math.min(CHUNK, size - pos), pos);
-      if (n === 0) throw new ModelIoError('MODEL_IO_BAD_FILE', `${path}: file shrank while reading (${pos} of ${size} bytes)`);
+      if (n === 0)
+        throw new ModelIoError('MODEL_IO_BAD_FILE', `${path}: file shrank while reading (${pos} of ${size} bytes)`);
       pos += n;
     }
     return out;
@@ -104,7 +123,10 @@ export function readFileBytes(path: string): Uint8Array {
  */
 export function writeFileAtomic(path: string, data: Uint8Array | string): void {
   const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-  const tmp = join(dirname(path), `.${Date.now().toString(36)}-${process.pid}-${Math.random().toString(36).slice(2)}.tmp`);
+  const tmp = join(
+    dirname(path),
+    `.${Date.now().toString(36)}-${process.pid}-${Math.random().toString(36).slice(2)}.tmp`,
+  );
   let fd: number | null = openSync(tmp, 'w');
   try {
     let pos = 0;
@@ -139,11 +161,7 @@ const IGNORED_BUFFER_RE = /^h\.\d+\.attn\.(bias|masked_bias)$/;
  * Maps checkpoint tensors (with or without the `transformer.` prefix) to our names, dropping
  * the tied `lm_head.weight` (after checking its shape) and the attention mask buffers.
  */
-export function gpt2WeightsFromCheckpoint(
-  c: Gpt2Config,
-  bytes: Uint8Array,
-  source = 'model.safetensors',
-): Gpt2Weights {
+export function gpt2WeightsFromCheckpoint(c: Gpt2Config, bytes: Uint8Array, source = 'model.safetensors'): Gpt2Weights {
   const expected = new Map(gpt2ParameterShapes(c));
   const parsed = parseSafetensors(bytes);
   const rename = new Map<string, string>(); // checkpoint key -> our name
@@ -207,7 +225,11 @@ export function loadGpt2Dir(dir: string): Gpt2Dir {
   try {
     tokenizer = Gpt2Tokenizer.fromFiles(readFileSync(vocabPath, 'utf8'), readFileSync(mergesPath, 'utf8'));
   } catch (e) {
-    throw new ModelIoError('MODEL_IO_BAD_FILE', `model directory ${dir}: bad tokenizer files: ${(e as Error).message}`, { cause: e });
+    throw new ModelIoError(
+      'MODEL_IO_BAD_FILE',
+      `model directory ${dir}: bad tokenizer files: ${(e as Error).message}`,
+      { cause: e },
+    );
   }
   let weights: Gpt2Weights;
   try {
@@ -232,13 +254,18 @@ function tokenizerFiles(t: SerializableTokenizer): TokenizerFiles {
  * `transformer.` prefix, as HF GPT-2 checkpoints have them; metadata format "pt" so
  * transformers accepts it), vocab.json and merges.txt. Each file is written atomically.
  */
-export function writeGpt2Dir(dir: string, config: Gpt2Config, weights: Gpt2Weights, tokenizer: SerializableTokenizer): void {
+export function writeGpt2Dir(
+  dir: string,
+  config: Gpt2Config,
+  weights: Gpt2Weights,
+  tokenizer: SerializableTokenizer,
+): void {
   checkGpt2Weights(config, weights);
   const files = tokenizerFiles(tokenizer);
   mkdirSync(dir, { recursive: true });
   const ordered: Array<[string, Tensor]> = gpt2ParameterShapes(config).map(([name]) => [name, weights.get(name)!]);
   writeFileAtomic(join(dir, GPT2_DIR_FILES.weights), writeSafetensors(ordered, { format: 'pt' }));
-  writeFileAtomic(join(dir, GPT2_DIR_FILES.config), JSON.stringify(gpt2ConfigToJson(config), null, 2) + '\n');
+  writeFileAtomic(join(dir, GPT2_DIR_FILES.config), `${JSON.stringify(gpt2ConfigToJson(config), null, 2)}\n`);
   writeFileAtomic(join(dir, GPT2_DIR_FILES.vocab), files.vocabJson);
   writeFileAtomic(join(dir, GPT2_DIR_FILES.merges), files.mergesTxt);
 }
@@ -251,7 +278,7 @@ export function saveAdapterDir(dir: string, adapter: LoraAdapter, opts: AdapterT
   mkdirSync(dir, { recursive: true });
   // weights first: a reader that sees the new config also sees the matching weights
   writeFileAtomic(join(dir, PEFT_WEIGHTS_FILE), safetensors);
-  writeFileAtomic(join(dir, PEFT_CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
+  writeFileAtomic(join(dir, PEFT_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
 }
 
 export function loadAdapterDir(dir: string): LoraAdapter {

@@ -25,8 +25,8 @@ export function adamwInit(n: number): AdamWState {
 }
 
 export function adamwStep(p: Float32Array, g: Float32Array, s: AdamWState, t: number, o: AdamWOptions): void {
-  const bc1 = 1 - Math.pow(o.beta1, t);
-  const bc2 = 1 - Math.pow(o.beta2, t);
+  const bc1 = 1 - o.beta1 ** t;
+  const bc2 = 1 - o.beta2 ** t;
   const decay = 1 - o.lr * o.weightDecay;
   for (let i = 0; i < p.length; i++) {
     const gi = g[i];

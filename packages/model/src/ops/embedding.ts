@@ -16,7 +16,8 @@ export function embeddingForward(
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const id = ids[b * T + t];
-      if (!(id >= 0 && id < vocabSize)) throw new RangeError(`token id ${id} at [${b}, ${t}] is outside the vocabulary (${vocabSize})`);
+      if (!(id >= 0 && id < vocabSize))
+        throw new RangeError(`token id ${id} at [${b}, ${t}] is outside the vocabulary (${vocabSize})`);
       const o = (b * T + t) * D;
       const e = id * D;
       const p = t * D;

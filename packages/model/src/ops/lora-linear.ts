@@ -27,7 +27,11 @@ export interface LoraLinearCache {
   xa?: Float32Array;
 }
 
-export function loraLinearForward(p: LoraLinearParams, x: Float32Array, M: number): { y: Float32Array; cache: LoraLinearCache } {
+export function loraLinearForward(
+  p: LoraLinearParams,
+  x: Float32Array,
+  M: number,
+): { y: Float32Array; cache: LoraLinearCache } {
   const y = matmul(x, p.W, M, p.K, p.N, p.b);
   if (!p.lora) return { y, cache: { x } };
   const { A, B, r, scale } = p.lora;

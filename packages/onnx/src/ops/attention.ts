@@ -68,7 +68,13 @@ export function attentionForwardNodes(g: GraphBuilder, qkv: string, L: Attention
 }
 
 /** dqkv [N, 3D] from the forward's qkv and probs [B, H, T, T] and the output gradient dy [N, D]. */
-export function attentionBackwardNodes(g: GraphBuilder, qkv: string, probs: string, dy: string, L: AttentionLayout): string {
+export function attentionBackwardNodes(
+  g: GraphBuilder,
+  qkv: string,
+  probs: string,
+  dy: string,
+  L: AttentionLayout,
+): string {
   const [q, k, v] = splitQkv(g, qkv, L);
   const qh = toHeads(g, q, L, [0, 2, 1, 3]);
   const kh = toHeads(g, k, L, [0, 2, 1, 3]);

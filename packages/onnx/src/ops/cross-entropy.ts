@@ -46,7 +46,12 @@ export function crossEntropyForwardNodes(g: GraphBuilder, logits: string, target
 }
 
 /** dlogits [N, V] for dloss = 1. */
-export function crossEntropyBackwardNodes(g: GraphBuilder, logits: string, f: CrossEntropyForward, vocabSize: number): string {
+export function crossEntropyBackwardNodes(
+  g: GraphBuilder,
+  logits: string,
+  f: CrossEntropyForward,
+  vocabSize: number,
+): string {
   const softmax = g.op('Softmax', [logits], { axis: -1 });
   const vocab = g.op('Range', [g.int32Scalar(0), g.int32Scalar(vocabSize), g.int32Scalar(1)]); // [V]
   const onehot = g.op('Cast', [g.op('Equal', [vocab, f.target])], { to: 1 /* FLOAT */ }); // [N, V]

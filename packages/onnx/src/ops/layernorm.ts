@@ -19,13 +19,32 @@ export interface LayerNormForward {
   rstd: string;
 }
 
-export function layerNormForwardNodes(g: GraphBuilder, x: string, gamma: string, beta: string, eps: number): LayerNormForward {
-  const [y, mean, rstd] = g.node('LayerNormalization', [x, gamma, beta], 3, { axis: -1, epsilon: floatAttr(eps) }, 'ln');
+export function layerNormForwardNodes(
+  g: GraphBuilder,
+  x: string,
+  gamma: string,
+  beta: string,
+  eps: number,
+): LayerNormForward {
+  const [y, mean, rstd] = g.node(
+    'LayerNormalization',
+    [x, gamma, beta],
+    3,
+    { axis: -1, epsilon: floatAttr(eps) },
+    'ln',
+  );
   return { y, mean, rstd };
 }
 
 /** Input gradient (gamma and beta are frozen under LoRA, so no parameter gradients). */
-export function layerNormBackwardNodes(g: GraphBuilder, x: string, mean: string, rstd: string, gamma: string, dy: string): string {
+export function layerNormBackwardNodes(
+  g: GraphBuilder,
+  x: string,
+  mean: string,
+  rstd: string,
+  gamma: string,
+  dy: string,
+): string {
   const axis = g.int64s([-1]);
   const xhat = g.op('Mul', [g.op('Sub', [x, mean]), rstd]);
   const dxhat = g.op('Mul', [dy, gamma]);

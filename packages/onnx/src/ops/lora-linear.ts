@@ -45,6 +45,11 @@ export function loraLinearBackwardNodes(
   const gr = g.op('Gemm', [dy, B], { transB: 1, alpha: floatAttr(scale) }, 'lora_g');
   const dx = g.op('Gemm', [gr, A, dxBase], { transB: 1 }, 'lora_dx');
   const dA = g.op('Gemm', [x, gr], { transA: 1 }, 'lora_dA');
-  const dB = g.op('Gemm', [xa ?? g.op('MatMul', [x, A], {}, 'lora_xa'), dy], { transA: 1, alpha: floatAttr(scale) }, 'lora_dB');
+  const dB = g.op(
+    'Gemm',
+    [xa ?? g.op('MatMul', [x, A], {}, 'lora_xa'), dy],
+    { transA: 1, alpha: floatAttr(scale) },
+    'lora_dB',
+  );
   return { dx, dA, dB };
 }

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { WebSocket } from 'ws';
 import { joinRun, tokenBatches, UserClient, type JoinCredentials, type UserEvent, type WebSocketLike } from '../client';
-import type { UserEngineKind } from '../trainers';
+import type { UserEngineKind } from '../trainer';
 import { nodeGpu } from './gpu';
 
 export interface HeadlessUserOptions {
@@ -26,7 +26,9 @@ export async function startHeadlessUser(o: HeadlessUserOptions): Promise<UserCli
   try {
     text = readFileSync(o.dataFile, 'utf8');
   } catch (e) {
-    throw new Error(`cannot read the training text "${o.dataFile}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new Error(
+      `cannot read the training text "${o.dataFile}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+    );
   }
   let credentials = o.credentials;
   if (!credentials) {

@@ -1,5 +1,5 @@
 /**
- * Tokens of the three trust relations (DESIGN.md, Trust): edges prove the shared edge secret,
+ * Tokens of the three trust relations (docs/design.md, "Trust"): edges prove the shared edge secret,
  * users carry a token the cloud derives from that secret for one (user, edge) pair, so an edge
  * checks a user without asking the cloud, and a token for one edge is refused by every other.
  */

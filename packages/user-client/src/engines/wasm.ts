@@ -1,5 +1,5 @@
 /**
- * The user tier's third engine, 'wasm': the embedding (wte[id] + wpe[pos], frozen) in
+ * The 'wasm' engine: the embedding (wte[id] + wpe[pos], frozen) in
  * TypeScript, blocks [0, k) forward and backward as the project's own ONNX graphs
  * (buildBlocksForwardGraph / buildBlocksBackwardGraph, the ones the edge runs with
  * onnxruntime-node) run by onnxruntime-web's wasm execution provider, and AdamW on the LoRA
@@ -13,19 +13,25 @@
  * by the first trainer created in that realm.
  */
 import * as ort from 'onnxruntime-web/wasm';
-import { buildBlocksBackwardGraph, buildBlocksForwardGraph, loraGradsFromGraph, loraGraphFeeds, SAVED_PREFIX } from '@splitllm/onnx';
+import {
+  buildBlocksBackwardGraph,
+  buildBlocksForwardGraph,
+  loraGradsFromGraph,
+  loraGraphFeeds,
+  SAVED_PREFIX,
+} from '@splitllm/onnx';
 import { embedForward, type Gpt2Config, type Gpt2Model, type LoraAdapter, type TokenBatch } from '@splitllm/model';
 import { LoraTrainState } from '@splitllm/federation';
 import {
   checkBatch,
   checkDh1,
-  checkOptions,
+  checkTrainerInputs,
   checkUserAdapter,
-  checkUserWeights,
   copyUserAdapter,
+  destroyedError,
   type UserTrainer,
   type UserTrainerOptions,
-} from './trainers';
+} from '../trainer';
 
 export interface OnnxWasmOptions {
   /**
@@ -70,10 +76,16 @@ function configureRuntime(w: OnnxWasmOptions): { wasmPaths: string | undefined; 
   if (runtime) {
     // settings only take effect when the runtime starts; refuse to ignore one silently
     if (w.numThreads !== undefined && w.numThreads !== runtime.numThreads) {
-      throw new Error(`wasm engine: onnxruntime-web already runs with ${runtime.numThreads} thread(s) in this page/worker; it cannot switch to ${w.numThreads}`);
+      throw new Error(
+        `wasm engine: onnxruntime-web already runs with ${runtime.numThreads} thread(s) in this page/worker; ` +
+          `it cannot switch to ${w.numThreads}`,
+      );
     }
     if (w.wasmPaths !== undefined && w.wasmPaths !== runtime.wasmPaths) {
-      throw new Error(`wasm engine: onnxruntime-web was already started with wasmPaths ${JSON.stringify(runtime.wasmPaths)}; it cannot switch to ${JSON.stringify(w.wasmPaths)}`);
+      throw new Error(
+        `wasm engine: onnxruntime-web was already started with wasmPaths ${JSON.stringify(runtime.wasmPaths)}; ` +
+          `it cannot switch to ${JSON.stringify(w.wasmPaths)}`,
+      );
     }
     return runtime;
   }
@@ -95,7 +107,8 @@ async function createSession(what: string, bytes: Uint8Array): Promise<ort.Infer
   try {
     return await ort.InferenceSession.create(bytes, SESSION_OPTIONS);
   } catch (e) {
-    throw new Error(`wasm engine: onnxruntime-web could not load the ${what} graph: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`wasm engine: onnxruntime-web could not load the ${what} graph: ${why}`, { cause: e });
   }
 }
 
@@ -103,7 +116,9 @@ function f32(out: ort.InferenceSession.OnnxValueMapType, name: string): Float32A
   const t = out[name];
   if (!t) throw new Error(`wasm engine: the graph output lacks ${name}`);
   const data = t.data;
-  if (!(data instanceof Float32Array)) throw new Error(`wasm engine: graph output ${name} is ${t.type}, expected float32`);
+  if (!(data instanceof Float32Array)) {
+    throw new Error(`wasm engine: graph output ${name} is ${t.type}, expected float32`);
+  }
   return data;
 }
 
@@ -138,11 +153,13 @@ export class OnnxWasmUserTrainer implements UserTrainer {
    * settings gets an Error. Throws what onnxruntime throws when the runtime cannot start (e.g.
    * the .wasm file is not served where wasmPaths says).
    */
-  static async create(model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions, wasm: OnnxWasmOptions = {}): Promise<OnnxWasmUserTrainer> {
-    const c = model.config;
-    checkOptions(c, o);
-    checkUserWeights(model, o.plan.k);
-    checkUserAdapter(c, o, adapter);
+  static async create(
+    model: Gpt2Model,
+    adapter: LoraAdapter,
+    o: UserTrainerOptions,
+    wasm: OnnxWasmOptions = {},
+  ): Promise<OnnxWasmUserTrainer> {
+    checkTrainerInputs(model, adapter, o);
     const settings = configureRuntime(wasm);
     const opts = { saveIntermediates: SAVE_INTERMEDIATES };
     const lora = { ...o.lora, targets: [...o.lora.targets] };
@@ -157,7 +174,9 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     }
     runtime = settings;
     const threads = ort.env.wasm.numThreads ?? settings.numThreads;
-    const description = `wasm (onnxruntime-web ${ort.env.versions.web ?? ''} wasm EP, ${threads} thread${threads === 1 ? '' : 's'}, intermediates ${SAVE_INTERMEDIATES ? 'kept' : 'recomputed'})`;
+    const description =
+      `wasm (onnxruntime-web ${ort.env.versions.web ?? ''} wasm EP, ${threads} thread${threads === 1 ? '' : 's'}, ` +
+      `intermediates ${SAVE_INTERMEDIATES ? 'kept' : 'recomputed'})`;
     return new OnnxWasmUserTrainer(model, adapter, o, forward, backward, description);
   }
 
@@ -166,13 +185,14 @@ export class OnnxWasmUserTrainer implements UserTrainer {
   }
 
   private alive(): void {
-    if (this.destroyed) throw new Error('user trainer: used after destroy()');
+    if (this.destroyed) throw destroyedError();
   }
 
   /** The LoRA inputs of blocks [0, k): the live adapter's arrays (onnxruntime-web copies them into its heap at run). */
   private loraFeeds(): Record<string, ort.Tensor> {
     const feeds: Record<string, ort.Tensor> = {};
-    for (const [name, t] of loraGraphFeeds(this.config, this.options.lora, this.train.adapter, 0, this.options.plan.k)) {
+    const { lora, plan } = this.options;
+    for (const [name, t] of loraGraphFeeds(this.config, lora, this.train.adapter, 0, plan.k)) {
       feeds[name] = new ort.Tensor('float32', t.data, t.dims);
     }
     return feeds;

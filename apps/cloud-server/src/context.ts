@@ -1,0 +1,51 @@
+/**
+ * The cloud's state as the routes see it: typed Fastify decorators on the app, set once by
+ * app.ts before any route plugin is registered. The names carry a `cloud` prefix because the
+ * declarations merge into Fastify's types for the whole TypeScript program, the edge server's
+ * included.
+ */
+import type { Gpt2Config, LoraConfig, SplitPlan } from '@splitllm/model';
+import type { TailSegment } from '@splitllm/onnx-runner';
+import type { RunManifest, SegmentInfo, TrainSettings } from '@splitllm/wire';
+import type { EdgeInfo, EdgeRegistry } from './edge-registry';
+import type { CloudMetrics } from './metrics';
+import type { Rounds } from './rounds';
+import type { RoundStore } from './store';
+import type { GlobalVersions } from './versions';
+
+export type Tier = 'user' | 'edge';
+
+/** The run: the model and its cut, the settings, what the cloud hands out, and its secrets. */
+export interface CloudRun {
+  config: Gpt2Config;
+  plan: SplitPlan;
+  lora: LoraConfig;
+  train: TrainSettings;
+  settings: { minEdges: number; minUsers: number; maxRounds: number; strategy: string };
+  manifest(): RunManifest;
+  segments: Record<Tier, Uint8Array>;
+  segmentInfo: Record<Tier, SegmentInfo>;
+  tokenizer: { vocabJson: string; mergesTxt: string };
+  /** the largest frame an edge may send (a step, or its round upload) */
+  frameLimit: number;
+  /** edges prove this to register; user tokens are made with it */
+  edgeSecret: string;
+  /** issues join tokens */
+  operatorToken: string;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    cloudRun: CloudRun;
+    cloudEdges: EdgeRegistry;
+    cloudRounds: Rounds;
+    cloudVersions: GlobalVersions;
+    cloudStore: RoundStore;
+    cloudTail: TailSegment;
+    cloudMetrics: CloudMetrics;
+  }
+  interface FastifyRequest {
+    /** the registered edge whose token the request carries (set by `requireEdge`) */
+    cloudEdge: EdgeInfo | null;
+  }
+}

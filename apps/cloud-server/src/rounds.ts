@@ -1,0 +1,457 @@
+/**
+ * The round lifecycle: the strategy picks the edges and the configuration of the next round, the
+ * edges' frames step their cloud copies (tail.ts), each edge uploads its result (checked here in
+ * full before any of it is kept), and once every edge still in the round has uploaded, the
+ * strategy aggregates and the new version is persisted before any edge hears of it.
+ *
+ * An edge leaves a running round when its connection closes, its upload is refused, or the
+ * round's deadline passes before it uploaded; the others finish without it.
+ */
+import { adapterFromNamedTensors, adapterToNamedTensors, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
+import {
+  checkAdamWUpdate,
+  type AdapterUpdate,
+  type AggregationStrategy,
+  type RoundConfig,
+  type RoundSettings,
+} from '@splitllm/federation';
+import {
+  encodeMessage,
+  expectRoundStep,
+  ProtocolError,
+  UPDATE_EDGE_PREFIX,
+  updateUserPrefix,
+  type Incoming,
+  type TrainSettings,
+} from '@splitllm/wire';
+import type { Registry } from 'prom-client';
+import type { EdgePort, Logger } from './edge-registry';
+import { CloudConfigError } from './errors';
+import { collected, type CloudMetrics } from './metrics';
+import type { RoundRecord } from './store';
+import { EdgeTail, type TailStepper } from './tail';
+import type { GlobalVersions } from './versions';
+
+interface ActiveRound {
+  round: number;
+  config: RoundConfig;
+  startedAt: string;
+  startedMs: number;
+  edges: Map<string, EdgeTail>;
+  /** accepted uploads, by edge */
+  uploads: Map<string, EdgeUpload>;
+  bytes: number;
+  deadline?: ReturnType<typeof setTimeout>;
+}
+
+/** An edge's checked upload: its adapter of blocks [k, m) and each trained user's [0, k). */
+export interface EdgeUpload {
+  edge?: LoraAdapter;
+  users: Map<string, LoraAdapter>;
+}
+
+export interface RoundSummary extends RoundRecord {
+  ms: number;
+  /** every aggregated user's step losses, by edge */
+  turns: Array<{ edgeId: string; userId: string; tokens: number; losses: number[] }>;
+}
+
+/** The running round as /api/status shows it. */
+export interface RoundStatus {
+  number: number;
+  startedAt: string;
+  edges: Array<{ edgeId: string; user: string | null; step: number; completed: string[]; uploaded: boolean }>;
+}
+
+export interface RoundsOptions {
+  config: Gpt2Config;
+  train: TrainSettings;
+  tail: TailStepper;
+  versions: GlobalVersions;
+  edges: EdgePort;
+  strategy: AggregationStrategy;
+  metrics: Pick<CloudMetrics, 'steps' | 'tokens' | 'rounds'>;
+  /** where the round-active gauge is registered (none in tests) */
+  registry?: Registry;
+  log: Logger;
+  minEdges: number;
+  minUsers: number;
+  /** no round starts once this version is reached (0: no limit) */
+  maxRounds: number;
+  /** an edge that has not uploaded this long after the round started is excluded from it */
+  roundTimeoutMs: number;
+  onRound?: (s: RoundSummary) => void;
+}
+
+/** Pause before asking again after a round in which nobody trained (rather than spinning). */
+const EMPTY_ROUND_BACKOFF_MS = 1000;
+
+export class Rounds {
+  private active?: ActiveRound;
+  private stopping = false;
+  private startTimer?: ReturnType<typeof setTimeout>;
+
+  constructor(private readonly o: RoundsOptions) {
+    if (o.registry)
+      collected(o.registry, 'splitllm_cloud_round_active', '1 while a round runs', () => (this.active ? 1 : 0));
+  }
+
+  /** The number of the running round, if one runs. */
+  get current(): number | undefined {
+    return this.active?.round;
+  }
+
+  /** What the strategy decides from: the run's settings. */
+  get settings(): RoundSettings {
+    const { minEdges, minUsers, train } = this.o;
+    return {
+      minEdges,
+      minUsers,
+      usersPerEdge: train.usersPerEdge,
+      stepsPerUser: train.stepsPerUser,
+      lr: train.adamw.lr,
+    };
+  }
+
+  /** Counts traffic of the running round (frames in and out, uploads). */
+  countBytes(bytes: number): void {
+    if (this.active) this.active.bytes += bytes;
+  }
+
+  /**
+   * Asks the strategy for a round after `delayMs`. A timer, not a wait for a message: edges'
+   * reports arriving in one tick are answered with one decision, and an empty round is followed
+   * by a pause.
+   */
+  scheduleStart(delayMs = 0): void {
+    if (this.startTimer || this.active || this.stopping) return;
+    this.startTimer = setTimeout(() => {
+      this.startTimer = undefined;
+      this.maybeStart();
+    }, delayMs);
+  }
+
+  /**
+   * Runs `task` in order with the edge's other frames of the running round (at once when the edge
+   * is not in it). The returned promise carries the task's outcome.
+   */
+  enqueue(edgeId: string, task: () => Promise<void> | void): Promise<void> {
+    const t = this.active?.edges.get(edgeId);
+    return t ? t.enqueue(task) : Promise.resolve().then(task);
+  }
+
+  private maybeStart(): void {
+    if (this.active || this.stopping) return;
+    const { versions, strategy, maxRounds, log } = this.o;
+    if (maxRounds > 0 && versions.version >= maxRounds) return;
+    const round = versions.version + 1;
+    const settings = this.settings;
+    const candidates = this.o.edges.candidates();
+    const live = new Set(candidates.map((c) => c.edgeId));
+    const chosen = [...new Set(strategy.selectEdges(round, candidates, settings))].filter((id) => live.has(id));
+    if (chosen.length === 0) return;
+    let config: RoundConfig;
+    try {
+      config = checkRoundConfig(strategy.configureRound(round, settings), settings);
+    } catch (err) {
+      log.error({ round, strategy: strategy.name, err: (err as Error).message }, 'round not started');
+      return;
+    }
+    const cloudPart = versions.part('cloud');
+    const shape = {
+      batch: this.o.train.batch,
+      seq: this.o.train.seq,
+      nEmbd: this.o.config.nEmbd,
+      vocabSize: this.o.config.vocabSize,
+      codec: this.o.train.codec,
+    };
+    const edges = new Map<string, EdgeTail>();
+    for (const id of chosen) {
+      edges.set(id, new EdgeTail(id, round, cloudPart, this.o.train.adamw, config, shape, this.o.tail));
+    }
+    const now = Date.now();
+    const r: ActiveRound = {
+      round,
+      config,
+      startedAt: new Date(now).toISOString(),
+      startedMs: now,
+      edges,
+      uploads: new Map(),
+      bytes: 0,
+    };
+    this.active = r;
+    r.deadline = setTimeout(() => this.deadlinePassed(r), this.o.roundTimeoutMs);
+    r.deadline.unref?.();
+    log.info({ round, edges: chosen }, 'round started');
+    const start = encodeMessage('cloudToEdge', 'round-start', {
+      round,
+      version: versions.version,
+      usersPerEdge: config.usersPerEdge,
+      stepsPerUser: config.stepsPerUser,
+    });
+    for (const id of chosen) this.o.edges.send(id, start);
+  }
+
+  /** The running round and the edge's part of it, for a message of round `m.round`. */
+  private inRound(edgeId: string, m: { type: string; round: number }): { r: ActiveRound; t: EdgeTail } {
+    const r = this.active;
+    if (!r) throw new ProtocolError('NO_ROUND', 'no round is running');
+    expectRoundStep(m, r.round);
+    const t = r.edges.get(edgeId);
+    if (!t) throw new ProtocolError('NOT_IN_ROUND', `edge "${edgeId}" does not take part in round ${r.round}`);
+    if (r.uploads.has(edgeId)) {
+      throw new ProtocolError('ROUND_UPLOADED', `edge "${edgeId}" already uploaded its round ${r.round} result`);
+    }
+    return { r, t };
+  }
+
+  private edgeTail(edgeId: string, m: { type: string; round: number }): EdgeTail {
+    return this.inRound(edgeId, m).t;
+  }
+
+  userBegin(edgeId: string, m: Incoming<'edgeToCloud', 'user-begin'>): void {
+    this.edgeTail(edgeId, m).begin(m);
+  }
+
+  userDropped(edgeId: string, m: Incoming<'edgeToCloud', 'user-dropped'>): void {
+    const turn = this.edgeTail(edgeId, m).drop(m);
+    this.o.log.warn({ edgeId, userId: turn.userId, steps: turn.steps }, 'user dropped: its steps are rolled back');
+  }
+
+  /** One step of the edge's current user; the `backward` goes back to the edge. */
+  async forward(edgeId: string, m: Incoming<'edgeToCloud', 'forward'>): Promise<void> {
+    const back = await this.edgeTail(edgeId, m).forward(m);
+    this.o.metrics.steps.inc();
+    this.o.metrics.tokens.inc(back.count);
+    this.o.edges.send(edgeId, encodeMessage('cloudToEdge', 'backward', back));
+  }
+
+  /** The edge's connection closed: it leaves the running round. */
+  excludeEdge(edgeId: string, why: string): void {
+    const r = this.active;
+    if (!r?.edges.has(edgeId)) return;
+    r.edges.delete(edgeId);
+    r.uploads.delete(edgeId);
+    this.o.log.warn({ edgeId, round: r.round }, why);
+    this.maybeFinish();
+  }
+
+  private deadlinePassed(r: ActiveRound): void {
+    if (this.active !== r) return;
+    for (const edgeId of [...r.edges.keys()]) {
+      if (!r.uploads.has(edgeId)) {
+        r.edges.delete(edgeId);
+        this.o.log.warn({ edgeId, round: r.round }, 'edge timed out: excluded from the round');
+      }
+    }
+    this.maybeFinish();
+  }
+
+  /**
+   * An edge's end-of-round upload: its edge-side adapter and the adapter of every user that
+   * completed its turn. Checked in full before any of it is kept; a refused upload takes its edge
+   * out of the round (the others need not wait for it).
+   */
+  async acceptUpdate(
+    edgeId: string,
+    m: Incoming<'edgeUpload', 'update'>,
+    frameBytes: number,
+  ): Promise<{ accepted: boolean; round: number }> {
+    const { r, t } = this.inRound(edgeId, m);
+    await t.settled(); // every step of this edge is applied first
+    if (this.active !== r || r.edges.get(edgeId) !== t) {
+      throw new ProtocolError('NOT_IN_ROUND', `edge "${edgeId}" is no longer part of round ${r.round}`);
+    }
+    if (r.uploads.has(edgeId)) {
+      throw new ProtocolError('ROUND_UPLOADED', `edge "${edgeId}" already uploaded its round ${r.round} result`);
+    }
+    if (m.edgeId !== edgeId) throw new ProtocolError('BAD_FIELD', 'update.edgeId is not the uploading edge');
+    if (t.turn) throw new ProtocolError('TURN_OPEN', `user "${t.turn.userId}"'s turn has not ended`);
+    r.bytes += frameBytes + m.userBytes;
+    let upload: EdgeUpload;
+    try {
+      upload = checkUpload(m, t, this.o.versions, r.config);
+    } catch (err) {
+      r.edges.delete(edgeId);
+      this.o.log.warn(
+        { edgeId, round: r.round, err: (err as Error).message },
+        'edge excluded from the round: its upload was refused',
+      );
+      this.maybeFinish();
+      throw err;
+    }
+    r.uploads.set(edgeId, upload);
+    this.o.log.info({ edgeId, round: r.round, users: [...upload.users.keys()].sort() }, 'edge update accepted');
+    this.maybeFinish();
+    return { accepted: true, round: r.round };
+  }
+
+  private maybeFinish(): void {
+    const r = this.active;
+    if (!r) return;
+    for (const edgeId of r.edges.keys()) if (!r.uploads.has(edgeId)) return;
+    this.active = undefined;
+    clearTimeout(r.deadline);
+    try {
+      this.finish(r);
+    } catch (err) {
+      this.o.log.error(
+        { round: r.round, err: (err as Error).message },
+        'round could not be recorded; the global adapter is unchanged',
+      );
+      this.o.metrics.rounds.inc({ outcome: 'failed' });
+    }
+    this.scheduleStart(0);
+  }
+
+  private finish(r: ActiveRound): void {
+    const updates: AdapterUpdate[] = [];
+    let tokens = 0;
+    let lossSum = 0;
+    let lossCount = 0;
+    const participants: string[] = [];
+    for (const t of r.edges.values()) {
+      const up = r.uploads.get(t.edgeId);
+      const edgeTokens = t.tokens();
+      // every edge still in the round uploaded, with an edge adapter whenever a turn completed
+      if (!up?.edge || edgeTokens === 0) continue;
+      tokens += edgeTokens;
+      lossSum += t.lossSum;
+      lossCount += t.lossCount;
+      participants.push(`edge:${t.edgeId}`);
+      updates.push({ from: `edge:${t.edgeId}`, adapter: up.edge, tokens: edgeTokens });
+      updates.push({ from: `cloud:${t.edgeId}`, adapter: t.cloud.copyAdapter(), tokens: edgeTokens });
+      for (const turn of t.completed) {
+        const adapter = up.users.get(turn.userId);
+        if (!adapter) continue; // checkUpload read one for every completed turn
+        participants.push(`user:${turn.userId}`);
+        updates.push({ from: `user:${turn.userId}`, adapter, tokens: turn.tokens });
+      }
+    }
+    const users = participants.filter((p) => p.startsWith('user:')).length;
+    if (tokens === 0) {
+      this.o.log.warn(
+        { round: r.round },
+        'round ended with no completed user: nothing to aggregate, version unchanged',
+      );
+      this.o.metrics.rounds.inc({ outcome: 'empty' });
+      this.scheduleStart(EMPTY_ROUND_BACKOFF_MS);
+      return;
+    }
+    const { versions } = this.o;
+    const next = this.o.strategy.aggregate(versions.adapter, updates);
+    const loss = lossCount > 0 ? lossSum / lossCount : null;
+    const rec = versions.record(next, {
+      round: r.round,
+      tokens,
+      users,
+      edges: participants.length - users,
+      loss,
+      bytes: r.bytes,
+      startedAt: r.startedAt,
+      participants,
+    });
+    // persisted: now it may be told
+    this.o.metrics.rounds.inc({ outcome: 'recorded' });
+    this.o.log.info({ round: r.round, version: rec.version, loss, users, tokens }, 'round recorded');
+    this.o.edges.broadcast(encodeMessage('cloudToEdge', 'round-end', { round: r.round, version: rec.version }));
+    const turns = [...r.edges.values()].flatMap((t) =>
+      t.completed.map((u) => ({ edgeId: t.edgeId, userId: u.userId, tokens: u.tokens, losses: u.losses })),
+    );
+    this.o.onRound?.({ ...rec, ms: Date.now() - r.startedMs, turns });
+  }
+
+  status(): RoundStatus | null {
+    const r = this.active;
+    if (!r) return null;
+    return {
+      number: r.round,
+      startedAt: r.startedAt,
+      edges: [...r.edges.values()].map((t) => ({
+        edgeId: t.edgeId,
+        user: t.turn?.userId ?? null,
+        step: t.turn?.steps ?? 0,
+        completed: t.completed.map((u) => u.userId),
+        uploaded: r.uploads.has(t.edgeId),
+      })),
+    };
+  }
+
+  stop(): void {
+    this.stopping = true;
+    clearTimeout(this.startTimer);
+    if (this.active) clearTimeout(this.active.deadline);
+  }
+}
+
+/**
+ * The strategy's configuration, checked against what the other tiers can follow: the edge and
+ * the user take the learning rate from the run's manifest (the round-start does not carry one),
+ * and the cloud's upload size limit was computed from the run's users per edge.
+ */
+function checkRoundConfig(c: RoundConfig, s: RoundSettings): RoundConfig {
+  const posInt = (v: number) => Number.isSafeInteger(v) && v >= 1;
+  if (!posInt(c.usersPerEdge) || !posInt(c.stepsPerUser)) {
+    throw new CloudConfigError(
+      'BAD_ROUND_CONFIG',
+      `usersPerEdge and stepsPerUser must be integers >= 1, got ${JSON.stringify(c)}`,
+    );
+  }
+  if (c.usersPerEdge > s.usersPerEdge) {
+    throw new CloudConfigError(
+      'BAD_ROUND_CONFIG',
+      `usersPerEdge ${c.usersPerEdge} exceeds the run's ${s.usersPerEdge} (the upload limit)`,
+    );
+  }
+  if (c.lr !== s.lr) {
+    throw new CloudConfigError(
+      'BAD_ROUND_CONFIG',
+      `lr ${c.lr} differs from the run's ${s.lr}, which the edges and users train with`,
+    );
+  }
+  return c;
+}
+
+/**
+ * Reads and checks an edge's upload against what the cloud itself saw: the users listed are
+ * exactly the users whose turns it trained; each adapter has the exact modules and shapes, finite
+ * values and an update norm within the AdamW bound; no tensor is left over.
+ */
+export function checkUpload(
+  m: Incoming<'edgeUpload', 'update'>,
+  t: EdgeTail,
+  versions: GlobalVersions,
+  config: RoundConfig,
+): EdgeUpload {
+  const ids = m.users.map((u) => u.userId).sort();
+  const expected = t.completed.map((u) => u.userId).sort();
+  if (ids.join('\n') !== expected.join('\n')) {
+    throw new ProtocolError(
+      'UPDATE_MISMATCH',
+      `update lists users [${ids.join(', ')}], the cloud trained [${expected.join(', ')}]`,
+    );
+  }
+  const lora = versions.adapter.config;
+  const { lr, stepsPerUser } = config;
+  const userGlobal = versions.part('user');
+  const users = new Map<string, LoraAdapter>();
+  for (const u of t.completed) {
+    const adapter = adapterFromNamedTensors(lora, m.tensors, updateUserPrefix(u.userId));
+    checkAdamWUpdate(userGlobal, adapter, lr, stepsPerUser);
+    users.set(u.userId, adapter);
+  }
+  let edge: LoraAdapter | undefined;
+  if (t.completed.length > 0) {
+    edge = adapterFromNamedTensors(lora, m.tensors, UPDATE_EDGE_PREFIX);
+    checkAdamWUpdate(versions.part('edge'), edge, lr, stepsPerUser * t.completed.length);
+  }
+  // every tensor of the upload must belong to one of the adapters just read
+  const known = new Set<string>();
+  for (const [userId, a] of users)
+    for (const name of adapterToNamedTensors(a, updateUserPrefix(userId)).keys()) known.add(name);
+  if (edge) for (const name of adapterToNamedTensors(edge, UPDATE_EDGE_PREFIX).keys()) known.add(name);
+  for (const name of m.tensors.keys()) {
+    if (!known.has(name)) throw new ProtocolError('BAD_TENSOR', `update carries an unexpected tensor "${name}"`);
+  }
+  return { edge, users };
+}

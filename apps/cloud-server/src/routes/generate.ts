@@ -1,0 +1,88 @@
+/**
+ * Generation: an edge sends h2 of one user's context (a `generate` message of the edgeGenerate
+ * channel, with the user and the global version whose edge part it ran); the answer is a `logits`
+ * message, the next-token logits at the last position, from the tail with that version's cloud
+ * part. The body is read only for a known edge (the edge check is an onRequest hook).
+ */
+import {
+  decodeExpected,
+  encodeMessage,
+  expectShape,
+  frameRequestStatus,
+  maxGenerateFrameBytes,
+  ProtocolError,
+} from '@splitllm/wire';
+import type { FastifyPluginAsync } from 'fastify';
+import { edgeOf, requireEdge } from '../auth';
+import { CloudRequestError } from '../errors';
+import { ref } from '../schemas';
+
+export const generateRoutes: FastifyPluginAsync = async (app) => {
+  const c = app.cloudRun.config;
+  const limit = maxGenerateFrameBytes(c);
+  const V = c.vocabSize;
+  const { generateRefused: refused, generateServed: served } = app.cloudMetrics;
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: unknown }, req, reply) => {
+    if (err instanceof CloudRequestError) {
+      // logged where it was refused, with the user and version it was about
+      refused.inc({ code: err.code });
+      return reply.code(err.status).send({ code: err.code, message: err.message });
+    }
+    const { status, code } = frameRequestStatus(err);
+    refused.inc({ code });
+    req.log.warn({ code, err: err.message }, 'generate request rejected');
+    return reply.code(status).send({ code, message: err.message });
+  });
+
+  const errors = Object.fromEntries([400, 401, 404, 409, 413, 415, 500].map((s) => [s, ref('cloudError')]));
+  app.post(
+    '/api/generate',
+    { onRequest: requireEdge, bodyLimit: limit, schema: { response: errors } },
+    async (req, reply) => {
+      const edge = edgeOf(req);
+      const body = req.body;
+      if (!Buffer.isBuffer(body))
+        throw new ProtocolError('BAD_FRAME', 'the body is an application/octet-stream `generate` frame');
+      const m = decodeExpected(
+        'edgeGenerate',
+        'generate',
+        new Uint8Array(body.buffer, body.byteOffset, body.byteLength),
+        {
+          maxBytes: limit,
+        },
+      );
+      const h = expectShape(m.h, 'h', [1, null, c.nEmbd]);
+      const T = m.h.shape[1];
+      if (T < 1 || T > c.nPositions)
+        throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+      const { userId, version } = m;
+      const refuse = (status: number, code: 'UNKNOWN_USER' | 'UNKNOWN_VERSION' | 'NOT_FINITE', message: string) => {
+        req.log.warn({ code, edgeId: edge.edgeId, userId, version }, 'generate request refused');
+        return new CloudRequestError(status, code, message);
+      };
+      const user = app.cloudStore.user(userId);
+      if (!user || user.edgeId !== edge.edgeId) {
+        throw refuse(404, 'UNKNOWN_USER', `user "${userId}" is not a user of edge "${edge.edgeId}"`);
+      }
+      const adapter = app.cloudVersions.at(version);
+      if (!adapter) {
+        const current = app.cloudVersions.version;
+        throw refuse(
+          409,
+          'UNKNOWN_VERSION',
+          `version ${version} is not a recorded global version (current: ${current})`,
+        );
+      }
+      const logits = await app.cloudTail.logits(adapter, h, 1, T);
+      for (let i = 0; i < V; i++) {
+        if (!Number.isFinite(logits[i])) throw refuse(500, 'NOT_FINITE', `logit ${i} is ${logits[i]}`);
+      }
+      served.inc();
+      const answer = encodeMessage('logits', 'logits', { version, logits: { data: logits, shape: [V] } });
+      return reply
+        .type('application/octet-stream')
+        .send(Buffer.from(answer.buffer, answer.byteOffset, answer.byteLength));
+    },
+  );
+};

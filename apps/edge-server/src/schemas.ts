@@ -1,0 +1,256 @@
+/**
+ * The JSON schemas the edge's routes share, registered once on the app (`addSchema`) and named
+ * with `$ref: '<id>#'`. The responses that are a contract (errors, the public status, the
+ * manifest, the operator's status) are closed: a field that is not declared here is not sent.
+ */
+
+const nullable = (type: string) => ({ type: [type, 'null'] });
+
+/** Every refusal: a code from a closed list and a sentence. */
+export const errorSchema = {
+  $id: 'edgeError',
+  type: 'object',
+  properties: { code: { type: 'string' }, message: { type: 'string' } },
+  required: ['code', 'message'],
+  additionalProperties: false,
+} as const;
+
+const segmentInfo = {
+  type: 'object',
+  properties: { sha256: { type: 'string' }, bytes: { type: 'integer' } },
+  required: ['sha256', 'bytes'],
+  additionalProperties: false,
+};
+
+/** The run as the cloud described it (RunManifest), at the edge's current version. */
+export const manifestSchema = {
+  $id: 'manifest',
+  type: 'object',
+  definitions: {
+    plan: {
+      type: 'object',
+      properties: { k: { type: 'integer' }, m: { type: 'integer' } },
+      required: ['k', 'm'],
+      additionalProperties: false,
+    },
+    train: {
+      type: 'object',
+      properties: {
+        batch: { type: 'integer' },
+        seq: { type: 'integer' },
+        stepsPerUser: { type: 'integer' },
+        usersPerEdge: { type: 'integer' },
+        codec: { type: 'string', enum: ['f32', 'f16', 'int8'] },
+        adamw: {
+          type: 'object',
+          properties: {
+            lr: { type: 'number' },
+            beta1: { type: 'number' },
+            beta2: { type: 'number' },
+            eps: { type: 'number' },
+            weightDecay: { type: 'number' },
+          },
+          required: ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'],
+          additionalProperties: false,
+        },
+      },
+      required: ['batch', 'seq', 'stepsPerUser', 'usersPerEdge', 'codec', 'adamw'],
+      additionalProperties: false,
+    },
+  },
+  properties: {
+    modelName: { type: 'string' },
+    // the model's Hugging Face config.json, as the cloud gave it: its keys are the model's, not ours
+    config: { type: 'object', additionalProperties: true },
+    plan: { $ref: 'manifest#/definitions/plan' },
+    lora: {
+      type: 'object',
+      properties: {
+        r: { type: 'integer' },
+        alpha: { type: 'number' },
+        targets: { type: 'array', items: { type: 'string' } },
+      },
+      required: ['r', 'alpha', 'targets'],
+      additionalProperties: false,
+    },
+    train: { $ref: 'manifest#/definitions/train' },
+    version: { type: 'integer' },
+    segments: {
+      type: 'object',
+      properties: { user: segmentInfo, edge: segmentInfo },
+      required: ['user', 'edge'],
+      additionalProperties: false,
+    },
+  },
+  required: ['modelName', 'config', 'plan', 'lora', 'train', 'version', 'segments'],
+  additionalProperties: false,
+} as const;
+
+/** The tokenizer files as the cloud serves them. */
+export const tokenizerSchema = {
+  $id: 'tokenizer',
+  type: 'object',
+  properties: { vocabJson: { type: 'string' }, mergesTxt: { type: 'string' } },
+  additionalProperties: false,
+} as const;
+
+/** GET /api/status: a summary with counts only, never a user id. */
+export const publicStatusSchema = {
+  $id: 'publicStatus',
+  type: 'object',
+  properties: {
+    edgeId: { type: 'string' },
+    version: { type: 'integer' },
+    round: nullable('integer'),
+    cloudConnected: { type: 'boolean' },
+    users: {
+      type: 'object',
+      properties: { connected: { type: 'integer' }, waiting: { type: 'integer' } },
+      required: ['connected', 'waiting'],
+      additionalProperties: false,
+    },
+    provider: { type: 'string' },
+  },
+  required: ['edgeId', 'version', 'round', 'cloudConnected', 'users', 'provider'],
+  additionalProperties: false,
+} as const;
+
+const lossPointProperties = {
+  userId: { type: 'string' },
+  step: { type: 'integer' },
+  loss: { type: 'number' },
+  ms: { type: 'number' },
+  tokens: { type: 'integer' },
+  at: { type: 'string' },
+};
+const lossPointRequired = ['userId', 'step', 'loss', 'ms', 'tokens', 'at'];
+
+/** GET /api/admin/status: everything the operator's dashboard shows (Edge.status()). */
+export const adminStatusSchema = {
+  $id: 'adminStatus',
+  type: 'object',
+  properties: {
+    edgeId: { type: 'string' },
+    provider: { type: 'string' },
+    cloudConnected: { type: 'boolean' },
+    version: { type: 'integer' },
+    plan: { $ref: 'manifest#/definitions/plan' },
+    train: { $ref: 'manifest#/definitions/train' },
+    round: {
+      type: ['object', 'null'],
+      properties: {
+        number: { type: 'integer' },
+        version: { type: 'integer' },
+        current: {
+          type: ['object', 'null'],
+          properties: { userId: { type: 'string' }, step: { type: 'integer' }, steps: { type: 'integer' } },
+          required: ['userId', 'step', 'steps'],
+          additionalProperties: false,
+        },
+        completed: { type: 'array', items: { type: 'string' } },
+      },
+      required: ['number', 'version', 'current', 'completed'],
+      additionalProperties: false,
+    },
+    users: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          userId: { type: 'string' },
+          state: { type: 'string', enum: ['waiting', 'training'] },
+          position: { type: 'integer' },
+          connectedAt: { type: 'string' },
+          bytesIn: { type: 'integer' },
+          bytesOut: { type: 'integer' },
+        },
+        required: ['userId', 'state', 'position', 'connectedAt', 'bytesIn', 'bytesOut'],
+        additionalProperties: false,
+      },
+    },
+    waiting: { type: 'integer' },
+    lastStepMs: nullable('number'),
+    tokensPerSecond: nullable('number'),
+    bytesIn: { type: 'integer' },
+    bytesOut: { type: 'integer' },
+    memory: {
+      type: 'object',
+      properties: {
+        rss: { type: 'number' },
+        heapTotal: { type: 'number' },
+        heapUsed: { type: 'number' },
+        external: { type: 'number' },
+        arrayBuffers: { type: 'number' },
+        peakRss: nullable('number'),
+      },
+      required: ['rss', 'heapTotal', 'heapUsed', 'external', 'arrayBuffers', 'peakRss'],
+      additionalProperties: false,
+    },
+    steps: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: { round: { type: 'integer' }, ...lossPointProperties },
+        required: ['round', ...lossPointRequired],
+        additionalProperties: false,
+      },
+    },
+    errors: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          at: { type: 'string' },
+          code: { type: 'string' },
+          message: { type: 'string' },
+          userId: { type: 'string' },
+        },
+        required: ['at', 'code', 'message'],
+        additionalProperties: false,
+      },
+    },
+    loss: {
+      type: 'object',
+      properties: {
+        round: nullable('integer'),
+        points: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: lossPointProperties,
+            required: lossPointRequired,
+            additionalProperties: false,
+          },
+        },
+      },
+      required: ['round', 'points'],
+      additionalProperties: false,
+    },
+  },
+  required: [
+    'edgeId',
+    'provider',
+    'cloudConnected',
+    'version',
+    'plan',
+    'train',
+    'round',
+    'users',
+    'waiting',
+    'lastStepMs',
+    'tokensPerSecond',
+    'bytesIn',
+    'bytesOut',
+    'memory',
+    'steps',
+    'errors',
+    'loss',
+  ],
+  additionalProperties: false,
+} as const;
+
+/** Every shared schema, for `addSchema` (in this order: later ones refer to earlier ones). */
+export const SHARED_SCHEMAS = [errorSchema, manifestSchema, tokenizerSchema, publicStatusSchema, adminStatusSchema];
+
+/** A reference to a shared schema. */
+export const ref = (id: (typeof SHARED_SCHEMAS)[number]['$id']) => ({ $ref: `${id}#` });

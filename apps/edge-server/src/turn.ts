@@ -1,0 +1,203 @@
+/**
+ * The turn relay: one user's turn of a round, every step user -> edge -> cloud and back.
+ *
+ *   user --forward {h1, targets}--> edge: blocks [k, m) forward --forward {h2, targets}--> cloud
+ *   cloud --backward {dh2, loss, count}--> edge: blocks [k, m) backward, AdamW on the edge LoRA
+ *   edge --backward {dh1, loss, count}--> user;  after the last step: user --adapter--> edge
+ *
+ * A user who leaves, times out or sends an unusable adapter, a cloud that fails or goes away, or
+ * a step that cannot be sent (a non-finite h2) ends the turn: the edge LoRA goes back to where
+ * it was before the turn, the cloud is told to drop the user's steps, and the user hears why.
+ *
+ * Every wait for a peer's next message is installed before the frame that prompts it is sent
+ * (MessageWaiter.request): when encoding or sending throws, the wait is withdrawn with its
+ * timer, so nothing outlives the turn.
+ */
+import { codeOf, IGNORE_INDEX, type LoraAdapter } from '@splitllm/model';
+import type { LoraTrainState } from '@splitllm/federation';
+import type { BlocksSegment } from '@splitllm/onnx-runner';
+import {
+  type Codec,
+  expectRoundStep,
+  expectShape,
+  type Incoming,
+  type MessageOn,
+  type MessageTypeOn,
+  type MessageWaiter,
+  type Outgoing,
+  ProtocolError,
+} from '@splitllm/wire';
+import { EdgeError } from './errors';
+import type { LossPoint, Logger } from './telemetry';
+import type { ExpectOptions } from './user-queue';
+
+/** The user's side of a turn (UserConn, or a fake in tests). */
+export interface TurnUser {
+  readonly userId: string;
+  /** true once the user's connection is gone: nothing more is sent to it */
+  readonly closed: boolean;
+  send<T extends MessageTypeOn<'edgeToUser'>>(type: T, m: Outgoing<'edgeToUser', T>): void;
+  sendError(code: string, message: string): void;
+  /** sends with `send`, then waits for the user's next message of `type` (see UserConn.expect) */
+  expect<T extends 'forward' | 'adapter'>(
+    send: () => void,
+    type: T,
+    opts: ExpectOptions<Incoming<'userToEdge', T>>,
+  ): Promise<Incoming<'userToEdge', T>>;
+}
+
+/** The cloud's side of a turn (the CloudLink, or a fake in tests). */
+export interface TurnCloud {
+  /** throws when the cloud is not connected */
+  send<T extends MessageTypeOn<'edgeToCloud'>>(type: T, m: Outgoing<'edgeToCloud', T>): void;
+  /** where the cloud's answers to this edge are delivered */
+  readonly waiter: MessageWaiter<MessageOn<'cloudToEdge'>>;
+}
+
+export type TurnBlocks = Pick<BlocksSegment, 'forward' | 'backward'>;
+export type TurnTrainer = Pick<LoraTrainState, 'adapter' | 'snapshot' | 'restore' | 'step'>;
+
+export interface TurnSpec {
+  round: number;
+  /** the global version the round trains from */
+  version: number;
+  steps: number;
+  batch: number;
+  seq: number;
+  /** how activations and their gradients travel */
+  codec: Codec;
+  nEmbd: number;
+  vocabSize: number;
+  /** the user's next frame must arrive within this time */
+  userTimeoutMs: number;
+  /** the cloud must answer a step within this time */
+  cloudTimeoutMs: number;
+}
+
+export interface TurnDeps {
+  user: TurnUser;
+  cloud: TurnCloud;
+  blocks: TurnBlocks;
+  /** the edge LoRA and its optimizer, shared by the round's turns */
+  train: TurnTrainer;
+  /** the user's adapter from its `adapter` message, checked against the global one (throws to refuse it) */
+  acceptAdapter: (m: Incoming<'userToEdge', 'adapter'>) => LoraAdapter;
+  log: Logger;
+  /** the step now in progress (for the status) */
+  onProgress?: (step: number) => void;
+  /** a step is done: its gradient went back to the user */
+  onStep?: (point: LossPoint) => void;
+  /** the user was dropped from the round; everything was rolled back */
+  onDropped?: (code: string, message: string) => void;
+}
+
+export interface TurnResult {
+  userId: string;
+  adapter: LoraAdapter;
+  steps: number;
+  tokens: number;
+}
+
+/** Runs one user's turn; returns its result, or undefined when the user was dropped (everything rolled back). */
+export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnResult | undefined> {
+  const { round, steps, batch: B, seq: T, nEmbd: D, vocabSize: V, codec } = spec;
+  const { user, cloud, blocks, train } = deps;
+  const userId = user.userId;
+  const before = train.snapshot();
+  const fromUser = <M>(type: string, check: (m: M) => void): ExpectOptions<M> => ({
+    timeoutMs: spec.userTimeoutMs,
+    onTimeout: () => new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${spec.userTimeoutMs} ms`),
+    check,
+  });
+  const forwardCheck = (step: number) => (m: Incoming<'userToEdge', 'forward'>) => {
+    expectRoundStep(m, round, step);
+    expectShape(m.h, 'h', [B, T, D]);
+    const targets = expectShape(m.targets, 'targets', [B, T]);
+    for (let i = 0; i < targets.length; i++) {
+      const t = targets[i];
+      if (t !== IGNORE_INDEX && !(t >= 0 && t < V)) {
+        throw new ProtocolError(
+          'BAD_TARGET',
+          `target ${t} at position ${i} is outside [0, ${V}) and is not ${IGNORE_INDEX}`,
+        );
+      }
+    }
+  };
+  let tokens = 0;
+  try {
+    cloud.send('user-begin', { round, userId });
+    deps.log.info({ round, userId, steps }, 'turn started');
+    // what goes to the user before each of its frames: the turn, then each step's gradient
+    let prompt = () => user.send('turn', { round, version: spec.version, steps, batch: B, seq: T, codec });
+    for (let step = 1; step <= steps; step++) {
+      deps.onProgress?.(step);
+      const fwd = await user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step)));
+      const h = fwd.h.data;
+      const t0 = performance.now();
+      const out = await blocks.forward(train.adapter, h, B, T);
+      const back = await cloud.waiter.request(
+        () =>
+          cloud.send('forward', {
+            round,
+            step,
+            userId,
+            h: { data: out.y, shape: [B, T, D], codec },
+            targets: { data: fwd.targets.data, shape: [B, T] },
+          }),
+        'backward',
+        {
+          timeoutMs: spec.cloudTimeoutMs,
+          onTimeout: () => new EdgeError('CLOUD_TIMEOUT', `the cloud did not answer within ${spec.cloudTimeoutMs} ms`),
+          accept: (m) => {
+            expectRoundStep(m, round, step);
+            expectShape(m.dh, 'dh', [B, T, D]);
+          },
+        },
+      );
+      const { dx, loraGrads } = await blocks.backward(train.adapter, h, out.saved, back.dh.data, B, T);
+      train.step(loraGrads);
+      prompt = () => {
+        user.send('backward', {
+          round,
+          step,
+          loss: back.loss,
+          count: back.count,
+          dh: { data: dx, shape: [B, T, D], codec },
+        });
+        tokens += back.count;
+        const ms = performance.now() - t0;
+        deps.onStep?.({ userId, step, loss: back.loss, tokens: back.count, ms, at: new Date().toISOString() });
+      };
+    }
+    // the adapter its check accepted, by the message that carried it
+    const accepted = new WeakMap<object, LoraAdapter>();
+    const sent = await user.expect(
+      prompt,
+      'adapter',
+      fromUser('adapter', (m: Incoming<'userToEdge', 'adapter'>) => {
+        expectRoundStep(m, round);
+        accepted.set(m, deps.acceptAdapter(m));
+      }),
+    );
+    const adapter = accepted.get(sent);
+    if (!adapter) throw new Error("the user's adapter was delivered without passing its check");
+    user.send('turn-end', { round, accepted: true });
+    deps.log.info({ round, userId, tokens }, 'turn completed');
+    return { userId, adapter, steps, tokens };
+  } catch (e) {
+    const code = codeOf(e, 'STEP_FAILED');
+    const message = (e as Error).message;
+    train.restore(before);
+    deps.onDropped?.(code, `user dropped from round ${round}: ${message}`);
+    try {
+      cloud.send('user-dropped', { round, userId });
+    } catch {
+      /* the cloud is gone: the round is void there anyway */
+    }
+    if (!user.closed) {
+      user.sendError(code, message);
+      user.send('turn-end', { round, accepted: false, reason: code });
+    }
+    return undefined;
+  }
+}

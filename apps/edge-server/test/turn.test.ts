@@ -1,0 +1,230 @@
+/**
+ * The turn relay through its interface, with a scripted user (a UserConn over a fake socket), a
+ * fake cloud, identity blocks and a counting trainer: a full turn, and each way a turn ends early
+ * (the user times out or leaves, the cloud refuses, a step cannot be sent) rolls back and leaves
+ * nothing pending.
+ */
+import { codeOf, type LoraAdapter } from '@splitllm/model';
+import type { Incoming, MessageOn } from '@splitllm/wire';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { CloudError } from '../src/errors';
+import type { LossPoint } from '../src/telemetry';
+import { relayTurn, type TurnSpec } from '../src/turn';
+import type { UserConn } from '../src/user-queue';
+import { FakeCloud, type FakeSocket, fakeBlocks, fakeTrainer, fakeUser, later, silentLog, wire } from './fakes';
+
+const SPEC: TurnSpec = {
+  round: 1,
+  version: 0,
+  steps: 2,
+  batch: 1,
+  seq: 2,
+  codec: 'f32',
+  nEmbd: 3,
+  vocabSize: 5,
+  userTimeoutMs: 1000,
+  cloudTimeoutMs: 1000,
+};
+const ADAPTER = { layers: new Map() } as unknown as LoraAdapter;
+
+function forward(step: number, round = SPEC.round) {
+  return wire('userToEdge', 'forward', {
+    round,
+    step,
+    h: { data: new Float32Array(6).fill(0.25 * step), shape: [1, 2, 3] },
+    targets: { data: Int32Array.of(1, 4), shape: [1, 2] },
+  });
+}
+
+function adapterMessage() {
+  return wire('userToEdge', 'adapter', {
+    round: SPEC.round,
+    tokens: 4,
+    steps: SPEC.steps,
+    tensors: new Map([['h.0.attn.c_attn.lora_A', { data: Float32Array.of(1, 2), shape: [1, 2] }]]),
+  });
+}
+
+/** What the user queue does with a user's message: hand it to the turn, or answer the refusal. */
+function fromUser(conn: UserConn, m: MessageOn<'userToEdge'>): void {
+  try {
+    conn.offer(m, 1);
+  } catch (e) {
+    conn.sendError(codeOf(e, 'BAD_FRAME'), (e as Error).message);
+  }
+}
+
+/** An honest user: a forward for every turn and gradient, its adapter after the last step. */
+function playHonestly(conn: UserConn, socket: FakeSocket, o: { leaveAfterStep?: number; silent?: boolean } = {}): void {
+  socket.onFrame = (m) => {
+    if (o.silent) return;
+    if (m.type === 'turn') later(() => fromUser(conn, forward(1)));
+    if (m.type === 'backward') {
+      if (m.step === o.leaveAfterStep) later(() => conn.gone('user left', true, 1000));
+      else if (m.step < SPEC.steps) later(() => fromUser(conn, forward(m.step + 1)));
+      else later(() => fromUser(conn, adapterMessage()));
+    }
+  };
+}
+
+function setup(o: { poison?: boolean } = {}) {
+  const { conn, socket } = fakeUser('u1');
+  const cloud = new FakeCloud();
+  const blocks = fakeBlocks(o);
+  const train = fakeTrainer();
+  const steps: LossPoint[] = [];
+  const drops: Array<{ code: string; message: string }> = [];
+  const run = () =>
+    relayTurn(SPEC, {
+      user: conn,
+      cloud,
+      blocks,
+      train,
+      acceptAdapter: (m: Incoming<'userToEdge', 'adapter'>) => {
+        expect(m.tensors.size).toBe(1);
+        return ADAPTER;
+      },
+      log: silentLog,
+      onStep: (p) => steps.push(p),
+      onDropped: (code, message) => drops.push({ code, message }),
+    });
+  return { conn, socket, cloud, blocks, train, steps, drops, run };
+}
+
+describe('the turn relay', () => {
+  it('relays every step user -> edge -> cloud and back, and ends the turn accepted', async () => {
+    const t = setup();
+    playHonestly(t.conn, t.socket);
+    const result = await t.run();
+    expect(result).toEqual({ userId: 'u1', adapter: ADAPTER, steps: 2, tokens: 6 });
+    expect(t.socket.types()).toEqual(['turn', 'backward', 'backward', 'turn-end']);
+    expect(t.socket.last('turn')).toMatchObject({ round: 1, version: 0, steps: 2, batch: 1, seq: 2, codec: 'f32' });
+    expect(t.socket.last('turn-end')).toMatchObject({ round: 1, accepted: true });
+    const backs = t.socket.frames.filter((f) => f.type === 'backward');
+    expect(backs.map((b) => [b.step, b.loss, b.count])).toEqual([
+      [1, 3, 3],
+      [2, 4, 3],
+    ]);
+    // identity blocks and a cloud that answers dh = h: the user gets its own activations back
+    expect(Array.from(backs[1].dh.data)).toEqual(Array(6).fill(0.5));
+    expect(t.cloud.types()).toEqual(['user-begin', 'forward', 'forward']);
+    expect(t.cloud.sent[1]).toMatchObject({ type: 'forward', round: 1, step: 1, userId: 'u1' });
+    expect(t.steps.map((p) => [p.userId, p.step, p.loss, p.tokens])).toEqual([
+      ['u1', 1, 3, 3],
+      ['u1', 2, 4, 3],
+    ]);
+    expect(t.train.taken).toBe(2);
+    expect(t.train.restores).toBe(0);
+    expect(t.drops).toEqual([]);
+    expect(t.cloud.waiter.waitingFor).toBeUndefined();
+    expect(t.conn.waitingFor).toBeUndefined();
+  });
+
+  it("answers a frame that fails the turn's checks and keeps waiting for a good one", async () => {
+    const t = setup();
+    playHonestly(t.conn, t.socket);
+    t.socket.onFrame = ((honest) => (m: MessageOn<'edgeToUser'>) => {
+      if (m.type !== 'turn') return honest?.(m);
+      later(() => {
+        fromUser(t.conn, forward(2)); // the wrong step
+        fromUser(t.conn, forward(1, 7)); // the wrong round
+        fromUser(t.conn, adapterMessage()); // not what the turn waits for
+        fromUser(t.conn, forward(1));
+      });
+    })(t.socket.onFrame);
+    const result = await t.run();
+    expect(result?.steps).toBe(2);
+    expect(t.socket.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual([
+      'WRONG_STEP',
+      'WRONG_ROUND',
+      'UNEXPECTED_TYPE',
+    ]);
+    expect(t.socket.last('turn-end')?.accepted).toBe(true);
+  });
+
+  describe('ending early', () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    beforeEach(() => {
+      unhandled.length = 0;
+      process.on('unhandledRejection', onUnhandled);
+      vi.useFakeTimers();
+    });
+    afterEach(async () => {
+      // long after every deadline: nothing may fire or reject any more
+      await vi.advanceTimersByTimeAsync(10 * 60_000);
+      expect(vi.getTimerCount()).toBe(0);
+      vi.useRealTimers();
+      await new Promise((r) => setTimeout(r, 10));
+      process.off('unhandledRejection', onUnhandled);
+      expect(unhandled).toEqual([]);
+    });
+
+    it('rolls back a user that does not send its next step in time', async () => {
+      const t = setup();
+      playHonestly(t.conn, t.socket, { silent: true });
+      const turn = t.run();
+      await vi.advanceTimersByTimeAsync(SPEC.userTimeoutMs);
+      expect(await turn).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['USER_TIMEOUT']);
+      expect(t.socket.types()).toEqual(['turn', 'error', 'turn-end']);
+      expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'USER_TIMEOUT' });
+      expect(t.cloud.types()).toEqual(['user-begin', 'user-dropped']);
+      expect(t.train.restores).toBe(1);
+    });
+
+    it('rolls back a user that leaves mid-turn, and sends it nothing more', async () => {
+      const t = setup();
+      playHonestly(t.conn, t.socket, { leaveAfterStep: 1 });
+      expect(await t.run()).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['USER_GONE']);
+      expect(t.socket.types()).toEqual(['turn', 'backward']);
+      expect(t.socket.closed?.code).toBe(1000);
+      expect(t.cloud.types()).toEqual(['user-begin', 'forward', 'user-dropped']);
+      // the step it took is undone
+      expect(t.train.restores).toBe(1);
+      expect(t.train.taken).toBe(0);
+      expect(t.conn.waitingFor).toBeUndefined();
+    });
+
+    it("rolls back when the cloud answers a step with an error, and tells the user the cloud's code", async () => {
+      const t = setup();
+      playHonestly(t.conn, t.socket);
+      const honest = t.cloud.answer;
+      t.cloud.answer = (m) => {
+        if (m.step === 2) later(() => t.cloud.waiter.fail(new CloudError('NO_ROUND', 'cloud: there is no round')));
+        else honest(m);
+      };
+      expect(await t.run()).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['NO_ROUND']);
+      expect(t.socket.last('error')?.code).toBe('NO_ROUND');
+      expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'NO_ROUND' });
+      expect(t.train).toMatchObject({ taken: 0, restores: 1 });
+      expect(t.cloud.types()).toEqual(['user-begin', 'forward', 'forward', 'user-dropped']);
+    });
+
+    it('rolls back when the cloud does not answer in time', async () => {
+      const t = setup();
+      playHonestly(t.conn, t.socket);
+      t.cloud.answer = () => undefined;
+      const turn = t.run();
+      await vi.advanceTimersByTimeAsync(SPEC.cloudTimeoutMs);
+      expect(await turn).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['CLOUD_TIMEOUT']);
+      expect(t.cloud.waiter.waitingFor).toBeUndefined();
+    });
+
+    it('leaves no wait, no timer and no rejection behind when a step cannot be sent (h2 not finite)', async () => {
+      const t = setup({ poison: true });
+      playHonestly(t.conn, t.socket);
+      expect(await t.run()).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['NOT_FINITE']);
+      // the forward never left: the wait for its answer was withdrawn with its timer
+      expect(t.cloud.types()).toEqual(['user-begin', 'user-dropped']);
+      expect(t.cloud.waiter.waitingFor).toBeUndefined();
+      expect(vi.getTimerCount()).toBe(0);
+      expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'NOT_FINITE' });
+      expect(t.train.restores).toBe(1);
+    });
+  });
+});

@@ -1,0 +1,123 @@
+/**
+ * The 'wgsl' engine: UserSegmentEngine, hand-written WGSL on WebGPU (weights, activations, LoRA
+ * and the AdamW moments stay on the GPU). Browser-safe: the default device comes from
+ * navigator.gpu (browserGpu); Node passes `nodeGpu` from ../node/gpu.
+ */
+import type { Gpt2Config, Gpt2Model, LoraAdapter, TokenBatch } from '@splitllm/model';
+import {
+  chooseKernelVariants,
+  engineMatmulShapes,
+  GpuError,
+  isSoftwareAdapter,
+  requestKernelDevice,
+  UserSegmentEngine,
+  type GpuContext,
+  type KernelVariants,
+} from '@splitllm/lora-kernels';
+import {
+  checkBatch,
+  checkDh1,
+  checkTrainerInputs,
+  checkUserAdapter,
+  destroyedError,
+  type UserTrainer,
+  type UserTrainerOptions,
+} from '../trainer';
+
+/** The browser's (or Web Worker's) WebGPU device; throws GpuError('NO_WEBGPU') without navigator.gpu. */
+export async function browserGpu(): Promise<GpuContext> {
+  const gpu = (globalThis as { navigator?: { gpu?: Parameters<typeof requestKernelDevice>[0] } }).navigator?.gpu;
+  if (!gpu) throw new GpuError('NO_WEBGPU', 'this browser has no WebGPU (navigator.gpu is missing)');
+  return requestKernelDevice(gpu);
+}
+
+export class WgslUserTrainer implements UserTrainer {
+  readonly kind = 'wgsl' as const;
+  private pending = false;
+  private destroyed = false;
+
+  private constructor(
+    /** the device: it belongs to whoever created it (destroy() leaves it alone) */
+    readonly gpu: GpuContext,
+    /** the engine itself, for tests and benchmarks (readGrads, finish) */
+    readonly engine: UserSegmentEngine,
+    readonly variants: Required<KernelVariants>,
+    readonly description: string,
+    private readonly config: Gpt2Config,
+    private readonly options: UserTrainerOptions,
+  ) {}
+
+  /**
+   * Uploads the user segment and the adapter; kernel variants suit the adapter (the
+   * barrier-free set on software adapters, matmul variants timed at this step's shapes on a
+   * GPU). Throws GpuError('DOES_NOT_FIT') when the segment does not fit the device.
+   */
+  static async create(
+    gpu: GpuContext,
+    model: Gpt2Model,
+    adapter: LoraAdapter,
+    o: UserTrainerOptions,
+  ): Promise<WgslUserTrainer> {
+    const c = model.config;
+    checkTrainerInputs(model, adapter, o);
+    const choice = await chooseKernelVariants(gpu, engineMatmulShapes(c, o.batch, o.seq, o.lora.r));
+    const engine = await UserSegmentEngine.create(gpu, model, adapter, {
+      k: o.plan.k,
+      lora: { ...o.lora, targets: [...o.lora.targets] },
+      batch: o.batch,
+      seq: o.seq,
+      adamw: { ...o.adamw },
+      variants: choice.variants,
+    });
+    const v = choice.variants;
+    const kind = isSoftwareAdapter(gpu.adapter) ? 'software adapter' : 'GPU';
+    const description =
+      `wgsl on ${gpu.adapter.name} (${kind}): kernels matmul ${v.matmul}, low-rank ${v.lowRank}, ` +
+      `layernorm ${v.layernorm}, attention ${v.attention}`;
+    return new WgslUserTrainer(gpu, engine, choice.variants, description, c, o);
+  }
+
+  private alive(): void {
+    if (this.destroyed) throw destroyedError();
+  }
+
+  async forward(batch: TokenBatch): Promise<Float32Array> {
+    this.alive();
+    checkBatch(this.config, this.options, batch);
+    this.pending = false;
+    const h1 = await this.engine.forward(batch.inputIds);
+    this.pending = true;
+    return h1;
+  }
+
+  async backwardAndStep(dh1: Float32Array, lr?: number): Promise<void> {
+    this.alive();
+    // the engine would let a second backward reuse the activations of a forward made with the
+    // adapter before the step; refuse it so all engines behave alike
+    if (!this.pending) {
+      throw new Error('user trainer: backwardAndStep needs a forward first (one backward per forward)');
+    }
+    checkDh1(this.config, this.options, dh1);
+    this.engine.backward(dh1);
+    this.engine.step(lr);
+    this.pending = false;
+  }
+
+  async readAdapter(): Promise<LoraAdapter> {
+    this.alive();
+    return this.engine.readAdapter();
+  }
+
+  async setAdapter(adapter: LoraAdapter): Promise<void> {
+    this.alive();
+    checkUserAdapter(this.config, this.options, adapter);
+    this.engine.setAdapter(adapter);
+    this.pending = false;
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.engine.destroy();
+  }
+}

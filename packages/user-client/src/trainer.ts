@@ -1,0 +1,151 @@
+/**
+ * The user tier's training step behind one interface, whatever engine runs it (./engines: one
+ * file each; ./create-trainer picks one). One step is forward(batch) -> h1 to the edge, then
+ * backwardAndStep(dL/dh1 from the edge): each forward is followed by at most one backward.
+ *
+ * The engines take the decoded user segment (config + wte, wpe, h.[0,k) only: see decodeSegment)
+ * and touch nothing else. The checks below are shared so that every engine fails alike, and
+ * before any work is done.
+ *
+ * This module imports no engine: the engines import it, and only ./create-trainer imports the
+ * engines, so the modules form no cycle.
+ */
+import {
+  checkAdapterCovers,
+  cloneTensor,
+  gpt2ParameterShapes,
+  loraModulePath,
+  numel,
+  sameShape,
+  validateSplitPlan,
+  type AdamWOptions,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type LoraConfig,
+  type SplitPlan,
+  type TokenBatch,
+} from '@splitllm/model';
+
+export type UserEngineKind = 'wgsl' | 'wasm' | 'reference';
+
+export interface UserTrainerOptions {
+  plan: SplitPlan;
+  lora: LoraConfig;
+  /** rows per step and tokens per row: every batch has exactly this shape (pad on the right) */
+  batch: number;
+  seq: number;
+  adamw: AdamWOptions;
+}
+
+export interface UserTrainer {
+  readonly kind: UserEngineKind;
+  /** one line for logs and the UI: the engine, and for wgsl the adapter and kernel variants */
+  readonly description: string;
+  /** h1 [batch*seq*D] for this batch (batch.B === batch, batch.T === seq, ids in vocab, else a clear Error) */
+  forward(batch: TokenBatch): Promise<Float32Array>;
+  /** backward from dL/dh1 of the last forward, then one AdamW step on the user adapter */
+  backwardAndStep(dh1: Float32Array, lr?: number): Promise<void>;
+  /** a copy of the adapter of blocks [0, k) */
+  readAdapter(): Promise<LoraAdapter>;
+  /** replace the adapter (the global version at a new turn) and reset the optimizer state */
+  setAdapter(adapter: LoraAdapter): Promise<void>;
+  destroy(): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// checks shared by the engines (exported for ./engines and ./create-trainer; not meant for other
+// callers)
+
+/** @internal */
+export function checkOptions(c: Gpt2Config, o: UserTrainerOptions): void {
+  validateSplitPlan(c, o.plan);
+  if (!(Number.isInteger(o.batch) && o.batch >= 1 && Number.isInteger(o.seq) && o.seq >= 1)) {
+    throw new Error(`user trainer: batch ${o.batch} x seq ${o.seq} must be positive integers`);
+  }
+  if (o.seq > c.nPositions) {
+    throw new Error(`user trainer: sequence length ${o.seq} exceeds the model's n_positions ${c.nPositions}`);
+  }
+}
+
+/**
+ * The user segment's weights are there with the config's shapes (a decoded user segment has
+ * exactly these). @internal
+ */
+export function checkUserWeights(model: Gpt2Model, k: number): void {
+  for (const [name, shape] of gpt2ParameterShapes(model.config)) {
+    const layer = /^h\.(\d+)\./.exec(name);
+    const needed = name === 'wte.weight' || name === 'wpe.weight' || (layer !== null && Number(layer[1]) < k);
+    if (!needed) continue;
+    const t = model.weights.get(name);
+    if (!t) throw new Error(`user trainer: the user segment has no tensor "${name}"`);
+    if (!sameShape(t.shape, shape) || t.data.length !== numel(shape)) {
+      throw new Error(`user trainer: "${name}" is [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
+    }
+  }
+}
+
+/**
+ * Same rules as the WGSL engine's: the trainer's LoRA config, shapes that fit, a pair for every
+ * target of [0, k). @internal
+ */
+export function checkUserAdapter(c: Gpt2Config, o: UserTrainerOptions, adapter: LoraAdapter): void {
+  checkAdapterCovers(c, o.lora, adapter, 0, o.plan.k, 'user trainer');
+}
+
+/** The segment, options and adapter an engine is built with; throws on the caller's bug. @internal */
+export function checkTrainerInputs(model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions): void {
+  checkOptions(model.config, o);
+  checkUserWeights(model, o.plan.k);
+  checkUserAdapter(model.config, o, adapter);
+}
+
+/** @internal */
+export function checkBatch(c: Gpt2Config, o: UserTrainerOptions, b: TokenBatch): void {
+  if (b.B !== o.batch || b.T !== o.seq) {
+    throw new Error(`user trainer: this trainer takes batches of ${o.batch} x ${o.seq} tokens, got ${b.B} x ${b.T}`);
+  }
+  const n = o.batch * o.seq;
+  if (b.inputIds.length !== n || b.targets.length !== n) {
+    throw new Error(
+      `user trainer: a ${o.batch} x ${o.seq} batch needs ${n} input ids and targets, ` +
+        `got ${b.inputIds.length} and ${b.targets.length}`,
+    );
+  }
+  for (let i = 0; i < n; i++) {
+    const t = b.inputIds[i];
+    if (!(t >= 0 && t < c.vocabSize)) {
+      throw new Error(`user trainer: token id ${t} at position ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+  }
+}
+
+/** @internal */
+export function checkDh1(c: Gpt2Config, o: UserTrainerOptions, dh1: Float32Array): void {
+  const n = o.batch * o.seq * c.nEmbd;
+  if (dh1.length !== n) {
+    const shape = `${o.batch} x ${o.seq} x ${c.nEmbd}`;
+    throw new Error(`user trainer: dL/dh1 has ${dh1.length} values, expected ${n} (${shape})`);
+  }
+  for (let i = 0; i < n; i++) {
+    if (!Number.isFinite(dh1[i])) throw new Error(`user trainer: dL/dh1 holds a non-finite value at ${i}`);
+  }
+}
+
+/** The pairs of blocks [0, k), copied: the caller's adapter is never aliased or mutated. @internal */
+export function copyUserAdapter(adapter: LoraAdapter, o: UserTrainerOptions): LoraAdapter {
+  const layers: LoraAdapter['layers'] = new Map();
+  for (let layer = 0; layer < o.plan.k; layer++) {
+    for (const target of o.lora.targets) {
+      const path = loraModulePath(layer, target);
+      const p = adapter.layers.get(path)!;
+      layers.set(path, { A: cloneTensor(p.A), B: cloneTensor(p.B) });
+    }
+  }
+  return { config: { ...o.lora, targets: [...o.lora.targets] }, layers };
+}
+
+/** The error thrown by a trainer used after destroy(), the same for every engine. @internal */
+export function destroyedError(): Error {
+  return new Error('user trainer: used after destroy()');
+}
