@@ -109,7 +109,8 @@ function renderDocs(): void {
   );
   const total = docs.reduce((n, d) => n + d.text.length, 0);
   ui.docsSummary.textContent = docs.length
-    ? `${docs.length} document${docs.length > 1 ? 's' : ''}, ${total.toLocaleString()} characters, stored in this browser only.`
+    ? `${docs.length} document${docs.length > 1 ? 's' : ''}, ${total.toLocaleString()} characters, ` +
+      `stored in this browser only.`
     : 'No documents yet.';
   updateButtons();
 }
@@ -343,7 +344,9 @@ function onEvent(e: PageEvent): void {
       renderProgress(e.progress);
       break;
     case 'data':
-      ui.docsSummary.textContent = `${e.documents} document${e.documents > 1 ? 's' : ''}, ${e.tokens.toLocaleString()} tokens, stored in this browser only.`;
+      ui.docsSummary.textContent =
+        `${e.documents} document${e.documents > 1 ? 's' : ''}, ` +
+        `${e.tokens.toLocaleString()} tokens, stored in this browser only.`;
       break;
     case 'adapter-saved':
       ui.downloadAdapter.disabled = false;
@@ -452,7 +455,8 @@ async function init(): Promise<void> {
   }
   const seg = await store.loadSegment();
   if (seg)
-    ui.downloadStatus.textContent = `${fmtBytes(seg.bytes.byteLength)} in this browser's cache (run version ${seg.version})`;
+    ui.downloadStatus.textContent =
+      `${fmtBytes(seg.bytes.byteLength)} in this browser's cache ` + `(run version ${seg.version})`;
   const session = await store.loadSession();
   if (session) {
     ui.userId.textContent = session.credentials.userId;

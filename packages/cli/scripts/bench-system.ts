@@ -50,7 +50,9 @@ function bytesTable(): void {
     for (const codec of ['f32', 'f16', 'int8'] as const) {
       const b = stepBytes(B, T, D, codec);
       console.log(
-        `  ${name.padEnd(27)} ${codec.padEnd(5)} user<->edge ${(b.userEdge / 1024).toFixed(1).padStart(8)} KiB   edge<->cloud ${(b.edgeCloud / 1024).toFixed(1).padStart(8)} KiB   (${((100 * b.userEdge) / f32).toFixed(0)}% of f32)`,
+        `  ${name.padEnd(27)} ${codec.padEnd(5)} user<->edge ${(b.userEdge / 1024).toFixed(1).padStart(8)} KiB   ` +
+          `edge<->cloud ${(b.edgeCloud / 1024).toFixed(1).padStart(8)} KiB   ` +
+          `(${((100 * b.userEdge) / f32).toFixed(0)}% of f32)`,
       );
     }
   }
@@ -88,7 +90,8 @@ function roundTimes(): void {
   for (const line of r.stdout.trim().split('\n')) {
     const j = JSON.parse(line) as { round: number; ms: number; loss: number; bytes: number };
     console.log(
-      `  round ${j.round}: ${(j.ms / 1000).toFixed(1)} s, loss ${j.loss.toFixed(4)}, ${(j.bytes / 2 ** 20).toFixed(2)} MiB on the wire (20 steps)`,
+      `  round ${j.round}: ${(j.ms / 1000).toFixed(1)} s, loss ${j.loss.toFixed(4)}, ` +
+        `${(j.bytes / 2 ** 20).toFixed(2)} MiB on the wire (20 steps)`,
     );
   }
   const userLog = readFileSync(join(out, 'logs/user-0.log'), 'utf8').split('\n')[0];
@@ -175,7 +178,9 @@ async function edgeMemory(waiting: number): Promise<void> {
     const end = await status();
     const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
     console.log(
-      `  ${String(waiting).padStart(2)} waiting (max seen ${maxWaiting}) + 1 training: RSS idle ${mib(idle.memory.rss)}, max during the round ${mib(maxRss)}, peak (VmHWM) ${mib(end.memory.peakRss)}`,
+      `  ${String(waiting).padStart(2)} waiting (max seen ${maxWaiting}) + 1 training: ` +
+        `RSS idle ${mib(idle.memory.rss)}, max during the round ${mib(maxRss)}, ` +
+        `peak (VmHWM) ${mib(end.memory.peakRss)}`,
     );
   } finally {
     for (const s of sockets) s.terminate();

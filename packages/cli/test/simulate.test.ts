@@ -114,7 +114,8 @@ describe('simulate', () => {
     equivalence(undefined);
   });
 
-  it('trains 4 users on 2 edges over 3 rounds: versions advance, held-out loss falls, the adapter loads in eval', () => {
+  it(`trains 4 users on 2 edges over 3 rounds: versions advance, held-out loss falls, \
+the adapter loads in eval`, () => {
     const out = join(tmp, 'two-edges');
     // the WGSL engine, on the software adapter (SwiftShader) here ('auto' might pick wasm on it)
     const lines = simulate(out, [

@@ -110,7 +110,8 @@ async function main(): Promise<void> {
   const a = gpu.adapter;
   console.log(
     `adapter: ${a.name}${a.isFallbackAdapter ? ' (fallback/software)' : ''}, ${a.featureLevel}, ` +
-      `${a.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ${a.maxComputeWorkgroupStorageSize} B workgroup memory`,
+      `${a.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ` +
+      `${a.maxComputeWorkgroupStorageSize} B workgroup memory`,
   );
   await benchMatmul(gpu);
   await benchUserSegmentSteps(gpu);

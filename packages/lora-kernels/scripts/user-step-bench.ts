@@ -73,9 +73,13 @@ export async function benchUserSegmentStep(
   engine.destroy();
   const med = (f: (t: (typeof times)[0]) => number) => times.map(f).sort((a, b) => a - b)[Math.floor(times.length / 2)];
   console.log(
-    `${label}: embedding + blocks [0,${k}), B=${B} T=${T}, LoRA ${DEFAULT_LORA_CONFIG.targets.join('+')} r=${DEFAULT_LORA_CONFIG.r}: ` +
-      `step ${med((t) => t.total).toFixed(1)} ms (forward + read-back ${med((t) => t.fwd).toFixed(1)} ms, backward + AdamW ${med((t) => t.bwd).toFixed(1)} ms), ` +
-      `${((B * T) / (med((t) => t.total) / 1000)).toFixed(0)} tokens/s; matmul ${variants.matmul}, rank-r ${variants.lowRank}, layernorm ${variants.layernorm}, attention ${variants.attention} [${why}]; median of ${steps}`,
+    `${label}: embedding + blocks [0,${k}), B=${B} T=${T}, ` +
+      `LoRA ${DEFAULT_LORA_CONFIG.targets.join('+')} r=${DEFAULT_LORA_CONFIG.r}: ` +
+      `step ${med((t) => t.total).toFixed(1)} ms (forward + read-back ${med((t) => t.fwd).toFixed(1)} ms, ` +
+      `backward + AdamW ${med((t) => t.bwd).toFixed(1)} ms), ` +
+      `${((B * T) / (med((t) => t.total) / 1000)).toFixed(0)} tokens/s; ` +
+      `matmul ${variants.matmul}, rank-r ${variants.lowRank}, ` +
+      `layernorm ${variants.layernorm}, attention ${variants.attention} [${why}]; median of ${steps}`,
   );
   return { msPerStep: med((t) => t.total) };
 }

@@ -131,7 +131,8 @@ export class GpuContext {
     if (bytes > this.adapter.maxStorageBufferBindingSize) {
       throw new GpuError(
         'DOES_NOT_FIT',
-        `${label} needs ${bytes} bytes, over this adapter's maxStorageBufferBindingSize ${this.adapter.maxStorageBufferBindingSize}`,
+        `${label} needs ${bytes} bytes, over this adapter's maxStorageBufferBindingSize ` +
+          `${this.adapter.maxStorageBufferBindingSize}`,
       );
     }
     const size = Math.max(16, Math.ceil(bytes / 16) * 16);

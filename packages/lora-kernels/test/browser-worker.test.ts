@@ -246,9 +246,12 @@ describe('UserSegmentEngine in a browser Web Worker (headless Chromium, WebGPU)'
         }
       }
       summary.push(
-        `[browser worker, ${c.name}] adapter "${reply.adapterName}" (isFallbackAdapter ${reply.isFallbackAdapter}, ${reply.featureLevel}) in ${reply.scope}; ` +
-          `max rel err h1 ${h1Err.toExponential(2)}, grads ${gradErr.toExponential(2)}, AdamW params ${stepErr.toExponential(2)}; ` +
-          `worker ${reply.ms.toFixed(0)} ms, round trip ${(performance.now() - t0).toFixed(0)} ms, bundle ${(bundleBytes / 1024).toFixed(0)} KiB`,
+        `[browser worker, ${c.name}] adapter "${reply.adapterName}" ` +
+          `(isFallbackAdapter ${reply.isFallbackAdapter}, ${reply.featureLevel}) in ${reply.scope}; ` +
+          `max rel err h1 ${h1Err.toExponential(2)}, grads ${gradErr.toExponential(2)}, ` +
+          `AdamW params ${stepErr.toExponential(2)}; ` +
+          `worker ${reply.ms.toFixed(0)} ms, round trip ${(performance.now() - t0).toFixed(0)} ms, ` +
+          `bundle ${(bundleBytes / 1024).toFixed(0)} KiB`,
       );
     }, 120_000);
   }

@@ -242,7 +242,10 @@ describe('UserSegmentEngine: limits and bad input', () => {
     expect(err).toBeInstanceOf(GpuError);
     expect(err.code).toBe('DOES_NOT_FIT');
     expect(err.message).toMatch(
-      /does not fit this adapter: wte\.weight needs 524288 bytes, over this adapter's maxStorageBufferBindingSize 262144/,
+      new RegExp(
+        /does not fit this adapter: wte\.weight needs 524288 bytes, /.source +
+          /over this adapter's maxStorageBufferBindingSize 262144/.source,
+      ),
     );
   });
 
@@ -301,7 +304,10 @@ describe('kernel variants per adapter', () => {
     expect(MATMUL_VARIANTS).toContain(hw.variants.matmul);
     expect(MATMUL_VARIANTS).toContain(hw.variants.lowRank);
     expect(hw.reason).toMatch(
-      /timed at the engine's shapes \(full-size: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms; rank-r: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/,
+      new RegExp(
+        /timed at the engine's shapes \(full-size: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms; /.source +
+          /rank-r: (\w+ [\d.]+ ms, ){2}\w+ [\d.]+ ms\)/.source,
+      ),
     );
     expect(hw.variants.layernorm).toBe(GPU_DEFAULT_VARIANTS.layernorm);
   });

@@ -108,7 +108,8 @@ export function adapterFromNamedTensors(
     if (t.shape.length !== 2 || rankDim !== config.r || t.data.length !== numel(t.shape)) {
       throw new AdapterCheckError(
         'ADAPTER_SHAPE',
-        `adapter tensor "${name}" has shape [${t.shape.join(', ')}] with ${t.data.length} values; lora_${half} must be ${half === 'A' ? '[in, r]' : '[r, out]'} with r = ${config.r}`,
+        `adapter tensor "${name}" has shape [${t.shape.join(', ')}] with ${t.data.length} values; ` +
+          `lora_${half} must be ${half === 'A' ? '[in, r]' : '[r, out]'} with r = ${config.r}`,
       );
     }
     const path = `h.${m[1]}.${target}`;

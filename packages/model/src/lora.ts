@@ -134,7 +134,8 @@ export function checkAdapterCovers(
 ): void {
   if (!sameLoraConfig(adapter.config, lora)) {
     throw new Error(
-      `${who}: the adapter is LoRA ${describeLoraConfig(adapter.config)}, another LoRA config than the ${describeLoraConfig(lora)} it was made for`,
+      `${who}: the adapter is LoRA ${describeLoraConfig(adapter.config)}, ` +
+        `another LoRA config than the ${describeLoraConfig(lora)} it was made for`,
     );
   }
   checkAdapterFits(c, adapter);
@@ -161,7 +162,8 @@ export function checkAdapterFits(c: Gpt2Config, adapter: LoraAdapter): void {
     const r = adapter.config.r;
     if (pair.A.shape[0] !== din || pair.A.shape[1] !== r || pair.B.shape[0] !== r || pair.B.shape[1] !== dout) {
       throw new Error(
-        `adapter: "${path}" has A [${pair.A.shape}] and B [${pair.B.shape}], the model needs A [${din},${r}] and B [${r},${dout}]`,
+        `adapter: "${path}" has A [${pair.A.shape}] and B [${pair.B.shape}], ` +
+          `the model needs A [${din},${r}] and B [${r},${dout}]`,
       );
     }
   }

@@ -255,7 +255,11 @@ describe('memory', () => {
     const rssDelta = after.rss - before.rss;
     const ratio = abDelta / fileSize;
     console.log(
-      `memory: right after load arrayBuffers +${(peakDelta / 1e6).toFixed(1)} MB (${(peakDelta / fileSize).toFixed(3)}x); after gc: file ${(fileSize / 1e6).toFixed(1)} MB, arrayBuffers +${(abDelta / 1e6).toFixed(1)} MB (${ratio.toFixed(3)}x), rss +${(rssDelta / 1e6).toFixed(1)} MB (${(rssDelta / fileSize).toFixed(3)}x)`,
+      `memory: right after load arrayBuffers +${(peakDelta / 1e6).toFixed(1)} MB ` +
+        `(${(peakDelta / fileSize).toFixed(3)}x); ` +
+        `after gc: file ${(fileSize / 1e6).toFixed(1)} MB, ` +
+        `arrayBuffers +${(abDelta / 1e6).toFixed(1)} MB (${ratio.toFixed(3)}x), ` +
+        `rss +${(rssDelta / 1e6).toFixed(1)} MB (${(rssDelta / fileSize).toFixed(3)}x)`,
     );
     expect(peakDelta / fileSize).toBeLessThan(1.2);
     expect(ratio).toBeGreaterThan(0.9);

@@ -95,7 +95,8 @@ function loadEdgeSegment(dir: string) {
   for (const t of loaded.weights.values()) params += t.data.length;
   const c = loaded.config;
   console.log(
-    `loaded ${dir}: ${(params / 1e6).toFixed(1)}M parameters, ${c.nLayer} layers x ${c.nEmbd}, in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`,
+    `loaded ${dir}: ${(params / 1e6).toFixed(1)}M parameters, ${c.nLayer} layers x ${c.nEmbd}, ` +
+      `in ${(performance.now() - t0).toFixed(0)} ms; RSS ${mib(process.memoryUsage().rss)}`,
   );
   const plan = defaultSplitPlan(c);
   return { config: c, ...plan, weights: edgeTensors(loaded.weights, plan.k, plan.m) };
@@ -118,7 +119,8 @@ const seg = await BlocksSegment.create(runner, { config, weights }, DEFAULT_LORA
   saveIntermediates: false,
 });
 console.log(
-  `edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; RSS ${mib(process.memoryUsage().rss)}`,
+  `edge segment blocks [${k},${m}) built and loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; ` +
+    `RSS ${mib(process.memoryUsage().rss)}`,
 );
 const [B, T, D] = [4, 128, config.nEmbd];
 const rng = new Rng(3);
@@ -132,10 +134,12 @@ const b = await seg.backward(adapter, x, f.saved, rng.fillNormal(new Float32Arra
 const tb = performance.now() - t0;
 const finite = [...f.y, ...b.dx].every(Number.isFinite);
 console.log(
-  `forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`,
+  `forward ${tf.toFixed(0)} ms, backward (recompute) ${tb.toFixed(0)} ms on ${runner.provider}; ` +
+    `outputs finite: ${finite}; ${b.loraGrads.size} LoRA gradients`,
 );
 console.log(
-  `peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} (the segment's weights are ${mib([...weights.values()].reduce((n, t) => n + t.data.byteLength, 0))} of float32)`,
+  `peak RSS of this edge process: ${mib(peakRssBytes() ?? 0)} ` +
+    `(the segment's weights are ${mib([...weights.values()].reduce((n, t) => n + t.data.byteLength, 0))} of float32)`,
 );
 await runner.close();
 process.exit(finite ? 0 : 1);

@@ -107,7 +107,8 @@ export class SegmentRunner {
     const runner = new SegmentRunner(worker, opts.provider, threads, opts.log ?? (() => {}));
     const info = (await runner.call({ op: 'init', provider: opts.provider, threads })) as { backends: string[] };
     runner.log(
-      `onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), intra-op threads ${threads || 'auto'}`,
+      `onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), ` +
+        `intra-op threads ${threads || 'auto'}`,
     );
     return runner;
   }

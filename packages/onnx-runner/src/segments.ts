@@ -31,7 +31,10 @@ import type { RunnerTensor, SegmentRunner } from './runner';
 
 let graphSerial = 0;
 
-/** Feeds for every LoRA pair of blocks [from, to) (shapes checked); copies, because the arrays stay the caller's (its optimizer updates them in place). */
+/**
+ * Feeds for every LoRA pair of blocks [from, to) (shapes checked); copies, because the arrays stay the caller's
+ * (its optimizer updates them in place).
+ */
 function loraFeeds(
   config: Gpt2Config,
   lora: LoraConfig,
@@ -148,7 +151,10 @@ export class BlocksSegment {
 }
 
 export class TailSegment {
-  /** the generation graph, built and loaded by the first logits() call (a session that never generates never pays for it) */
+  /**
+   * the generation graph, built and loaded by the first logits() call (a session that never generates never pays
+   * for it)
+   */
   private logitsGraph?: Promise<string>;
   private closed = false;
 

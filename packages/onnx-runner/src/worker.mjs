@@ -32,7 +32,8 @@ async function createSession(model) {
       return await ort.InferenceSession.create(model, sessionOptions(provider));
     } catch (e) {
       // No silent fallback: the runner reports it, and the caller logs it.
-      fallbackNote = `execution provider '${provider}' could not start (${String(e.message ?? e).split('\n')[0]}); using 'cpu'`;
+      const why = String(e.message ?? e).split('\n')[0];
+      fallbackNote = `execution provider '${provider}' could not start (${why}); using 'cpu'`;
       provider = 'cpu';
     }
   }

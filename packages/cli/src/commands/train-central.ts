@@ -9,8 +9,9 @@ export const trainCentralHelp = `splitllm train-central --text FILE --steps N --
     [--rank R] [--alpha A] [--targets attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]
     [--lr LR] [--adam-eps EPS] [--batch-size B] [--seq-len T]
   LoRA fine-tuning of the whole model on FILE; writes the adapter to DIR in PEFT layout.
-  Defaults: the shipped model, rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha}, targets ${DEFAULT_LORA_CONFIG.targets.join(',')},
-  lr ${DEFAULT_LORA_TRAIN.adamw.lr}, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens. --json prints one object per step.`;
+  Defaults: the shipped model, rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha},
+  targets ${DEFAULT_LORA_CONFIG.targets.join(',')}, lr ${DEFAULT_LORA_TRAIN.adamw.lr},
+  batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens. --json prints one object per step.`;
 
 export async function trainCentralCommand(argv: string[]): Promise<void> {
   const args = Args.parse('train-central', argv, {

@@ -276,7 +276,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       workgroupBarrier();
       for (var k = 0u; k < KC; k++) {
         let xv = xs[r * PAD + k];
-        acc += xv * vec4<f32>(ys[lane * PAD + k], ys[(lane + 8u) * PAD + k], ys[(lane + 16u) * PAD + k], ys[(lane + 24u) * PAD + k]);
+        acc += xv * vec4<f32>(
+          ys[lane * PAD + k], ys[(lane + 8u) * PAD + k], ys[(lane + 16u) * PAD + k], ys[(lane + 24u) * PAD + k]
+        );
       }
       workgroupBarrier();
     }
@@ -382,7 +384,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
     for (var k = 0u; k < KK; k++) {
       let av = as_[r * PAD + k];
-      acc += av * vec4<f32>(bs[k * BN + lane], bs[k * BN + lane + 8u], bs[k * BN + lane + 16u], bs[k * BN + lane + 24u]);
+      acc += av * vec4<f32>(
+        bs[k * BN + lane], bs[k * BN + lane + 8u], bs[k * BN + lane + 16u], bs[k * BN + lane + 24u]
+      );
     }
     workgroupBarrier();
   }

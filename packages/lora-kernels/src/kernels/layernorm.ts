@@ -164,7 +164,11 @@ ${wgSum('sumA', 'f32')}${wgSum('sumB', 'f32')}${wgSum('sum2', 'vec2<f32>')}`;
 /** 'workgroup' forward: one workgroup per row. */
 export const LAYERNORM_FORWARD_WORKGROUP_WGSL = /* wgsl */ `${FORWARD_BINDINGS}${WG_REDUCE}
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>
+) {
   let D = dims.D;
   let invD = 1.0 / f32(D);
   for (var row = wid.x; row < dims.M; row += nwg.x) {
@@ -213,7 +217,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 /** 'workgroup' backward: one workgroup per row. */
 export const LAYERNORM_BACKWARD_WORKGROUP_WGSL = /* wgsl */ `${BACKWARD_BINDINGS}${WG_REDUCE}
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>
+) {
   let D = dims.D;
   let invD = 1.0 / f32(D);
   for (var row = wid.x; row < dims.M; row += nwg.x) {

@@ -220,8 +220,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     workgroupBarrier();
     for (var k = 0u; k < BK; k++) {
-      let a = vec4<f32>(As[k * AP + lid.y], As[k * AP + lid.y + TY], As[k * AP + lid.y + 2u * TY], As[k * AP + lid.y + 3u * TY]);
-      let b = vec4<f32>(Bs[k * BP + lid.x], Bs[k * BP + lid.x + TX], Bs[k * BP + lid.x + 2u * TX], Bs[k * BP + lid.x + 3u * TX]);
+      let a = vec4<f32>(
+        As[k * AP + lid.y], As[k * AP + lid.y + TY], As[k * AP + lid.y + 2u * TY], As[k * AP + lid.y + 3u * TY]
+      );
+      let b = vec4<f32>(
+        Bs[k * BP + lid.x], Bs[k * BP + lid.x + TX], Bs[k * BP + lid.x + 2u * TX], Bs[k * BP + lid.x + 3u * TX]
+      );
       acc[0] += a.x * b;
       acc[1] += a.y * b;
       acc[2] += a.z * b;
@@ -398,7 +402,8 @@ function shaderConfig(
     if (words * 4 > gpu.adapter.maxComputeWorkgroupStorageSize) {
       throw new GpuError(
         'DOES_NOT_FIT',
-        `matmul '${variant}' needs ${words * 4} bytes of workgroup memory; this adapter allows ${gpu.adapter.maxComputeWorkgroupStorageSize}`,
+        `matmul '${variant}' needs ${words * 4} bytes of workgroup memory; ` +
+          `this adapter allows ${gpu.adapter.maxComputeWorkgroupStorageSize}`,
       );
     }
   }

@@ -34,7 +34,8 @@ export function trainByteLevelBpe(text: string, opts: TrainBpeOptions): Gpt2Toke
   const minSize = 256 + specials.length;
   if (!Number.isSafeInteger(vocabSize) || vocabSize < minSize) {
     throw new TokenizerError(
-      `trainByteLevelBpe: vocabSize must be an integer >= ${minSize} (256 bytes + ${specials.length} special tokens), got ${vocabSize}`,
+      `trainByteLevelBpe: vocabSize must be an integer >= ${minSize} ` +
+        `(256 bytes + ${specials.length} special tokens), got ${vocabSize}`,
     );
   }
 
@@ -111,7 +112,8 @@ export function trainByteLevelBpe(text: string, opts: TrainBpeOptions): Gpt2Toke
     while (best !== undefined && pairCount.get(best.left * vocabSize + best.right) !== best.count) best = heap.pop();
     if (best === undefined) {
       throw new TokenizerError(
-        `trainByteLevelBpe: the text only supports ${tokens.length + specials.length} tokens, fewer than vocabSize ${vocabSize}; use more text or a smaller vocab`,
+        `trainByteLevelBpe: the text only supports ${tokens.length + specials.length} tokens, ` +
+          `fewer than vocabSize ${vocabSize}; use more text or a smaller vocab`,
       );
     }
     const { left, right } = best;

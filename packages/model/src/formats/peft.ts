@@ -100,7 +100,8 @@ export function adapterToPeft(
     const { A, B } = pair;
     if (A.shape.length !== 2 || B.shape.length !== 2 || A.shape[1] !== r || B.shape[0] !== r) {
       throw new PeftError(
-        `LoRA adapter: "${path}" has A [${A.shape.join(', ')}] and B [${B.shape.join(', ')}], expected [in, ${r}] and [${r}, out]`,
+        `LoRA adapter: "${path}" has A [${A.shape.join(', ')}] and B [${B.shape.join(', ')}], ` +
+          `expected [in, ${r}] and [${r}, out]`,
       );
     }
     tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_A.weight`, transpose(A)]);
@@ -140,8 +141,10 @@ function targetsMatchedBy(entry: string): LoraTarget[] {
   });
 }
 
-const PEFT_KEY_RE =
-  /^base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight$/;
+const PEFT_KEY_RE = new RegExp(
+  /^base_model\.model\.(?:transformer\.)?h\.(\d+)\./.source +
+    /(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight$/.source,
+);
 
 function fail(msg: string): never {
   throw new PeftError(`PEFT adapter: ${msg}`);
@@ -247,7 +250,8 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
     const [dout, rb] = h.B.shape;
     if (ra !== r || rb !== r) {
       fail(
-        `module "${path}": lora_A [${h.A.shape.join(', ')}] / lora_B [${h.B.shape.join(', ')}] do not have rank r = ${r} ([r, in] / [out, r])`,
+        `module "${path}": lora_A [${h.A.shape.join(', ')}] / lora_B [${h.B.shape.join(', ')}] ` +
+          `do not have rank r = ${r} ([r, in] / [out, r])`,
       );
     }
     const prev = dims.get(h.target);

@@ -90,7 +90,8 @@ export function parseSafetensors(bytes: Uint8Array): ParsedSafetensors {
     const n = hi * 4294967296 + lo;
     throw new SafetensorsError(
       'SAFETENSORS_BAD_HEADER',
-      `safetensors: header length ${n} is absurdly large (limit ${MAX_SAFETENSORS_HEADER_BYTES} bytes); not a safetensors file?`,
+      `safetensors: header length ${n} is absurdly large ` +
+        `(limit ${MAX_SAFETENSORS_HEADER_BYTES} bytes); not a safetensors file?`,
     );
   }
   const headerLen = lo;
@@ -147,13 +148,15 @@ export function parseSafetensors(bytes: Uint8Array): ParsedSafetensors {
     if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
       throw new SafetensorsError(
         'SAFETENSORS_BAD_HEADER',
-        `safetensors: tensor "${name}": "shape" must be an array of non-negative integers, got ${JSON.stringify(shape)}`,
+        `safetensors: tensor "${name}": "shape" must be an array of non-negative integers, ` +
+          `got ${JSON.stringify(shape)}`,
       );
     }
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegInt)) {
       throw new SafetensorsError(
         'SAFETENSORS_BAD_OFFSETS',
-        `safetensors: tensor "${name}": "data_offsets" must be [begin, end] non-negative integers, got ${JSON.stringify(offsets)}`,
+        `safetensors: tensor "${name}": "data_offsets" must be [begin, end] non-negative integers, ` +
+          `got ${JSON.stringify(offsets)}`,
       );
     }
     const [begin, end] = offsets as [number, number];
@@ -167,7 +170,8 @@ export function parseSafetensors(bytes: Uint8Array): ParsedSafetensors {
     if (end - begin !== want) {
       throw new SafetensorsError(
         'SAFETENSORS_BAD_OFFSETS',
-        `safetensors: tensor "${name}": data_offsets span ${end - begin} bytes but ${dtype} [${(shape as number[]).join(', ')}] needs ${want}`,
+        `safetensors: tensor "${name}": data_offsets span ${end - begin} bytes ` +
+          `but ${dtype} [${(shape as number[]).join(', ')}] needs ${want}`,
       );
     }
     tensors.set(name, { name, dtype, shape: [...(shape as number[])], dataOffsets: [begin, end] });
@@ -183,7 +187,8 @@ export function parseSafetensors(bytes: Uint8Array): ParsedSafetensors {
     if (cur.dataOffsets[0] < prev.dataOffsets[1]) {
       throw new SafetensorsError(
         'SAFETENSORS_BAD_OFFSETS',
-        `safetensors: tensors "${prev.name}" [${prev.dataOffsets.join(', ')}] and "${cur.name}" [${cur.dataOffsets.join(', ')}] overlap`,
+        `safetensors: tensors "${prev.name}" [${prev.dataOffsets.join(', ')}] ` +
+          `and "${cur.name}" [${cur.dataOffsets.join(', ')}] overlap`,
       );
     }
   }
@@ -267,7 +272,8 @@ function readTensor(bytes: Uint8Array, dataStart: number, info: SafetensorInfo):
     default:
       throw new SafetensorsError(
         'SAFETENSORS_BAD_DTYPE',
-        `safetensors: tensor "${info.name}" has dtype ${info.dtype}; only ${SUPPORTED_SAFETENSORS_DTYPES.join(', ')} can be read as float32`,
+        `safetensors: tensor "${info.name}" has dtype ${info.dtype}; ` +
+          `only ${SUPPORTED_SAFETENSORS_DTYPES.join(', ')} can be read as float32`,
       );
   }
 }

@@ -118,7 +118,8 @@ export class Gpt2Tokenizer {
       const id = this.vocab.get(c);
       if (id === undefined) {
         throw new TokenizerError(
-          `vocab: missing byte token ${JSON.stringify(c)} (byte 0x${b.toString(16).padStart(2, '0')}); not a GPT-2 byte-level vocab`,
+          `vocab: missing byte token ${JSON.stringify(c)} (byte 0x${b.toString(16).padStart(2, '0')}); ` +
+            `not a GPT-2 byte-level vocab`,
         );
       }
       return id;
