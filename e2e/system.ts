@@ -99,9 +99,12 @@ export async function startSystem(o: SystemOptions): Promise<System> {
         return `${cloudUrl}/?${q}`;
       },
       async rounds() {
-        const res = await fetch(`${cloudUrl}/api/rounds`);
-        if (!res.ok) throw new Error(`GET /api/rounds: ${res.status}`);
-        return (await res.json()) as Awaited<ReturnType<System['rounds']>>;
+        // participants are the operator's to see: the public /api/rounds has counts only
+        const res = await fetch(`${cloudUrl}/api/admin/rounds?limit=1000`, {
+          headers: { authorization: `Bearer ${operatorToken}` },
+        });
+        if (!res.ok) throw new Error(`GET /api/admin/rounds: ${res.status}`);
+        return ((await res.json()) as { rounds: Awaited<ReturnType<System['rounds']>> }).rounds;
       },
       stop,
     };

@@ -305,7 +305,14 @@ test('a user on the wasm engine trains round 2', async ({ browser }) => {
   await expect(d.page.locator('#version')).toHaveText('2', { timeout: 60_000 });
   await d.page.screenshot({ path: join(SHOTS, '09-wasm-user.png'), fullPage: true });
   console.log(
-    `step ms per engine: ${JSON.stringify(Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, { steps: v.length, median: [...v].sort((x, y) => x - y)[v.length >> 1] }])))}`,
+    `step ms per engine: ${JSON.stringify(
+      Object.fromEntries(
+        Object.entries(stepMs).map(([k, v]) => [
+          k,
+          { steps: v.length, median: [...v].sort((x, y) => x - y)[v.length >> 1] },
+        ]),
+      ),
+    )}`,
   );
 });
 
@@ -324,6 +331,9 @@ test('privacy audit: no 16-byte window of any private text left any tab', async 
   const leaks = recorder.findLeaks(Object.values(TEXT));
   expect(leaks, JSON.stringify(leaks.slice(0, 5))).toEqual([]);
   console.log(
-    `privacy audit: ${recorder.requests} requests, ${recorder.httpBodies} request bodies, ${recorder.wsFrames} WebSocket frames (${(recorder.wsBytes / 2 ** 20).toFixed(1)} MiB) sent; no window of the private texts found`,
+    `privacy audit: ${recorder.requests} requests, ${recorder.httpBodies} request bodies, ` +
+      `${recorder.wsFrames} WebSocket frames ` +
+      `(${(recorder.wsBytes / 2 ** 20).toFixed(1)} MiB) sent; ` +
+      `no window of the private texts found`,
   );
 });

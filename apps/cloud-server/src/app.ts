@@ -4,8 +4,16 @@
  * one plugin per route group. `startCloudServer` owns the process-level resources (the
  * onnxruntime worker, the database) and closes them with the app.
  */
+import rateLimit from '@fastify/rate-limit';
 import websocket from '@fastify/websocket';
-import { AGGREGATION_STRATEGIES } from '@splitllm/federation';
+import {
+  AGGREGATION_NAMES,
+  createStrategy,
+  DEFAULT_AGGREGATION,
+  DEFAULT_GATE_MARGIN,
+  type AdapterScore,
+  needsScore,
+} from '@splitllm/federation';
 import {
   AdapterCheckError,
   codeOf,
@@ -24,12 +32,17 @@ import {
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
 import { ProtocolError, type RunManifest, type TrainSettings } from '@splitllm/wire';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { createHash } from 'node:crypto';
 import { basename, resolve } from 'node:path';
-import type { CloudRun } from './context';
+import type { CloudRun, RateLimits } from './context';
+
+export type { RateLimits } from './context';
+/** what the `cloud` command's --aggregation and --gate-margin offer */
+export { AGGREGATION_NAMES, DEFAULT_AGGREGATION, DEFAULT_GATE_MARGIN } from '@splitllm/federation';
 import { EdgeRegistry, type EdgeInfo } from './edge-registry';
 import { CloudConfigError, CloudRequestError } from './errors';
+import { heldoutScorer } from './gate';
 import { createCloudMetrics } from './metrics';
 import { Rounds, type RoundSummary } from './rounds';
 import { downloadRoutes } from './routes/downloads';
@@ -63,7 +76,14 @@ export interface CloudServerOptions {
   minUsers?: number;
   maxRounds?: number;
   roundTimeoutMs?: number;
-  strategy?: string;
+  /** the aggregation strategy's name (default DEFAULT_AGGREGATION); part of the run's settings */
+  aggregation?: string;
+  /** the validation gate's margin in nats/token (gate-* strategies; default DEFAULT_GATE_MARGIN) */
+  gateMargin?: number;
+  /** public held-out text the gate scores candidates on (needed by gate-* strategies) */
+  heldoutFile?: string;
+  /** requests per minute per client IP (see DEFAULT_RATE_LIMITS) */
+  rateLimits?: Partial<RateLimits>;
   provider?: ExecutionProvider;
   threads?: number;
   /** false silences the request log (tests); otherwise JSON lines on stderr */
@@ -71,6 +91,28 @@ export interface CloudServerOptions {
   onRound?: (s: RoundSummary) => void;
   /** serve the built user page (apps/user-web/dist) from this directory at / */
   webDir?: string;
+}
+
+/**
+ * 20 joins a minute from one address lets a classroom behind one NAT in within a minute or two
+ * while a join-token guesser gets 1,200 tries an hour against 128-bit tokens; rejoin is higher
+ * because an edge that dies sends all its users back at once (the client retries every second);
+ * the operator's own token issuing is not limited, guesses of its token are.
+ */
+export const DEFAULT_RATE_LIMITS: RateLimits = { join: 20, rejoin: 60, joinTokens: 30 };
+
+/**
+ * What a request looks like in the log: method and path only. The query string can hold a join
+ * token (the page's `/?join=TOKEN` link) and headers hold bearer tokens: neither is logged.
+ */
+export function redactedRequest(req: FastifyRequest): Record<string, unknown> {
+  const url = req.url ?? '';
+  const q = url.indexOf('?');
+  return {
+    method: req.method,
+    url: q < 0 ? url : `${url.slice(0, q)}?[redacted]`,
+    remoteAddress: req.ip,
+  };
 }
 
 export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
@@ -118,7 +160,13 @@ function refusal(err: FastifyError | Error): { status: number; code: string } {
 }
 
 /** Opens the state directory: a new one records this run and its initial adapter. */
-function openState(o: CloudServerOptions, model: Gpt2Model, plan: SplitPlan, train: TrainSettings): RoundStore {
+function openState(
+  o: CloudServerOptions,
+  model: Gpt2Model,
+  plan: SplitPlan,
+  train: TrainSettings,
+  aggregation: string,
+): RoundStore {
   const c = model.config;
   const store = RoundStore.open(o.stateDir, { baseModel: resolve(o.modelDir), nLayer: c.nLayer });
   // a state directory belongs to one run: resuming it with other settings would mix two runs
@@ -133,6 +181,19 @@ function openState(o: CloudServerOptions, model: Gpt2Model, plan: SplitPlan, tra
     throw new CloudConfigError(
       'STATE_OF_ANOTHER_RUN',
       `state directory ${o.stateDir} belongs to another run (${recorded}); use a new --state directory`,
+    );
+  }
+  // kept apart from the run key so that a state directory of a version without the setting
+  // (which always aggregated with FedAvg) resumes, recording the aggregation it runs with from now
+  const agg = store.getMeta('run.aggregation');
+  if (agg === undefined) {
+    store.setMeta('run.aggregation', aggregation);
+  } else if (agg !== aggregation) {
+    store.close();
+    throw new CloudConfigError(
+      'STATE_OF_ANOTHER_RUN',
+      `state directory ${o.stateDir} belongs to a run that aggregates with ${agg}, not ${aggregation}; ` +
+        'use a new --state directory',
     );
   }
   return store;
@@ -152,16 +213,29 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   if (train.seq > c.nPositions) {
     throw new CloudConfigError('BAD_SETTINGS', `seq ${train.seq} exceeds the model's n_positions ${c.nPositions}`);
   }
-  const strategyName = o.strategy ?? 'fedavg';
-  const makeStrategy = AGGREGATION_STRATEGIES[strategyName];
-  if (!makeStrategy) {
-    const known = Object.keys(AGGREGATION_STRATEGIES).join(', ');
+  const strategyName = o.aggregation ?? DEFAULT_AGGREGATION;
+  if (!AGGREGATION_NAMES.includes(strategyName)) {
+    const known = AGGREGATION_NAMES.join(', ');
     throw new CloudConfigError('UNKNOWN_STRATEGY', `unknown aggregation strategy "${strategyName}" (known: ${known})`);
   }
-  const strategy = makeStrategy();
+  const margin = o.gateMargin ?? DEFAULT_GATE_MARGIN;
+  if (!(Number.isFinite(margin) && margin >= 0)) {
+    throw new CloudConfigError('BAD_SETTINGS', `the gate margin must be a number >= 0, got ${margin}`);
+  }
+  let score: AdapterScore | undefined;
+  if (needsScore(strategyName)) {
+    if (!o.heldoutFile) {
+      throw new CloudConfigError('BAD_SETTINGS', `aggregation ${strategyName} needs held-out text (--heldout FILE)`);
+    }
+    score = heldoutScorer(model, loaded.tokenizer, o.heldoutFile, train.batch, train.seq).score;
+  }
+  const strategy = createStrategy(strategyName, { score, margin });
+  // the margin decides what is refused: a run's is part of its aggregation setting
+  const aggregationKey = needsScore(strategyName) ? `${strategyName} (margin ${margin})` : strategyName;
+  const limits: RateLimits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
   const webPage = o.webDir ? webPagePlugin(o.webDir) : undefined;
 
-  const store = openState(o, model, plan, train);
+  const store = openState(o, model, plan, train, aggregationKey);
   const lora = store.loadAdapter(store.latest()).config;
   const segments = { user: encodeSegment(model, plan, 'user'), edge: encodeSegment(model, plan, 'edge') };
   const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -170,7 +244,10 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     edge: { sha256: sha(segments.edge), bytes: segments.edge.byteLength },
   };
 
-  const log = o.logLevel === false ? false : { level: o.logLevel ?? 'info', stream: process.stderr };
+  const log =
+    o.logLevel === false
+      ? false
+      : { level: o.logLevel ?? 'info', stream: process.stderr, serializers: { req: redactedRequest } };
   const app = Fastify({ logger: log, bodyLimit: 1 << 20 });
   const runner = await SegmentRunner.start({
     provider: o.provider ?? 'cpu',
@@ -208,7 +285,8 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     plan,
     lora,
     train,
-    settings: { minEdges, minUsers, maxRounds, strategy: strategy.name },
+    settings: { minEdges, minUsers, maxRounds, strategy: aggregationKey },
+    rateLimits: limits,
     manifest: () => ({
       modelName: basename(resolve(o.modelDir)),
       config: gpt2ConfigToJson(c),
@@ -247,6 +325,15 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     { parseAs: 'buffer', bodyLimit: run.frameLimit },
     (_req, body, done) => done(null, body),
   );
+  // route-level limits only (config.rateLimit on join, rejoin, join-tokens), checked in onRequest,
+  // before any body is read
+  await app.register(rateLimit, { global: false });
+  // the default not-found answer and log line carry the whole URL, query string included
+  app.setNotFoundHandler((req, reply) => {
+    const path = (req.url ?? '').split('?')[0];
+    req.log.info({ code: 'NOT_FOUND' }, 'no such route');
+    return reply.code(404).send({ code: 'NOT_FOUND', message: `no route ${req.method} ${path}` });
+  });
   await app.register(websocket, { options: { maxPayload: run.frameLimit + (1 << 20) } });
   if (webPage) await app.register(webPage);
   await app.register(downloadRoutes);
@@ -257,7 +344,16 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   await app.register(statusRoutes);
 
   const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
-  app.log.info({ url: address, version: versions.version, plan, provider: runner.provider }, 'cloud server listening');
+  app.log.info(
+    { url: address, version: versions.version, plan, provider: runner.provider, aggregation: aggregationKey, limits },
+    'cloud server listening',
+  );
+  if (store.migratedTokens > 0) {
+    app.log.info(
+      { tokens: store.migratedTokens },
+      'state from an older version: its join tokens are now stored hashed',
+    );
+  }
   return {
     app,
     url: address,

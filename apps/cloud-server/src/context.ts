@@ -15,13 +15,24 @@ import type { GlobalVersions } from './versions';
 
 export type Tier = 'user' | 'edge';
 
+/** Requests per minute per client IP on the routes anyone can call; 0 turns a limit off. */
+export interface RateLimits {
+  join: number;
+  rejoin: number;
+  /** join-token issuing: counts only requests without the operator token (guesses) */
+  joinTokens: number;
+}
+
 /** The run: the model and its cut, the settings, what the cloud hands out, and its secrets. */
 export interface CloudRun {
   config: Gpt2Config;
   plan: SplitPlan;
   lora: LoraConfig;
   train: TrainSettings;
+  /** `strategy` is the aggregation setting, e.g. 'fedavg' or 'gate-fedavg (margin 0.05)' */
   settings: { minEdges: number; minUsers: number; maxRounds: number; strategy: string };
+  /** requests per minute per IP on join, rejoin and join-token issuing */
+  rateLimits: RateLimits;
   manifest(): RunManifest;
   segments: Record<Tier, Uint8Array>;
   segmentInfo: Record<Tier, SegmentInfo>;

@@ -16,6 +16,7 @@ export const CLOUD_REQUEST_CODES = [
   'UNKNOWN_VERSION',
   'NOT_FINITE',
   'NOT_FOUND',
+  'RATE_LIMITED',
 ] as const;
 export type CloudRequestCode = (typeof CLOUD_REQUEST_CODES)[number];
 

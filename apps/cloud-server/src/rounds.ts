@@ -9,6 +9,7 @@
  */
 import { adapterFromNamedTensors, adapterToNamedTensors, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
 import {
+  aggregateWithReport,
   checkAdamWUpdate,
   type AdapterUpdate,
   type AggregationStrategy,
@@ -339,7 +340,17 @@ export class Rounds {
       return;
     }
     const { versions } = this.o;
-    const next = this.o.strategy.aggregate(versions.adapter, updates);
+    const aggregated = aggregateWithReport(this.o.strategy, versions.adapter, updates);
+    const next = aggregated.adapter;
+    // every refusal is logged and recorded with the round (the operator's /api/admin/rounds);
+    // the refused participants stay in `participants`: they took part, their update did not count
+    for (const x of aggregated.refused) {
+      this.o.log.warn(
+        { round: r.round, from: x.from, code: x.code, globalLoss: x.globalLoss, loss: x.loss, reason: x.reason },
+        'update refused by the aggregation strategy',
+      );
+    }
+    for (const note of aggregated.notes) this.o.log.info({ round: r.round, note }, 'aggregation');
     const loss = lossCount > 0 ? lossSum / lossCount : null;
     const rec = versions.record(next, {
       round: r.round,
@@ -350,6 +361,7 @@ export class Rounds {
       bytes: r.bytes,
       startedAt: r.startedAt,
       participants,
+      refused: aggregated.refused,
     });
     // persisted: now it may be told
     this.o.metrics.rounds.inc({ outcome: 'recorded' });

@@ -20,6 +20,7 @@ export type SchemaId =
   | 'trainSettings'
   | 'runManifest'
   | 'roundRecord'
+  | 'publicRound'
   | 'edgeAssignment';
 
 const closed = (properties: Record<string, unknown>, required = Object.keys(properties)) => ({
@@ -52,7 +53,7 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     version: int,
     segments: closed({ user: closed({ sha256: str, bytes: int }), edge: closed({ sha256: str, bytes: int }) }),
   }),
-  /** one recorded version (GET /api/rounds, and the last one in /api/status) */
+  /** one recorded version in full (the operator's /api/admin/rounds and /api/admin/status) */
   roundRecord: closed({
     round: int,
     version: int,
@@ -65,6 +66,23 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     startedAt: str,
     finishedAt: str,
     participants: { type: 'array', items: str },
+    refused: {
+      type: 'array',
+      items: closed({ from: str, code: str, reason: str, globalLoss: num, loss: num }, ['from', 'code', 'reason']),
+    },
+  }),
+  /** one recorded version in public (GET /api/rounds, the last one in /api/status): counts only */
+  publicRound: closed({
+    round: int,
+    version: int,
+    tokens: num,
+    users: int,
+    edges: int,
+    loss: { type: ['number', 'null'] },
+    bytes: num,
+    startedAt: str,
+    finishedAt: str,
+    refused: int,
   }),
   /** a user's edge, with the token that admits it there (join and rejoin) */
   edgeAssignment: closed({ userId: str, userToken: str, edgeId: str, edgeUrl: str }),

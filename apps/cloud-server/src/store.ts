@@ -7,9 +7,24 @@
  * + rename) before the row is inserted, so a crash can leave a directory without a row (ignored,
  * and overwritten by the next commit of that round) but never a row without its directory.
  * Designed for one writing process (the cloud server); readers may open the same directory.
+ *
+ * Kept closed to other accounts: the directories are 0700, the database (and its -wal/-shm
+ * files, which SQLite creates with the database file's mode) and every adapter file 0600. Join
+ * tokens are stored as their SHA-256: the database alone does not let anyone join.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { LoraAdapter } from '@splitllm/model';
@@ -30,6 +45,29 @@ export interface RoundRecord {
   startedAt: string;
   finishedAt: string;
   participants: string[];
+  /** the updates the aggregation strategy refused in this round, and why */
+  refused: RoundRefusal[];
+}
+
+/** One update a round's aggregation refused (the strategy's AggregationRefusal, as recorded). */
+export interface RoundRefusal {
+  from: string;
+  code: string;
+  reason: string;
+  globalLoss?: number;
+  loss?: number;
+}
+
+/** What a round's commit records (the store adds the version, the directory and the finish time). */
+export type RoundInput = Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt' | 'refused'> & {
+  refused?: RoundRefusal[];
+};
+
+/** One page of recorded rounds, oldest first, and the cursor of the page before it. */
+export interface RoundPage {
+  rounds: RoundRecord[];
+  /** pass as `before` for the older page; null when this page reaches version 0 */
+  next: number | null;
 }
 
 interface UserRow {
@@ -48,7 +86,15 @@ export interface UserRecord {
 
 export const STATE_DB_FILE = 'state.db';
 export const ADAPTERS_DIR = 'adapters';
-const SCHEMA_VERSION = 1;
+/**
+ * 2: join tokens stored as SHA-256 hex (1 kept them in plain text) and rounds.refused. A version 1
+ * database is migrated when opened: its tokens hashed in place (an unused one still works: the
+ * user presents the plain token, which hashes to the stored value), refused set to '[]'.
+ */
+const SCHEMA_VERSION = 2;
+/** Owner-only modes of the state directory's entries. */
+export const STATE_DIR_MODE = 0o700;
+export const STATE_FILE_MODE = 0o600;
 const TMP_PREFIX = '.tmp-';
 const META_BASE_MODEL = 'store.base_model';
 const META_N_LAYER = 'store.n_layer';
@@ -67,6 +113,33 @@ interface RoundRow {
   started_at: string;
   finished_at: string;
   participants: string;
+  refused: string;
+}
+
+/** How a join token is kept: its SHA-256, hex. */
+export function hashJoinToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/** Sets `mode` on `path` and, for a directory, on everything below it (0700 directories, 0600 files). */
+function restrictTree(path: string): void {
+  const st = statSync(path);
+  if (st.isDirectory()) {
+    chmodSync(path, STATE_DIR_MODE);
+    for (const entry of readdirSync(path)) restrictTree(join(path, entry));
+  } else {
+    chmodSync(path, STATE_FILE_MODE);
+  }
+}
+
+/** Hashes the plain join tokens of a version 1 database; returns how many. */
+function migrateV1(db: Database.Database): number {
+  const rows = db.prepare('SELECT token FROM join_tokens').all() as Array<{ token: string }>;
+  const update = db.prepare('UPDATE join_tokens SET token = ? WHERE token = ?');
+  for (const r of rows) update.run(hashJoinToken(r.token), r.token);
+  db.exec("ALTER TABLE rounds ADD COLUMN refused TEXT NOT NULL DEFAULT '[]'");
+  db.prepare('UPDATE schema_version SET version = ?').run(SCHEMA_VERSION);
+  return rows.length;
 }
 
 function fsyncDir(dir: string): void {
@@ -89,8 +162,11 @@ export class RoundStore {
   private readonly db: Database.Database;
   private readonly baseModel: string;
   private readonly nLayer: number;
+  /** join tokens hashed by a migration from schema version 1 when this store was opened (else 0) */
+  readonly migratedTokens: number;
 
-  private constructor(dir: string, db: Database.Database, baseModel: string, nLayer: number) {
+  private constructor(dir: string, db: Database.Database, baseModel: string, nLayer: number, migrated: number) {
+    this.migratedTokens = migrated;
     this.dir = dir;
     this.dbPath = join(dir, STATE_DB_FILE);
     this.adaptersDir = join(dir, ADAPTERS_DIR);
@@ -106,8 +182,14 @@ export class RoundStore {
    */
   static open(dir: string, o: { baseModel: string; nLayer: number }): RoundStore {
     const abs = resolve(dir);
-    mkdirSync(join(abs, ADAPTERS_DIR), { recursive: true });
-    const db = new Database(join(abs, STATE_DB_FILE));
+    mkdirSync(join(abs, ADAPTERS_DIR), { recursive: true, mode: STATE_DIR_MODE });
+    const dbPath = join(abs, STATE_DB_FILE);
+    // SQLite gives the -wal and -shm files the database file's mode: create it 0600 first (an
+    // empty file is an empty database), and tighten what an older version left readable
+    if (!existsSync(dbPath)) closeSync(openSync(dbPath, 'a', STATE_FILE_MODE));
+    restrictTree(abs);
+    const db = new Database(dbPath);
+    let migrated = 0;
     try {
       db.pragma('journal_mode = WAL');
       // WAL's default NORMAL may lose the last commits on power loss; a committed round is
@@ -128,7 +210,8 @@ export class RoundStore {
               bytes        INTEGER NOT NULL,
               started_at   TEXT NOT NULL,
               finished_at  TEXT NOT NULL,
-              participants TEXT NOT NULL
+              participants TEXT NOT NULL,
+              refused      TEXT NOT NULL DEFAULT '[]'
             );
             CREATE TABLE join_tokens (token TEXT PRIMARY KEY, created_at TEXT NOT NULL, used_by TEXT);
             CREATE TABLE users (user_id TEXT PRIMARY KEY, edge_id TEXT NOT NULL, joined_at TEXT NOT NULL);
@@ -136,7 +219,11 @@ export class RoundStore {
           `);
           db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SCHEMA_VERSION);
         }
-        const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+        let row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+        if (row?.version === 1) {
+          migrated = migrateV1(db);
+          row = { version: SCHEMA_VERSION };
+        }
         if (row?.version !== SCHEMA_VERSION) {
           throw new Error(
             `${join(abs, STATE_DB_FILE)}: schema version ${row?.version ?? 'missing'}, ` +
@@ -160,7 +247,7 @@ export class RoundStore {
       db.close();
       throw e;
     }
-    return new RoundStore(abs, db, o.baseModel, o.nLayer);
+    return new RoundStore(abs, db, o.baseModel, o.nLayer, migrated);
   }
 
   private toRecord(r: RoundRow): RoundRecord {
@@ -176,6 +263,7 @@ export class RoundStore {
       startedAt: r.started_at,
       finishedAt: r.finished_at,
       participants: JSON.parse(r.participants) as string[],
+      refused: JSON.parse(r.refused ?? '[]') as RoundRefusal[],
     };
   }
 
@@ -214,18 +302,14 @@ export class RoundStore {
    * inserts the row; only after this returns may anyone be told of the version. Throws when
    * rec.round is not latest().round + 1 (which covers an already recorded round).
    */
-  commitRound(adapter: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>): RoundRecord {
+  commitRound(adapter: LoraAdapter, rec: RoundInput): RoundRecord {
     if (!Number.isInteger(rec.round) || rec.round < 1)
       throw new Error(`commitRound: round must be an integer >= 1, got ${rec.round}`);
     return this.persist(adapter, rec, this.latest().round);
   }
 
   /** The shared commit path; `expectedPrev` is the version that must be latest (-1: none). */
-  private persist(
-    adapter: LoraAdapter,
-    rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>,
-    expectedPrev: number,
-  ): RoundRecord {
+  private persist(adapter: LoraAdapter, rec: RoundInput, expectedPrev: number): RoundRecord {
     const checkOrder = (): void => {
       const prev = this.latestOrNull()?.round ?? -1;
       if (prev === rec.round) throw new Error(`commitRound: round ${rec.round} is already recorded`);
@@ -242,6 +326,7 @@ export class RoundStore {
     // the slow part (serializing, fsyncs) happens before taking the write lock
     try {
       saveAdapterDir(tmpDir, adapter, { baseModel: this.baseModel, nLayer: this.nLayer });
+      restrictTree(tmpDir);
     } catch (e) {
       rmSync(tmpDir, { recursive: true, force: true });
       throw e;
@@ -261,8 +346,9 @@ export class RoundStore {
           fsyncDir(this.adaptersDir);
           this.db
             .prepare(
-              `INSERT INTO rounds (round, tokens, users, edges, loss, bytes, started_at, finished_at, participants)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+              `INSERT INTO rounds
+                 (round, tokens, users, edges, loss, bytes, started_at, finished_at, participants, refused)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
             )
             .run(
               rec.round,
@@ -274,6 +360,7 @@ export class RoundStore {
               rec.startedAt,
               finishedAt,
               JSON.stringify(rec.participants),
+              JSON.stringify(rec.refused ?? []),
             );
         })
         .immediate();
@@ -300,6 +387,24 @@ export class RoundStore {
     return (this.db.prepare('SELECT * FROM rounds ORDER BY round').all() as RoundRow[]).map((r) => this.toRecord(r));
   }
 
+  /**
+   * At most `limit` recorded rounds just below `before` (default: the newest), oldest first, with
+   * the cursor for the page before them.
+   */
+  roundPage(limit: number, before?: number): RoundPage {
+    const rows = this.db
+      .prepare('SELECT * FROM rounds WHERE round < ? ORDER BY round DESC LIMIT ?')
+      .all(before ?? Number.MAX_SAFE_INTEGER, limit + 1) as RoundRow[];
+    const more = rows.length > limit;
+    const page = rows.slice(0, limit).reverse();
+    return { rounds: page.map((r) => this.toRecord(r)), next: more && page.length > 0 ? page[0].round : null };
+  }
+
+  /** How many versions are recorded (version 0 included). */
+  roundCount(): number {
+    return this.db.prepare('SELECT COUNT(*) FROM rounds').pluck().get() as number;
+  }
+
   /** One recorded version (its round row), or undefined. */
   round(version: number): RoundRecord | undefined {
     const row = this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(version) as RoundRow | undefined;
@@ -316,12 +421,12 @@ export class RoundStore {
     return this.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(key) as string | undefined;
   }
 
-  /** A random 32-hex-char token, recorded as unused. */
+  /** A random 32-hex-char token, recorded (as its hash) as unused; the plain token exists only in the answer. */
   issueJoinToken(): string {
     const token = randomBytes(16).toString('hex');
     this.db
       .prepare('INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, ?, NULL)')
-      .run(token, new Date().toISOString());
+      .run(hashJoinToken(token), new Date().toISOString());
     return token;
   }
 
@@ -329,8 +434,9 @@ export class RoundStore {
   redeemJoinToken(token: string, userId: string): boolean {
     // one conditional UPDATE, so two concurrent redemptions cannot both succeed
     return (
-      this.db.prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL').run(userId, token)
-        .changes === 1
+      this.db
+        .prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL')
+        .run(userId, hashJoinToken(token)).changes === 1
     );
   }
 

@@ -6,7 +6,7 @@
 import { adapterSubset, cloneAdapter, type LoraAdapter, type SplitPlan } from '@splitllm/model';
 import type { Registry } from 'prom-client';
 import { collected } from './metrics';
-import type { RoundRecord, RoundStore } from './store';
+import type { RoundInput, RoundRecord, RoundStore } from './store';
 
 export type AdapterTier = 'user' | 'edge' | 'cloud';
 
@@ -69,7 +69,7 @@ export class GlobalVersions {
   }
 
   /** Persists the next version; only once this returns may anyone be told of it. */
-  record(next: LoraAdapter, rec: Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt'>): RoundRecord {
+  record(next: LoraAdapter, rec: RoundInput): RoundRecord {
     const recorded = this.store.commitRound(next, rec);
     this.global = cloneAdapter(next);
     this.last = recorded;

@@ -6,7 +6,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type AggregationStrategy, type EdgeCandidate, FedAvg } from '@splitllm/federation';
+import { type AggregationReport, type AggregationStrategy, type EdgeCandidate, FedAvg } from '@splitllm/federation';
 import {
   adapterToNamedTensors,
   type Gpt2Config,
@@ -318,5 +318,39 @@ describe('the round lifecycle', () => {
     await begin(1, 'a');
     await expect(begin(1, 'b')).rejects.toMatchObject({ code: 'TURN_OPEN' });
     await expect(upload(s, 'e1', [])).rejects.toMatchObject({ code: 'TURN_OPEN' });
+  });
+
+  it("records the strategy's refusals with the round and logs each one", async () => {
+    // a strategy that refuses user a's update (what the gate does to a poisoned one)
+    const inner = new FedAvg();
+    const refusing: AggregationStrategy & { lastReport?: AggregationReport } = {
+      name: 'refuses-a',
+      selectEdges: (r, e, st) => inner.selectEdges(r, e, st),
+      configureRound: (r, st) => inner.configureRound(r, st),
+      aggregate(g, updates) {
+        const out = inner.aggregate(
+          g,
+          updates.filter((u) => u.from !== 'user:a'),
+        );
+        this.lastReport = {
+          refused: [{ from: 'user:a', code: 'GATE_LOSS', reason: 'raised the loss', globalLoss: 4, loss: 9 }],
+          notes: ['one refused'],
+        };
+        return out;
+      },
+    };
+    const s = setup({ waiting: { e1: 1 }, strategy: refusing });
+    await started(s);
+    await turn(s, 'e1', 'a', 2, 1);
+    await upload(s, 'e1', ['a']);
+    const rec = s.store.latest();
+    expect(rec.version).toBe(1);
+    expect(rec.refused).toEqual([
+      { from: 'user:a', code: 'GATE_LOSS', reason: 'raised the loss', globalLoss: 4, loss: 9 },
+    ]);
+    // it took part: its refusal is what the record says about it
+    expect(rec.participants).toContain('user:a');
+    expect(s.summaries[0].refused).toHaveLength(1);
+    expect(s.warnings).toContain('update refused by the aggregation strategy');
   });
 });

@@ -1,10 +1,20 @@
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  statSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Gpt2Config, type LoraAdapter, initLoraAdapter } from '@splitllm/model';
-import { RoundStore, roundDirName } from '../src/store';
+import { hashJoinToken, RoundStore, roundDirName } from '../src/store';
 
 const tiny: Gpt2Config = {
   vocabSize: 16,
@@ -176,13 +186,15 @@ describe('RoundStore', () => {
     const db = new Database(join(dir, 'state.db'), { readonly: true, fileMustExist: true });
     try {
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
-      expect(db.prepare('SELECT version FROM schema_version').pluck().get()).toBe(1);
+      expect(db.prepare('SELECT version FROM schema_version').pluck().get()).toBe(2);
       const rows = db.prepare('SELECT round, tokens, loss, participants FROM rounds ORDER BY round').all();
       expect(rows).toEqual([
         { round: 0, tokens: 0, loss: null, participants: '[]' },
         { round: 1, tokens: 100, loss: 3.4, participants: JSON.stringify(round(1).participants) },
       ]);
-      expect(db.prepare('SELECT used_by FROM join_tokens WHERE token = ?').pluck().get(tok)).toBe('u7');
+      // stored as its SHA-256, never in plain text
+      expect(db.prepare('SELECT used_by FROM join_tokens WHERE token = ?').pluck().get(hashJoinToken(tok))).toBe('u7');
+      expect(db.prepare('SELECT COUNT(*) FROM join_tokens WHERE token = ?').pluck().get(tok)).toBe(0);
       expect(db.prepare('SELECT edge_id FROM users WHERE user_id = ?').pluck().get('u7')).toBe('e3');
     } finally {
       db.close();
@@ -193,5 +205,77 @@ describe('RoundStore', () => {
     RoundStore.open(dir, opts).close();
     expect(() => RoundStore.open(dir, { ...opts, nLayer: 3 })).toThrow(/2-layer/);
     RoundStore.open(dir, opts).close();
+  });
+
+  it('keeps join tokens hashed: an unused one works once, a used or unknown one does not', () => {
+    const s = RoundStore.open(dir, opts);
+    const tok = s.issueJoinToken();
+    expect(s.redeemJoinToken(hashJoinToken(tok), 'u1')).toBe(false);
+    expect(s.redeemJoinToken('f'.repeat(32), 'u1')).toBe(false);
+    expect(s.redeemJoinToken(tok, 'u1')).toBe(true);
+    expect(s.redeemJoinToken(tok, 'u2')).toBe(false);
+    s.close();
+  });
+
+  it('migrates a version 1 state (plain join tokens, no refused column) on open', () => {
+    const s = RoundStore.open(dir, opts);
+    s.initGlobal(trained(0));
+    s.close();
+    // make it what version 1 wrote
+    const db = new Database(join(dir, 'state.db'));
+    db.exec('ALTER TABLE rounds DROP COLUMN refused');
+    db.prepare('UPDATE schema_version SET version = 1').run();
+    const plain = 'a'.repeat(32);
+    db.prepare("INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, 'then', NULL)").run(plain);
+    db.prepare("INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, 'then', 'u0')").run('b'.repeat(32));
+    db.close();
+
+    const again = RoundStore.open(dir, opts);
+    expect(again.migratedTokens).toBe(2);
+    expect(again.latest().refused).toEqual([]);
+    expect(again.redeemJoinToken('b'.repeat(32), 'u9')).toBe(false);
+    expect(again.redeemJoinToken(plain, 'u1')).toBe(true);
+    again.close();
+    const raw = new Database(join(dir, 'state.db'), { readonly: true });
+    expect(raw.prepare('SELECT token FROM join_tokens').pluck().all()).toEqual(
+      expect.not.arrayContaining([plain, 'b'.repeat(32)]),
+    );
+    expect(raw.prepare('SELECT version FROM schema_version').pluck().get()).toBe(2);
+    raw.close();
+    expect(RoundStore.open(dir, opts).migratedTokens).toBe(0);
+  });
+
+  it('keeps the directories 0700 and the database, its WAL and the adapter files 0600', () => {
+    const s = RoundStore.open(dir, opts);
+    s.initGlobal(trained(0));
+    s.commitRound(trained(1), round(1));
+    const mode = (p: string) => statSync(p).mode & 0o777;
+    expect(mode(dir)).toBe(0o700);
+    expect(mode(join(dir, 'adapters'))).toBe(0o700);
+    for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) expect(mode(join(dir, f))).toBe(0o600);
+    const r1 = join(dir, 'adapters', roundDirName(1));
+    expect(mode(r1)).toBe(0o700);
+    for (const f of readdirSync(r1)) expect(mode(join(r1, f))).toBe(0o600);
+    s.close();
+  });
+
+  it('records refusals and pages the rounds, oldest first, with a cursor to the older page', () => {
+    const s = RoundStore.open(dir, opts);
+    s.initGlobal(trained(0));
+    const refused = [{ from: 'user:u1', code: 'GATE_LOSS', reason: 'too high', globalLoss: 4.5, loss: 9 }];
+    for (let n = 1; n <= 5; n++) s.commitRound(trained(n), round(n, n === 3 ? { refused } : {}));
+    expect(s.round(3)!.refused).toEqual(refused);
+    expect(s.round(2)!.refused).toEqual([]);
+    const p1 = s.roundPage(2);
+    expect(p1.rounds.map((r) => r.version)).toEqual([4, 5]);
+    expect(p1.next).toBe(4);
+    const p2 = s.roundPage(2, p1.next!);
+    expect(p2.rounds.map((r) => r.version)).toEqual([2, 3]);
+    const p3 = s.roundPage(2, p2.next!);
+    expect(p3.rounds.map((r) => r.version)).toEqual([0, 1]);
+    expect(p3.next).toBeNull();
+    expect(s.roundPage(10).next).toBeNull();
+    expect(s.roundCount()).toBe(6);
+    s.close();
   });
 });

@@ -7,17 +7,31 @@
  *
  * The element ids are stable (the end-to-end test and its screenshots use them): #edge-id,
  * #provider, #cloud-state, #version, #round, #training-now, #step-ms, #tokens-per-second,
- * #bytes-in, #bytes-out, #memory, #users (a table with one tr[data-user-id] per user and a
- * button[data-drop] in it), #loss-chart (an SVG with data-points), #errors, #status-line, and
- * the token form's #token and #token-submit.
+ * #bytes-in, #bytes-out, #memory, #restarts (hidden unless a launcher restarted the edge), #users
+ * (a table with one tr[data-user-id] per user and a button[data-drop] in it), #loss-chart (an SVG
+ * with data-points), #errors, #status-line, and the token form's #token and #token-submit.
  */
 
 export const ADMIN_STYLE = `
-:root { color-scheme: light dark; --fg: #1b1f24; --muted: #5b6470; --bg: #f6f7f9; --card: #fff; --line: #d5d9df; --accent: #1f6feb; --bad: #c62828; --good: #2e7d32; }
-@media (prefers-color-scheme: dark) { :root { --fg: #e6e8eb; --muted: #9aa4af; --bg: #0f1216; --card: #171b21; --line: #2c333b; --accent: #58a6ff; --bad: #ff6b6b; --good: #5cc46a; } }
+:root {
+  color-scheme: light dark; --fg: #1b1f24; --muted: #5b6470; --bg: #f6f7f9; --card: #fff; --line: #d5d9df;
+  --accent: #1f6feb; --bad: #c62828; --good: #2e7d32;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --fg: #e6e8eb; --muted: #9aa4af; --bg: #0f1216; --card: #171b21; --line: #2c333b; --accent: #58a6ff;
+    --bad: #ff6b6b; --good: #5cc46a;
+  }
+}
 * { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
-header { display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem 1.25rem; padding: .75rem 1.25rem; background: var(--card); border-bottom: 1px solid var(--line); }
+body {
+  margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+  background: var(--bg);
+}
+header {
+  display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem 1.25rem; padding: .75rem 1.25rem;
+  background: var(--card); border-bottom: 1px solid var(--line);
+}
 header h1 { font-size: 1.1rem; margin: 0 .5rem 0 0; }
 header dl, .cards { margin: 0; }
 .inline { display: flex; flex-wrap: wrap; gap: .25rem 1.25rem; }
@@ -43,14 +57,20 @@ td.id, th.id, #training-now { font-family: ui-monospace, SFMono-Regular, Menlo, 
 .state-done { color: var(--good); }
 .ok { color: var(--good); }
 .bad { color: var(--bad); }
-button { font: inherit; padding: .2rem .7rem; border-radius: 5px; border: 1px solid var(--line); background: var(--card); color: var(--fg); cursor: pointer; }
+button {
+  font: inherit; padding: .2rem .7rem; border-radius: 5px; border: 1px solid var(--line); background: var(--card);
+  color: var(--fg); cursor: pointer;
+}
 button:hover { border-color: var(--accent); }
 button.danger { color: var(--bad); border-color: var(--bad); }
 button:disabled { opacity: .5; cursor: default; }
 button:focus-visible, input:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
 #login { max-width: 28rem; }
 #login label { display: block; margin-bottom: .3rem; font-weight: 600; }
-#login input { font: inherit; width: 100%; padding: .35rem .5rem; margin-bottom: .5rem; border: 1px solid var(--line); border-radius: 5px; background: var(--bg); color: var(--fg); }
+#login input {
+  font: inherit; width: 100%; padding: .35rem .5rem; margin-bottom: .5rem; border: 1px solid var(--line);
+  border-radius: 5px; background: var(--bg); color: var(--fg);
+}
 #login p { margin: .25rem 0 .6rem; color: var(--muted); }
 #auth-message:not(:empty) { color: var(--bad); font-weight: 600; margin: 0 0 .6rem; }
 #loss-chart { width: 100%; height: auto; max-height: 320px; display: block; }
@@ -70,7 +90,9 @@ export const ADMIN_SCRIPT = `
 (function () {
   'use strict';
   var KEY = 'splitllm-edge-operator-token';
-  var COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
+  var COLORS = [
+    '#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'
+  ];
   var SVG = 'http://www.w3.org/2000/svg';
   var $ = function (id) { return document.getElementById(id); };
   var timer = null;
@@ -79,7 +101,10 @@ export const ADMIN_SCRIPT = `
   var noticeUntil = 0;
 
   function token() { try { return sessionStorage.getItem(KEY); } catch (e) { return null; } }
-  function setToken(t) { try { if (t) sessionStorage.setItem(KEY, t); else sessionStorage.removeItem(KEY); } catch (e) { /* storage disabled */ } }
+  function setToken(t) {
+    try { if (t) sessionStorage.setItem(KEY, t); else sessionStorage.removeItem(KEY); }
+    catch (e) { /* storage disabled */ }
+  }
   function text(id, v) { var el = $(id); if (el.textContent !== v) el.textContent = v; }
   function mib(b) { return b == null ? '\\u2014' : (b / 1048576).toFixed(1) + ' MiB'; }
   function bytes(b) {
@@ -133,9 +158,12 @@ export const ADMIN_SCRIPT = `
   function schedule(ms) { stop(); timer = setTimeout(poll, ms); }
 
   function api(method, path) {
-    return fetch(path, { method: method, headers: { authorization: 'Bearer ' + token() }, cache: 'no-store' }).then(function (res) {
-      return res.json().catch(function () { return {}; }).then(function (body) { return { status: res.status, body: body }; });
-    });
+    return fetch(path, { method: method, headers: { authorization: 'Bearer ' + token() }, cache: 'no-store' })
+      .then(function (res) {
+        return res.json().catch(function () { return {}; }).then(function (body) {
+          return { status: res.status, body: body };
+        });
+      });
   }
 
   function poll() {
@@ -145,17 +173,20 @@ export const ADMIN_SCRIPT = `
       polling = false;
       if (r.status === 401) {
         setToken(null);
-        showLogin('The operator token was refused (' + (r.body.message || 'unauthorized') + '). Enter the token this edge printed at start-up.');
+        showLogin('The operator token was refused (' + (r.body.message || 'unauthorized') +
+          '). Enter the token this edge printed at start-up.');
         return;
       }
       if (r.status !== 200) {
-        status('The edge answered ' + r.status + ': ' + (r.body.code || '') + ' ' + (r.body.message || '') + ' \\u2014 retrying', true);
+        status('The edge answered ' + r.status + ': ' + (r.body.code || '') + ' ' + (r.body.message || '') +
+          ' \\u2014 retrying', true);
         schedule(2000);
         return;
       }
       showDashboard();
       render(r.body);
-      status('Updated ' + new Date().toLocaleTimeString() + (notice && Date.now() < noticeUntil ? ' \u2014 ' + notice : ''), false);
+      status('Updated ' + new Date().toLocaleTimeString() +
+        (notice && Date.now() < noticeUntil ? ' \u2014 ' + notice : ''), false);
       schedule(1000);
     }, function (e) {
       polling = false;
@@ -182,20 +213,30 @@ export const ADMIN_SCRIPT = `
     text('bytes-in', bytes(s.bytesIn));
     text('bytes-out', bytes(s.bytesOut));
     var m = s.memory || {};
-    text('memory', 'rss ' + mib(m.rss) + ' \\u00b7 heap used ' + mib(m.heapUsed) + ' \\u00b7 peak rss ' + mib(m.peakRss));
-    text('users-count', s.users.length + ' connected, ' + s.waiting + ' waiting');
-    renderUsers(s.users, round ? round.completed : []);
+    text('memory',
+      'rss ' + mib(m.rss) + ' \\u00b7 heap used ' + mib(m.heapUsed) + ' \\u00b7 peak rss ' + mib(m.peakRss));
+    var r = s.restarts;
+    $('restarts-card').hidden = !r;
+    text('restarts', r ? 'restarted ' + r.count + (r.count === 1 ? ' time' : ' times') +
+      (r.lastExit ? ', last: ' + r.lastExit : '') : '');
+    var out = s.sittingOut || [];
+    text('users-count', s.users.length + ' connected, ' + s.waiting + ' waiting' +
+      (out.length ? ', ' + out.length + ' sitting out' : ''));
+    renderUsers(s.users, round ? round.completed : [], out);
     renderChart(s.loss || { round: null, points: [] });
     renderErrors(s.errors || []);
   }
 
-  function renderUsers(users, completed) {
+  function renderUsers(users, completed, out) {
     var body = $('users').tBodies[0];
     var rows = {};
     Array.prototype.forEach.call(body.rows, function (tr) { if (tr.dataset.userId) rows[tr.dataset.userId] = tr; });
     var empty = $('users-empty');
     if (users.length === 0) {
-      if (!empty) { empty = el('tr'); empty.id = 'users-empty'; var td = el('td', 'muted', 'No users connected.'); td.colSpan = 7; empty.appendChild(td); }
+      if (!empty) {
+        empty = el('tr'); empty.id = 'users-empty';
+        var td = el('td', 'muted', 'No users connected.'); td.colSpan = 7; empty.appendChild(td);
+      }
     } else if (empty) { empty.remove(); empty = null; }
     var want = [];
     users.forEach(function (u) {
@@ -218,9 +259,14 @@ export const ADMIN_SCRIPT = `
         act.appendChild(b);
         tr.appendChild(act);
       }
-      var state = u.state === 'training' ? 'training' : completed.indexOf(u.userId) >= 0 ? 'done this round' : 'waiting';
+      var state = u.state === 'training' ? 'training'
+        : completed.indexOf(u.userId) >= 0 ? 'done this round'
+        : out.indexOf(u.userId) >= 0 ? 'sitting out (through round ' + u.sitsOutThrough + ')' : 'waiting';
+      if (u.misses > 0) state += ' \u00b7 missed ' + u.misses + (u.misses === 1 ? ' turn' : ' turns');
       var c = tr.cells;
-      if (c[1].textContent !== state) { c[1].textContent = state; c[1].className = 'state state-' + state.split(' ')[0]; }
+      if (c[1].textContent !== state) {
+        c[1].textContent = state; c[1].className = 'state state-' + state.split(' ')[0];
+      }
       var pos = String(u.position);
       if (c[2].textContent !== pos) c[2].textContent = pos;
       var since = clock(u.connectedAt) + ' (' + ago(u.connectedAt) + ')';
@@ -244,16 +290,19 @@ export const ADMIN_SCRIPT = `
     chart.dataset.sig = sig;
     chart.setAttribute('data-points', String(points.length));
     chart.setAttribute('data-round', series.round == null ? '' : String(series.round));
-    text('loss-title', series.round == null ? 'Loss (no round yet)' : 'Loss, round ' + series.round + ' (' + points.length + ' steps)');
+    text('loss-title',
+      series.round == null ? 'Loss (no round yet)' : 'Loss, round ' + series.round + ' (' + points.length + ' steps)');
     while (chart.lastChild) chart.removeChild(chart.lastChild);
     var W = 720, H = 260, L = 52, R = 150, T = 12, Bm = 38;
     var pw = W - L - R, ph = H - T - Bm;
     chart.appendChild(svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: T + ph }));
     chart.appendChild(svg('line', { class: 'axis', x1: L, y1: T + ph, x2: L + pw, y2: T + ph }));
     chart.appendChild(svg('text', { x: L + pw / 2, y: H - 4, 'text-anchor': 'middle' }, 'step'));
-    chart.appendChild(svg('text', { x: 12, y: T + ph / 2, 'text-anchor': 'middle', transform: 'rotate(-90 12 ' + (T + ph / 2) + ')' }, 'loss'));
+    chart.appendChild(svg('text',
+      { x: 12, y: T + ph / 2, 'text-anchor': 'middle', transform: 'rotate(-90 12 ' + (T + ph / 2) + ')' }, 'loss'));
     if (points.length === 0) {
-      chart.appendChild(svg('text', { class: 'empty', x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' }, 'No steps yet in this round.'));
+      chart.appendChild(svg('text', { class: 'empty', x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' },
+        'No steps yet in this round.'));
       chart.setAttribute('aria-label', 'Loss chart: no steps yet');
       return;
     }
@@ -284,24 +333,32 @@ export const ADMIN_SCRIPT = `
     order.forEach(function (id, k) {
       var color = COLORS[k % COLORS.length];
       var pts = byUser[id].slice().sort(function (a, b) { return a.step - b.step; });
-      var line = svg('polyline', { fill: 'none', stroke: color, 'stroke-width': 2, 'data-user-id': id, points: pts.map(function (p) { return x(p.step).toFixed(1) + ',' + y(p.loss).toFixed(1); }).join(' ') });
+      var line = svg('polyline', {
+        fill: 'none', stroke: color, 'stroke-width': 2, 'data-user-id': id,
+        points: pts.map(function (p) { return x(p.step).toFixed(1) + ',' + y(p.loss).toFixed(1); }).join(' ')
+      });
       line.appendChild(svg('title', {}, id));
       chart.appendChild(line);
       pts.forEach(function (p) {
         var dot = svg('circle', { cx: x(p.step).toFixed(1), cy: y(p.loss).toFixed(1), r: 2.5, fill: color });
-        dot.appendChild(svg('title', {}, id + ' step ' + p.step + ': loss ' + p.loss.toFixed(4) + ', ' + p.ms.toFixed(0) + ' ms'));
+        dot.appendChild(svg('title', {},
+          id + ' step ' + p.step + ': loss ' + p.loss.toFixed(4) + ', ' + p.ms.toFixed(0) + ' ms'));
         chart.appendChild(dot);
       });
       if (k < 12) {
         var ly = T + 8 + k * 18;
-        chart.appendChild(svg('line', { x1: L + pw + 14, y1: ly, x2: L + pw + 32, y2: ly, stroke: color, 'stroke-width': 3 }));
-        chart.appendChild(svg('text', { class: 'legend', x: L + pw + 38, y: ly + 4 }, id.length > 16 ? id.slice(0, 15) + '\\u2026' : id));
+        chart.appendChild(svg('line',
+          { x1: L + pw + 14, y1: ly, x2: L + pw + 32, y2: ly, stroke: color, 'stroke-width': 3 }));
+        chart.appendChild(svg('text', { class: 'legend', x: L + pw + 38, y: ly + 4 },
+          id.length > 16 ? id.slice(0, 15) + '\\u2026' : id));
       } else if (k === 12) {
         chart.appendChild(svg('text', { x: L + pw + 14, y: T + 8 + k * 18 + 4 }, '+' + (order.length - 12) + ' more'));
       }
     });
     var last = points[points.length - 1];
-    chart.setAttribute('aria-label', 'Loss chart, round ' + series.round + ': ' + points.length + ' steps of ' + order.length + ' user(s); last loss ' + last.loss.toFixed(4) + ' (' + last.userId + ', step ' + last.step + ')');
+    chart.setAttribute('aria-label',
+      'Loss chart, round ' + series.round + ': ' + points.length + ' steps of ' + order.length +
+      ' user(s); last loss ' + last.loss.toFixed(4) + ' (' + last.userId + ', step ' + last.step + ')');
   }
 
   function renderErrors(errors) {
@@ -316,7 +373,9 @@ export const ADMIN_SCRIPT = `
       var t = el('time', 'muted', clock(e.at)); t.dateTime = e.at; li.appendChild(t);
       li.appendChild(document.createTextNode(' '));
       li.appendChild(el('code', null, e.code));
-      if (e.userId) { li.appendChild(document.createTextNode(' ')); li.appendChild(el('span', 'id', 'user ' + e.userId)); }
+      if (e.userId) {
+        li.appendChild(document.createTextNode(' ')); li.appendChild(el('span', 'id', 'user ' + e.userId));
+      }
       li.appendChild(document.createTextNode(' \\u2014 ' + e.message));
       list.appendChild(li);
     });
@@ -326,7 +385,10 @@ export const ADMIN_SCRIPT = `
     var b = ev.target.closest ? ev.target.closest('button[data-drop]') : null;
     if (!b) return;
     var id = b.dataset.drop;
-    if (!confirm('Drop user ' + id + '? Its connection closes, it does not reconnect by itself, and its turn in this round (if any) is rolled back.')) return;
+    if (!confirm(
+      'Drop user ' + id +
+      '? Its connection closes, it does not reconnect by itself, and its turn in this round (if any) is rolled back.'
+    )) return;
     b.disabled = true;
     api('POST', '/api/admin/users/' + encodeURIComponent(id) + '/drop').then(function (r) {
       if (r.status === 401) { setToken(null); showLogin('The operator token was refused.'); return; }
@@ -335,7 +397,10 @@ export const ADMIN_SCRIPT = `
         noticeUntil = Date.now() + 10000;
         status('Dropped user ' + id + '.', false);
       }
-      else { b.disabled = false; status('Dropping ' + id + ' failed: ' + (r.body.code || r.status) + ' ' + (r.body.message || ''), true); }
+      else {
+        b.disabled = false;
+        status('Dropping ' + id + ' failed: ' + (r.body.code || r.status) + ' ' + (r.body.message || ''), true);
+      }
       poll();
     }, function (e) { b.disabled = false; status('Dropping ' + id + ' failed: ' + e.message, true); });
   });
@@ -349,7 +414,9 @@ export const ADMIN_SCRIPT = `
     status('Checking the token\\u2026', false);
     poll();
   });
-  $('forget').addEventListener('click', function () { setToken(null); showLogin('Signed out: the token is forgotten in this tab.'); });
+  $('forget').addEventListener('click', function () {
+    setToken(null); showLogin('Signed out: the token is forgotten in this tab.');
+  });
 
   // #token=... in the URL: take it, and take it out of the address bar and history
   var m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
@@ -387,7 +454,8 @@ export function adminPage(): string {
 <main>
   <section id="login" aria-labelledby="login-title" hidden>
     <h2 id="login-title">Operator sign-in</h2>
-    <p>This dashboard needs the edge's operator token (printed in the edge's log at start-up, or set with SPLITLLM_EDGE_OPERATOR_TOKEN). It stays in this tab only.</p>
+    <p>This dashboard needs the edge's operator token (printed in the edge's log at start-up, or set with
+      SPLITLLM_EDGE_OPERATOR_TOKEN). It stays in this tab only.</p>
     <p id="auth-message" role="alert"></p>
     <form id="token-form" autocomplete="off">
       <label for="token">Operator token</label>
@@ -399,12 +467,14 @@ export function adminPage(): string {
     <section aria-labelledby="now-title">
       <h2 id="now-title">Now</h2>
       <dl class="cards">
-        <div class="wide"><dt>training now</dt><dd><span id="training-now">\u2014</span> <span id="training-step" class="sub"></span></dd></div>
+        <div class="wide"><dt>training now</dt>
+          <dd><span id="training-now">\u2014</span> <span id="training-step" class="sub"></span></dd></div>
         <div><dt>step time</dt><dd id="step-ms">\u2014</dd></div>
         <div><dt>tokens / s</dt><dd id="tokens-per-second">\u2014</dd></div>
         <div><dt>bytes in</dt><dd id="bytes-in">\u2014</dd></div>
         <div><dt>bytes out</dt><dd id="bytes-out">\u2014</dd></div>
         <div class="wide"><dt>memory</dt><dd id="memory">\u2014</dd></div>
+        <div class="wide" id="restarts-card" hidden><dt>restarts</dt><dd id="restarts"></dd></div>
       </dl>
     </section>
     <section aria-labelledby="users-title">
@@ -412,15 +482,17 @@ export function adminPage(): string {
       <table id="users">
         <caption>Connected users in queue order: the first waiting user trains next.</caption>
         <thead><tr>
-          <th scope="col">user</th><th scope="col">state</th><th scope="col" class="num">queue position</th><th scope="col">connected since</th>
-          <th scope="col" class="num">bytes in</th><th scope="col" class="num">bytes out</th><th scope="col"><span class="muted">action</span></th>
+          <th scope="col">user</th><th scope="col">state</th><th scope="col" class="num">queue position</th>
+          <th scope="col">connected since</th><th scope="col" class="num">bytes in</th>
+          <th scope="col" class="num">bytes out</th><th scope="col"><span class="muted">action</span></th>
         </tr></thead>
         <tbody></tbody>
       </table>
     </section>
     <section aria-labelledby="loss-title">
       <h2 id="loss-title">Loss</h2>
-      <svg id="loss-chart" data-points="0" data-round="" viewBox="0 0 720 260" role="img" aria-label="Loss chart: no data yet" xmlns="http://www.w3.org/2000/svg"></svg>
+      <svg id="loss-chart" data-points="0" data-round="" viewBox="0 0 720 260" role="img"
+        aria-label="Loss chart: no data yet" xmlns="http://www.w3.org/2000/svg"></svg>
     </section>
     <section aria-labelledby="errors-title">
       <h2 id="errors-title">Recent errors <span class="sub">(newest first)</span></h2>

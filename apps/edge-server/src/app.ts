@@ -9,6 +9,7 @@
  * users stay connected). Until then the routes that need the edge answer 503 NOT_READY.
  */
 import cors from '@fastify/cors';
+import rateLimit from '@fastify/rate-limit';
 import websocket from '@fastify/websocket';
 import { codeOf, decodeSegment } from '@splitllm/model';
 import { GENERATE_USER_HEADER } from '@splitllm/wire';
@@ -16,7 +17,7 @@ import { randomToken } from '@splitllm/wire/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { downloadSegment, register } from './cloud-link';
-import { Edge } from './edge';
+import { Edge, type RestartInfo } from './edge';
 import { EdgeError } from './errors';
 import { fetchJson } from './http';
 import { adminRoutes } from './routes/admin';
@@ -26,6 +27,7 @@ import { statusRoutes } from './routes/status';
 import { userSocketRoutes } from './routes/user-socket';
 import { SHARED_SCHEMAS } from './schemas';
 import { EdgeMetrics } from './telemetry';
+import { HELLO_MAX_BYTES } from './user-queue';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -49,13 +51,18 @@ export interface EdgeAppOptions {
   logLevel?: string | false;
   /** the cloud must answer a generation within this time */
   cloudTimeoutMs?: number;
+  /** new user sockets (each one `hello`) one IP may open per minute (default 60) */
+  userConnectsPerMinute?: number;
 }
 
 const NOT_READY = { code: 'NOT_READY', message: 'the edge is still starting' };
 
 /** The Fastify app with every route; it serves the edge once `app.serve(edge)` is called. */
 export async function buildEdgeApp(o: EdgeAppOptions): Promise<FastifyInstance> {
-  const logger = o.logLevel === false ? false : { level: o.logLevel ?? 'info', stream: process.stderr };
+  const logger =
+    o.logLevel === false
+      ? false
+      : { level: o.logLevel ?? 'info', stream: process.stderr, serializers: { req: requestForLog } };
   const app = Fastify({ logger, bodyLimit: 1 << 16 });
 
   let serving: Edge | undefined;
@@ -72,6 +79,11 @@ export async function buildEdgeApp(o: EdgeAppOptions): Promise<FastifyInstance> 
   app.decorate('serve', (edge: Edge) => {
     if (serving) throw new Error('the edge app already serves an edge');
     serving = edge;
+    // from now on a user's message may be as large as the run needs (a step, or its adapter),
+    // plus 1 MiB: a frame somewhat over the limit is still read and refused with a code
+    // (FRAME_TOO_LARGE, the user stays), a larger one closes the socket (1009). ws reads this
+    // option at each upgrade. Before `hello` user-socket.ts holds a socket to HELLO_MAX_BYTES.
+    app.websocketServer.options.maxPayload = edge.frameLimit + 2 ** 20;
   });
   app.decorate('metrics', { getter: () => o.metrics });
   for (const s of SHARED_SCHEMAS) app.addSchema(s);
@@ -92,14 +104,38 @@ export async function buildEdgeApp(o: EdgeAppOptions): Promise<FastifyInstance> 
     maxAge: 600,
     strictPreflight: false,
   });
-  await app.register(websocket, { options: { maxPayload: 256 * 2 ** 20 } });
+  // route by route (config.rateLimit): only the user socket is limited here
+  await app.register(rateLimit, {
+    global: false,
+    errorResponseBuilder: (_req, ctx) =>
+      Object.assign(new Error(`too many requests from this address: at most ${ctx.max} per ${ctx.after}`), {
+        statusCode: 429,
+        code: 'RATE_LIMITED',
+      }),
+  });
+  // until the edge serves, no user socket is kept: the smallest limit (serve() raises it)
+  await app.register(websocket, { options: { maxPayload: HELLO_MAX_BYTES } });
 
   await app.register(segmentRoutes);
-  await app.register(userSocketRoutes);
+  await app.register(userSocketRoutes, { connectsPerMinute: o.userConnectsPerMinute ?? 60 });
   await app.register(adminRoutes, { operatorToken: o.operatorToken });
   await app.register(generateRoutes, { cloudTimeoutMs: o.cloudTimeoutMs });
   await app.register(statusRoutes);
   return app;
+}
+
+/**
+ * What the request log keeps of a request: no query string (a join link or token may be in one)
+ * and no headers (authorization carries bearer tokens).
+ */
+function requestForLog(req: FastifyRequest) {
+  const url = req.url ?? '';
+  const q = url.indexOf('?');
+  return {
+    method: req.method,
+    url: q < 0 ? url : `${url.slice(0, q)}?[redacted]`,
+    remoteAddress: req.ip,
+  };
 }
 
 export interface EdgeServerOptions {
@@ -113,6 +149,14 @@ export interface EdgeServerOptions {
   /** keep the forward's intermediates for the backward (faster backward on cpu) instead of recomputing */
   saveIntermediates?: boolean;
   stepTimeoutMs?: number;
+  /** the turn deadline per step of the user's time (default 30 s; the adapter counts as one more step) */
+  stepBudgetMs?: number;
+  /** turns in a row a user may let run out before it sits out the next round (default 2) */
+  maxMisses?: number;
+  /** new user sockets one IP may open per minute (default 60) */
+  userConnectsPerMinute?: number;
+  /** how often a launcher restarted this edge, and how its last run ended (the dashboard shows it) */
+  restarts?: RestartInfo;
   cloudTimeoutMs?: number;
   logLevel?: string | false;
   /** opens the operator's dashboard (/admin, /api/admin/*); when not given, one is generated and logged once */
@@ -133,7 +177,13 @@ export interface EdgeServer {
 export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer> {
   const operatorToken = o.operatorToken || randomToken();
   const cloudTimeoutMs = o.cloudTimeoutMs ?? 60_000;
-  const app = await buildEdgeApp({ operatorToken, metrics: new EdgeMetrics(), logLevel: o.logLevel, cloudTimeoutMs });
+  const app = await buildEdgeApp({
+    operatorToken,
+    metrics: new EdgeMetrics(),
+    logLevel: o.logLevel,
+    cloudTimeoutMs,
+    userConnectsPerMinute: o.userConnectsPerMinute,
+  });
 
   const url = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
   const me = { cloudUrl: o.cloudUrl, edgeId: o.edgeId, edgeSecret: o.edgeSecret, url };
@@ -166,6 +216,9 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     metrics: app.metrics,
     log: app.log,
     stepTimeoutMs: o.stepTimeoutMs ?? 120_000,
+    stepBudgetMs: o.stepBudgetMs ?? 30_000,
+    maxMisses: o.maxMisses ?? 2,
+    restarts: o.restarts,
     cloudTimeoutMs,
     provider: runner.provider,
   });

@@ -34,9 +34,21 @@ export interface EdgeOptions {
   log: Logger;
   /** a user's next frame must arrive within this time during its turn */
   stepTimeoutMs: number;
+  /** the turn deadline: the user's time in a turn is at most this per step (and one more for its adapter) */
+  stepBudgetMs: number;
+  /** a user that misses its turn deadline this many turns in a row sits out the next round */
+  maxMisses: number;
+  /** how often a launcher restarted this edge, and how the last run ended (shown on the dashboard) */
+  restarts?: RestartInfo;
   /** the cloud must answer a step within this time */
   cloudTimeoutMs: number;
   provider: string;
+}
+
+export interface RestartInfo {
+  count: number;
+  /** e.g. "code 1 at 2026-01-01T00:00:00.000Z" or "signal SIGKILL at ..." */
+  lastExit: string | null;
 }
 
 export class Edge {
@@ -105,6 +117,8 @@ export class Edge {
       activity: this.activity,
       log,
       stepTimeoutMs: o.stepTimeoutMs,
+      stepBudgetMs: o.stepBudgetMs,
+      maxMisses: o.maxMisses,
       cloudTimeoutMs: o.cloudTimeoutMs,
       setVersion: (v) => (this.version = v),
       reportStatus: () => this.reportStatus(),
@@ -187,6 +201,12 @@ export class Edge {
     return this.queue.drop(userId);
   }
 
+  /** The users that get no turn in the round in progress (or, while idle, the next one). */
+  sittingOut(): string[] {
+    const round = this.rounds.summary()?.number ?? this.version + 1;
+    return [...this.queue.users.values()].filter((u) => u.sitsOutThrough >= round).map((u) => u.userId);
+  }
+
   /** Everything the operator's dashboard shows (GET /api/admin/status, with the loss series). */
   status() {
     const { activity, queue } = this;
@@ -203,10 +223,14 @@ export class Edge {
       users: queue.order.flatMap((id, i) => {
         const u = queue.users.get(id);
         if (!u) return [];
-        const { state, connectedAt, bytesIn, bytesOut } = u;
-        return [{ userId: id, state, position: i + 1, connectedAt, bytesIn, bytesOut }];
+        const { state, connectedAt, bytesIn, bytesOut, misses } = u;
+        const sitsOutThrough = u.sitsOutThrough > 0 ? u.sitsOutThrough : null;
+        return [{ userId: id, state, position: i + 1, connectedAt, bytesIn, bytesOut, misses, sitsOutThrough }];
       }),
+      sittingOut: this.sittingOut(),
       waiting: queue.waitingCount(),
+      queueFrames: queue.queueFrames,
+      restarts: this.o.restarts && this.o.restarts.count > 0 ? this.o.restarts : null,
       lastStepMs: last.length ? last[last.length - 1].ms : null,
       tokensPerSecond: secs > 0 ? last.reduce((s, x) => s + x.tokens, 0) / secs : null,
       bytesIn: queue.bytesIn,

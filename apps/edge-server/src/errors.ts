@@ -20,6 +20,8 @@ export const EDGE_ERROR_CODES = [
   'UNKNOWN_VERSION',
   'USER_GONE',
   'USER_TIMEOUT',
+  'TURN_DEADLINE',
+  'SITTING_OUT',
 ] as const;
 export type EdgeErrorCode = (typeof EDGE_ERROR_CODES)[number];
 

@@ -23,6 +23,10 @@ export interface RoundRunnerOptions {
   activity: Activity;
   log: Logger;
   stepTimeoutMs: number;
+  /** the user's share of a turn: this per step, plus one more for the adapter (the turn deadline) */
+  stepBudgetMs: number;
+  /** a user that misses its turn deadline this many turns in a row sits out the next round */
+  maxMisses: number;
   cloudTimeoutMs: number;
   /** the round trains from this global version: the edge is at it now */
   setVersion: (version: number) => void;
@@ -85,14 +89,14 @@ export class RoundRunner {
       this.o.log.info({ round, version }, 'round started');
       const tried = new Set<string>();
       while (state.completed.length < usersPerEdge && link.connected) {
-        const u = queue.nextWaiting(tried);
+        const u = queue.nextWaiting(tried, round);
         if (!u) break;
         tried.add(u.userId);
         const done = await this.turn(state, u, stepsPerUser);
         if (done) state.completed.push(done);
         queue.toBack(u.userId);
         if (!u.closed) u.state = 'waiting';
-        queue.sendPositions();
+        queue.positionsChanged();
       }
       await link.upload(round, state.completed, state.train.adapter, state.userBytes);
     } catch (e) {
@@ -106,6 +110,22 @@ export class RoundRunner {
       this.round = undefined;
       this.o.reportStatus();
     }
+  }
+
+  /**
+   * The user let its turn run out. It goes to the back of the queue (as after any turn); after
+   * `maxMisses` such turns in a row (until it completes one) it also sits out the next round, and hears so.
+   */
+  private missed(u: UserConn, round: number): void {
+    u.misses++;
+    if (u.misses < this.o.maxMisses) return;
+    u.sitsOutThrough = round + 1;
+    const message =
+      `missed the turn deadline ${u.misses} turns in a row: no turn for the rest of round ${round} ` +
+      `and in round ${round + 1}`;
+    this.o.activity.noteError('SITTING_OUT', message, u.userId);
+    // after the turn's own error and turn-end (relayTurn sends them once this returns)
+    queueMicrotask(() => u.sendError('SITTING_OUT', message));
   }
 
   private async turn(state: RoundState, u: UserConn, steps: number): Promise<CompletedUser | undefined> {
@@ -128,6 +148,7 @@ export class RoundRunner {
           nEmbd: config.nEmbd,
           vocabSize: config.vocabSize,
           userTimeoutMs: this.o.stepTimeoutMs,
+          turnBudgetMs: (steps + 1) * this.o.stepBudgetMs,
           cloudTimeoutMs: this.o.cloudTimeoutMs,
         },
         {
@@ -146,9 +167,13 @@ export class RoundRunner {
           onDropped: (code, message) => {
             this.o.metrics.drops.inc();
             this.o.activity.noteError(code, message, u.userId);
+            if (code === 'TURN_DEADLINE' || code === 'USER_TIMEOUT') this.missed(u, round);
           },
         },
-      );
+      ).then((done) => {
+        if (done) u.misses = 0;
+        return done;
+      });
     } finally {
       // what the turn cost on the user's socket, for the cloud's bytes-per-round figure
       state.userBytes += u.bytesIn + u.bytesOut - bytesBefore;

@@ -70,6 +70,12 @@ export interface TurnSpec {
   vocabSize: number;
   /** the user's next frame must arrive within this time */
   userTimeoutMs: number;
+  /**
+   * The whole turn's deadline on the user's side: the time spent waiting for the user's frames,
+   * summed over the turn, must stay under this (omitted: only the per-frame limit). Only the
+   * user's own time counts, so a slow cloud or edge never makes a user miss it.
+   */
+  turnBudgetMs?: number;
   /** the cloud must answer a step within this time */
   cloudTimeoutMs: number;
 }
@@ -104,11 +110,29 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
   const { user, cloud, blocks, train } = deps;
   const userId = user.userId;
   const before = train.snapshot();
-  const fromUser = <M>(type: string, check: (m: M) => void): ExpectOptions<M> => ({
-    timeoutMs: spec.userTimeoutMs,
-    onTimeout: () => new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${spec.userTimeoutMs} ms`),
-    check,
-  });
+  // the user's time so far: from each prompt to the frame that answers it
+  let userMs = 0;
+  const fromUser = <M>(type: string, check: (m: M) => void): ExpectOptions<M> => {
+    const left = spec.turnBudgetMs === undefined ? Infinity : Math.max(0, spec.turnBudgetMs - userMs);
+    const byDeadline = left < spec.userTimeoutMs;
+    return {
+      timeoutMs: Math.min(spec.userTimeoutMs, left),
+      onTimeout: () =>
+        byDeadline
+          ? new EdgeError('TURN_DEADLINE', `the turn's deadline of ${spec.turnBudgetMs} ms of the user's time passed`)
+          : new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${spec.userTimeoutMs} ms`),
+      check,
+    };
+  };
+  /** Waits for the user's frame as `user.expect` does, adding the wait to the user's time. */
+  const fromUserTimed = async <R>(wait: () => Promise<R>): Promise<R> => {
+    const t0 = performance.now();
+    try {
+      return await wait();
+    } finally {
+      userMs += performance.now() - t0;
+    }
+  };
   const forwardCheck = (step: number) => (m: Incoming<'userToEdge', 'forward'>) => {
     expectRoundStep(m, round, step);
     expectShape(m.h, 'h', [B, T, D]);
@@ -131,7 +155,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     let prompt = () => user.send('turn', { round, version: spec.version, steps, batch: B, seq: T, codec });
     for (let step = 1; step <= steps; step++) {
       deps.onProgress?.(step);
-      const fwd = await user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step)));
+      const fwd = await fromUserTimed(() => user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step))));
       const h = fwd.h.data;
       const t0 = performance.now();
       const out = await blocks.forward(train.adapter, h, B, T);
@@ -171,13 +195,15 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     }
     // the adapter its check accepted, by the message that carried it
     const accepted = new WeakMap<object, LoraAdapter>();
-    const sent = await user.expect(
-      prompt,
-      'adapter',
-      fromUser('adapter', (m: Incoming<'userToEdge', 'adapter'>) => {
-        expectRoundStep(m, round);
-        accepted.set(m, deps.acceptAdapter(m));
-      }),
+    const sent = await fromUserTimed(() =>
+      user.expect(
+        prompt,
+        'adapter',
+        fromUser('adapter', (m: Incoming<'userToEdge', 'adapter'>) => {
+          expectRoundStep(m, round);
+          accepted.set(m, deps.acceptAdapter(m));
+        }),
+      ),
     );
     const adapter = accepted.get(sent);
     if (!adapter) throw new Error("the user's adapter was delivered without passing its check");

@@ -47,6 +47,12 @@ export class UserConn {
   bytesIn = 0;
   bytesOut = 0;
   closed = false;
+  /** turns in a row that ended on the user's silence (its turn deadline or a frame's timeout) */
+  misses = 0;
+  /** the user gets no turn in rounds up to and including this one (after repeated misses) */
+  sitsOutThrough = 0;
+  /** the last `queue` (or `welcome`) position and waiting count this user was told */
+  told?: { position: number; waiting: number };
   private readonly waiter = new MessageWaiter<UserMessage>();
   private check?: (m: UserMessage) => void;
 
@@ -142,8 +148,14 @@ export interface UserQueueOptions {
   onChange: () => void;
 }
 
-/** A `hello` frame is small; anything larger is refused before it is parsed. */
-const HELLO_MAX_BYTES = 64 * 1024;
+/** A `hello` frame is small; anything larger is refused before it is parsed (and not buffered: user-socket.ts). */
+export const HELLO_MAX_BYTES = 64 * 1024;
+/**
+ * Queue updates are coalesced: one flush at most per this interval, each user told only when its
+ * position or the waiting count changed since it was last told. A burst of N connects costs one
+ * frame per user per flush instead of one per user per connect (N^2/2 for the burst).
+ */
+export const QUEUE_UPDATE_MS = 250;
 const MAX_USER_ID = 64;
 const MAX_TOKEN = 128;
 
@@ -154,6 +166,9 @@ export class UserQueue {
   /** user traffic, all users together */
   bytesIn = 0;
   bytesOut = 0;
+  /** `queue` frames sent, all users together (the metric and the tests count them) */
+  queueFrames = 0;
+  private flushTimer?: ReturnType<typeof setTimeout>;
 
   constructor(private readonly o: UserQueueOptions) {}
 
@@ -202,7 +217,8 @@ export class UserQueue {
       const position = this.order.length;
       this.o.log.info({ userId, position }, 'user connected');
       u.send('welcome', { userId, edgeId: this.o.edgeId, version: this.o.version(), position });
-      this.sendPositions();
+      u.told = { position, waiting: this.waitingCount() };
+      this.positionsChanged();
       this.o.onChange();
       return u;
     } catch (e) {
@@ -243,7 +259,7 @@ export class UserQueue {
       if (i >= 0) this.order.splice(i, 1);
     }
     this.o.log.info({ userId: u.userId, reason }, 'user disconnected');
-    this.sendPositions();
+    this.positionsChanged();
     this.o.onChange();
   }
 
@@ -259,13 +275,16 @@ export class UserQueue {
   /** Every user goes (the edge shuts down). */
   closeAll(reason: string): void {
     for (const u of [...this.users.values()]) this.remove(u, reason, true);
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
   }
 
-  /** The first waiting user in queue order not in `skip`. */
-  nextWaiting(skip: ReadonlySet<string>): UserConn | undefined {
+  /** The first waiting user in queue order not in `skip` and not sitting out `round`. */
+  nextWaiting(skip: ReadonlySet<string>, round?: number): UserConn | undefined {
     for (const id of this.order) {
       const u = this.users.get(id);
-      if (u && u.state === 'waiting' && !skip.has(id)) return u;
+      const out = round !== undefined && u !== undefined && u.sitsOutThrough >= round;
+      if (u && u.state === 'waiting' && !skip.has(id) && !out) return u;
     }
     return undefined;
   }
@@ -276,12 +295,28 @@ export class UserQueue {
     if (i >= 0) this.order.push(...this.order.splice(i, 1));
   }
 
-  /** Tells every waiting user its position and how many wait. */
+  /** The queue changed: its waiting users hear of it with the next flush (QUEUE_UPDATE_MS). */
+  positionsChanged(): void {
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      this.sendPositions();
+    }, QUEUE_UPDATE_MS);
+    // a pending update must not keep a closing process alive
+    this.flushTimer.unref?.();
+  }
+
+  /** Tells each waiting user its position and how many wait, when either changed since it was last told. */
   sendPositions(): void {
     const waiting = this.waitingCount();
     this.order.forEach((id, i) => {
       const u = this.users.get(id);
-      if (u && u.state === 'waiting') u.send('queue', { position: i + 1, waiting });
+      if (u?.state !== 'waiting') return;
+      const position = i + 1;
+      if (u.told?.position === position && u.told.waiting === waiting) return;
+      u.told = { position, waiting };
+      this.queueFrames++;
+      u.send('queue', { position, waiting });
     });
   }
 

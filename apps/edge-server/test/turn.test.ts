@@ -173,6 +173,32 @@ describe('the turn relay', () => {
       expect(t.train.restores).toBe(1);
     });
 
+    it('rolls back a user whose frames each come in time but whose turn runs past its deadline', async () => {
+      const t = setup();
+      // every frame 600 ms after its prompt: under the 1000 ms per-frame limit, over 1000 ms in all by the second
+      t.socket.onFrame = (m) => {
+        if (m.type === 'turn') setTimeout(() => fromUser(t.conn, forward(1)), 600);
+        if (m.type === 'backward') setTimeout(() => fromUser(t.conn, forward(m.step + 1)), 600);
+      };
+      const turn = relayTurn(
+        { ...SPEC, turnBudgetMs: 1000 },
+        {
+          user: t.conn,
+          cloud: t.cloud,
+          blocks: t.blocks,
+          train: t.train,
+          acceptAdapter: () => ADAPTER,
+          log: silentLog,
+          onDropped: (code, message) => t.drops.push({ code, message }),
+        },
+      );
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(await turn).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['TURN_DEADLINE']);
+      expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'TURN_DEADLINE' });
+      expect(t.train.restores).toBe(1);
+    });
+
     it('rolls back a user that leaves mid-turn, and sends it nothing more', async () => {
       const t = setup();
       playHonestly(t.conn, t.socket, { leaveAfterStep: 1 });

@@ -4,7 +4,7 @@
  */
 import { encodeMessage } from '@splitllm/wire';
 import { userToken } from '@splitllm/wire/node';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Activity, EdgeMetrics } from '../src/telemetry';
 import { UserQueue } from '../src/user-queue';
 import { FakeSocket, silentLog } from './fakes';
@@ -48,12 +48,42 @@ describe('the user queue', () => {
       position: 1,
     });
     expect(c.socket.frames[0]).toMatchObject({ type: 'welcome', userId: 'carol', position: 3 });
-    // every arrival updates everyone's position and the waiting count
+    // arrivals are told with the next flush, each user once, only what changed for it
+    q.queue.sendPositions();
     expect(a.socket.last('queue')).toMatchObject({ position: 1, waiting: 3 });
     expect(b.socket.last('queue')).toMatchObject({ position: 2, waiting: 3 });
-    expect(c.socket.last('queue')).toMatchObject({ position: 3, waiting: 3 });
+    // carol's welcome already told her position 3 of 3
+    expect(c.socket.last('queue')).toBeUndefined();
     expect(q.queue.waitingCount()).toBe(3);
     expect(q.changes()).toBe(3);
+  });
+
+  it('coalesces queue updates: a burst of N connects costs about N queue frames, not N^2/2', async () => {
+    vi.useFakeTimers();
+    try {
+      const q = setup();
+      const joined = Array.from({ length: 100 }, (_, i) => q.join(`u${i}`));
+      expect(q.queue.queueFrames).toBe(0);
+      await vi.advanceTimersByTimeAsync(300);
+      // one flush: everyone but the last learns the final count once
+      expect(q.queue.queueFrames).toBe(99);
+      expect(joined[0].socket.last('queue')).toMatchObject({ position: 1, waiting: 100 });
+      // nothing changed: the next flush sends nothing
+      q.queue.positionsChanged();
+      await vi.advanceTimersByTimeAsync(300);
+      expect(q.queue.queueFrames).toBe(99);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('skips a user sitting out the round', () => {
+    const q = setup();
+    const a = q.join('alice').conn!;
+    q.join('bob');
+    a.sitsOutThrough = 4;
+    expect(q.queue.nextWaiting(new Set(), 4)?.userId).toBe('bob');
+    expect(q.queue.nextWaiting(new Set(), 5)?.userId).toBe('alice');
   });
 
   it('picks the next waiting user in order, and sends a trained one to the back', () => {
@@ -81,6 +111,7 @@ describe('the user queue', () => {
     expect(a.conn!.closed).toBe(true);
     expect(q.queue.order).toEqual(['bob', 'carol']);
     expect(q.queue.users.has('alice')).toBe(false);
+    q.queue.sendPositions();
     expect(b.socket.last('queue')).toMatchObject({ position: 1, waiting: 2 });
     expect(c.socket.last('queue')).toMatchObject({ position: 2, waiting: 2 });
     // a closed connection hears nothing more

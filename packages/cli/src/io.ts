@@ -11,6 +11,8 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..
 
 /** The shipped pre-trained model, committed to the repository. */
 export const SHIPPED_MODEL_DIR = join(REPO_ROOT, 'packages/assets/models/moby-tiny');
+/** Public held-out text (Moby-Dick chapters kept out of pre-training): what the validation gate scores on. */
+export const SHIPPED_HELDOUT = join(REPO_ROOT, 'packages/assets/data/moby-dick/heldout.txt');
 
 export function readText(path: string, what: string): string {
   try {

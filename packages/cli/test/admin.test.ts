@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Script } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DATA, SHIPPED_MODEL } from './run-cli';
+import { DATA, HELDOUT, SHIPPED_MODEL } from './run-cli';
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-admin-'));
 const edgeSecret = randomToken();
@@ -73,6 +73,7 @@ describe('the edge operator dashboard', () => {
   beforeAll(async () => {
     cloud = await startCloudServer({
       modelDir: SHIPPED_MODEL,
+      heldoutFile: HELDOUT,
       stateDir: join(tmp, 'state'),
       edgeSecret,
       operatorToken: cloudOperatorToken,

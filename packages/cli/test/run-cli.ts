@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const SHIPPED_MODEL = join(REPO, 'packages/assets/models/moby-tiny');
 export const DATA = join(REPO, 'packages/assets/data');
+/** The public held-out text the cloud's validation gate scores on (the `cloud` command's default). */
+export const HELDOUT = join(DATA, 'moby-dick/heldout.txt');
 const MAIN = join(REPO, 'packages/cli/src/main.ts');
 
 export interface CliResult {

@@ -17,7 +17,7 @@ import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { joinRun, type UserEvent } from '@splitllm/user-client';
-import { DATA, SHIPPED_MODEL } from './run-cli';
+import { DATA, HELDOUT, SHIPPED_MODEL } from './run-cli';
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-system-'));
 const edgeSecret = randomToken();
@@ -179,6 +179,7 @@ describe('servers on loopback', () => {
   beforeAll(async () => {
     cloud = await startCloudServer({
       modelDir: SHIPPED_MODEL,
+      heldoutFile: HELDOUT,
       stateDir: join(tmp, 'state'),
       edgeSecret,
       operatorToken,
@@ -378,7 +379,8 @@ describe('servers on loopback', () => {
     expect(edgeMetrics).toMatch(/^splitllm_edge_users_dropped_total 1$/m);
   });
 
-  it('refuses a user adapter past the update-norm bound or missing a module, with a code; a valid one is taken', async () => {
+  it(`refuses a user adapter past the update-norm bound or missing a module, with a code; \
+a valid one is taken`, async () => {
     const [, b, c] = users;
     const rng = new Rng(11);
     const bTurn = playTurn(b, edges[0].url, rng, undefined, async (round, tensors) => {
@@ -409,6 +411,7 @@ describe('an edge that dies', () => {
   it('leaves its users to be reassigned to a live edge for the next round', async () => {
     cloud = await startCloudServer({
       modelDir: SHIPPED_MODEL,
+      heldoutFile: HELDOUT,
       stateDir: join(tmp, 'edge-dies-state'),
       edgeSecret,
       operatorToken,
@@ -534,7 +537,7 @@ describe('a cloud killed and restarted', () => {
     expect(ready.version).toBe(recorded);
     // the edge registers again by itself and the user, still in its queue, trains the next round
     await expect.poll(() => rounds[0], { timeout: 120_000, interval: 100 }).toBe(recorded + 1);
-    const history = (await (await fetch(`${url}/api/rounds`)).json()) as Array<{ version: number }>;
-    expect(history.map((r) => r.version)).toEqual(Array.from({ length: recorded + 2 }, (_, i) => i));
+    const history = (await (await fetch(`${url}/api/rounds`)).json()) as { rounds: Array<{ version: number }> };
+    expect(history.rounds.map((r) => r.version)).toEqual(Array.from({ length: recorded + 2 }, (_, i) => i));
   });
 });

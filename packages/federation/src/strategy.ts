@@ -63,4 +63,48 @@ export interface AggregationStrategy {
   configureRound(round: number, settings: RoundSettings): RoundConfig;
   /** Returns a new global adapter; must not mutate `global` or the updates. */
   aggregate(global: LoraAdapter, updates: readonly AdapterUpdate[]): LoraAdapter;
+  /**
+   * What the last `aggregate` call refused and noted (a strategy that never refuses may leave it
+   * out). Set by every call, so it describes the adapter that call returned.
+   */
+  readonly lastReport?: AggregationReport;
+}
+
+/** Why a strategy left an update out of the aggregate. */
+export type AggregationRefusalCode =
+  /** the validation gate: the update raised the held-out loss by more than the margin */
+  | 'GATE_LOSS'
+  /** the validation gate: the held-out loss with the update is not a finite number */
+  | 'GATE_NOT_FINITE';
+
+export interface AggregationRefusal {
+  /** the refused update's `from` ('user:u3', 'edge:e1', 'cloud:e1') */
+  from: string;
+  code: AggregationRefusalCode;
+  reason: string;
+  /** the held-out loss of the global adapter the round started from (nats/token) */
+  globalLoss?: number;
+  /** the held-out loss of the global with this update's modules substituted */
+  loss?: number;
+}
+
+/** What one aggregation did besides its result: refusals and notes (a fallback taken, a clip). */
+export interface AggregationReport {
+  refused: AggregationRefusal[];
+  notes: string[];
+}
+
+export interface AggregationResult extends AggregationReport {
+  adapter: LoraAdapter;
+}
+
+/** Runs `strategy.aggregate` and returns its adapter with the report of that call (empty when it keeps none). */
+export function aggregateWithReport(
+  strategy: AggregationStrategy,
+  global: LoraAdapter,
+  updates: readonly AdapterUpdate[],
+): AggregationResult {
+  const adapter = strategy.aggregate(global, updates);
+  const r = strategy.lastReport;
+  return { adapter, refused: r ? [...r.refused] : [], notes: r ? [...r.notes] : [] };
 }

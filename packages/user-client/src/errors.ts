@@ -40,6 +40,8 @@ export const PEER_ERROR_CODES = [
   'UPLOAD_REFUSED',
   'USER_GONE',
   'USER_TIMEOUT',
+  'TURN_DEADLINE',
+  'SITTING_OUT',
   // the edge otherwise
   'NOT_READY',
   'STEP_FAILED',
@@ -52,6 +54,8 @@ export const PEER_ERROR_CODES = [
   'NO_EDGE',
   'BAD_JOIN_TOKEN',
   'BAD_USER_TOKEN',
+  // either server's rate limits
+  'RATE_LIMITED',
 ] as const;
 
 export type ClientErrorCode =

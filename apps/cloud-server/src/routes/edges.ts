@@ -100,6 +100,8 @@ export const edgeRoutes: FastifyPluginAsync = async (app) => {
   app.post<{ Body: { edgeId: string; url: string; secret: string } }>(
     '/api/edges/register',
     {
+      // an edge is not known yet: its registration is a few short strings, not the app's 1 MiB
+      bodyLimit: 4096,
       schema: {
         body: {
           type: 'object',
@@ -137,7 +139,8 @@ export const edgeRoutes: FastifyPluginAsync = async (app) => {
     '/ws/edge',
     {
       websocket: true,
-      preValidation: requireEdge,
+      // in the upgrade request: an unknown caller never gets a socket (nor the frame limit)
+      onRequest: requireEdge,
       schema: { headers: { type: 'object', properties: { authorization: { type: 'string' } } } },
     },
     (socket, req) => {

@@ -4,27 +4,58 @@
  * with the token it holds (it proves the user and its old edge) and is assigned a live edge.
  */
 import { randomToken, secretsEqual, userToken } from '@splitllm/wire/node';
-import type { FastifyPluginAsync } from 'fastify';
-import { requireOperator } from '../auth';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { isOperator, requireOperator } from '../auth';
 import { CloudRequestError } from '../errors';
 import { ref } from '../schemas';
 
 const noEdge = () => new CloudRequestError(503, 'NO_EDGE', 'no edge server is connected; try again shortly');
 
+/** These routes' bodies are a few short strings: nobody needs the app's 1 MiB before being known. */
+export const JOIN_BODY_LIMIT = 4096;
 export const joinRoutes: FastifyPluginAsync = async (app) => {
   const { cloudEdges: edges, cloudStore: store } = app;
-  const { edgeSecret } = app.cloudRun;
+  const { edgeSecret, rateLimits } = app.cloudRun;
+
+  /**
+   * `perMinute` requests a minute per client IP (none when 0), counted and refused in onRequest,
+   * before the body is read; the answer is 429 RATE_LIMITED with Retry-After.
+   */
+  const limited = (route: string, perMinute: number, allow?: (req: FastifyRequest) => boolean) =>
+    perMinute > 0
+      ? {
+          rateLimit: {
+            max: perMinute,
+            timeWindow: 60_000,
+            ...(allow ? { allowList: allow } : {}),
+            onExceeded: (req: FastifyRequest) =>
+              req.log.warn({ code: 'RATE_LIMITED', route, perMinute }, 'request refused: rate limit'),
+            errorResponseBuilder: (_req: FastifyRequest, ctx: { max: number; after: string }) =>
+              new CloudRequestError(
+                429,
+                'RATE_LIMITED',
+                `${route}: at most ${ctx.max} requests a minute from one address; retry in ${ctx.after}`,
+              ),
+          },
+        }
+      : {};
   const assignment = {
     200: ref('edgeAssignment'),
     400: ref('cloudError'),
     403: ref('cloudError'),
+    413: ref('cloudError'),
+    429: ref('cloudError'),
     503: ref('cloudError'),
   };
 
   app.post(
     '/api/join-tokens',
     {
-      preHandler: requireOperator,
+      // the limit counts guesses of the operator token: the limiter's hook (onRequest) runs
+      // before this check, and the operator's own requests are let through
+      config: limited('join-tokens', rateLimits.joinTokens, (req) => isOperator(app, req)),
+      preValidation: requireOperator,
+      bodyLimit: JOIN_BODY_LIMIT,
       schema: {
         response: {
           200: {
@@ -34,6 +65,7 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
             additionalProperties: false,
           },
           401: ref('cloudError'),
+          429: ref('cloudError'),
         },
       },
     },
@@ -43,6 +75,8 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
   app.post<{ Body: { joinToken: string } }>(
     '/api/join',
     {
+      config: limited('join', rateLimits.join),
+      bodyLimit: JOIN_BODY_LIMIT,
       schema: {
         body: {
           type: 'object',
@@ -71,6 +105,8 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
   app.post<{ Body: { userId: string; userToken: string; edgeId: string } }>(
     '/api/rejoin',
     {
+      config: limited('rejoin', rateLimits.rejoin),
+      bodyLimit: JOIN_BODY_LIMIT,
       schema: {
         body: {
           type: 'object',

@@ -38,7 +38,8 @@ export const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, o
   const requireOperator = async (req: FastifyRequest, reply: FastifyReply) => {
     const token = bearerToken(req.headers.authorization);
     if (token === undefined || !secretsEqual(token, o.operatorToken)) {
-      req.log.warn({ url: req.url }, 'admin request with a missing or wrong operator token');
+      // the path only: a query string may carry a secret (the request log redacts it too)
+      req.log.warn({ url: req.url.split('?')[0] }, 'admin request with a missing or wrong operator token');
       const message =
         token === undefined
           ? 'this needs the operator token: authorization: Bearer <token>'

@@ -1,16 +1,27 @@
 /**
  * The user WebSocket, `GET /ws/user`: a `hello` first (within 10 s), then queue updates, turns
  * and steps (user-queue.ts, turn.ts). Frames are binary; anything else is answered BAD_FRAME.
+ *
+ * Before `hello` the peer is unknown: its socket may carry HELLO_MAX_BYTES in all, counted on the
+ * TCP connection as bytes arrive, so a large frame is cut off long before ws has buffered it
+ * (ws only hands over whole messages, too late to refuse one). After `hello` the per-message
+ * limit is the one the run needs (Edge.frameLimit). New sockets are rate-limited per IP.
  */
 import { encodeErrorMessage } from '@splitllm/wire';
 import type { FastifyPluginAsync } from 'fastify';
-import type { UserConn, UserSocket } from '../user-queue';
+import { HELLO_MAX_BYTES, type UserConn, type UserSocket } from '../user-queue';
 
 const HELLO_WITHIN_MS = 10_000;
 
-export const userSocketRoutes: FastifyPluginAsync = async (app) => {
+export interface UserSocketRoutesOptions {
+  /** new sockets (each one `hello`) one IP may open per minute */
+  connectsPerMinute: number;
+}
+
+export const userSocketRoutes: FastifyPluginAsync<UserSocketRoutesOptions> = async (app, o) => {
   const schema = { headers: { type: 'object', properties: { upgrade: { type: 'string', description: 'websocket' } } } };
-  app.get('/ws/user', { websocket: true, schema }, (socket) => {
+  const config = { rateLimit: { max: o.connectsPerMinute, timeWindow: 60_000 } };
+  app.get('/ws/user', { websocket: true, schema, config }, (socket, req) => {
     if (!app.edgeReady) {
       socket.send(encodeErrorMessage('NOT_READY', 'the edge is still starting'));
       socket.close(1013, 'not ready');
@@ -18,6 +29,20 @@ export const userSocketRoutes: FastifyPluginAsync = async (app) => {
     }
     const edge = app.edge;
     let user: UserConn | undefined;
+    const tcp = req.raw.socket;
+    // ws's own 'data' listener came first: this one sees each chunk after ws has taken it in
+    let before = 0;
+    const countBeforeHello = (chunk: Buffer) => {
+      if (user) return;
+      before += chunk.byteLength;
+      if (before > HELLO_MAX_BYTES) {
+        tcp.off('data', countBeforeHello);
+        edge.activity.noteError('FRAME_TOO_LARGE', `more than ${HELLO_MAX_BYTES} bytes before "hello"`);
+        // no close handshake: that would wait for the rest of the frame
+        socket.terminate();
+      }
+    };
+    tcp.on('data', countBeforeHello);
     const helloTimer = setTimeout(() => {
       if (!user) socket.close(4001, 'no hello');
     }, HELLO_WITHIN_MS);
@@ -30,13 +55,17 @@ export const userSocketRoutes: FastifyPluginAsync = async (app) => {
       const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       if (!user) {
         user = edge.queue.authenticate(channel, bytes);
-        if (user) clearTimeout(helloTimer);
+        if (user) {
+          clearTimeout(helloTimer);
+          tcp.off('data', countBeforeHello);
+        }
         return;
       }
       edge.queue.onMessage(user, bytes, edge.frameLimit);
     });
     socket.on('close', () => {
       clearTimeout(helloTimer);
+      tcp.off('data', countBeforeHello);
       if (user) edge.queue.remove(user, 'connection closed');
     });
   });

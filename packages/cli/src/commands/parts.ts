@@ -5,7 +5,13 @@
  * (SPLITLLM_EDGE_SECRET, SPLITLLM_OPERATOR_TOKEN, SPLITLLM_EDGE_OPERATOR_TOKEN, SPLITLLM_JOIN_TOKEN)
  * so they never show in a process list.
  */
-import { startCloudServer } from '@splitllm/cloud-server';
+import {
+  AGGREGATION_NAMES,
+  DEFAULT_AGGREGATION,
+  DEFAULT_GATE_MARGIN,
+  DEFAULT_RATE_LIMITS,
+  startCloudServer,
+} from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
 import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
@@ -13,7 +19,7 @@ import { CODECS, type Codec, isCodec } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
-import { SHIPPED_MODEL_DIR } from '../io';
+import { SHIPPED_HELDOUT, SHIPPED_MODEL_DIR } from '../io';
 import { untilSignal } from '../launcher';
 
 const print = (j: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(j)}\n`);
@@ -42,12 +48,20 @@ export function codecOf(v: string | undefined): Codec {
   return c;
 }
 
-export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N] [--users-per-edge N]
-    [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
-    [--rank R] [--alpha A] [--targets LIST] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
-  The cloud server: tail segment, rounds, aggregation (FedAvg), state in DIR (resumes from the last
-  recorded round). --web DIR serves the built user page (apps/user-web/dist) at /, so a join link
-  is the cloud's address with ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
+export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N]
+    [--users-per-edge N] [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}]
+    [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
+    [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
+    [--aggregation ${AGGREGATION_NAMES.join('|')}] [--gate-margin NATS] [--heldout FILE]
+    [--join-rate N] [--rejoin-rate N] [--join-token-rate N]
+  The cloud server: tail segment, rounds, aggregation (default ${DEFAULT_AGGREGATION}), state in DIR (resumes from
+  the last recorded round; a state directory keeps its run's settings, aggregation included). The gate-*
+  strategies refuse an update that raises the held-out loss on FILE (default the shipped Moby-Dick held-out
+  text) by more than NATS (default ${DEFAULT_GATE_MARGIN}). Rate limits, requests a minute per address (0: none):
+  join ${DEFAULT_RATE_LIMITS.join}, rejoin ${DEFAULT_RATE_LIMITS.rejoin},
+  join-token guesses ${DEFAULT_RATE_LIMITS.joinTokens}.
+  --web DIR serves the built user page (apps/user-web/dist) at /, so a join link is the cloud's address with
+  ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
   Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
 
 export async function cloudCommand(argv: string[]): Promise<void> {
@@ -73,8 +87,25 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     threads: { type: 'string' },
     'log-level': { type: 'string' },
     web: { type: 'string' },
+    aggregation: { type: 'string' },
+    'gate-margin': { type: 'string' },
+    heldout: { type: 'string' },
+    'join-rate': { type: 'string' },
+    'rejoin-rate': { type: 'string' },
+    'join-token-rate': { type: 'string' },
   });
+  const aggregation = args.optionalString('aggregation') ?? DEFAULT_AGGREGATION;
+  if (!AGGREGATION_NAMES.includes(aggregation))
+    throw new UsageError(`--aggregation must be one of ${AGGREGATION_NAMES.join(', ')}, got "${aggregation}"`);
   const server = await startCloudServer({
+    aggregation,
+    gateMargin: args.float('gate-margin', DEFAULT_GATE_MARGIN),
+    heldoutFile: args.optionalString('heldout') ?? SHIPPED_HELDOUT,
+    rateLimits: {
+      join: args.int('join-rate', DEFAULT_RATE_LIMITS.join, 0),
+      rejoin: args.int('rejoin-rate', DEFAULT_RATE_LIMITS.rejoin, 0),
+      joinTokens: args.int('join-token-rate', DEFAULT_RATE_LIMITS.joinTokens, 0),
+    },
     webDir: args.optionalString('web'),
     modelDir: args.optionalString('model') ?? SHIPPED_MODEL_DIR,
     stateDir: args.string('state'),
@@ -112,11 +143,18 @@ export async function cloudCommand(argv: string[]): Promise<void> {
   await server.close();
 }
 
-export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--provider cpu|cuda|webgpu] [--threads N] [--log-level L]
+export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--provider cpu|cuda|webgpu]
+    [--threads N] [--log-level L] [--step-timeout-ms MS] [--step-budget-ms MS] [--max-misses N]
+    [--cloud-timeout-ms MS] [--user-connects-per-minute N]
   An edge server: registers with the cloud (SPLITLLM_EDGE_SECRET in the environment), runs the
   middle blocks for its users one at a time. The operator's dashboard is at /admin; its token is
   SPLITLLM_EDGE_OPERATOR_TOKEN from the environment, or, when unset, one generated and logged
-  (stderr) once at start-up. Prints {"event":"ready","url":...,"adminUrl":...}.`;
+  (stderr) once at start-up. Prints {"event":"ready","url":...,"adminUrl":...}.
+  A user's frame must come within --step-timeout-ms (120000), its whole turn within
+  --step-budget-ms (30000) per step plus one for its adapter; after --max-misses (2) turns in a
+  row that run out it sits out the next round. The cloud must answer within --cloud-timeout-ms
+  (60000). One IP may open --user-connects-per-minute (60) user sockets a minute.
+  A launcher that restarted the edge says so in SPLITLLM_PART_RESTARTS and SPLITLLM_PART_LAST_EXIT.`;
 
 export async function edgeCommand(argv: string[]): Promise<void> {
   const args = Args.parse('edge', argv, {
@@ -126,7 +164,22 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     provider: { type: 'string' },
     threads: { type: 'string' },
     'log-level': { type: 'string' },
+    'step-timeout-ms': { type: 'string' },
+    'step-budget-ms': { type: 'string' },
+    'max-misses': { type: 'string' },
+    'cloud-timeout-ms': { type: 'string' },
+    'user-connects-per-minute': { type: 'string' },
   });
+  // a promise nobody awaited is a bug: logged in the structured log (launchers and tests look
+  // for it), then the process exits as Node would, so a launcher restarts it
+  process.on('unhandledRejection', (e) => {
+    const err = e instanceof Error ? e : new Error(String(e));
+    process.stderr.write(
+      `${JSON.stringify({ level: 50, code: 'UNHANDLED_REJECTION', err: err.message, msg: 'unhandled rejection' })}\n`,
+    );
+    process.exit(1);
+  });
+  const restarts = Number(process.env.SPLITLLM_PART_RESTARTS ?? '');
   const server = await startEdgeServer({
     cloudUrl: args.string('cloud').replace(/\/$/, ''),
     edgeId: args.optionalString('id') ?? `edge-${randomToken(3)}`,
@@ -136,6 +189,14 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     provider: provider(args),
     threads: args.int('threads', 0),
     logLevel: args.optionalString('log-level') ?? 'info',
+    stepTimeoutMs: args.int('step-timeout-ms', 120_000, 1),
+    stepBudgetMs: args.int('step-budget-ms', 30_000, 1),
+    maxMisses: args.int('max-misses', 2, 1),
+    cloudTimeoutMs: args.int('cloud-timeout-ms', 60_000, 1),
+    userConnectsPerMinute: args.int('user-connects-per-minute', 60, 1),
+    ...(Number.isInteger(restarts) && restarts > 0
+      ? { restarts: { count: restarts, lastExit: process.env.SPLITLLM_PART_LAST_EXIT || null } }
+      : {}),
   });
   print({
     event: 'ready',

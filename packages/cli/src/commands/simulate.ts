@@ -15,14 +15,18 @@ import { SHIPPED_MODEL_DIR } from '../io';
 import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf } from './parts';
 
-export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE --seed S --out DIR
-    [--model DIR] [--codec ${CODECS.join('|')}] [--users-per-edge N] [--engine auto|wgsl|wasm|reference]
-    [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--state DIR] [--threads N] [--json]
+export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE
+    --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--users-per-edge N]
+    [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
+    [--state DIR] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
   from seed S+i. Prints one line per round (--json: one JSON object with round, loss, users,
   bytes, ...), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs.
-  Defaults: the shipped model, f32, 1 user per edge per round, engine auto, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen}, lr ${DEFAULT_LORA_TRAIN.adamw.lr}.`;
+  A measurement run: a part that exits before round R fails the run with the tail of its log
+  (nothing is restarted, so no figure mixes a restart in; \`serve\` restarts parts).
+  Defaults: the shipped model, f32, 1 user per edge per round, engine auto,
+  batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen}, lr ${DEFAULT_LORA_TRAIN.adamw.lr}.`;
 
 function dataFiles(path: string): string[] {
   let st: ReturnType<typeof statSync>;
@@ -117,6 +121,9 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         String(R),
         '--threads',
         threads,
+        // a measurement run joins all its users at once from one address: no join rate limit
+        '--join-rate',
+        '0',
         ...trainArgs,
       ],
       { logDir, env },
@@ -144,7 +151,9 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         if (json) console.log(JSON.stringify({ ...line, adapterDir: undefined, turns: undefined }));
         else
           console.log(
-            `round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ${(Number(j.ms) / 1000).toFixed(1)} s`,
+            `round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ` +
+              `${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ` +
+              `${(Number(j.ms) / 1000).toFixed(1)} s`,
           );
         if (Number(j.version) >= R) res();
       });
@@ -176,7 +185,8 @@ export async function simulateCommand(argv: string[]): Promise<void> {
       const ready = await user.ready;
       if (!json)
         console.log(
-          `user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ${String(ready.description ?? ready.engine)}`,
+          `user-${i} (${String(ready.userId)}) on ${String(ready.edgeUrl)}: ` +
+            `${String(ready.description ?? ready.engine)}`,
         );
     }
     const signal = untilSignal().then((s) => {
