@@ -286,7 +286,7 @@ describe('the validation gate', () => {
 
 describe('the registry', () => {
   it('creates every strategy by name, with FedAvg the default; an unknown name lists the known ones', () => {
-    expect(DEFAULT_AGGREGATION).toBe('fedavg');
+    expect(DEFAULT_AGGREGATION).toBe('gate-clip-median');
     for (const name of AGGREGATION_NAMES) expect(createStrategy(name, { score: () => 1 }).name).toBe(name);
     expect(() => createStrategy('krum')).toThrow(/unknown aggregation strategy "krum" \(known: fedavg, clip-median/);
     expect(() => createStrategy('toString')).toThrow(/unknown/);
