@@ -5,7 +5,7 @@
  * poisoning the global adapter through the update checks, and its rate limits. Every loop is
  * bounded in count; every wait has a timeout.
  */
-import { decodeExpected, decodeMessage, encodeMessage, type MessageOn } from '@splitllm/wire';
+import { decodeExpected, encodeMessage } from '@splitllm/wire';
 import { Rng } from '@splitllm/model';
 import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -15,6 +15,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { post } from './net';
+import { RawUser } from './raw-user';
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-reliability-cloud-'));
 const stateDir = join(tmp, 'state');
@@ -28,64 +30,6 @@ const V = 1024;
 const STEPS = 20; // the noise attack is scaled to the norm bound of 20 steps
 const LR = 5e-3; // the run's default learning rate: the bound is computed from it
 const MiB = 1 << 20;
-
-type EdgeMsg = MessageOn<'edgeToUser'>;
-type EdgeMsgOf<K extends EdgeMsg['type']> = Extract<EdgeMsg, { type: K }>;
-
-async function post(url: string, body: unknown, token?: string) {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify(body),
-  });
-  return { status: res.status, json: (await res.json()) as Record<string, string> };
-}
-
-/** A protocol client with no trainer: it sends what it is told to, and keeps what comes back. */
-class RawUser {
-  readonly frames: EdgeMsg[] = [];
-  private waiters: Array<{ pred: (f: EdgeMsg) => boolean; resolve: (f: EdgeMsg) => void }> = [];
-
-  private constructor(readonly ws: WebSocket) {
-    ws.on('message', (data: Buffer) => {
-      const f = decodeMessage('edgeToUser', new Uint8Array(data));
-      this.frames.push(f);
-      this.waiters = this.waiters.filter((w) => {
-        if (!w.pred(f)) return true;
-        w.resolve(f);
-        return false;
-      });
-    });
-  }
-
-  static async connect(edgeUrl: string): Promise<RawUser> {
-    const ws = new WebSocket(`${edgeUrl.replace(/^http/, 'ws')}/ws/user`);
-    await new Promise<void>((res, rej) => {
-      ws.once('open', () => res());
-      ws.once('error', rej);
-    });
-    return new RawUser(ws);
-  }
-
-  next<K extends EdgeMsg['type']>(type: K, timeoutMs = 120_000): Promise<EdgeMsgOf<K>> {
-    const seen = this.frames.find((f) => f.type === type);
-    if (seen) {
-      this.frames.splice(this.frames.indexOf(seen), 1);
-      return Promise.resolve(seen as EdgeMsgOf<K>);
-    }
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no ${type} within ${timeoutMs} ms`)), timeoutMs);
-      this.waiters.push({
-        pred: (f) => f.type === type,
-        resolve: (f) => {
-          clearTimeout(t);
-          this.frames.splice(this.frames.indexOf(f), 1);
-          resolve(f as EdgeMsgOf<K>);
-        },
-      });
-    });
-  }
-}
 
 type Tensors = Map<string, { data: Float32Array; shape: number[] }>;
 
@@ -290,7 +234,7 @@ describe('the cloud as a process, attacked', () => {
       const token = (await post(`${cloudUrl}/api/join-tokens`, {}, operatorToken)).json.token;
       const j = await post(`${cloudUrl}/api/join`, { joinToken: token });
       expect(j.status).toBe(200);
-      const u = await RawUser.connect(j.json.edgeUrl);
+      const u = await RawUser.connect(j.json.edgeUrl, j.json.userId);
       users.push(u);
       userIds.push(j.json.userId);
       u.ws.send(encodeMessage('userToEdge', 'hello', { userId: j.json.userId, token: j.json.userToken }));

@@ -12,16 +12,28 @@
  *   hears a code, and the edge re-registers with the restarted cloud and training goes on.
  * Every edge's log is checked for unhandled rejections, and each edge must still be running.
  */
-import { decodeExpected, decodeMessage, encodeMessage, type MessageOn } from '@splitllm/wire';
+import { decodeExpected, encodeMessage } from '@splitllm/wire';
 import { Rng } from '@splitllm/model';
 import { randomToken, userToken } from '@splitllm/wire/node';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { freePort } from './net';
+import { type EdgeMsgOf, RawUser } from './raw-user';
+
+/** A user's hello with the token the cloud would give it for this edge. */
+function sayHello(u: RawUser, edgeId = 'e1'): void {
+  u.send(encodeMessage('userToEdge', 'hello', { userId: u.userId, token: userToken(edgeSecret, u.userId, edgeId) }));
+}
+
+async function connectUser(edgeUrl: string, userId: string, hello = true): Promise<RawUser> {
+  const u = await RawUser.connect(edgeUrl, userId);
+  if (hello) sayHello(u);
+  return u;
+}
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-reliability-edge-'));
 const edgeSecret = randomToken();
@@ -43,96 +55,6 @@ const STEP_BUDGET_MS = 1000;
 /** far above the turn deadline: a silent user cut off sooner than this was cut off by the deadline */
 const STEP_TIMEOUT_MS = 60_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-type EdgeMsg = MessageOn<'edgeToUser'>;
-type EdgeMsgOf<K extends EdgeMsg['type']> = Extract<EdgeMsg, { type: K }>;
-
-/** A protocol client with no trainer: it sends what it is told to and records what comes back. */
-class RawUser {
-  readonly frames: EdgeMsg[] = [];
-  /** every frame received, never taken out (for counting) */
-  readonly seen: EdgeMsg[] = [];
-  private waiters: Array<{
-    pred: (f: EdgeMsg) => boolean;
-    resolve: (f: EdgeMsg) => void;
-    reject: (e: Error) => void;
-  }> = [];
-  closed?: { code: number; reason: string };
-
-  private constructor(
-    readonly ws: WebSocket,
-    readonly userId: string,
-  ) {
-    ws.on('message', (data: Buffer) => {
-      const f = decodeMessage('edgeToUser', new Uint8Array(data));
-      this.seen.push(f);
-      this.frames.push(f);
-      this.waiters = this.waiters.filter((w) => {
-        if (!w.pred(f)) return true;
-        w.resolve(f);
-        return false;
-      });
-    });
-    ws.on('close', (code, reason) => {
-      this.closed = { code, reason: reason.toString() };
-      // nothing more will come: every wait ends now
-      for (const w of this.waiters.splice(0)) w.reject(new Error(`${this.userId}: connection closed (${code})`));
-    });
-  }
-
-  static async connect(edgeUrl: string, userId: string, hello = true): Promise<RawUser> {
-    const ws = new WebSocket(`${edgeUrl.replace(/^http/, 'ws')}/ws/user`);
-    await new Promise<void>((res, rej) => {
-      ws.once('open', () => res());
-      ws.once('error', rej);
-    });
-    const u = new RawUser(ws, userId);
-    if (hello) u.hello();
-    return u;
-  }
-
-  hello(edgeId = 'e1'): void {
-    this.send(
-      encodeMessage('userToEdge', 'hello', { userId: this.userId, token: userToken(edgeSecret, this.userId, edgeId) }),
-    );
-  }
-
-  send(bytes: Uint8Array): void {
-    this.ws.send(bytes);
-  }
-
-  next<K extends EdgeMsg['type']>(type: K, pred: (f: EdgeMsgOf<K>) => boolean = () => true, timeoutMs = 60_000) {
-    return this.nextWhere((f) => f.type === type && pred(f as EdgeMsgOf<K>), type, timeoutMs) as Promise<EdgeMsgOf<K>>;
-  }
-
-  /** The first message `matches` accepts, taken from those already received or the next to come. */
-  nextWhere(matches: (f: EdgeMsg) => boolean, what: string, timeoutMs = 60_000): Promise<EdgeMsg> {
-    const seen = this.frames.find(matches);
-    if (seen) {
-      this.frames.splice(this.frames.indexOf(seen), 1);
-      return Promise.resolve(seen);
-    }
-    return new Promise<EdgeMsg>((resolve, reject) => {
-      const w = {
-        pred: matches,
-        resolve: (f: EdgeMsg) => {
-          clearTimeout(t);
-          this.frames.splice(this.frames.indexOf(f), 1);
-          resolve(f);
-        },
-        reject: (e: Error) => {
-          clearTimeout(t);
-          reject(e);
-        },
-      };
-      const t = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new Error(`${this.userId}: no "${what}" within ${timeoutMs} ms; got ${this.frames.map((f) => f.type)}`));
-      }, timeoutMs);
-      this.waiters.push(w);
-    });
-  }
-}
 
 function forwardFrame(round: number, step: number, rng: Rng, h?: Float32Array): Uint8Array {
   const data = h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
@@ -192,17 +114,6 @@ function autoPlay(u: RawUser, edgeUrl: string, seed: number) {
       await loop;
     },
   };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
 }
 
 interface AdminStatus {
@@ -315,7 +226,7 @@ function hugeActivations(magnitude: number): Float32Array {
  * the next user trains its turn to the end.
  */
 async function overflowAttack(p: Pair, magnitude: number, code: string): Promise<void> {
-  const attacker = await RawUser.connect(p.edgeUrl, `u-attacker-${code}`);
+  const attacker = await connectUser(p.edgeUrl, `u-attacker-${code}`);
   const turn = await attacker.next('turn');
   attacker.send(forwardFrame(turn.round, 1, new Rng(1), hugeActivations(magnitude)));
   expect((await attacker.next('error')).code).toBe(code);
@@ -325,7 +236,7 @@ async function overflowAttack(p: Pair, magnitude: number, code: string): Promise
   await sleep(2 * CLOUD_TIMEOUT_MS + 500);
   expectAliveAndClean(p.edge);
   expect(await health(p.edgeUrl)).toEqual({ ok: true, ready: true });
-  const honest = await RawUser.connect(p.edgeUrl, `u-honest-${code}`);
+  const honest = await connectUser(p.edgeUrl, `u-honest-${code}`);
   const end = await playTurn(honest, p.edgeUrl, new Rng(2));
   expect(end.accepted).toBe(true);
   honest.ws.close();
@@ -349,9 +260,9 @@ describe('an edge (f32) attacked by its users, and its cloud killed', () => {
   });
 
   it('cuts a silent user off at the turn deadline, then benches it; the honest user trains on', async () => {
-    const silent = await RawUser.connect(p.edgeUrl, 'u-silent');
+    const silent = await connectUser(p.edgeUrl, 'u-silent');
     const turn = await silent.next('turn');
-    const honest = await RawUser.connect(p.edgeUrl, 'u-patient');
+    const honest = await connectUser(p.edgeUrl, 'u-patient');
     const play = autoPlay(honest, p.edgeUrl, 3);
     try {
       // the round goes on with the honest user once the silent one's deadline has passed: long
@@ -387,7 +298,7 @@ describe('an edge (f32) attacked by its users, and its cloud killed', () => {
   });
 
   it('stays up through 5 cloud SIGKILLs during its forwards; re-registers and trains on', async () => {
-    const u = await RawUser.connect(p.edgeUrl, 'u-steady');
+    const u = await connectUser(p.edgeUrl, 'u-steady');
     const rng = new Rng(4);
     const codes: string[] = [];
     try {
@@ -543,13 +454,11 @@ describe('an edge flooded before authentication, and crowded', () => {
       for (let i = 0; i < N; i += 20) {
         users.push(
           ...(await Promise.all(
-            Array.from({ length: Math.min(20, N - i) }, (_, j) =>
-              RawUser.connect(p.edgeUrl, `u-crowd-${i + j}`, false),
-            ),
+            Array.from({ length: Math.min(20, N - i) }, (_, j) => connectUser(p.edgeUrl, `u-crowd-${i + j}`, false)),
           )),
         );
       }
-      for (const u of users) u.hello();
+      for (const u of users) sayHello(u);
       await Promise.all(users.map((u) => u.next('welcome', () => true, 30_000)));
       // every user ends up told the final count (after the last coalesced flush)
       const lastView = (u: RawUser) => {

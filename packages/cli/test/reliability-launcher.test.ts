@@ -6,26 +6,15 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { restartDelayMs } from '../src/launcher';
+import { freePort } from './net';
 import { REPO } from './run-cli';
 
 const MAIN = join(REPO, 'packages/cli/src/main.ts');
 const ROUNDS = 4;
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 /** The environment a process was started with (Linux /proc). */
 function environOf(pid: number): Map<string, string> {

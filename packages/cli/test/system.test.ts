@@ -9,12 +9,13 @@ import { decodeExpected, decodeMessage, encodeFrameWith, encodeMessage, type Mes
 import { Rng } from '@splitllm/model';
 import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { freePort, post } from './net';
+import { type EdgeMsgOf, RawUser } from './raw-user';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { joinRun, type UserEvent } from '@splitllm/user-client';
 import { DATA, HELDOUT, SHIPPED_MODEL } from './run-cli';
@@ -28,15 +29,6 @@ const D = 128; // the shipped model's width
 const V = 1024;
 const STEPS = 2;
 
-async function post(url: string, body: unknown, token?: string) {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify(body),
-  });
-  return { status: res.status, json: (await res.json()) as Record<string, string> };
-}
-
 async function joinToken(cloud: string): Promise<string> {
   const r = await post(`${cloud}/api/join-tokens`, {}, operatorToken);
   expect(r.status).toBe(200);
@@ -44,80 +36,6 @@ async function joinToken(cloud: string): Promise<string> {
 }
 
 /** What an edge sends a user. */
-type EdgeMsg = MessageOn<'edgeToUser'>;
-type EdgeMsgOf<T extends EdgeMsg['type']> = Extract<EdgeMsg, { type: T }>;
-
-/** A protocol client with no trainer: it sends whatever it is told to, and records what comes back. */
-class RawUser {
-  readonly frames: EdgeMsg[] = [];
-  private waiters: Array<{ pred: (f: EdgeMsg) => boolean; resolve: (f: EdgeMsg) => void }> = [];
-  closed?: { code: number; reason: string };
-
-  private constructor(
-    readonly ws: WebSocket,
-    readonly userId: string,
-  ) {
-    ws.on('message', (data: Buffer) => {
-      const f = decodeMessage('edgeToUser', new Uint8Array(data));
-      this.frames.push(f);
-      this.waiters = this.waiters.filter((w) => {
-        if (!w.pred(f)) return true;
-        w.resolve(f);
-        return false;
-      });
-    });
-    ws.on('close', (code, reason) => (this.closed = { code, reason: reason.toString() }));
-  }
-
-  static async connect(edgeUrl: string, userId: string): Promise<RawUser> {
-    const ws = new WebSocket(`${edgeUrl.replace(/^http/, 'ws')}/ws/user`);
-    await new Promise<void>((res, rej) => {
-      ws.once('open', () => res());
-      ws.once('error', rej);
-    });
-    return new RawUser(ws, userId);
-  }
-
-  send(bytes: Uint8Array | string): void {
-    this.ws.send(bytes);
-  }
-
-  /** The first message of `type` (that `pred` accepts), taken from those already received or the next to come. */
-  next<T extends EdgeMsg['type']>(
-    type: T,
-    pred: (f: EdgeMsgOf<T>) => boolean = () => true,
-    timeoutMs = 60_000,
-  ): Promise<EdgeMsgOf<T>> {
-    const matches = (f: EdgeMsg): f is EdgeMsgOf<T> => f.type === type && pred(f as EdgeMsgOf<T>);
-    const seen = this.frames.find(matches);
-    if (seen) {
-      this.frames.splice(this.frames.indexOf(seen), 1);
-      return Promise.resolve(seen);
-    }
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(
-        () =>
-          reject(
-            new Error(`no matching frame within ${timeoutMs} ms; got ${this.frames.map((f) => f.type).join(', ')}`),
-          ),
-        timeoutMs,
-      );
-      this.waiters.push({
-        pred: matches,
-        resolve: (f) => {
-          clearTimeout(t);
-          this.frames.splice(this.frames.indexOf(f), 1);
-          resolve(f as EdgeMsgOf<T>);
-        },
-      });
-    });
-  }
-
-  /** The error frame that answers the next bad frame. */
-  async error(): Promise<string> {
-    return (await this.next('error')).code;
-  }
-}
 
 /** A user's forward frame (to an edge), or with `userId` an edge's (to the cloud). */
 function forwardFrame(
@@ -466,17 +384,6 @@ describe('an edge that dies', () => {
     }
   });
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 describe('a cloud killed and restarted', () => {
   const parts: Part[] = [];
