@@ -32,7 +32,8 @@ import {
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
 import { ProtocolError, type RunManifest, type TrainSettings } from '@splitllm/wire';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import { redactedRequest } from '@splitllm/wire/node';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { createHash } from 'node:crypto';
 import { basename, resolve } from 'node:path';
 import type { CloudRun, RateLimits } from './context';
@@ -51,10 +52,11 @@ import { generateRoutes } from './routes/generate';
 import { joinRoutes } from './routes/join';
 import { roundRoutes } from './routes/rounds';
 import { statusRoutes } from './routes/status';
+import { versionRoutes } from './routes/versions';
 import { webPagePlugin } from './routes/web';
 import { addSharedSchemas } from './schemas';
 import { RoundStore } from './store';
-import { GlobalVersions } from './versions';
+import { GlobalVersions, type RetentionPolicy } from './versions';
 
 export interface CloudServerOptions {
   modelDir: string;
@@ -91,6 +93,8 @@ export interface CloudServerOptions {
   onRound?: (s: RoundSummary) => void;
   /** serve the built user page (apps/user-web/dist) from this directory at / */
   webDir?: string;
+  /** which versions keep their adapter directory (default DEFAULT_RETENTION: the last 20, one an hour) */
+  retention?: RetentionPolicy;
 }
 
 /**
@@ -100,20 +104,6 @@ export interface CloudServerOptions {
  * the operator's own token issuing is not limited, guesses of its token are.
  */
 export const DEFAULT_RATE_LIMITS: RateLimits = { join: 20, rejoin: 60, joinTokens: 30 };
-
-/**
- * What a request looks like in the log: method and path only. The query string can hold a join
- * token (the page's `/?join=TOKEN` link) and headers hold bearer tokens: neither is logged.
- */
-export function redactedRequest(req: FastifyRequest): Record<string, unknown> {
-  const url = req.url ?? '';
-  const q = url.indexOf('?');
-  return {
-    method: req.method,
-    url: q < 0 ? url : `${url.slice(0, q)}?[redacted]`,
-    remoteAddress: req.ip,
-  };
-}
 
 export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   batch: DEFAULT_LORA_TRAIN.batchSize,
@@ -256,7 +246,10 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   });
   const tail = await TailSegment.create(runner, model, lora, plan.m);
   const metrics = createCloudMetrics();
-  const versions = new GlobalVersions(store, plan, c.nLayer, metrics.registry);
+  const versions = new GlobalVersions(store, plan, c.nLayer, metrics.registry, {
+    retention: o.retention,
+    warn: (obj, msg) => app.log.warn(obj, msg),
+  });
   const edges = new EdgeRegistry(app.log, metrics, metrics.registry);
   const minEdges = o.minEdges ?? 1;
   const minUsers = o.minUsers ?? 1;
@@ -342,6 +335,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   await app.register(roundRoutes);
   await app.register(generateRoutes);
   await app.register(statusRoutes);
+  await app.register(versionRoutes);
 
   const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
   app.log.info(

@@ -13,6 +13,8 @@ export const CLOUD_REQUEST_CODES = [
   'BAD_USER_TOKEN',
   'NO_EDGE',
   'UNKNOWN_USER',
+  /** an edge's operator removed the user; the cloud's operator can admit it again */
+  'USER_REMOVED',
   'UNKNOWN_VERSION',
   'NOT_FINITE',
   'NOT_FOUND',

@@ -55,6 +55,8 @@ export interface RoundSummary extends RoundRecord {
   ms: number;
   /** every aggregated user's step losses, by edge */
   turns: Array<{ edgeId: string; userId: string; tokens: number; losses: number[] }>;
+  /** the versions whose adapter directories the retention policy deleted after this one was recorded */
+  evicted: number[];
 }
 
 /** The running round as /api/status shows it. */
@@ -365,12 +367,13 @@ export class Rounds {
     });
     // persisted: now it may be told
     this.o.metrics.rounds.inc({ outcome: 'recorded' });
-    this.o.log.info({ round: r.round, version: rec.version, loss, users, tokens }, 'round recorded');
+    const evicted = versions.lastEvicted;
+    this.o.log.info({ round: r.round, version: rec.version, loss, users, tokens, evicted }, 'round recorded');
     this.o.edges.broadcast(encodeMessage('cloudToEdge', 'round-end', { round: r.round, version: rec.version }));
     const turns = [...r.edges.values()].flatMap((t) =>
       t.completed.map((u) => ({ edgeId: t.edgeId, userId: u.userId, tokens: u.tokens, losses: u.losses })),
     );
-    this.o.onRound?.({ ...rec, ms: Date.now() - r.startedMs, turns });
+    this.o.onRound?.({ ...rec, ms: Date.now() - r.startedMs, turns, evicted });
   }
 
   status(): RoundStatus | null {

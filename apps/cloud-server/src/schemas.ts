@@ -54,23 +54,42 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     segments: closed({ user: closed({ sha256: str, bytes: int }), edge: closed({ sha256: str, bytes: int }) }),
   }),
   /** one recorded version in full (the operator's /api/admin/rounds and /api/admin/status) */
-  roundRecord: closed({
-    round: int,
-    version: int,
-    adapterDir: str,
-    tokens: num,
-    users: int,
-    edges: int,
-    loss: { type: ['number', 'null'] },
-    bytes: num,
-    startedAt: str,
-    finishedAt: str,
-    participants: { type: 'array', items: str },
-    refused: {
-      type: 'array',
-      items: closed({ from: str, code: str, reason: str, globalLoss: num, loss: num }, ['from', 'code', 'reason']),
+  roundRecord: closed(
+    {
+      round: int,
+      version: int,
+      adapterDir: str,
+      tokens: num,
+      users: int,
+      edges: int,
+      loss: { type: ['number', 'null'] },
+      bytes: num,
+      startedAt: str,
+      finishedAt: str,
+      participants: { type: 'array', items: str },
+      refused: {
+        type: 'array',
+        items: closed({ from: str, code: str, reason: str, globalLoss: num, loss: num }, ['from', 'code', 'reason']),
+      },
+      /** when the retention policy deleted this version's adapter files (the row and its figures stay) */
+      evictedAt: { type: ['string', 'null'] },
     },
-  }),
+    // every field but evictedAt, which a record from before retention lacks
+    [
+      'round',
+      'version',
+      'adapterDir',
+      'tokens',
+      'users',
+      'edges',
+      'loss',
+      'bytes',
+      'startedAt',
+      'finishedAt',
+      'participants',
+      'refused',
+    ],
+  ),
   /** one recorded version in public (GET /api/rounds, the last one in /api/status): counts only */
   publicRound: closed({
     round: int,

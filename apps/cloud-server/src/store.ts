@@ -1,6 +1,6 @@
 /**
  * The cloud's persistent state, all in one directory:
- *   state.db                 SQLite (WAL): rounds, join tokens, users, meta
+ *   state.db                 SQLite (WAL): rounds, join tokens, users, removed users, meta
  *   adapters/round-000123/   the global adapter produced by round 123, PEFT layout
  *
  * A version exists once its row is in `rounds`; the adapter directory is put in place (temp dir
@@ -47,6 +47,8 @@ export interface RoundRecord {
   participants: string[];
   /** the updates the aggregation strategy refused in this round, and why */
   refused: RoundRefusal[];
+  /** when the retention policy deleted this version's adapter directory (null: it is on disk) */
+  evictedAt: string | null;
 }
 
 /** One update a round's aggregation refused (the strategy's AggregationRefusal, as recorded). */
@@ -59,7 +61,7 @@ export interface RoundRefusal {
 }
 
 /** What a round's commit records (the store adds the version, the directory and the finish time). */
-export type RoundInput = Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt' | 'refused'> & {
+export type RoundInput = Omit<RoundRecord, 'version' | 'adapterDir' | 'finishedAt' | 'refused' | 'evictedAt'> & {
   refused?: RoundRefusal[];
 };
 
@@ -82,6 +84,12 @@ export interface UserRecord {
   userId: string;
   edgeId: string;
   joinedAt: string;
+}
+
+/** A user an edge's operator removed (the cloud refuses its rejoin until the operator admits it). */
+export interface UserRemoval {
+  removedAt: string;
+  byEdge: string;
 }
 
 export const STATE_DB_FILE = 'state.db';
@@ -114,6 +122,7 @@ interface RoundRow {
   finished_at: string;
   participants: string;
   refused: string;
+  evicted_at: string | null;
 }
 
 /** How a join token is kept: its SHA-256, hex. */
@@ -230,6 +239,16 @@ export class RoundStore {
               `this build reads version ${SCHEMA_VERSION}`,
           );
         }
+        // kept apart from the users table (and created when missing) so a state of an earlier
+        // version opens without a schema change: no row means the user is admitted
+        db.exec(
+          'CREATE TABLE IF NOT EXISTS removed_users ' +
+            '(user_id TEXT PRIMARY KEY, removed_at TEXT NOT NULL, by_edge TEXT NOT NULL)',
+        );
+        // rounds.evicted_at (retention) is added in place: older builds read the table as before,
+        // so it needs no schema version of its own
+        const cols = db.prepare('PRAGMA table_info(rounds)').all() as Array<{ name: string }>;
+        if (!cols.some((col) => col.name === 'evicted_at')) db.exec('ALTER TABLE rounds ADD COLUMN evicted_at TEXT');
         const getMeta = db.prepare('SELECT value FROM meta WHERE key = ?').pluck();
         const setMeta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
         const nLayer = getMeta.get(META_N_LAYER) as string | undefined;
@@ -264,6 +283,7 @@ export class RoundStore {
       finishedAt: r.finished_at,
       participants: JSON.parse(r.participants) as string[],
       refused: JSON.parse(r.refused ?? '[]') as RoundRefusal[],
+      evictedAt: r.evicted_at ?? null,
     };
   }
 
@@ -294,6 +314,7 @@ export class RoundStore {
   }
 
   loadAdapter(rec: RoundRecord): LoraAdapter {
+    if (rec.evictedAt) throw new Error(`version ${rec.version}'s adapter was deleted by the retention policy`);
     return loadAdapterDir(rec.adapterDir);
   }
 
@@ -405,6 +426,33 @@ export class RoundStore {
     return this.db.prepare('SELECT COUNT(*) FROM rounds').pluck().get() as number;
   }
 
+  /** The versions whose adapter directory is still on disk, oldest first. */
+  liveVersions(): Array<{ version: number; finishedAt: string }> {
+    const rows = this.db
+      .prepare('SELECT round, finished_at FROM rounds WHERE evicted_at IS NULL ORDER BY round')
+      .all() as Array<{ round: number; finished_at: string }>;
+    return rows.map((r) => ({ version: r.round, finishedAt: r.finished_at }));
+  }
+
+  /** When version 0 was recorded: the run's start, which the hourly retention counts from. */
+  startedAt(): string {
+    return this.db.prepare('SELECT finished_at FROM rounds ORDER BY round LIMIT 1').pluck().get() as string;
+  }
+
+  /**
+   * Deletes a version's adapter directory and marks its row (the row and its figures stay). The
+   * mark comes first: a crash in between leaves a marked row whose directory is still there (disk
+   * space, not an inconsistency), never an unmarked row without its directory. Refuses the latest
+   * version: a restart resumes from it.
+   */
+  evictVersion(version: number): void {
+    if (version >= this.latest().round) throw new Error(`evictVersion: version ${version} is the latest`);
+    this.db
+      .prepare('UPDATE rounds SET evicted_at = ? WHERE round = ? AND evicted_at IS NULL')
+      .run(new Date().toISOString(), version);
+    rmSync(join(this.adaptersDir, roundDirName(version)), { recursive: true, force: true });
+  }
+
   /** One recorded version (its round row), or undefined. */
   round(version: number): RoundRecord | undefined {
     const row = this.db.prepare('SELECT * FROM rounds WHERE round = ?').get(version) as RoundRow | undefined;
@@ -448,6 +496,48 @@ export class RoundStore {
           'ON CONFLICT(user_id) DO UPDATE SET edge_id = excluded.edge_id',
       )
       .run(userId, edgeId, new Date().toISOString());
+  }
+
+  /**
+   * Redeems a join token and records the user and its edge as one transaction: the token is
+   * spent exactly when the user exists. Nothing is written for an unknown or already used token.
+   */
+  joinUser(token: string, userId: string, edgeId: string): 'joined' | 'used' | 'unknown' {
+    return this.db
+      .transaction((): 'joined' | 'used' | 'unknown' => {
+        if (this.redeemJoinToken(token, userId)) {
+          this.recordUser(userId, edgeId);
+          return 'joined';
+        }
+        // which of the two decides what the person is told to do; neither helps a guesser
+        const known = this.db.prepare('SELECT 1 FROM join_tokens WHERE token = ?').get(hashJoinToken(token));
+        return known ? 'used' : 'unknown';
+      })
+      .immediate();
+  }
+
+  /** An edge's operator removed the user: it stays out until `admitUser`. */
+  removeUser(userId: string, byEdge: string): UserRemoval {
+    this.db
+      .prepare(
+        'INSERT INTO removed_users (user_id, removed_at, by_edge) VALUES (?, ?, ?) ' +
+          'ON CONFLICT(user_id) DO NOTHING',
+      )
+      .run(userId, new Date().toISOString(), byEdge);
+    return this.removal(userId)!;
+  }
+
+  /** Whether and when the user was removed (undefined: it is admitted). */
+  removal(userId: string): UserRemoval | undefined {
+    const row = this.db.prepare('SELECT removed_at, by_edge FROM removed_users WHERE user_id = ?').get(userId) as
+      | { removed_at: string; by_edge: string }
+      | undefined;
+    return row ? { removedAt: row.removed_at, byEdge: row.by_edge } : undefined;
+  }
+
+  /** The cloud's operator lets a removed user back in; false when it was not removed. */
+  admitUser(userId: string): boolean {
+    return this.db.prepare('DELETE FROM removed_users WHERE user_id = ?').run(userId).changes === 1;
   }
 
   users(): UserRecord[] {

@@ -11,7 +11,15 @@
 import { IGNORE_INDEX, type AdamWOptions, type LoraAdapter } from '@splitllm/model';
 import { LoraTrainState, type LoraTrainSnapshot, type RoundConfig } from '@splitllm/federation';
 import type { TailSegment } from '@splitllm/onnx-runner';
-import { expectRoundStep, expectShape, ProtocolError, type Codec, type Incoming, type Outgoing } from '@splitllm/wire';
+import {
+  checkTargets,
+  expectRoundStep,
+  expectShape,
+  ProtocolError,
+  type Codec,
+  type Incoming,
+  type Outgoing,
+} from '@splitllm/wire';
 
 /** The tail step the cloud runs (TailSegment in the server, a fake in tests). */
 export type TailStepper = Pick<TailSegment, 'step'>;
@@ -130,15 +138,7 @@ export class EdgeTail {
     const { batch: B, seq: T, nEmbd: D, vocabSize: V } = this.shape;
     const h = expectShape(m.h, 'h', [B, T, D]);
     const targets = expectShape(m.targets, 'targets', [B, T]);
-    for (let i = 0; i < targets.length; i++) {
-      const t = targets[i];
-      if (t !== IGNORE_INDEX && !(t >= 0 && t < V)) {
-        throw new ProtocolError(
-          'BAD_TARGET',
-          `target ${t} at position ${i} is outside [0, ${V}) and is not ${IGNORE_INDEX}`,
-        );
-      }
-    }
+    checkTargets(targets, V, IGNORE_INDEX);
     turn.steps++; // claimed before the await: a duplicate of this step is refused
     const r = await this.tail.step(this.cloud.adapter, h, targets, B, T);
     if (!Number.isFinite(r.loss)) throw new ProtocolError('NOT_FINITE', `the loss of step ${turn.steps} is ${r.loss}`);

@@ -13,7 +13,7 @@ import rateLimit from '@fastify/rate-limit';
 import websocket from '@fastify/websocket';
 import { codeOf, decodeSegment } from '@splitllm/model';
 import { GENERATE_USER_HEADER } from '@splitllm/wire';
-import { randomToken } from '@splitllm/wire/node';
+import { randomToken, redactedRequest } from '@splitllm/wire/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner } from '@splitllm/onnx-runner';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { downloadSegment, register } from './cloud-link';
@@ -62,7 +62,7 @@ export async function buildEdgeApp(o: EdgeAppOptions): Promise<FastifyInstance> 
   const logger =
     o.logLevel === false
       ? false
-      : { level: o.logLevel ?? 'info', stream: process.stderr, serializers: { req: requestForLog } };
+      : { level: o.logLevel ?? 'info', stream: process.stderr, serializers: { req: redactedRequest } };
   const app = Fastify({ logger, bodyLimit: 1 << 16 });
 
   let serving: Edge | undefined;
@@ -122,20 +122,6 @@ export async function buildEdgeApp(o: EdgeAppOptions): Promise<FastifyInstance> 
   await app.register(generateRoutes, { cloudTimeoutMs: o.cloudTimeoutMs });
   await app.register(statusRoutes);
   return app;
-}
-
-/**
- * What the request log keeps of a request: no query string (a join link or token may be in one)
- * and no headers (authorization carries bearer tokens).
- */
-function requestForLog(req: FastifyRequest) {
-  const url = req.url ?? '';
-  const q = url.indexOf('?');
-  return {
-    method: req.method,
-    url: q < 0 ? url : `${url.slice(0, q)}?[redacted]`,
-    remoteAddress: req.ip,
-  };
 }
 
 export interface EdgeServerOptions {

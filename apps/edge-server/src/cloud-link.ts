@@ -35,6 +35,11 @@ import type { Activity, EdgeMetrics, Logger } from './telemetry';
 const CLOUD_MAX_BYTES = 256 * 2 ** 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * The cloud's answer about a removed user: an operator waits for the first (Drop), a user's hello
+ * for the second, well within the 10 s a hello has.
+ */
+const REMOVAL_TIMEOUT_MS = 4000;
 
 export interface Registration {
   edgeToken: string;
@@ -291,7 +296,7 @@ export class CloudLink {
     return entry;
   }
 
-  /** Forgets the adapters of versions before `version` (the cloud serves only its current one). */
+  /** Forgets the adapters of versions before `version` (the edge keeps its current and previous one). */
   forgetBefore(version: number): void {
     for (const v of this.adapters.keys()) if (v < version) this.adapters.delete(v);
   }
@@ -314,6 +319,27 @@ export class CloudLink {
       user: adapterFromNamedTensors(this.o.lora, user.tensors),
       edge: adapterFromNamedTensors(this.o.lora, edge.tensors),
     };
+  }
+
+  /**
+   * Tells the cloud this edge's operator removed a user (the cloud then refuses its rejoin).
+   * Throws CloudError with the cloud's code when refused, or the fetch's error when unreachable.
+   */
+  async removeUser(userId: string): Promise<void> {
+    await fetchJson(`${this.o.cloudUrl}/api/users/${encodeURIComponent(userId)}/revoke`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${this.token}` },
+      signal: AbortSignal.timeout(REMOVAL_TIMEOUT_MS),
+    });
+  }
+
+  /** Whether the cloud still has the user removed (its operator may have admitted it since). */
+  async userRemoved(userId: string): Promise<boolean> {
+    const r = await fetchJson<{ removed: boolean }>(`${this.o.cloudUrl}/api/users/${encodeURIComponent(userId)}`, {
+      headers: { authorization: `Bearer ${this.token}` },
+      signal: AbortSignal.timeout(REMOVAL_TIMEOUT_MS),
+    });
+    return r.removed;
   }
 
   /**

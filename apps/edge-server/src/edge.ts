@@ -7,7 +7,7 @@
  * gradients, AdamW steps the edge LoRA, dL/dh1 goes back to the user.
  */
 import { type Gpt2Config, type LoraAdapter, loraParameterCount } from '@splitllm/model';
-import type { RunManifest } from '@splitllm/wire';
+import { decodeMessage, encodeErrorMessage, type RunManifest } from '@splitllm/wire';
 import { checkUserToken } from '@splitllm/wire/node';
 import { peakRssBytes } from '@splitllm/onnx-runner';
 import { CloudLink, type Registration } from './cloud-link';
@@ -15,7 +15,11 @@ import { EdgeError } from './errors';
 import { RoundRunner } from './round';
 import { Activity, type EdgeMetrics, type Logger } from './telemetry';
 import type { TurnBlocks } from './turn';
-import { type UserConn, UserQueue } from './user-queue';
+import { HELLO_MAX_BYTES, type UserConn, UserQueue, type UserSocket } from './user-queue';
+
+/** What a removed user is told (the cloud's rejoin refusal says the same). */
+export const USER_REMOVED_MESSAGE =
+  'The operator of this run removed you from it. Ask them to re-admit you if this is a mistake.';
 
 export interface EdgeOptions {
   edgeId: string;
@@ -69,6 +73,17 @@ export class Edge {
   private readonly rounds: RoundRunner;
   /** the global adapter version this edge is at */
   version: number;
+  /**
+   * the version before it: a user that read the manifest just before a round ended asks for
+   * this one, so it is served (and kept) too
+   */
+  previousVersion: number | undefined;
+  /**
+   * users this edge's operator dropped: their hello is refused until the cloud says its operator
+   * admitted them again; `reported` once the cloud recorded the removal
+   */
+  private readonly removed = new Map<string, { reported: boolean }>();
+  private closed = false;
 
   constructor(private readonly o: EdgeOptions) {
     const { manifest } = o.registration;
@@ -120,7 +135,7 @@ export class Edge {
       stepBudgetMs: o.stepBudgetMs,
       maxMisses: o.maxMisses,
       cloudTimeoutMs: o.cloudTimeoutMs,
-      setVersion: (v) => (this.version = v),
+      setVersion: (v) => this.setVersion(v),
       reportStatus: () => this.reportStatus(),
     });
     metrics.sampled('splitllm_edge_users_connected', 'users with an open connection', () => this.queue.users.size);
@@ -143,13 +158,13 @@ export class Edge {
   start(): Promise<void> {
     return this.link.start({
       connected: () => this.reportStatus(),
-      welcome: (m) => (this.version = m.version),
+      welcome: (m) => this.setVersion(m.version),
       roundStart: (m) => this.rounds.schedule(m),
       roundEnd: (m) => {
-        this.version = m.version;
+        this.setVersion(m.version);
         this.o.log.info({ round: m.round, version: m.version }, 'round ended');
         this.queue.broadcast('round-end', { round: m.round, version: m.version });
-        this.link.forgetBefore(m.version);
+        this.link.forgetBefore(this.previousVersion ?? m.version);
         this.reportStatus();
       },
       // the cloud's half of the round is gone with it: end the turn in progress now
@@ -159,6 +174,7 @@ export class Edge {
 
   /** The edge shuts down: the cloud link closes and every user goes. */
   close(): void {
+    this.closed = true;
     this.link.close();
     this.queue.closeAll('edge shutting down');
   }
@@ -178,10 +194,25 @@ export class Edge {
     return (await this.link.adaptersAt(version)).edge;
   }
 
-  /** The user part of the current global adapter as a file (what /api/adapters/user serves). */
+  /** The edge moves to version `v`; the one it was at stays at hand as the previous one. */
+  private setVersion(v: number): void {
+    if (v === this.version) return;
+    this.previousVersion = this.version;
+    this.version = v;
+  }
+
+  /**
+   * The user part of the current (or the previous) global adapter as a file (what
+   * /api/adapters/user serves). Older versions are refused: a client asks for the current one
+   * again (the manifest says which).
+   */
   async userAdapterFile(version: number): Promise<Uint8Array> {
-    if (version !== this.version) {
-      throw new EdgeError('UNKNOWN_VERSION', `version ${version} is not the current global version (${this.version})`);
+    if (version !== this.version && version !== this.previousVersion) {
+      throw new EdgeError(
+        'UNKNOWN_VERSION',
+        `version ${version} is neither the current global version (${this.version}) nor the one before it; ` +
+          'fetch the manifest for the current one',
+      );
     }
     return (await this.link.adaptersAt(version)).userFile;
   }
@@ -196,9 +227,83 @@ export class Edge {
     return this.rounds.summary()?.number ?? null;
   }
 
-  /** An operator drops a user; false when no such user is connected. */
-  dropUser(userId: string): boolean {
-    return this.queue.drop(userId);
+  /**
+   * An operator drops a user: it hears USER_REMOVED, its connection closes (4003), its turn (if
+   * any) is rolled back, its hello is refused from now on and the cloud is told, so that its
+   * rejoin is refused too. Undefined when no such user is connected; otherwise the first report
+   * to the cloud (a failed one is retried in the background and noted on the dashboard).
+   */
+  dropUser(userId: string): Promise<void> | undefined {
+    if (!this.queue.drop(userId, USER_REMOVED_MESSAGE)) return undefined;
+    this.removed.set(userId, { reported: false });
+    return this.reportRemoval(userId, 0);
+  }
+
+  private reportRemoval(userId: string, attempt: number): Promise<void> {
+    const report = this.link.removeUser(userId).then(() => {
+      const r = this.removed.get(userId);
+      if (r) r.reported = true;
+      this.o.log.info({ userId }, 'the cloud recorded the removal');
+    });
+    report.catch((e: unknown) => {
+      const refused = (e as { code?: unknown }).code === 'UNKNOWN_USER';
+      this.activity.noteError(
+        'REMOVAL_NOT_RECORDED',
+        `the cloud did not record the removal of ${userId}: ${(e as Error).message}` +
+          (refused ? '' : '; retrying (this edge keeps refusing the user meanwhile)'),
+        userId,
+      );
+      // a cloud that does not know the user as this edge's will not later; anything else may pass
+      if (refused || this.closed || !this.removed.has(userId)) return;
+      const retry = setTimeout(
+        () => void this.reportRemoval(userId, attempt + 1).catch(() => undefined),
+        Math.min(30_000, 1000 * 2 ** attempt),
+      );
+      retry.unref?.();
+    });
+    return report;
+  }
+
+  /**
+   * The user a first frame names when it is a `hello`, with a valid token, of a user this edge's
+   * operator dropped (else undefined: the queue checks the frame as usual).
+   */
+  droppedHello(bytes: Uint8Array): string | undefined {
+    if (this.removed.size === 0) return undefined;
+    try {
+      const m = decodeMessage('userToEdge', bytes, { maxBytes: HELLO_MAX_BYTES });
+      if (m.type !== 'hello' || !this.removed.has(m.userId) || !this.isUserToken(m.userId, m.token)) return undefined;
+      return m.userId;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Whether a user this edge dropped is still out: the cloud's word, since its operator may have
+   * admitted the user again. Out while the removal is not recorded there yet, or the cloud
+   * cannot say.
+   */
+  async stillRemoved(userId: string): Promise<boolean> {
+    const r = this.removed.get(userId);
+    if (!r) return false;
+    if (!r.reported) return true;
+    try {
+      if (await this.link.userRemoved(userId)) return true;
+      this.removed.delete(userId);
+      this.o.log.info({ userId }, 'a dropped user was admitted again by the cloud operator');
+      return false;
+    } catch (e) {
+      this.o.log.warn({ userId, err: (e as Error).message }, 'cannot ask the cloud about a dropped user');
+      return true;
+    }
+  }
+
+  /** Refuses a dropped user's new connection as the drop closed its last one (4003). */
+  refuseRemoved(socket: UserSocket, userId: string): void {
+    this.activity.noteError('USER_REMOVED', `refused a connection of ${userId}, whom the operator dropped`, userId);
+    socket.send(encodeErrorMessage('USER_REMOVED', USER_REMOVED_MESSAGE));
+    socket.close(4003, 'USER_REMOVED');
   }
 
   /** The users that get no turn in the round in progress (or, while idle, the next one). */

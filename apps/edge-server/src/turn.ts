@@ -18,6 +18,7 @@ import type { LoraTrainState } from '@splitllm/federation';
 import type { BlocksSegment } from '@splitllm/onnx-runner';
 import {
   type Codec,
+  checkTargets,
   expectRoundStep,
   expectShape,
   type Incoming,
@@ -25,7 +26,6 @@ import {
   type MessageTypeOn,
   type MessageWaiter,
   type Outgoing,
-  ProtocolError,
 } from '@splitllm/wire';
 import { EdgeError } from './errors';
 import type { LossPoint, Logger } from './telemetry';
@@ -137,15 +137,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     expectRoundStep(m, round, step);
     expectShape(m.h, 'h', [B, T, D]);
     const targets = expectShape(m.targets, 'targets', [B, T]);
-    for (let i = 0; i < targets.length; i++) {
-      const t = targets[i];
-      if (t !== IGNORE_INDEX && !(t >= 0 && t < V)) {
-        throw new ProtocolError(
-          'BAD_TARGET',
-          `target ${t} at position ${i} is outside [0, ${V}) and is not ${IGNORE_INDEX}`,
-        );
-      }
-    }
+    checkTargets(targets, V, IGNORE_INDEX);
   };
   let tokens = 0;
   try {

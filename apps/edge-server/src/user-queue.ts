@@ -263,10 +263,15 @@ export class UserQueue {
     this.o.onChange();
   }
 
-  /** An operator drops a user: its connection closes and its turn (if any) is rolled back. */
-  drop(userId: string): boolean {
+  /**
+   * An operator drops a user: it hears why (USER_REMOVED, with `message`), its connection closes
+   * and its turn (if any) is rolled back.
+   */
+  drop(userId: string, message = 'the operator of this run removed you from it'): boolean {
     const u = this.users.get(userId);
     if (!u) return false;
+    // the code first: a close reason is cut at 123 bytes and a page shows the code's own text
+    u.sendError('USER_REMOVED', message);
     // 4003: a client must not come back by itself (it would after an edge shutdown's 1000)
     this.remove(u, 'dropped by the operator', true, 4003);
     return true;

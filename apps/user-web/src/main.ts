@@ -279,8 +279,10 @@ function onEvent(e: PageEvent): void {
   switch (e.type) {
     case 'state':
       setState(e.state);
-      if (e.state === 'error') say(`${e.message ?? 'something went wrong'} [${e.code ?? 'ERROR'}]`, true);
-      else if (e.state === 'stopped') say(`Stopped: ${e.message ?? ''}`, e.code === '4003');
+      // a removal's message is a whole sentence for the person, not a technical error
+      if (e.code === 'USER_REMOVED') say(e.message ?? '', true);
+      else if (e.state === 'error') say(`${e.message ?? 'something went wrong'} [${e.code ?? 'ERROR'}]`, true);
+      else if (e.state === 'stopped') say(`Stopped: ${e.message ?? ''}`);
       else if (e.state === 'paused')
         say(
           'Paused. Your documents, adapter and progress are kept in this browser; Resume puts you back in the queue.',
@@ -289,6 +291,12 @@ function onEvent(e: PageEvent): void {
         say('Connected. Your turn comes when the edge gets to you; this tab must stay open.');
       break;
     case 'session':
+      // the join code is spent now: a Start after a failed start goes on with this session,
+      // which a second use of the code would be refused
+      if (ui.joinCode.value) {
+        ui.joinCode.value = '';
+        ui.joinHint.textContent = 'Joined: this browser keeps your place in the run; Start goes on with it.';
+      }
       ui.userId.textContent = e.userId;
       ui.edge.textContent = `${e.edgeId} (${e.edgeUrl})`;
       break;
@@ -359,7 +367,11 @@ function onEvent(e: PageEvent): void {
       ui.edge.textContent = `${e.edgeId} (${e.edgeUrl})`;
       break;
     case 'error':
-      say(`${e.message} [${e.code}]`, true);
+      // USER_REMOVED comes as the edge's error frame before the close: 'removed' says it in words
+      if (e.code !== 'USER_REMOVED') say(`${e.message} [${e.code}]`, true);
+      break;
+    case 'removed':
+      say(e.message, true);
       break;
     case 'closed':
       break;

@@ -30,6 +30,7 @@ import {
   rejoinRun,
   tokenBatches,
   UserClient,
+  USER_REMOVED_MESSAGE,
   type JoinCredentials,
   type UserEvent,
   type WebSocketLike,
@@ -84,7 +85,10 @@ function storedAdapter(a: store.StoredAdapter): LoraAdapter {
 }
 
 function errorOf(e: unknown): { code: string; message: string } {
-  return { code: codeOf(e, 'ERROR'), message: e instanceof Error ? e.message : String(e) };
+  const code = codeOf(e, 'ERROR');
+  // the page's own words for a removal, whoever refused (the cloud's rejoin, the edge's hello)
+  if (code === 'USER_REMOVED') return { code, message: USER_REMOVED_MESSAGE };
+  return { code, message: e instanceof Error ? e.message : String(e) };
 }
 
 class TrainingWorker {
@@ -94,11 +98,14 @@ class TrainingWorker {
   private progress: store.StoredProgress = store.emptyProgress();
   private session?: store.StoredSession;
   private pending: Promise<unknown> = Promise.resolve();
+  /** the client said an operator removed this user: its close is told as that */
+  private removed = false;
 
   /** Joins (or comes back), prepares the engine, and waits in the edge's queue for turns. */
   async start(req: StartRequest, onEvent: (e: PageEvent) => void): Promise<void> {
     this.onEvent = onEvent;
     if (this.client) throw new PageError('ALREADY_RUNNING', 'training is already running in this tab');
+    this.removed = false;
     try {
       this.emit({ type: 'state', state: 'joining' });
       this.progress = await store.loadProgress();
@@ -205,6 +212,9 @@ class TrainingWorker {
 
   /** Events from the client: passed on to the page, and what must survive a reload is stored (in order). */
   private onClientEvent(e: UserEvent): void {
+    // a client let go (closed, removed, paused) may still end its turn with an error: the page
+    // keeps what it said about why the client stopped
+    if (e.type === 'error' && !this.client) return;
     this.emit(e);
     const persist = (fn: () => Promise<unknown>) => {
       this.pending = this.pending
@@ -215,7 +225,7 @@ class TrainingWorker {
     };
     switch (e.type) {
       case 'turn':
-        this.emit({ type: 'state', state: 'training' });
+        if (this.client) this.emit({ type: 'state', state: 'training' });
         break;
       case 'step':
         this.progress.steps++;
@@ -225,7 +235,8 @@ class TrainingWorker {
         this.emit({ type: 'progress', progress: this.progress });
         break;
       case 'turn-end':
-        this.emit({ type: 'state', state: 'connected' });
+        // a turn cut short by a drop ends after the connection closed: the user is not connected
+        if (this.client) this.emit({ type: 'state', state: 'connected' });
         if (e.accepted) {
           this.progress.turns++;
           persist(() => store.saveProgress(this.progress));
@@ -247,16 +258,19 @@ class TrainingWorker {
           persist(() => this.saveSession(s));
         }
         break;
+      case 'removed':
+        this.removed = true;
+        break;
       case 'closed':
         // after pause() the client is already let go: its socket closing is expected
         if (!this.client) break;
         this.client = undefined;
+        // removed: by a drop (4003), or refused by the cloud when coming back after another close
         this.emit({
           type: 'state',
           state: 'stopped',
-          code: String(e.code),
-          message:
-            e.code === 4003 ? 'the edge operator removed you from this run' : e.reason || 'the connection closed',
+          code: this.removed ? 'USER_REMOVED' : String(e.code),
+          message: this.removed ? USER_REMOVED_MESSAGE : e.reason || 'the connection closed',
         });
         break;
     }

@@ -82,6 +82,13 @@ export async function rejoinRun(cloudUrl: string, c: JoinCredentials): Promise<J
   return (await res.json()) as JoinCredentials;
 }
 
+/** What an operator's removal means for the person (the servers' own message says the same). */
+export const USER_REMOVED_MESSAGE =
+  'The operator of this run removed you from it. Ask them to re-admit you if this is a mistake.';
+
+/** How often start() asks for the current version again when the one it was told moved on meanwhile. */
+const VERSION_RETRIES = 5;
+
 /**
  * Where the frozen user segment is kept between visits (the page: IndexedDB), keyed by its
  * sha-256 from the manifest. What comes back is checked against that hash before use.
@@ -162,6 +169,8 @@ export type UserEvent =
   | { type: 'error'; code: string; message: string }
   | { type: 'reconnecting'; reason: string }
   | { type: 'reassigned'; edgeId: string; edgeUrl: string }
+  /** an operator removed this user (USER_REMOVED): the client stops; only the cloud's operator can admit it again */
+  | { type: 'removed'; message: string }
   | { type: 'closed'; code: number; reason: string };
 
 export interface UserClientOptions {
@@ -274,6 +283,26 @@ export class UserClient {
     return Gpt2Tokenizer.fromFiles(files.vocabJson, files.mergesTxt);
   }
 
+  /**
+   * The adapter of the version the edge is at: `told` first (the manifest's), and when a round
+   * ended meanwhile and the edge no longer serves it, the manifest's current version again, a
+   * few times. Rounds change every second or so in a small run; each try takes one round trip.
+   */
+  private async currentAdapter(told: number): Promise<{ version: number; adapter: LoraAdapter }> {
+    let version = told;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return { version, adapter: await this.adapter(version) };
+      } catch (e) {
+        if (!(e instanceof ClientError && e.code === 'UNKNOWN_VERSION') || attempt > VERSION_RETRIES) throw e;
+        const now = parseRunManifest(await (await this.get('/api/manifest')).json()).manifest.version;
+        // the same version again: the edge is between two versions; give it a moment
+        if (now === version) await new Promise((r) => setTimeout(r, 200 * attempt));
+        version = now;
+      }
+    }
+  }
+
   private async adapter(version: number): Promise<LoraAdapter> {
     const have = this.adapters.get(version);
     if (have) return have;
@@ -318,7 +347,8 @@ export class UserClient {
       const why = `the segment holds blocks [0, ${seg.plan.k}), the run cuts at k = ${manifest.plan.k}`;
       throw new ClientError('SEGMENT_MISMATCH', why);
     }
-    const adapter = await this.adapter(manifest.version);
+    // the segment download can outlast a round: the version the manifest named may have moved on
+    const { adapter } = await this.currentAdapter(manifest.version);
     const t = manifest.train;
     const options = { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw };
     const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, options, this.o.getGpu);
@@ -344,7 +374,9 @@ export class UserClient {
         if (this.ws !== ws) return;
         this.closed = true;
         this.waiter.fail(new ClientError('EDGE_GONE', `the edge closed the connection (${ev.code} ${ev.reason})`));
-        // 4001: refused (bad token); 4003: dropped by the edge's operator: neither comes back by itself
+        // 4003: removed by an operator (a drop, or a hello of a removed user): coming back is refused
+        if (ev.code === 4003 && !this.stopping) this.removed();
+        // 4001 (a refused token) and 4003 do not come back by themselves
         if (this.stopping || !this.o.cloudUrl || ev.code === 4001 || ev.code === 4003) {
           this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
         } else {
@@ -371,10 +403,23 @@ export class UserClient {
         return;
       } catch (e) {
         if (e instanceof ClientError && e.code === 'BAD_USER_TOKEN') break; // will not get better
+        if (e instanceof ClientError && e.code === 'USER_REMOVED') {
+          // nor will this, until the cloud's operator admits the user: asking again only adds load
+          this.removed();
+          break;
+        }
         /* cloud or edge not reachable yet: try again */
       }
     }
     if (!this.stopping) this.emit({ type: 'closed', code: ev.code, reason: ev.reason });
+  }
+
+  /** Said once per removal: an operator removed this user. */
+  private removedSaid = false;
+  private removed(): void {
+    if (this.removedSaid) return;
+    this.removedSaid = true;
+    this.emit({ type: 'removed', message: USER_REMOVED_MESSAGE });
   }
 
   /** Sends one message to the edge; throws EDGE_GONE when not connected. */

@@ -54,6 +54,8 @@ export const PEER_ERROR_CODES = [
   'NO_EDGE',
   'BAD_JOIN_TOKEN',
   'BAD_USER_TOKEN',
+  // the cloud's rejoin and the edge's hello: an operator removed this user
+  'USER_REMOVED',
   // either server's rate limits
   'RATE_LIMITED',
 ] as const;

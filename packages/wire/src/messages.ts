@@ -277,6 +277,22 @@ export function expectShape<A extends Float32Array | Int32Array>(
   return t.data;
 }
 
+/**
+ * Labels as a forward carries them: each a token id in [0, vocabSize) or the ignore index (a
+ * padded position); anything else is BAD_TARGET, refused before it reaches a loss.
+ */
+export function checkTargets(targets: Int32Array, vocabSize: number, ignoreIndex: number): void {
+  for (let i = 0; i < targets.length; i++) {
+    const t = targets[i];
+    if (t !== ignoreIndex && !(t >= 0 && t < vocabSize)) {
+      throw new ProtocolError(
+        'BAD_TARGET',
+        `target ${t} at position ${i} is outside [0, ${vocabSize}) and is not ${ignoreIndex}`,
+      );
+    }
+  }
+}
+
 /** Rejects a message from another round or step: late frames must not leak into the current one. */
 export function expectRoundStep(m: { type: string; round: number; step?: number }, round: number, step?: number): void {
   if (m.round !== round) {

@@ -1,7 +1,7 @@
 /**
  * What the cloud hands down: the run's manifest and tokenizer (public), the segments and the
- * current global adapter's parts (registered edges only; an edge serves the user's on to its
- * users). Both downloads are immutable for their name, so they are cached for good.
+ * global adapter's parts of a recorded version (registered edges only; an edge serves the
+ * user's on to its users). Both downloads are immutable for their name, so they are cached for good.
  */
 import { adapterToNamedTensors } from '@splitllm/model';
 import { encodeMessage } from '@splitllm/wire';
@@ -76,18 +76,22 @@ export const downloadRoutes: FastifyPluginAsync = async (app) => {
     async (req, reply) => {
       const { version, tier } = req.params;
       const versions = app.cloudVersions;
-      if (version !== versions.version) {
+      // any recorded version still kept, not only the current one: a round may end between a
+      // user's manifest and its adapter download, and its edge then asks for the one before (one
+      // the retention policy deleted is refused with 410 VERSION_EVICTED)
+      const part = versions.partAt(tier, version);
+      if (!part) {
         throw new CloudRequestError(
           404,
           'UNKNOWN_VERSION',
-          `version ${version} is not the current global version (${versions.version})`,
+          `version ${version} is not a recorded global version (the current one is ${versions.version})`,
         );
       }
       const file = encodeMessage('adapterFile', 'adapter', {
         round: version,
         tokens: 0,
         steps: 0,
-        tensors: adapterToNamedTensors(versions.part(tier)),
+        tensors: adapterToNamedTensors(part),
       });
       reply.header('cache-control', `private, ${IMMUTABLE}`).type('application/octet-stream');
       return reply.send(toBuffer(file));

@@ -2,14 +2,40 @@
  * Joining: the operator issues single-use join tokens; a user redeems one and is assigned the
  * least-loaded live edge, with a token that admits it there. A user whose edge died comes back
  * with the token it holds (it proves the user and its old edge) and is assigned a live edge.
+ *
+ * Removal: an edge's operator drops a user and the edge reports it (POST /api/users/:userId/revoke,
+ * edge token); the cloud refuses that user's rejoin with USER_REMOVED, and an edge asks
+ * (GET /api/users/:userId, edge token) before it lets a user it dropped back in, until the
+ * cloud's operator admits it again (POST /api/admin/users/:userId/admit, operator token).
+ *
+ * Every refusal a person can meet says what to do next: the page shows the message as it is.
  */
 import { randomToken, secretsEqual, userToken } from '@splitllm/wire/node';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import { isOperator, requireOperator } from '../auth';
+import { edgeOf, isOperator, requireEdge, requireOperator } from '../auth';
 import { CloudRequestError } from '../errors';
 import { ref } from '../schemas';
 
-const noEdge = () => new CloudRequestError(503, 'NO_EDGE', 'no edge server is connected; try again shortly');
+/** Nothing was spent: the same invitation (or credentials) works once an edge is back. */
+const noEdge = (joining: boolean) =>
+  new CloudRequestError(
+    503,
+    'NO_EDGE',
+    joining
+      ? 'no edge server is connected right now; your invitation was not used: try again in a minute'
+      : 'no edge server is connected right now; try again in a minute',
+  );
+
+/** What the page shows a removed user (the cloud's rejoin and the edge's hello say the same). */
+export const USER_REMOVED_MESSAGE =
+  'The operator of this run removed you from it. Ask them to re-admit you if this is a mistake.';
+
+const userParams = {
+  type: 'object',
+  properties: { userId: { type: 'string', minLength: 1, maxLength: 64 } },
+  required: ['userId'],
+  additionalProperties: false,
+} as const;
 
 /** These routes' bodies are a few short strings: nobody needs the app's 1 MiB before being known. */
 export const JOIN_BODY_LIMIT = 4096;
@@ -88,14 +114,23 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
       },
     },
     async (req) => {
+      // an edge first: a join refused for want of one leaves the token unused
       const edge = edges.pickEdge();
-      if (!edge) throw noEdge();
+      if (!edge) throw noEdge(true);
       const userId = `u-${randomToken(6)}`;
-      if (!store.redeemJoinToken(req.body.joinToken, userId)) {
-        req.log.warn({ code: 'BAD_JOIN_TOKEN' }, 'join refused');
-        throw new CloudRequestError(403, 'BAD_JOIN_TOKEN', 'this join token is unknown or was already used');
+      const joined = store.joinUser(req.body.joinToken, userId, edge.edgeId);
+      if (joined !== 'joined') {
+        req.log.warn({ code: 'BAD_JOIN_TOKEN', why: joined }, 'join refused');
+        throw new CloudRequestError(
+          403,
+          'BAD_JOIN_TOKEN',
+          joined === 'used'
+            ? 'this invitation was already used: ask the organiser for a new link ' +
+                '(a browser that joined with it goes on with Start, without the code)'
+            : 'this invitation is not known to this run: check that the whole link was copied, ' +
+                'or ask the organiser for a new one',
+        );
       }
-      store.recordUser(userId, edge.edgeId);
       edge.assigned++;
       req.log.info({ userId, edgeId: edge.edgeId }, 'user joined');
       return { userId, userToken: userToken(edgeSecret, userId, edge.edgeId), edgeId: edge.edgeId, edgeUrl: edge.url };
@@ -129,18 +164,97 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
         throw new CloudRequestError(
           403,
           'BAD_USER_TOKEN',
-          "unknown user, or a token that is not this user's for that edge",
+          "unknown user, or a token that is not this user's for that edge: join again with a new link " +
+            'from the organiser',
         );
+      }
+      if (store.removal(userId)) {
+        req.log.warn({ code: 'USER_REMOVED', userId }, 'rejoin refused');
+        throw new CloudRequestError(403, 'USER_REMOVED', USER_REMOVED_MESSAGE);
       }
       const current = edges.edges.get(edgeId);
       const edge = current?.channel ? current : edges.pickEdge();
-      if (!edge) throw noEdge();
+      if (!edge) throw noEdge(false);
       if (edge.edgeId !== edgeId) {
         store.recordUser(userId, edge.edgeId);
         edge.assigned++;
         req.log.info({ userId, from: edgeId, to: edge.edgeId }, 'user reassigned');
       }
       return { userId, userToken: userToken(edgeSecret, userId, edge.edgeId), edgeId: edge.edgeId, edgeUrl: edge.url };
+    },
+  );
+
+  const removalAnswer = {
+    type: 'object',
+    properties: { userId: { type: 'string' }, edgeId: { type: 'string' }, removed: { type: 'boolean' } },
+    required: ['userId', 'edgeId', 'removed'],
+    additionalProperties: false,
+  } as const;
+  const userErrors = { 401: ref('cloudError'), 404: ref('cloudError') };
+
+  /** A user of the requesting edge: only its own edge can remove it or ask about it. */
+  const usersOwnUser = (req: FastifyRequest<{ Params: { userId: string } }>) => {
+    const edge = edgeOf(req);
+    const known = store.user(req.params.userId);
+    if (!known || known.edgeId !== edge.edgeId) {
+      throw new CloudRequestError(
+        404,
+        'UNKNOWN_USER',
+        `no user "${req.params.userId}" is assigned to edge "${edge.edgeId}"`,
+      );
+    }
+    return { edge, known };
+  };
+
+  app.post<{ Params: { userId: string } }>(
+    '/api/users/:userId/revoke',
+    {
+      onRequest: requireEdge,
+      bodyLimit: JOIN_BODY_LIMIT,
+      schema: { params: userParams, response: { 200: removalAnswer, ...userErrors } },
+    },
+    async (req) => {
+      const { edge, known } = usersOwnUser(req);
+      const removal = store.removeUser(known.userId, edge.edgeId);
+      req.log.info({ userId: known.userId, edgeId: edge.edgeId, since: removal.removedAt }, 'user removed');
+      return { userId: known.userId, edgeId: known.edgeId, removed: true };
+    },
+  );
+
+  app.get<{ Params: { userId: string } }>(
+    '/api/users/:userId',
+    { onRequest: requireEdge, schema: { params: userParams, response: { 200: removalAnswer, ...userErrors } } },
+    async (req) => {
+      const { known } = usersOwnUser(req);
+      return { userId: known.userId, edgeId: known.edgeId, removed: store.removal(known.userId) !== undefined };
+    },
+  );
+
+  app.post<{ Params: { userId: string } }>(
+    '/api/admin/users/:userId/admit',
+    {
+      onRequest: requireOperator,
+      bodyLimit: JOIN_BODY_LIMIT,
+      schema: {
+        params: userParams,
+        response: {
+          200: {
+            type: 'object',
+            // admitted: false when the user was not removed (nothing changed)
+            properties: { userId: { type: 'string' }, admitted: { type: 'boolean' } },
+            required: ['userId', 'admitted'],
+            additionalProperties: false,
+          },
+          ...userErrors,
+        },
+      },
+    },
+    async (req) => {
+      const { userId } = req.params;
+      if (!store.user(userId)) throw new CloudRequestError(404, 'UNKNOWN_USER', `no user "${userId}" joined this run`);
+      const admitted = store.admitUser(userId);
+      req.log.info({ userId, admitted }, 'the operator admitted a user');
+      return { userId, admitted };
     },
   );
 };

@@ -3,7 +3,10 @@
  *
  *   GET  /admin                          the dashboard page (admin-page.ts); holds no data, so no token
  *   GET  /api/admin/status               Bearer operator token: everything the dashboard shows
- *   POST /api/admin/users/:userId/drop   Bearer operator token: closes the user's connection (4003)
+ *   POST /api/admin/users/:userId/drop   Bearer operator token: removes the user: its connection
+ *                                        closes (4003), its hello is refused, and the cloud records
+ *                                        the removal (its rejoin is refused) until the cloud's
+ *                                        operator admits it again
  *
  * A missing or wrong token gets 401 {code: 'UNAUTHORIZED', message}; tokens are compared in
  * constant time. The token is checked before anything else, readiness included.
@@ -99,10 +102,15 @@ export const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, o
     },
     async (req, reply) => {
       const { userId } = req.params;
-      if (!app.edge.dropUser(userId)) {
+      const reported = app.edge.dropUser(userId);
+      if (!reported) {
         return reply.code(404).send({ code: 'UNKNOWN_USER', message: `no user "${userId}" is connected to this edge` });
       }
       req.log.info({ userId }, 'the operator dropped a user');
+      // answered once the cloud recorded it, so a reload right after the Drop is refused too;
+      // when the cloud cannot be reached the edge keeps refusing the user and retries (the
+      // dashboard's errors say so)
+      await reported.catch(() => undefined);
       return { dropped: userId };
     },
   );

@@ -47,6 +47,15 @@ export const userSocketRoutes: FastifyPluginAsync<UserSocketRoutesOptions> = asy
       if (!user) socket.close(4001, 'no hello');
     }, HELLO_WITHIN_MS);
     const channel: UserSocket = { send: (b) => socket.send(b), close: (code, reason) => socket.close(code, reason) };
+    const admit = (hello: Uint8Array) => {
+      user = edge.queue.authenticate(channel, hello);
+      if (user) {
+        clearTimeout(helloTimer);
+        tcp.off('data', countBeforeHello);
+      }
+    };
+    // a user the operator dropped: the cloud says whether its operator admitted it again
+    let asking = false;
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) {
         socket.send(encodeErrorMessage('BAD_FRAME', 'frames are binary'));
@@ -54,11 +63,20 @@ export const userSocketRoutes: FastifyPluginAsync<UserSocketRoutesOptions> = asy
       }
       const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       if (!user) {
-        user = edge.queue.authenticate(channel, bytes);
-        if (user) {
-          clearTimeout(helloTimer);
-          tcp.off('data', countBeforeHello);
+        // a client sends nothing more before its welcome; anything that does is ignored meanwhile
+        if (asking) return;
+        const dropped = edge.droppedHello(bytes);
+        if (dropped === undefined) {
+          admit(bytes);
+          return;
         }
+        asking = true;
+        void edge.stillRemoved(dropped).then((out) => {
+          asking = false;
+          if (socket.readyState !== socket.OPEN) return;
+          if (out) edge.refuseRemoved(channel, dropped);
+          else admit(bytes);
+        });
         return;
       }
       edge.queue.onMessage(user, bytes, edge.frameLimit);

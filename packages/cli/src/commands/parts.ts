@@ -10,6 +10,7 @@ import {
   DEFAULT_AGGREGATION,
   DEFAULT_GATE_MARGIN,
   DEFAULT_RATE_LIMITS,
+  DEFAULT_RETENTION,
   startCloudServer,
 } from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
@@ -53,13 +54,17 @@ export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [-
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
     [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
     [--aggregation ${AGGREGATION_NAMES.join('|')}] [--gate-margin NATS] [--heldout FILE]
-    [--join-rate N] [--rejoin-rate N] [--join-token-rate N]
+    [--join-rate N] [--rejoin-rate N] [--join-token-rate N] [--keep-versions N] [--keep-hourly true|false]
   The cloud server: tail segment, rounds, aggregation (default ${DEFAULT_AGGREGATION}), state in DIR (resumes from
   the last recorded round; a state directory keeps its run's settings, aggregation included). The gate-*
   strategies refuse an update that raises the held-out loss on FILE (default the shipped Moby-Dick held-out
   text) by more than NATS (default ${DEFAULT_GATE_MARGIN}). Rate limits, requests a minute per address (0: none):
   join ${DEFAULT_RATE_LIMITS.join}, rejoin ${DEFAULT_RATE_LIMITS.rejoin},
   join-token guesses ${DEFAULT_RATE_LIMITS.joinTokens}.
+  Retention: after each round the cloud deletes the adapter directories of versions outside the newest
+  --keep-versions (default ${DEFAULT_RETENTION.keepLast}; 0 keeps all) and, with --keep-hourly (default
+  ${DEFAULT_RETENTION.keepHourly}), the first version of each hour of the run; the latest two always stay. A deleted
+  version keeps its row and figures (/api/admin/rounds); downloading it answers 410 VERSION_EVICTED.
   --web DIR serves the built user page (apps/user-web/dist) at /, so a join link is the cloud's address with
   ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
   Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
@@ -93,7 +98,12 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     'join-rate': { type: 'string' },
     'rejoin-rate': { type: 'string' },
     'join-token-rate': { type: 'string' },
+    'keep-versions': { type: 'string' },
+    'keep-hourly': { type: 'string' },
   });
+  const keepHourly = args.optionalString('keep-hourly') ?? String(DEFAULT_RETENTION.keepHourly);
+  if (keepHourly !== 'true' && keepHourly !== 'false')
+    throw new UsageError(`--keep-hourly must be true or false, got "${keepHourly}"`);
   const aggregation = args.optionalString('aggregation') ?? DEFAULT_AGGREGATION;
   if (!AGGREGATION_NAMES.includes(aggregation))
     throw new UsageError(`--aggregation must be one of ${AGGREGATION_NAMES.join(', ')}, got "${aggregation}"`);
@@ -107,6 +117,10 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       joinTokens: args.int('join-token-rate', DEFAULT_RATE_LIMITS.joinTokens, 0),
     },
     webDir: args.optionalString('web'),
+    retention: {
+      keepLast: args.int('keep-versions', DEFAULT_RETENTION.keepLast, 0),
+      keepHourly: keepHourly === 'true',
+    },
     modelDir: args.optionalString('model') ?? SHIPPED_MODEL_DIR,
     stateDir: args.string('state'),
     port: args.int('port', 0),
@@ -209,11 +223,13 @@ export async function edgeCommand(argv: string[]): Promise<void> {
 }
 
 export const userHelp = `splitllm user --cloud URL --data FILE [--seed S] [--engine auto|wgsl|wasm|reference] [--json]
+    [--pause-ms MS]
   A headless user: joins with SPLITLLM_JOIN_TOKEN (from the environment), downloads its segment
   from the assigned edge and trains on FILE whenever its turn comes. Engines: wgsl (WebGPU),
   wasm (onnxruntime-web's wasm backend), reference (TypeScript). 'auto' uses wgsl on a hardware
   WebGPU adapter, wasm without one, and on a software adapter times one step of each and keeps
-  the faster.`;
+  the faster. --pause-ms (default 0) paces it: a turn that comes sooner than MS after its last turn
+  ended waits out the rest, unless another user waits at the edge (keep MS under the edge's turn deadline).`;
 
 export async function userCommand(argv: string[]): Promise<void> {
   const args = Args.parse('user', argv, {
@@ -222,6 +238,7 @@ export async function userCommand(argv: string[]): Promise<void> {
     seed: { type: 'string' },
     engine: { type: 'string' },
     json: { type: 'boolean' },
+    'pause-ms': { type: 'string' },
   });
   const engine = args.optionalString('engine') ?? 'auto';
   if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'wasm' && engine !== 'reference')
@@ -233,6 +250,7 @@ export async function userCommand(argv: string[]): Promise<void> {
     dataFile: args.string('data'),
     seed: args.int('seed', 0),
     engine,
+    pauseMs: args.int('pause-ms', 0),
     onEvent: (e) => {
       if (json) print({ event: 'user', ...e });
       else if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);

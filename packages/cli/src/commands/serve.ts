@@ -3,25 +3,42 @@
  * on loopback, plus (by default) one headless demo user so rounds run without a browser. State
  * persists in --state, so a restart resumes at the last recorded round. Runs until Ctrl-C, or
  * for --rounds rounds.
+ *
+ * The terminal stays quiet: the links once (again on `l` or SIGUSR2), then one status line,
+ * redrawn in place on a terminal and printed every minute otherwise; each round's line goes to
+ * --state/rounds.log. Only a part's restart interrupts (it matters, and it is rare).
  */
 import { CODECS } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Args } from '../args';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
 import { issueJoinToken, supervisePart, untilSignal, type SupervisedPart } from '../launcher';
 import { codecOf } from './parts';
 
+/** The edge's default per-step turn budget (the edge's --step-budget-ms): a demo pause stays under it. */
+const EDGE_STEP_BUDGET_MS = 30_000;
+/** Between two plain status lines when stdout is not a terminal. */
+const PLAIN_STATUS_MS = 60_000;
+/** Between two redraws of the status line on a terminal (the connected count changes between rounds). */
+const TTY_STATUS_MS = 5_000;
+
 export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N]
-    [--rounds R] [--steps-per-user N] [--codec ${CODECS.join('|')}] [--engine auto|wgsl|wasm|reference]
-    [--provider cpu|cuda|webgpu] [--web DIR]
+    [--demo-pause-s S] [--rounds R] [--steps-per-user N] [--codec ${CODECS.join('|')}]
+    [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
   Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
   on loopback, and N headless demo users (default 1) training on the shipped demo data. The cloud
-  serves the user page (--web, default apps/user-web/dist, built by \`npm start\`) at /. Prints the
-  URLs, a join link for a browser, the edge's dashboard link, and the command that joins a headless
-  user; one line per recorded round. State
-  (database, adapter versions, secrets) lives in --state (default out/serve-state) and resumes.
+  serves the user page (--web, default apps/user-web/dist, built by \`npm start\`) at /. A demo user
+  alone waits --demo-pause-s (default 60, 0: none) between its turns, so an idle demo records a
+  version a minute; it trains at once when someone else waits for a turn.
+  Prints the links (cloud, the edge's operator dashboard, a browser join link, the command that
+  joins a headless user, how to make more join links), then one status line (round, version,
+  users, tokens, last loss, restarts): redrawn in place on a terminal, a plain line a minute
+  otherwise. The links again: press l (on a terminal), or \`kill -USR2 <serve's pid>\`. Each
+  recorded round's line, and each restart, goes to --state/rounds.log. State (database, adapter
+  versions, secrets, logs) lives in --state (default out/serve-state) and resumes; the cloud keeps
+  the adapters of the last 20 versions and one per hour (\`splitllm cloud\` --keep-versions).
   A part that exits without being asked to (a crash, a kill) is started again after 1 s, 2 s,
   4 s ... up to 30 s (back to 1 s once it has stayed up a minute), with one line per restart; it
   appends to its log in --state/logs, and a restarted cloud resumes at the last recorded round.`;
@@ -50,6 +67,68 @@ function secretsFor(stateDir: string): Secrets {
   return s;
 }
 
+/**
+ * Serve's own output: permanent lines, and one status line that is redrawn in place on a
+ * terminal (cleared before a permanent line and drawn again after it) or printed as a plain line
+ * now and then otherwise.
+ */
+class Terminal {
+  private statusText = '';
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly tty: boolean,
+    private readonly refresh: () => Promise<string>,
+  ) {
+    this.timer = setInterval(() => void this.update(!tty), tty ? TTY_STATUS_MS : PLAIN_STATUS_MS);
+    this.timer.unref();
+  }
+
+  /** A permanent line (or lines). */
+  line(text: string): void {
+    if (this.tty && this.statusText) process.stdout.write('\r\x1b[2K');
+    process.stdout.write(`${text}\n`);
+    if (this.tty && this.statusText) process.stdout.write(this.fit(this.statusText));
+  }
+
+  /** Recomputes the status; on a terminal it is redrawn, otherwise printed when `print`. */
+  async update(print = false): Promise<void> {
+    let text: string;
+    try {
+      text = await this.refresh();
+    } catch {
+      return; // a status is a convenience: the next one will do
+    }
+    this.statusText = text;
+    if (this.tty) process.stdout.write(`\r\x1b[2K${this.fit(text)}`);
+    else if (print) process.stdout.write(`${new Date().toISOString()} ${text}\n`);
+  }
+
+  /** The status line cut to the terminal's width, so that redrawing it never wraps. */
+  private fit(text: string): string {
+    const cols = process.stdout.columns || 120;
+    return text.length < cols ? text : `${text.slice(0, cols - 2)}…`;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    if (this.tty && this.statusText) process.stdout.write('\n');
+    this.statusText = '';
+  }
+}
+
+/** What the status line shows, gathered from the cloud's round lines and restarts. */
+interface Progress {
+  round: number | null;
+  version: number | null;
+  usersThisRound: number;
+  /** every user that trained in a round since serve started (browser users too: they are participants) */
+  usersSeen: Set<string>;
+  tokens: number;
+  loss: number | null;
+  rounds: number;
+}
+
 export async function serveCommand(argv: string[]): Promise<void> {
   const args = Args.parse('serve', argv, {
     model: { type: 'string' },
@@ -57,6 +136,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     port: { type: 'string' },
     'edge-port': { type: 'string' },
     'demo-users': { type: 'string' },
+    'demo-pause-s': { type: 'string' },
     rounds: { type: 'string' },
     'steps-per-user': { type: 'string' },
     codec: { type: 'string' },
@@ -75,6 +155,9 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const stateDir = resolve(args.optionalString('state') ?? join(REPO_ROOT, 'out/serve-state'));
   const demoUsers = args.int('demo-users', 1);
   const rounds = args.int('rounds', 0);
+  const stepsPerUser = args.int('steps-per-user', 20, 1);
+  // the pause is taken inside a turn: it leaves at least one step's budget for the turn itself
+  const pauseMs = Math.min(args.float('demo-pause-s', 60) * 1000, stepsPerUser * EDGE_STEP_BUDGET_MS);
   const secrets = secretsFor(stateDir);
   // one operator token for the cloud's join tokens and the edge's dashboard: one operator here
   const env = {
@@ -85,18 +168,64 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const logDir = join(stateDir, 'logs');
   privateDir(logDir);
   privateDir(join(stateDir, 'cloud'));
+  const roundsLog = join(stateDir, 'rounds.log');
+  const logLine = (text: string) => {
+    appendFileSync(roundsLog, `${new Date().toISOString()} ${text}\n`, { mode: 0o600 });
+  };
+  if (existsSync(roundsLog)) chmodSync(roundsLog, 0o600);
+
+  const progress: Progress = {
+    round: null,
+    version: null,
+    usersThisRound: 0,
+    usersSeen: new Set(),
+    tokens: 0,
+    loss: null,
+    rounds: 0,
+  };
   const parts: SupervisedPart[] = [];
-  // a restarted part says so once it serves again, with its new pid
+  let edgeUrl: string | undefined;
+  const tty = process.stdout.isTTY === true;
+  const term = new Terminal(tty, async () => {
+    const p = progress;
+    let connected = '';
+    if (edgeUrl) {
+      try {
+        const res = await fetch(`${edgeUrl}/api/status`, { signal: AbortSignal.timeout(2000) });
+        const s = (await res.json()) as { users?: { connected?: number; waiting?: number } };
+        connected = `, ${s.users?.connected ?? '?'} connected`;
+      } catch {
+        connected = ', edge not answering';
+      }
+    }
+    const restarts = parts.reduce((n, part) => n + part.restarts, 0);
+    return (
+      `${p.round === null ? 'no round yet' : `round ${p.round} (version ${p.version})`} | ` +
+      `users ${p.usersThisRound} this round, ${p.usersSeen.size} in all${connected} | ` +
+      `${p.tokens} tokens | loss ${p.loss === null ? '-' : p.loss.toFixed(4)} | restarts ${restarts}` +
+      (tty ? ' | l: links, Ctrl-C: stop' : '')
+    );
+  });
+  // a restart is shown at once and logged; a restarted part says so once it serves again
+  const partLog = (text: string) => {
+    term.line(text);
+    logLine(text);
+  };
   const supervised = (p: SupervisedPart): SupervisedPart => {
     p.onRestart((e) =>
       e.part.ready.then(
-        () => console.log(`${e.name} is serving again (pid ${e.part.child.pid}, restart ${e.restart})`),
+        () => partLog(`${e.name} is serving again (pid ${e.part.child.pid}, restart ${e.restart})`),
         () => undefined,
       ),
     );
     parts.push(p);
     return p;
   };
+  let stopKeys: () => void = () => undefined;
+  let printLinks: () => Promise<void> = async () => undefined;
+  const onUsr2 = () => void printLinks();
+  // at once: Node's default for SIGUSR2 ends the process
+  process.on('SIGUSR2', onUsr2);
   try {
     const cloud = supervisePart(
       'cloud',
@@ -109,7 +238,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
         '--port',
         String(args.int('port', 8700)),
         '--steps-per-user',
-        String(args.int('steps-per-user', 20, 1)),
+        String(stepsPerUser),
         '--codec',
         codecOf(args.optionalString('codec')),
         '--threads',
@@ -117,24 +246,38 @@ export async function serveCommand(argv: string[]): Promise<void> {
         '--web',
         webDir,
       ],
-      { logDir, env, log: console.log },
+      { logDir, env, log: partLog },
     );
     supervised(cloud);
     const cloudUrl = String((await cloud.ready).url);
     // --rounds counts rounds from now: a resumed state may already be far along
-    let seen = 0;
     let reached: () => void = () => undefined;
     const done = new Promise<void>((res) => (reached = res));
     cloud.onLine((j) => {
       if (j.event !== 'round') return;
-      console.log(
+      // the cloud's own count: every user aggregated in the round, browser users included
+      const users = (Array.isArray(j.participants) ? (j.participants as string[]) : [])
+        .filter((p) => p.startsWith('user:'))
+        .map((p) => p.slice('user:'.length));
+      const evicted = Array.isArray(j.evicted) ? (j.evicted as number[]) : [];
+      logLine(
         `round ${j.round} recorded: version ${j.version}, loss ${Number(j.loss).toFixed(4)}, ` +
           `${j.users} user(s), ${j.tokens} tokens, ` +
-          `${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s`,
+          `${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB, ${(Number(j.ms) / 1000).toFixed(1)} s` +
+          (users.length > 0 ? `; users ${users.join(' ')}` : '') +
+          (evicted.length > 0 ? `; adapters deleted by retention: ${evicted.join(' ')}` : ''),
       );
-      if (rounds > 0 && ++seen >= rounds) reached();
+      progress.round = Number(j.round);
+      progress.version = Number(j.version);
+      progress.usersThisRound = Number(j.users);
+      for (const u of users) progress.usersSeen.add(u);
+      progress.tokens += Number(j.tokens);
+      progress.loss = typeof j.loss === 'number' ? j.loss : null;
+      progress.rounds++;
+      void term.update();
+      if (rounds > 0 && progress.rounds >= rounds) reached();
     });
-    console.log(
+    term.line(
       `cloud  ${cloudUrl}  (pid ${cloud.current.child.pid}; status ${cloudUrl}/api/status, ` +
         `metrics ${cloudUrl}/metrics; log ${cloud.logFile})`,
     );
@@ -150,13 +293,13 @@ export async function serveCommand(argv: string[]): Promise<void> {
       '1',
     ];
     if (args.optionalString('provider')) edgeArgs.push('--provider', args.string('provider'));
-    const edge = supervised(supervisePart('edge-0', edgeArgs, { logDir, env, log: console.log }));
+    const edge = supervised(supervisePart('edge-0', edgeArgs, { logDir, env, log: partLog }));
     const edgeReady = await edge.ready;
-    console.log(
-      `edge   ${String(edgeReady.url)}  provider ${String(edgeReady.provider)}  ` +
-        `(pid ${edge.current.child.pid}; status ${String(edgeReady.url)}/api/status; log ${edge.logFile})`,
+    edgeUrl = String(edgeReady.url);
+    term.line(
+      `edge   ${edgeUrl}  provider ${String(edgeReady.provider)}  ` +
+        `(pid ${edge.current.child.pid}; status ${edgeUrl}/api/status; log ${edge.logFile})`,
     );
-    console.log(`       operator dashboard: ${String(edgeReady.adminUrl)}#token=${secrets.operatorToken}`);
     const issue = () => issueJoinToken(cloudUrl, secrets.operatorToken);
     for (let i = 0; i < demoUsers; i++) {
       const data = join(REPO_ROOT, `packages/assets/data/sotu/train/user-${(i % 4) + 1}.txt`);
@@ -172,26 +315,72 @@ export async function serveCommand(argv: string[]): Promise<void> {
           String(i),
           '--engine',
           args.optionalString('engine') ?? 'auto',
+          '--pause-ms',
+          String(Math.round(pauseMs)),
         ],
         // a join token is good for one join: a restarted user needs a new one
-        { logDir, env: async () => ({ SPLITLLM_JOIN_TOKEN: await issue() }), log: console.log },
+        { logDir, env: async () => ({ SPLITLLM_JOIN_TOKEN: await issue() }), log: partLog },
       );
       supervised(user);
       const r = await user.ready;
-      console.log(`demo user ${i}: ${String(r.userId)} training on ${data} with ${String(r.description ?? r.engine)}`);
+      term.line(
+        `demo user ${i}: ${String(r.userId)} training on ${data} with ${String(r.description ?? r.engine)}` +
+          (pauseMs > 0 ? `, ${Math.round(pauseMs / 1000)} s between turns while nobody else waits` : ''),
+      );
     }
-    console.log(
-      `\na person joins in a browser (one use per link; the page serves WebGPU or WebAssembly training):\n` +
-        `  ${cloudUrl}/?join=${await issue()}`,
-    );
-    console.log(
-      `a headless user joins with:\n` +
-        `  SPLITLLM_JOIN_TOKEN=${await issue()} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`,
-    );
-    console.log(rounds > 0 ? `running ${rounds} round(s)...` : 'serving until Ctrl-C...');
-    // a part that exits is restarted by its supervisor: only Ctrl-C or --rounds end the run
-    await Promise.race([untilSignal(), done]);
+    // fresh single-use tokens each time: an earlier link may have been used
+    printLinks = async () => {
+      const [browser, headless] = [await issue(), await issue()];
+      term.line(
+        [
+          '',
+          `operator dashboard: ${String(edgeReady.adminUrl)}#token=${secrets.operatorToken}`,
+          `a person joins in a browser (one use per link; the page trains with WebGPU or WebAssembly):`,
+          `  ${cloudUrl}/?join=${browser}`,
+          `a headless user joins with:`,
+          `  SPLITLLM_JOIN_TOKEN=${headless} pnpm splitllm user --cloud ${cloudUrl} --data YOUR_TEXT.txt`,
+          `more join links (one use each; open ${cloudUrl}/?join=TOKEN with the token it answers):`,
+          `  curl -s -X POST -H "authorization: Bearer ${secrets.operatorToken}" ${cloudUrl}/api/join-tokens`,
+          `each round's line: ${roundsLog}; part logs: ${logDir}`,
+          `these links again: ${tty && process.stdin.isTTY ? 'press l, or ' : ''}kill -USR2 ${process.pid}`,
+          '',
+        ].join('\n'),
+      );
+    };
+    await printLinks();
+    term.line(rounds > 0 ? `running ${rounds} round(s)...` : 'serving until Ctrl-C...');
+    let quit: () => void = () => undefined;
+    const quitKey = new Promise<void>((res) => (quit = res));
+    stopKeys = listenForKeys({ l: () => void printLinks(), q: quit, '\u0003': quit });
+    void term.update();
+    // a part that exits is restarted by its supervisor: only Ctrl-C, q or --rounds end the run
+    await Promise.race([untilSignal(), done, quitKey]);
+    await term.update(true);
+    term.line(`stopping after ${progress.rounds} round(s) recorded this run (each one's line: ${roundsLog})`);
   } finally {
+    process.off('SIGUSR2', onUsr2);
+    stopKeys();
+    term.close();
     for (const p of [...parts].reverse()) await p.stop();
   }
+}
+
+/**
+ * Single keys on a terminal's stdin (raw mode, so Ctrl-C arrives as a key and must be one of
+ * them); nothing when stdin is not a terminal. Returns the function that gives stdin back.
+ */
+function listenForKeys(keys: Record<string, () => void>): () => void {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) return () => undefined;
+  const onData = (d: Buffer) => {
+    for (const ch of d.toString('utf8')) keys[ch]?.();
+  };
+  stdin.setRawMode(true);
+  stdin.on('data', onData);
+  stdin.resume();
+  return () => {
+    stdin.off('data', onData);
+    stdin.setRawMode(false);
+    stdin.pause();
+  };
 }

@@ -3,8 +3,15 @@
  * same client, training on a local text file. The engine is a setting ('auto': WGSL on a
  * hardware WebGPU adapter, onnxruntime-web's wasm without an adapter, the faster of the two,
  * timed, on a software adapter; see createUserTrainer) and is reported when it starts.
+ *
+ * With `pauseMs` it paces itself: a turn that comes less than pauseMs after its previous turn
+ * ended waits out the rest, unless another user is waiting at the edge (then it trains at once,
+ * so nobody waits on it). A demo user alone on an idle system then makes one version per pause,
+ * not one a second. The pause is taken inside the turn (the client's socket holds the `turn`
+ * frame), so it must stay under the edge's turn deadline (--step-budget-ms per step).
  */
 import { readFileSync } from 'node:fs';
+import { decodeMessage } from '@splitllm/wire';
 import { WebSocket } from 'ws';
 import { joinRun, tokenBatches, UserClient, type JoinCredentials, type UserEvent, type WebSocketLike } from '../client';
 import type { UserEngineKind } from '../trainer';
@@ -19,6 +26,93 @@ export interface HeadlessUserOptions {
   seed: number;
   engine: UserEngineKind | 'auto';
   onEvent?: (e: UserEvent) => void;
+  /** the least time from the end of one turn to the start of the next while nobody else waits (0: none) */
+  pauseMs?: number;
+}
+
+/** How often a paused user asks its edge whether someone else is waiting. */
+const WAITING_POLL_MS = 1000;
+/** A `turn` frame is a few hundred bytes; larger frames (steps' backward) are not looked into. */
+const SMALL_FRAME = 4096;
+
+function isTurnFrame(data: unknown): boolean {
+  const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data instanceof Uint8Array ? data : undefined;
+  if (!bytes || bytes.byteLength > SMALL_FRAME) return false;
+  try {
+    return decodeMessage('edgeToUser', bytes, { maxBytes: SMALL_FRAME }).type === 'turn';
+  } catch {
+    return false; // the client reports a bad frame itself
+  }
+}
+
+/** Users waiting at the edge (the paused user itself is training, so not counted); 0 when unknown. */
+async function othersWaiting(edgeHttpUrl: string): Promise<number> {
+  try {
+    const res = await fetch(`${edgeHttpUrl}/api/status`, { signal: AbortSignal.timeout(WAITING_POLL_MS * 5) });
+    if (!res.ok) return 0;
+    return Number(((await res.json()) as { users?: { waiting?: number } }).users?.waiting ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * `ws`'s WebSocket, holding back a `turn` frame (and whatever follows it, in order) until
+ * `releaseAt()` has passed or another user waits at the edge.
+ */
+function pacedWebSocket(releaseAt: () => number): new (url: string) => WebSocketLike {
+  return class PacedWebSocket implements WebSocketLike {
+    private readonly ws: WebSocket;
+    private held: Array<{ data: unknown }> | undefined;
+    onopen: ((ev: unknown) => void) | null = null;
+    onmessage: ((ev: { data: unknown }) => void) | null = null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+    onerror: ((ev: unknown) => void) | null = null;
+
+    constructor(url: string) {
+      const edgeHttpUrl = url.replace(/^ws/, 'http').replace(/\/ws\/user$/, '');
+      this.ws = new WebSocket(url);
+      this.ws.onopen = (ev) => this.onopen?.(ev);
+      this.ws.onerror = (ev) => this.onerror?.(ev);
+      this.ws.onclose = (ev) => {
+        this.held = undefined; // the client starts over (rejoin) or stops; a held turn is void
+        this.onclose?.(ev);
+      };
+      this.ws.onmessage = (ev) => {
+        if (this.held) this.held.push(ev);
+        else if (releaseAt() > Date.now() && isTurnFrame(ev.data)) {
+          this.held = [ev];
+          void this.release(edgeHttpUrl);
+        } else this.onmessage?.(ev);
+      };
+    }
+
+    private async release(edgeHttpUrl: string): Promise<void> {
+      while (this.held && Date.now() < releaseAt()) {
+        if ((await othersWaiting(edgeHttpUrl)) > 0) break;
+        await new Promise((r) => setTimeout(r, Math.min(WAITING_POLL_MS, Math.max(0, releaseAt() - Date.now()))));
+      }
+      const frames = this.held ?? [];
+      this.held = undefined;
+      for (const ev of frames) this.onmessage?.(ev);
+    }
+
+    get binaryType(): string {
+      return this.ws.binaryType;
+    }
+    set binaryType(t: string) {
+      this.ws.binaryType = t as WebSocket['binaryType'];
+    }
+    get readyState(): number {
+      return this.ws.readyState;
+    }
+    send(data: Uint8Array): void {
+      this.ws.send(data);
+    }
+    close(code?: number, reason?: string): void {
+      this.ws.close(code, reason);
+    }
+  };
 }
 
 export async function startHeadlessUser(o: HeadlessUserOptions): Promise<UserClient> {
@@ -36,13 +130,24 @@ export async function startHeadlessUser(o: HeadlessUserOptions): Promise<UserCli
     credentials = await joinRun(o.cloudUrl, o.joinToken);
   }
   let tokens: number[] | undefined;
+  const pauseMs = o.pauseMs ?? 0;
+  /** when the last turn ended (accepted or not): the next waits until then + pauseMs */
+  let lastTurnEnd = Number.NEGATIVE_INFINITY;
   const client: UserClient = new UserClient({
     credentials,
     cloudUrl: o.cloudUrl,
     engine: o.engine,
     getGpu: nodeGpu,
-    WebSocket: WebSocket as unknown as new (url: string) => WebSocketLike,
-    onEvent: o.onEvent,
+    WebSocket:
+      pauseMs > 0
+        ? pacedWebSocket(() => lastTurnEnd + pauseMs)
+        : (WebSocket as unknown as new (
+            url: string,
+          ) => WebSocketLike),
+    onEvent: (e) => {
+      if (e.type === 'turn-end') lastTurnEnd = Date.now();
+      o.onEvent?.(e);
+    },
     batches: (B, T, c) => {
       if (!tokens) throw new Error('the text is not tokenized yet');
       return batchesOf(B, T, c);
