@@ -49,6 +49,7 @@ import { Rounds, type RoundSummary } from './rounds';
 import { downloadRoutes } from './routes/downloads';
 import { edgeRoutes } from './routes/edges';
 import { generateRoutes } from './routes/generate';
+import { invitationRoutes } from './routes/invitations';
 import { joinRoutes } from './routes/join';
 import { roundRoutes } from './routes/rounds';
 import { statusRoutes } from './routes/status';
@@ -331,6 +332,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   if (webPage) await app.register(webPage);
   await app.register(downloadRoutes);
   await app.register(joinRoutes);
+  await app.register(invitationRoutes);
   await app.register(edgeRoutes);
   await app.register(roundRoutes);
   await app.register(generateRoutes);

@@ -10,6 +10,13 @@ export const CLOUD_REQUEST_CODES = [
   'BAD_EDGE_TOKEN',
   'BAD_OPERATOR_TOKEN',
   'BAD_JOIN_TOKEN',
+  /** the invitation's expiry passed before it was used; it was not spent */
+  'JOIN_TOKEN_EXPIRED',
+  /** the operator revoked the invitation before it was used */
+  'JOIN_TOKEN_REVOKED',
+  'UNKNOWN_INVITATION',
+  /** revoking an invitation a user already joined with (Drop that user instead) */
+  'INVITATION_USED',
   'BAD_USER_TOKEN',
   'NO_EDGE',
   'UNKNOWN_USER',

@@ -125,6 +125,25 @@ interface RoundRow {
   evicted_at: string | null;
 }
 
+/** What a join with a token came to. */
+export type JoinOutcome = 'joined' | 'used' | 'unknown' | 'expired' | 'revoked';
+
+/** An invitation (join token) as the operator's list shows it. */
+export interface Invitation {
+  /** the first hex digits of the token's hash: names it without letting anyone join */
+  id: string;
+  createdAt: string;
+  expiresAt: string | null;
+  /** the user that joined with it */
+  usedBy: string | null;
+  revokedAt: string | null;
+}
+
+/** 12 hex digits: 48 bits, no collision among any number of invitations one run mints. */
+const INVITATION_ID_LENGTH = 12;
+const INVITATION_ID = /^[0-9a-f]{12}$/;
+export const invitationId = (tokenHash: string): string => tokenHash.slice(0, INVITATION_ID_LENGTH);
+
 /** How a join token is kept: its SHA-256, hex. */
 export function hashJoinToken(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
@@ -249,6 +268,11 @@ export class RoundStore {
         // so it needs no schema version of its own
         const cols = db.prepare('PRAGMA table_info(rounds)').all() as Array<{ name: string }>;
         if (!cols.some((col) => col.name === 'evicted_at')) db.exec('ALTER TABLE rounds ADD COLUMN evicted_at TEXT');
+        // join_tokens.expires_at and revoked_at (invitations) likewise: NULL means never expires, not revoked
+        const tokenCols = db.prepare('PRAGMA table_info(join_tokens)').all() as Array<{ name: string }>;
+        for (const col of ['expires_at', 'revoked_at']) {
+          if (!tokenCols.some((c) => c.name === col)) db.exec(`ALTER TABLE join_tokens ADD COLUMN ${col} TEXT`);
+        }
         const getMeta = db.prepare('SELECT value FROM meta WHERE key = ?').pluck();
         const setMeta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
         const nLayer = getMeta.get(META_N_LAYER) as string | undefined;
@@ -469,23 +493,73 @@ export class RoundStore {
     return this.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(key) as string | undefined;
   }
 
-  /** A random 32-hex-char token, recorded (as its hash) as unused; the plain token exists only in the answer. */
-  issueJoinToken(): string {
+  /**
+   * A random 32-hex-char token, recorded (as its hash) as unused; the plain token exists only in the answer.
+   * With `expiresInS` a join after that many seconds is refused (and does not spend it).
+   */
+  issueJoinToken(expiresInS?: number): string {
     const token = randomBytes(16).toString('hex');
+    const now = Date.now();
+    const expires = expiresInS === undefined ? null : new Date(now + expiresInS * 1000).toISOString();
     this.db
-      .prepare('INSERT INTO join_tokens (token, created_at, used_by) VALUES (?, ?, NULL)')
-      .run(hashJoinToken(token), new Date().toISOString());
+      .prepare('INSERT INTO join_tokens (token, created_at, used_by, expires_at) VALUES (?, ?, NULL, ?)')
+      .run(hashJoinToken(token), new Date(now).toISOString(), expires);
     return token;
   }
 
-  /** Marks the token used by userId; false for an unknown or already used token. */
+  /** Marks the token used by userId; false for an unknown, used, expired or revoked token. */
   redeemJoinToken(token: string, userId: string): boolean {
-    // one conditional UPDATE, so two concurrent redemptions cannot both succeed
+    // one conditional UPDATE, so two concurrent redemptions cannot both succeed; ISO times of
+    // one format compare as strings
     return (
       this.db
-        .prepare('UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL')
-        .run(userId, hashJoinToken(token)).changes === 1
+        .prepare(
+          'UPDATE join_tokens SET used_by = ? WHERE token = ? AND used_by IS NULL AND revoked_at IS NULL ' +
+            'AND (expires_at IS NULL OR expires_at > ?)',
+        )
+        .run(userId, hashJoinToken(token), new Date().toISOString()).changes === 1
     );
+  }
+
+  /** Every invitation, oldest first, named by its id (never by its token, which is not kept). */
+  invitations(): Invitation[] {
+    const rows = this.db
+      .prepare('SELECT token, created_at, expires_at, used_by, revoked_at FROM join_tokens ORDER BY created_at, token')
+      .all() as Array<{
+      token: string;
+      created_at: string;
+      expires_at: string | null;
+      used_by: string | null;
+      revoked_at: string | null;
+    }>;
+    return rows.map((r) => ({
+      id: invitationId(r.token),
+      createdAt: r.created_at,
+      expiresAt: r.expires_at,
+      usedBy: r.used_by,
+      revokedAt: r.revoked_at,
+    }));
+  }
+
+  /**
+   * Revokes an unused invitation by its id: 'revoked' (or already was), 'used' (a join already
+   * happened: dropping that user is the edge operator's Drop), 'unknown'.
+   */
+  revokeInvitation(id: string): 'revoked' | 'used' | 'unknown' {
+    if (!INVITATION_ID.test(id)) return 'unknown';
+    return this.db
+      .transaction((): 'revoked' | 'used' | 'unknown' => {
+        const row = this.db
+          .prepare('SELECT token, used_by FROM join_tokens WHERE substr(token, 1, ?) = ?')
+          .get(INVITATION_ID_LENGTH, id) as { token: string; used_by: string | null } | undefined;
+        if (!row) return 'unknown';
+        if (row.used_by !== null) return 'used';
+        this.db
+          .prepare('UPDATE join_tokens SET revoked_at = ? WHERE token = ? AND revoked_at IS NULL')
+          .run(new Date().toISOString(), row.token);
+        return 'revoked';
+      })
+      .immediate();
   }
 
   /** Records a user and its edge; a reassigned user keeps its original joined_at. */
@@ -502,16 +576,23 @@ export class RoundStore {
    * Redeems a join token and records the user and its edge as one transaction: the token is
    * spent exactly when the user exists. Nothing is written for an unknown or already used token.
    */
-  joinUser(token: string, userId: string, edgeId: string): 'joined' | 'used' | 'unknown' {
+  joinUser(token: string, userId: string, edgeId: string): JoinOutcome {
     return this.db
-      .transaction((): 'joined' | 'used' | 'unknown' => {
+      .transaction((): JoinOutcome => {
         if (this.redeemJoinToken(token, userId)) {
           this.recordUser(userId, edgeId);
           return 'joined';
         }
-        // which of the two decides what the person is told to do; neither helps a guesser
-        const known = this.db.prepare('SELECT 1 FROM join_tokens WHERE token = ?').get(hashJoinToken(token));
-        return known ? 'used' : 'unknown';
+        // which of these decides what the person is told to do; none helps a guesser
+        const row = this.db
+          .prepare('SELECT used_by, expires_at, revoked_at FROM join_tokens WHERE token = ?')
+          .get(hashJoinToken(token)) as
+          | { used_by: string | null; expires_at: string | null; revoked_at: string | null }
+          | undefined;
+        if (!row) return 'unknown';
+        if (row.used_by !== null) return 'used';
+        if (row.revoked_at !== null) return 'revoked';
+        return 'expired';
       })
       .immediate();
   }

@@ -6,6 +6,7 @@
  */
 import { UsageError } from './args';
 import { evalCommand, evalHelp } from './commands/eval';
+import { inviteCommand, inviteHelp } from './commands/invite';
 import { pretrainCommand, pretrainHelp } from './commands/pretrain';
 import { trainCentralCommand, trainCentralHelp } from './commands/train-central';
 import { cloudCommand, cloudHelp, edgeCommand, edgeHelp, userCommand, userHelp } from './commands/parts';
@@ -17,6 +18,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   'train-central': { run: trainCentralCommand, help: trainCentralHelp },
   simulate: { run: simulateCommand, help: simulateHelp },
   serve: { run: serveCommand, help: serveHelp },
+  invite: { run: inviteCommand, help: inviteHelp },
   cloud: { run: cloudCommand, help: cloudHelp },
   edge: { run: edgeCommand, help: edgeHelp },
   user: { run: userCommand, help: userHelp },

@@ -37,6 +37,9 @@ const userParams = {
   additionalProperties: false,
 } as const;
 
+/** The longest an invitation can be valid for: a year. */
+export const MAX_INVITATION_S = 365 * 24 * 3600;
+
 /** These routes' bodies are a few short strings: nobody needs the app's 1 MiB before being known. */
 export const JOIN_BODY_LIMIT = 4096;
 export const joinRoutes: FastifyPluginAsync = async (app) => {
@@ -83,7 +86,14 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
       preValidation: requireOperator,
       bodyLimit: JOIN_BODY_LIMIT,
       schema: {
+        // no body, or { expiresInS }: one minute to a year (anything else is a 400 BAD_REQUEST)
+        body: {
+          type: ['object', 'null'],
+          properties: { expiresInS: { type: 'integer', minimum: 60, maximum: MAX_INVITATION_S } },
+          additionalProperties: false,
+        },
         response: {
+          400: ref('cloudError'),
           200: {
             type: 'object',
             properties: { token: { type: 'string' } },
@@ -95,7 +105,7 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
         },
       },
     },
-    async () => ({ token: store.issueJoinToken() }),
+    async (req) => ({ token: store.issueJoinToken((req.body as { expiresInS?: number } | null)?.expiresInS) }),
   );
 
   app.post<{ Body: { joinToken: string } }>(
@@ -119,6 +129,17 @@ export const joinRoutes: FastifyPluginAsync = async (app) => {
       if (!edge) throw noEdge(true);
       const userId = `u-${randomToken(6)}`;
       const joined = store.joinUser(req.body.joinToken, userId, edge.edgeId);
+      if (joined === 'expired' || joined === 'revoked') {
+        const code = joined === 'expired' ? 'JOIN_TOKEN_EXPIRED' : 'JOIN_TOKEN_REVOKED';
+        req.log.warn({ code }, 'join refused');
+        throw new CloudRequestError(
+          403,
+          code,
+          joined === 'expired'
+            ? 'this invitation expired: ask the organiser for a new link'
+            : 'this invitation was withdrawn by the organiser: ask them for a new link',
+        );
+      }
       if (joined !== 'joined') {
         req.log.warn({ code: 'BAD_JOIN_TOKEN', why: joined }, 'join refused');
         throw new CloudRequestError(
