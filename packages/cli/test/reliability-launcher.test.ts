@@ -4,16 +4,14 @@
  * starts it again (one line on the terminal, a new pid, the restart count and the last exit in its
  * environment, its log appended), the edge serves again, and training goes on to --rounds.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { restartDelayMs } from '../src/launcher';
-import { freePort } from './net';
-import { REPO } from './run-cli';
+import { startServe } from './serve-process';
 
-const MAIN = join(REPO, 'packages/cli/src/main.ts');
 const ROUNDS = 4;
 
 /** The environment a process was started with (Linux /proc). */
@@ -42,50 +40,17 @@ describe('serve with an edge killed mid-run', () => {
   });
 
   it('restarts the edge with backoff and a log line; training goes on to the requested rounds', async () => {
-    const web = join(tmp, 'web');
-    mkdirSync(web);
-    writeFileSync(join(web, 'index.html'), '<!doctype html><title>test</title>');
-    const state = join(tmp, 'state');
-    const [port, edgePort] = [await freePort(), await freePort()];
-    serve = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        MAIN,
-        'serve',
-        '--state',
-        state,
-        '--web',
-        web,
-        '--port',
-        String(port),
-        '--edge-port',
-        String(edgePort),
-        '--rounds',
-        String(ROUNDS),
-        '--steps-per-user',
-        '2',
-        '--engine',
-        'reference',
-        '--demo-pause-s',
-        '0',
-      ],
-      { cwd: REPO, env: { ...process.env, SPLITLLM_DEBUG: '' }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const sp = await startServe(tmp, ROUNDS, ['--demo-pause-s', '0']);
+    serve = sp.child;
+    const { state, edgePort, exited } = sp;
     const lines: string[] = [];
-    let stderr = '';
     let pending = '';
-    serve.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    serve.stdout!.on('data', (d: string) => {
       pending += d;
       const parts = pending.split('\n');
       pending = parts.pop()!;
       lines.push(...parts);
     });
-    serve.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d;
-    });
-    const exited = new Promise<number | null>((res) => serve!.once('exit', (code) => res(code)));
     const find = (re: RegExp) => lines.map((l) => re.exec(l)).find((m) => m !== null) ?? undefined;
     // what a failure shows: serve's terminal and the tail of each part's log
     const logTail = (name: string) => {
@@ -99,7 +64,7 @@ describe('serve with an edge killed mid-run', () => {
       }
     };
     const dump = () =>
-      `stdout:\n${lines.join('\n')}\nstderr:\n${stderr}\n` +
+      `stdout:\n${lines.join('\n')}\nstderr:\n${sp.stderr()}\n` +
       ['cloud', 'edge-0', 'demo-user-0'].map((n) => `${n}.log:\n${logTail(n)}`).join('\n');
     /** the first value of fn that is not undefined, polled for up to 120 s */
     const waitFor = async <T>(what: string, fn: () => T | undefined): Promise<T> => {

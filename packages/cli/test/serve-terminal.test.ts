@@ -3,15 +3,12 @@
  * terminal) prints the links (again on SIGUSR2) and a status line, not one line per round; the
  * rounds' lines are in --state/rounds.log.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort } from './net';
-import { REPO } from './run-cli';
-
-const MAIN = join(REPO, 'packages/cli/src/main.ts');
+import { startServe } from './serve-process';
 
 describe('serve on a pipe', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'splitllm-serve-terminal-'));
@@ -22,71 +19,38 @@ describe('serve on a pipe', () => {
   });
 
   it('prints the links (again on SIGUSR2) and a status, and logs each round to rounds.log', async () => {
-    const web = join(tmp, 'web');
-    mkdirSync(web);
-    writeFileSync(join(web, 'index.html'), '<!doctype html><title>test</title>');
-    const state = join(tmp, 'state');
-    const [port, edgePort] = [await freePort(), await freePort()];
-    serve = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        MAIN,
-        'serve',
-        '--state',
-        state,
-        '--web',
-        web,
-        '--port',
-        String(port),
-        '--edge-port',
-        String(edgePort),
-        '--rounds',
-        '3',
-        '--steps-per-user',
-        '2',
-        '--engine',
-        'reference',
-        // long enough that serve is still running when it gets SIGUSR2 (the test does not time it)
-        '--demo-pause-s',
-        '5',
-      ],
-      { cwd: REPO, env: { ...process.env, SPLITLLM_DEBUG: '' }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stdout = '';
-    let stderr = '';
-    serve.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-    });
-    serve.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d;
-    });
-    const exited = new Promise<number | null>((res) => serve!.once('exit', (code) => res(code)));
+    // long enough that serve is still running when it gets SIGUSR2 (the test does not time it)
+    const sp = await startServe(tmp, 3, ['--demo-pause-s', '5']);
+    serve = sp.child;
+    const { state, exited, port, edgePort } = sp;
     const deadline = Date.now() + 180_000;
-    while (!stdout.includes('running 3 round(s)')) {
-      if (Date.now() > deadline || serve.exitCode !== null) throw new Error(`no start\n${stdout}\n${stderr}`);
+    while (!sp.stdout().includes('running 3 round(s)')) {
+      if (Date.now() > deadline || serve.exitCode !== null) throw new Error(`no start\n${sp.stdout()}\n${sp.stderr()}`);
       await new Promise((r) => setTimeout(r, 100));
     }
     serve.kill('SIGUSR2');
-    expect(await exited, `${stdout}\n${stderr}`).toBe(0);
+    expect(await exited, `${sp.stdout()}\n${sp.stderr()}`).toBe(0);
 
     const cloud = `http://127.0.0.1:${port}`;
-    expect(stdout).toContain(`cloud  ${cloud}`);
-    expect(stdout).toMatch(new RegExp(`^edge {3}http://127\\.0\\.0\\.1:${edgePort} `, 'm'));
+    expect(sp.stdout()).toContain(`cloud  ${cloud}`);
+    expect(sp.stdout()).toMatch(new RegExp(`^edge {3}http://127\\.0\\.0\\.1:${edgePort} `, 'm'));
     // the links, twice (the second time on SIGUSR2), each time with a fresh single-use join link
-    const dashboards = stdout.match(/^operator dashboard: http\S+\/admin#token=\w+$/gm) ?? [];
-    expect(dashboards, stdout).toHaveLength(2);
-    const joins = [...stdout.matchAll(new RegExp(`^ {2}${cloud}/\\?join=(\\w+)$`, 'gm'))].map((m) => m[1]);
+    const dashboards = sp.stdout().match(/^operator dashboard: http\S+\/admin#token=\w+$/gm) ?? [];
+    expect(dashboards, sp.stdout()).toHaveLength(2);
+    const joins = [...sp.stdout().matchAll(new RegExp(`^ {2}${cloud}/\\?join=(\\w+)$`, 'gm'))].map((m) => m[1]);
     expect(joins).toHaveLength(2);
     expect(joins[0]).not.toBe(joins[1]);
-    expect(stdout).toMatch(/^ {2}SPLITLLM_JOIN_TOKEN=\w+ pnpm splitllm user --cloud http\S+ --data YOUR_TEXT\.txt$/m);
-    expect(stdout).toContain(`-H "authorization: Bearer `);
-    expect(stdout).toContain(`${cloud}/api/join-tokens`);
-    expect(stdout).toContain(`kill -USR2 ${serve.pid}`);
+    expect(sp.stdout()).toMatch(
+      /^ {2}SPLITLLM_JOIN_TOKEN=\w+ pnpm splitllm user --cloud http\S+ --data YOUR_TEXT\.txt$/m,
+    );
+    expect(sp.stdout()).toContain(`-H "authorization: Bearer `);
+    expect(sp.stdout()).toContain(`${cloud}/api/join-tokens`);
+    expect(sp.stdout()).toContain(`kill -USR2 ${serve.pid}`);
     // no line per round on the terminal: a status line instead, which counts the round's users
-    expect(stdout).not.toMatch(/round \d+ recorded/);
-    expect(stdout).toMatch(/round \d+ \(version \d+\) \| users 1 this round, 1 in all, \d+ connected \| \d+ tokens/);
+    expect(sp.stdout()).not.toMatch(/round \d+ recorded/);
+    expect(sp.stdout()).toMatch(
+      /round \d+ \(version \d+\) \| users 1 this round, 1 in all, \d+ connected \| \d+ tokens/,
+    );
 
     const log = join(state, 'rounds.log');
     expect(statSync(log).mode & 0o777).toBe(0o600);
