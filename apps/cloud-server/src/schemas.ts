@@ -6,9 +6,9 @@
  */
 import type { FastifyInstance } from 'fastify';
 
-const str = { type: 'string' } as const;
-const int = { type: 'integer' } as const;
-const num = { type: 'number' } as const;
+export const str = { type: 'string' } as const;
+export const int = { type: 'integer' } as const;
+export const num = { type: 'number' } as const;
 
 /** `$ref` of a shared schema. */
 export const ref = (id: SchemaId) => ({ $ref: `${id}#` });
@@ -23,7 +23,8 @@ export type SchemaId =
   | 'publicRound'
   | 'edgeAssignment';
 
-const closed = (properties: Record<string, unknown>, required = Object.keys(properties)) => ({
+/** An object schema that lists its properties, requires them (or `required`) and allows nothing else. */
+export const closed = (properties: Record<string, unknown>, required = Object.keys(properties)) => ({
   type: 'object',
   properties,
   required,

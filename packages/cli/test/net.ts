@@ -1,5 +1,6 @@
-/** Small HTTP and port helpers the process-level tests share. */
+/** Small HTTP, port and process helpers the process-level tests share. */
 import { createServer } from 'node:net';
+import { peakRssBytes } from '@splitllm/onnx-runner';
 
 /** A JSON POST (with a bearer token when given); the status and the parsed body. */
 export async function post(url: string, body: unknown, token?: string) {
@@ -21,4 +22,11 @@ export async function freePort(): Promise<number> {
       s.close(() => res(port));
     });
   });
+}
+
+/** Peak resident memory (VmHWM) of a process, in bytes; throws where /proc does not say. */
+export function peakRss(pid: number): number {
+  const bytes = peakRssBytes(pid);
+  if (bytes === undefined) throw new Error(`no VmHWM for process ${pid}`);
+  return bytes;
 }

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { peakRss } from './net';
 import { post } from './net';
 import { RawUser } from './raw-user';
 
@@ -69,13 +70,6 @@ function noiseAttack(global: Tensors, rng: Rng): Tensors {
       { shape: t.shape, data: Float32Array.from(t.data, (v, j) => v + scale * noise[i][j]) },
     ]),
   );
-}
-
-/** VmHWM (peak resident memory) of a process, in bytes. */
-function peakRss(pid: number): number {
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmHWM for ${pid}`);
-  return Number(m[1]) * 1024;
 }
 
 /**

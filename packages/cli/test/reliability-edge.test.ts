@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
+import { peakRss } from './net';
 import { freePort } from './net';
 import { type EdgeMsgOf, RawUser } from './raw-user';
 
@@ -133,13 +134,6 @@ async function adminStatus(edgeUrl: string): Promise<AdminStatus> {
 
 async function health(url: string): Promise<{ ok: boolean; ready: boolean }> {
   return (await (await fetch(`${url}/api/health`)).json()) as { ok: boolean; ready: boolean };
-}
-
-/** The peak resident set of a process (VmHWM), in bytes. */
-function peakRss(pid: number): number {
-  const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmHWM for ${pid}`);
-  return Number(m[1]) * 1024;
 }
 
 /** The edge is still running and its log holds no unhandled rejection (ours, or Node's own report). */

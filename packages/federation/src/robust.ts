@@ -18,6 +18,7 @@
  */
 import type { LoraAdapter, LoraPair } from '@splitllm/model';
 import { type CombineHalf, checkUpdates, combineModules, FedAvg, weighted, weightedMean } from './fedavg';
+import { changeNorm } from './update-checks';
 import type {
   AdapterUpdate,
   AggregationRefusal,
@@ -32,23 +33,6 @@ import type {
 export const ROBUST_MIN_CONTRIBUTORS = 3;
 /** The share of contributors the trimmed mean drops at each end (at least one). */
 export const TRIM_BETA = 0.2;
-
-/** The L2 norm of (update - global) over the modules the update holds. */
-export function changeNorm(global: LoraAdapter, update: LoraAdapter): number {
-  let sq = 0;
-  for (const [path, pair] of update.layers) {
-    const g = global.layers.get(path)!;
-    for (const half of ['A', 'B'] as const) {
-      const u = pair[half].data;
-      const gd = g[half].data;
-      for (let i = 0; i < u.length; i++) {
-        const d = u[i] - gd[i];
-        sq += d * d;
-      }
-    }
-  }
-  return Math.sqrt(sq);
-}
 
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);

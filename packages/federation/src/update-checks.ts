@@ -12,6 +12,23 @@ import {
   sameShape,
 } from '@splitllm/model';
 
+/** The L2 norm of (update - global) over the modules the update holds. */
+export function changeNorm(global: LoraAdapter, update: LoraAdapter): number {
+  let sq = 0;
+  for (const [path, pair] of update.layers) {
+    const g = global.layers.get(path)!;
+    for (const half of ['A', 'B'] as const) {
+      const u = pair[half].data;
+      const gd = g[half].data;
+      for (let i = 0; i < u.length; i++) {
+        const d = u[i] - gd[i];
+        sq += d * d;
+      }
+    }
+  }
+  return Math.sqrt(sq);
+}
+
 function describeConfig(c: LoraConfig): string {
   return `r=${c.r}, alpha=${c.alpha}, targets=[${c.targets.join(', ')}]`;
 }
@@ -75,23 +92,17 @@ export function checkAdapterUpdate(global: LoraAdapter, update: LoraAdapter, o: 
   }
   for (const [path, pair] of update.layers) checkPairShape(path, pair, global.layers.get(path)!, who);
 
-  let sq = 0;
   for (const [path, pair] of update.layers) {
-    const g = global.layers.get(path)!;
     for (const half of ['A', 'B'] as const) {
       const u = pair[half].data;
-      const gd = g[half].data;
       for (let i = 0; i < u.length; i++) {
-        const v = u[i];
-        if (!Number.isFinite(v)) {
-          throw new AdapterCheckError('ADAPTER_NOT_FINITE', `${who}: "${path}" ${half}[${i}] is ${v}`);
+        if (!Number.isFinite(u[i])) {
+          throw new AdapterCheckError('ADAPTER_NOT_FINITE', `${who}: "${path}" ${half}[${i}] is ${u[i]}`);
         }
-        const d = v - gd[i];
-        sq += d * d;
       }
     }
   }
-  const norm = Math.sqrt(sq);
+  const norm = changeNorm(global, update);
   if (!(norm <= o.maxUpdateNorm)) {
     throw new AdapterCheckError(
       'ADAPTER_NORM',

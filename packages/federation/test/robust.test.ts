@@ -18,16 +18,9 @@ import {
 } from '@splitllm/model';
 import { FedAvg } from '../src/fedavg';
 import { createStrategy, AGGREGATION_NAMES, DEFAULT_AGGREGATION } from '../src/registry';
-import {
-  changeNorm,
-  ClipMedian,
-  CoordinateMedian,
-  DEFAULT_GATE_MARGIN,
-  TrimmedMean,
-  ValidationGate,
-} from '../src/robust';
+import { ClipMedian, CoordinateMedian, DEFAULT_GATE_MARGIN, TrimmedMean, ValidationGate } from '../src/robust';
 import { aggregateWithReport, type AdapterUpdate } from '../src/strategy';
-import { adamUpdateNormBound, checkAdapterUpdate } from '../src/update-checks';
+import { adamUpdateNormBound, changeNorm, checkAdapterUpdate } from '../src/update-checks';
 
 const tiny: Gpt2Config = {
   vocabSize: 16,

@@ -5,17 +5,8 @@
  */
 import type { FastifyPluginAsync } from 'fastify';
 import { requireOperator } from '../auth';
-import { ref } from '../schemas';
+import { closed, int, ref, str } from '../schemas';
 import { publicRound } from './rounds';
-
-const str = { type: 'string' } as const;
-const int = { type: 'integer' } as const;
-const closed = (properties: Record<string, unknown>) => ({
-  type: 'object',
-  properties,
-  required: Object.keys(properties),
-  additionalProperties: false,
-});
 
 const settingsSchema = closed({
   plan: ref('splitPlan'),
