@@ -21,6 +21,11 @@
  *   ln_1 backward adds into d              -> d = dL/dx_l
  * Block 0 skips c_attn's dx and ln_1's backward: the embeddings are frozen.
  *
+ * The head (labels on the device: ln_f, the tied LM head wte^T and the cross-entropy, forward
+ * and backward to dL/dhL; see kernels/head.ts) runs on its own buffers, on the wte already here
+ * and ln_f uploaded with the segment: headStep between a forward and its backward leaves the
+ * saved activations alone.
+ *
  * Browser-safe (no Node API): runs in a Web Worker and in Node (see node.ts).
  */
 import {
@@ -41,6 +46,7 @@ import { adamw, createAdamwHyper, setAdamwStep, type AdamwHyper } from './kernel
 import { attentionBackward, attentionForward, attentionProbsLength, type AttentionVariant } from './kernels/attention';
 import { embeddingForward } from './kernels/embedding';
 import { geluBackward, geluForward } from './kernels/gelu';
+import { HEAD_LOGITS_BUDGET_BYTES, headFloats, LmHead, type HeadStepResult } from './kernels/head';
 import { layerNormBackward, layerNormForward, type LayerNormVariant } from './kernels/layernorm';
 import { loraLinearBackward, loraLinearForward } from './kernels/lora-linear';
 import { DEFAULT_MATMUL_VARIANT, type MatmulVariant } from './kernels/matmul';
@@ -80,6 +86,8 @@ export interface UserEngineOptions {
   seq: number;
   adamw: AdamWOptions;
   variants?: KernelVariants;
+  /** at most this many rows per head chunk (default: the rule in kernels/head.ts, headChunkRows) */
+  headChunkRows?: number;
 }
 
 interface LinearSlot {
@@ -133,6 +141,9 @@ export function userEngineBytes(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 
   const perBlockActs = M * (D + D + 3 * D + D + D + D + D + I + I + D) + 4 * M + probs;
   floats += o.k * (perBlockWeights + perBlockActs + loraFloats * 2);
   floats += M * (D + D + I + I + 3 * D + D + D) + probs + M * o.lora.r; // backward scratch
+  floats += 2 * D; // ln_f
+  // the head: chunk rows as headChunkRows gives on an adapter whose binding limit is over the budget
+  floats += headFloats(c, M, Math.max(1, Math.min(M, Math.floor(HEAD_LOGITS_BUDGET_BYTES / (4 * c.vocabSize)))));
   return floats * 4;
 }
 
@@ -157,6 +168,7 @@ export class UserSegmentEngine {
   private readonly forwardDispatches: Dispatch[];
   private readonly backwardDispatches: Dispatch[];
   private readonly optimizerDispatches: Dispatch[];
+  private readonly head: LmHead;
   private readonly all: GPUBuffer[] = [];
   private stepCount = 0;
   private haveForward = false;
@@ -366,6 +378,13 @@ export class UserSegmentEngine {
       opt.push(...adamw(gpu, { p: q.B, g: q.dB, m: q.mB, v: q.vB, hyper: this.hyper }, { n: r * s.N }));
     }
     this.optimizerDispatches = opt;
+
+    this.head = new LmHead(
+      gpu,
+      c,
+      { wte, gamma: weight('ln_f.weight'), beta: weight('ln_f.bias') },
+      { rows: M, chunkRows: o.headChunkRows, matmul: mm.variant, rowVariant: v.layernorm },
+    );
   }
 
   /**
@@ -474,6 +493,25 @@ export class UserSegmentEngine {
     this.haveGrads = false;
   }
 
+  /**
+   * Labels on the device: loss (mean over counted targets), count and dL/dhL [batch*seq, D] from
+   * the last hidden state hL [batch*seq, D] and the targets [batch*seq] (IGNORE_INDEX not counted).
+   * Frozen weights only: the adapter, the optimizer and the last forward's activations are untouched.
+   */
+  headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
+    return this.head.step(hL, targets);
+  }
+
+  /** Next-token logits [V] from one position's last hidden state [D] (generation). */
+  headLogits(h: Float32Array): Promise<Float32Array> {
+    return this.head.logitsOf(h);
+  }
+
+  /** Rows per head chunk on this adapter (see headChunkRows). */
+  get headChunkRows(): number {
+    return this.head.chunkRows;
+  }
+
   /** Steps taken so far. */
   get steps(): number {
     return this.stepCount;
@@ -534,6 +572,7 @@ export class UserSegmentEngine {
   }
 
   destroy(): void {
+    this.head.destroy();
     for (const b of this.all) b.destroy();
     this.all.length = 0;
   }

@@ -9,4 +9,5 @@ export * from './kernels/attention';
 export * from './kernels/embedding';
 export * from './kernels/residual';
 export * from './kernels/adamw';
+export * from './kernels/head';
 export * from './variants';

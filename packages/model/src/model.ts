@@ -10,8 +10,10 @@
  *
  * Every linear is a loraLinear; a LoRA pair is applied where the adapter has one. The model
  * is cut into segments that the three tiers run: embed + blocks [0,k) (user), blocks [k,m)
- * (edge), blocks [m,L) + head + loss (cloud). Each segment's forward returns what its
- * backward needs; the chained segments are the whole model (tested).
+ * (edge), blocks [m,L) + head + loss (cloud). With labels on the device the cloud runs blocks
+ * [m,L) only and the tab runs the head and the loss as well (headLossStep, headLogits): the
+ * labels never leave it. Each segment's forward returns what its backward needs; the chained
+ * segments are the whole model (tested).
  */
 import type { Gpt2Config } from './config';
 import { type LoraAdapter, type LoraTarget, loraModulePath, loraScale, loraTargetDims } from './lora';
@@ -303,6 +305,37 @@ export function headBackward(model: Gpt2Model, cache: HeadCache, baseGrads?: Bas
     addInto(baseGrads, 'wte.weight', matmulAT(dlogits, cache.normed, M, c.vocabSize, c.nEmbd));
   }
   return g.dx;
+}
+
+/**
+ * Labels on the device: the step the tab runs on the last hidden state hL [B*T, D] the cloud
+ * sends back: ln_f, the tied head, the mean cross-entropy over counted targets, and its gradient
+ * dL/dhL, which goes back to the cloud. The oracle of the engines' head kernels.
+ */
+export function headLossStep(
+  model: Gpt2Model,
+  hL: Float32Array,
+  targets: Int32Array,
+  B: number,
+  T: number,
+): { loss: number; count: number; dh: Float32Array } {
+  const head = headForward(model, hL, targets, B, T);
+  return { loss: head.loss, count: head.count, dh: headBackward(model, head.cache) };
+}
+
+/** Generation with labels on the device: the next-token logits [V] from one position's last hidden state [D]. */
+export function headLogits(model: Gpt2Model, h: Float32Array): Float32Array {
+  const c = model.config;
+  if (h.length !== c.nEmbd) throw new Error(`headLogits: h has ${h.length} values, expected n_embd ${c.nEmbd}`);
+  const lnf = layerNormForward(
+    h,
+    getWeight(model.weights, 'ln_f.weight').data,
+    getWeight(model.weights, 'ln_f.bias').data,
+    1,
+    c.nEmbd,
+    c.layerNormEpsilon,
+  );
+  return matmulBT(lnf.y, getWeight(model.weights, 'wte.weight').data, 1, c.nEmbd, c.vocabSize);
 }
 
 function addInto(grads: BaseGrads, name: string, g: Float32Array): void {

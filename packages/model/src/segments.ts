@@ -3,7 +3,8 @@
  * (which holds the whole checkpoint) can hand each tier its part (cloud -> edge -> user) and no
  * tier ever downloads weights it does not run.
  *
- *   user : wte.weight, wpe.weight, h.[0,k).*            (embedding + first blocks)
+ *   user : wte.weight, wpe.weight, h.[0,k).*, ln_f.*   (embedding + first blocks; ln_f and wte are
+ *                                                       the head the tab runs with labels on the device)
  *   edge : h.[k,m).*
  *   cloud: wte.weight, h.[m,L).*, ln_f.*               (wte again: the LM head is tied to it)
  *
@@ -41,7 +42,12 @@ function inTier(name: string, nLayer: number, plan: SplitPlan, tier: Tier): bool
   const layer = blockOf(name);
   switch (tier) {
     case 'user':
-      return name === 'wte.weight' || name === 'wpe.weight' || (layer !== undefined && layer < plan.k);
+      return (
+        name === 'wte.weight' ||
+        name === 'wpe.weight' ||
+        name.startsWith('ln_f.') ||
+        (layer !== undefined && layer < plan.k)
+      );
     case 'edge':
       return layer !== undefined && layer >= plan.k && layer < plan.m;
     case 'cloud':
@@ -59,7 +65,7 @@ export function segmentParameterShapes(c: Gpt2Config, plan: SplitPlan, tier: Tie
   return gpt2ParameterShapes(c).filter(([name]) => inTier(name, c.nLayer, plan, tier));
 }
 
-/** user: wte.weight, wpe.weight, h.[0,k).*; edge: h.[k,m).*; cloud: h.[m,L).*, ln_f.*, wte.weight (tied head) */
+/** user: wte, wpe, h.[0,k).*, ln_f.*; edge: h.[k,m).*; cloud: h.[m,L).*, ln_f.*, wte (the tied head) */
 export function segmentWeightNames(c: Gpt2Config, plan: SplitPlan, tier: Tier): string[] {
   return segmentParameterShapes(c, plan, tier).map(([name]) => name);
 }

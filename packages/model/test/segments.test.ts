@@ -86,19 +86,24 @@ describe('model segments', () => {
     expect(decodeSegment(bytes.get('edge')!).tier).toBe('edge');
   });
 
-  it('the tiers partition the model, except wte which the user and the (tied) head both need', () => {
+  it('the tiers partition the model, except the head (wte, ln_f): both the user and the cloud hold it', () => {
     const user = segmentWeightNames(shipped.config, plan, 'user');
     const edge = segmentWeightNames(shipped.config, plan, 'edge');
     const cloud = segmentWeightNames(shipped.config, plan, 'cloud');
     expect(user).toEqual(
-      expect.arrayContaining(['wte.weight', 'wpe.weight', 'h.0.ln_1.weight', 'h.0.mlp.c_proj.bias']),
+      expect.arrayContaining(['wte.weight', 'wpe.weight', 'h.0.ln_1.weight', 'h.0.mlp.c_proj.bias', 'ln_f.weight']),
     );
     expect(user.some((n) => n.startsWith('h.1.'))).toBe(false);
     expect(edge.every((n) => n.startsWith('h.1.') || n.startsWith('h.2.'))).toBe(true);
     expect(cloud).toEqual(expect.arrayContaining(['wte.weight', 'ln_f.weight', 'ln_f.bias', 'h.3.attn.c_attn.weight']));
     const all = [...user, ...edge, ...cloud];
-    expect(all.filter((n) => n === 'wte.weight')).toHaveLength(2);
-    const others = all.filter((n) => n !== 'wte.weight');
+    const head = ['wte.weight', 'ln_f.weight', 'ln_f.bias'];
+    for (const name of head)
+      expect(
+        all.filter((n) => n === name),
+        name,
+      ).toHaveLength(2);
+    const others = all.filter((n) => !head.includes(n));
     expect(new Set(others).size).toBe(others.length);
     expect(new Set(all)).toEqual(new Set(shipped.weights.keys()));
     expect(() => segmentWeightNames(shipped.config, { k: 3, m: 2 }, 'user')).toThrow(/split plan k=3, m=2 is invalid/);
@@ -148,8 +153,12 @@ describe('model segments', () => {
       /the user segment \(k=1, m=3\) is missing "h\.0\.attn\.c_proj\.bias"/,
     );
     rejects(
-      rewrite(user, (_, t) => t.set('ln_f.weight', shipped.weights.get('ln_f.weight')!)),
-      /the user segment \(k=1, m=3\) must not hold "ln_f\.weight"/,
+      rewrite(user, (_, t) => t.delete('ln_f.bias')),
+      /the user segment \(k=1, m=3\) is missing "ln_f\.bias"/,
+    );
+    rejects(
+      rewrite(user, (_, t) => t.set('h.1.attn.c_attn.weight', shipped.weights.get('h.1.attn.c_attn.weight')!)),
+      /the user segment \(k=1, m=3\) must not hold "h\.1\.attn\.c_attn\.weight"/,
     );
     rejects(
       rewrite(user, (_, t) => t.set('h.1.ln_1.bias', shipped.weights.get('h.1.ln_1.bias')!)),

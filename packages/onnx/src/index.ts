@@ -6,3 +6,4 @@ export * from './ops/gelu';
 export * from './ops/attention';
 export * from './ops/cross-entropy';
 export * from './segment-graphs';
+export * from './head-graphs';

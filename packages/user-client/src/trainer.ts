@@ -14,6 +14,7 @@ import {
   checkAdapterCovers,
   cloneTensor,
   gpt2ParameterShapes,
+  IGNORE_INDEX,
   loraModulePath,
   numel,
   sameShape,
@@ -38,6 +39,14 @@ export interface UserTrainerOptions {
   adamw: AdamWOptions;
 }
 
+/** The head step's result (labels on the device): the batch's mean loss, the targets it counted, dL/dhL. */
+export interface HeadStepResult {
+  loss: number;
+  count: number;
+  /** dL/dhL [batch*seq*D], sent back to the cloud */
+  dh: Float32Array;
+}
+
 export interface UserTrainer {
   readonly kind: UserEngineKind;
   /** one line for logs and the UI: the engine, and for wgsl the adapter and kernel variants */
@@ -46,6 +55,14 @@ export interface UserTrainer {
   forward(batch: TokenBatch): Promise<Float32Array>;
   /** backward from dL/dh1 of the last forward, then one AdamW step on the user adapter */
   backwardAndStep(dh1: Float32Array, lr?: number): Promise<void>;
+  /**
+   * Labels on the device: ln_f, the tied LM head and the mean cross-entropy on the last hidden
+   * state hL [batch*seq*D] the cloud sent back, with this step's targets [batch*seq], and the
+   * gradient dL/dhL. Frozen weights only: the adapter and the optimizer are untouched.
+   */
+  headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult>;
+  /** Generation with labels on the device: next-token logits [V] from one last hidden state [D]. */
+  headLogits(h: Float32Array): Promise<Float32Array>;
   /** a copy of the adapter of blocks [0, k) */
   readAdapter(): Promise<LoraAdapter>;
   /** replace the adapter (the global version at a new turn) and reset the optimizer state */
@@ -75,7 +92,11 @@ export function checkOptions(c: Gpt2Config, o: UserTrainerOptions): void {
 export function checkUserWeights(model: Gpt2Model, k: number): void {
   for (const [name, shape] of gpt2ParameterShapes(model.config)) {
     const layer = /^h\.(\d+)\./.exec(name);
-    const needed = name === 'wte.weight' || name === 'wpe.weight' || (layer !== null && Number(layer[1]) < k);
+    const needed =
+      name === 'wte.weight' ||
+      name === 'wpe.weight' ||
+      name.startsWith('ln_f.') ||
+      (layer !== null && Number(layer[1]) < k);
     if (!needed) continue;
     const t = model.weights.get(name);
     if (!t) throw new Error(`user trainer: the user segment has no tensor "${name}"`);
@@ -129,6 +150,41 @@ export function checkDh1(c: Gpt2Config, o: UserTrainerOptions, dh1: Float32Array
   }
   for (let i = 0; i < n; i++) {
     if (!Number.isFinite(dh1[i])) throw new Error(`user trainer: dL/dh1 holds a non-finite value at ${i}`);
+  }
+}
+
+/**
+ * The last hidden state the cloud sent back, and this step's targets, before the head runs on
+ * them: the shapes of the trainer's batch, finite values, and targets in the vocabulary or the
+ * ignore index. @internal
+ */
+export function checkHeadInputs(c: Gpt2Config, o: UserTrainerOptions, hL: Float32Array, targets: Int32Array): void {
+  const n = o.batch * o.seq;
+  if (hL.length !== n * c.nEmbd) {
+    const shape = `${o.batch} x ${o.seq} x ${c.nEmbd}`;
+    throw new Error(`user trainer: the last hidden state has ${hL.length} values, expected ${n * c.nEmbd} (${shape})`);
+  }
+  for (let i = 0; i < hL.length; i++) {
+    if (!Number.isFinite(hL[i]))
+      throw new Error(`user trainer: the last hidden state holds a non-finite value at ${i}`);
+  }
+  if (targets.length !== n) throw new Error(`user trainer: ${targets.length} targets, expected ${n}`);
+  for (let i = 0; i < n; i++) {
+    const t = targets[i];
+    if (t !== IGNORE_INDEX && !(t >= 0 && t < c.vocabSize)) {
+      throw new Error(
+        `user trainer: target ${t} at position ${i} is outside [0, ${c.vocabSize}) and is not ${IGNORE_INDEX}`,
+      );
+    }
+  }
+}
+
+/** One position's last hidden state for generation: D finite values. @internal */
+export function checkLastHidden(c: Gpt2Config, h: Float32Array): void {
+  if (h.length !== c.nEmbd)
+    throw new Error(`user trainer: a last hidden state has ${h.length} values, expected ${c.nEmbd}`);
+  for (let i = 0; i < h.length; i++) {
+    if (!Number.isFinite(h[i])) throw new Error(`user trainer: the last hidden state holds a non-finite value at ${i}`);
   }
 }
 

@@ -4,6 +4,8 @@
  */
 import {
   AdamW,
+  headLogits,
+  headLossStep,
   loraGradArrays,
   loraParameters,
   userSegmentBackward,
@@ -16,10 +18,13 @@ import {
 import {
   checkBatch,
   checkDh1,
+  checkHeadInputs,
+  checkLastHidden,
   checkTrainerInputs,
   checkUserAdapter,
   copyUserAdapter,
   destroyedError,
+  type HeadStepResult,
   type UserTrainer,
   type UserTrainerOptions,
 } from '../trainer';
@@ -67,6 +72,18 @@ export class ReferenceUserTrainer implements UserTrainer {
     const grads = userSegmentBackward(this.model, this.adapter, this.state, dh1);
     this.state = undefined;
     this.optimizer.step(loraGradArrays(grads), lr);
+  }
+
+  async headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
+    this.alive();
+    checkHeadInputs(this.model.config, this.options, hL, targets);
+    return headLossStep(this.model, hL, targets, this.options.batch, this.options.seq);
+  }
+
+  async headLogits(h: Float32Array): Promise<Float32Array> {
+    this.alive();
+    checkLastHidden(this.model.config, h);
+    return headLogits(this.model, h);
   }
 
   async readAdapter(): Promise<LoraAdapter> {

@@ -5,6 +5,9 @@
  * onnxruntime-node) run by onnxruntime-web's wasm execution provider, and AdamW on the LoRA
  * pairs in TypeScript (LoraTrainState, the same optimizer as the other tiers). For browsers
  * without WebGPU, and for software WebGPU adapters, where it beats WGSL by a wide margin.
+ * With the labels on the device it runs the head too (ln_f, the tied LM head, the cross-entropy
+ * and its backward to dL/dhL; next-token logits for generation) as @splitllm/onnx's head graphs
+ * (buildHeadStepGraph, one run per chunk of rows; buildHeadLogitsGraph).
  *
  * Browser-safe: no Node API. The import is 'onnxruntime-web/wasm' (wasm EP only, no WebGPU/
  * WebGL code): in Node and in a bundler both it resolves to dist/ort.wasm.bundle.min.mjs, whose
@@ -16,19 +19,32 @@ import * as ort from 'onnxruntime-web/wasm';
 import {
   buildBlocksBackwardGraph,
   buildBlocksForwardGraph,
+  buildHeadLogitsGraph,
+  buildHeadStepGraph,
+  headChunkRows,
   loraGradsFromGraph,
   loraGraphFeeds,
   SAVED_PREFIX,
 } from '@splitllm/onnx';
-import { embedForward, type Gpt2Config, type Gpt2Model, type LoraAdapter, type TokenBatch } from '@splitllm/model';
+import {
+  embedForward,
+  IGNORE_INDEX,
+  type Gpt2Config,
+  type Gpt2Model,
+  type LoraAdapter,
+  type TokenBatch,
+} from '@splitllm/model';
 import { LoraTrainState } from '@splitllm/federation';
 import {
   checkBatch,
   checkDh1,
+  checkHeadInputs,
+  checkLastHidden,
   checkTrainerInputs,
   checkUserAdapter,
   copyUserAdapter,
   destroyedError,
+  type HeadStepResult,
   type UserTrainer,
   type UserTrainerOptions,
 } from '../trainer';
@@ -134,6 +150,8 @@ export class OnnxWasmUserTrainer implements UserTrainer {
   private train: LoraTrainState;
   private pending: Pending | undefined;
   private destroyed = false;
+  /** the head graphs' sessions (labels on the device), loaded on first use */
+  private readonly head: { step?: Promise<ort.InferenceSession>; logits?: Promise<ort.InferenceSession> } = {};
 
   private constructor(
     private readonly model: Gpt2Model,
@@ -230,6 +248,77 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     this.train.step(grads, lr);
   }
 
+  /**
+   * The head step on the last hidden state hL the cloud sent back (labels on the device): the
+   * step graph (buildHeadStepGraph) on each chunk of headChunkRows(V, rows) rows, so that no more
+   * than one chunk's logits exist; the count of counted targets is taken from the targets here
+   * and fed to every chunk, and the chunks' per-row losses are summed in float64, as the reference
+   * sums its rows. A chunk without a counted target is not run: its rows' loss and dh are exactly
+   * 0 in the graph as in the reference, which is what the zero-filled dh already holds.
+   */
+  async headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
+    this.alive();
+    checkHeadInputs(this.config, this.options, hL, targets);
+    const D = this.config.nEmbd;
+    const rows = this.options.batch * this.options.seq;
+    let count = 0;
+    for (let i = 0; i < rows; i++) if (targets[i] !== IGNORE_INDEX) count++;
+    const dh = new Float32Array(rows * D);
+    if (count === 0) return { loss: 0, count, dh };
+    const session = await this.headSession('step');
+    this.alive();
+    const countT = new ort.Tensor('float32', Float32Array.of(count), []);
+    const chunk = headChunkRows(this.config.vocabSize, rows);
+    let total = 0;
+    for (let r0 = 0; r0 < rows; r0 += chunk) {
+      const r1 = Math.min(rows, r0 + chunk);
+      let counted = false;
+      for (let i = r0; i < r1 && !counted; i++) counted = targets[i] !== IGNORE_INDEX;
+      if (!counted) continue;
+      // views, not copies: onnxruntime-web copies each input into its heap at run
+      const out = await session.run({
+        h: new ort.Tensor('float32', hL.subarray(r0 * D, r1 * D), [r1 - r0, D]),
+        targets: new ort.Tensor('int32', targets.subarray(r0, r1), [r1 - r0]),
+        count: countT,
+      });
+      this.alive();
+      const rowLoss = f32(out, 'row_loss');
+      for (let i = 0; i < rowLoss.length; i++) total += rowLoss[i];
+      dh.set(f32(out, 'dh'), r0 * D);
+    }
+    return { loss: total / count, count, dh };
+  }
+
+  /** Next-token logits [V] from one last hidden state [D]: the logits graph on one row. */
+  async headLogits(h: Float32Array): Promise<Float32Array> {
+    this.alive();
+    checkLastHidden(this.config, h);
+    const session = await this.headSession('logits');
+    this.alive();
+    const out = await session.run({ h: new ort.Tensor('float32', h, [1, this.config.nEmbd]) });
+    this.alive();
+    return f32(out, 'logits');
+  }
+
+  /**
+   * The head graphs' sessions, loaded on first use: a run with the labels in the cloud never
+   * needs them, and each holds its own copy of wte (V x D floats) in the wasm heap. A failed load
+   * is not kept, so a later call tries again.
+   */
+  private headSession(which: 'step' | 'logits'): Promise<ort.InferenceSession> {
+    let p = this.head[which];
+    if (!p) {
+      const build = which === 'step' ? buildHeadStepGraph : buildHeadLogitsGraph;
+      // one that is still loading at destroy() is released by destroy() once it has loaded
+      p = createSession(`head ${which}`, build(this.model).model).catch((e: unknown) => {
+        if (this.head[which] === p) this.head[which] = undefined;
+        throw e;
+      });
+      this.head[which] = p;
+    }
+    return p;
+  }
+
   async readAdapter(): Promise<LoraAdapter> {
     this.alive();
     return copyUserAdapter(this.train.adapter, this.options);
@@ -249,5 +338,8 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     // release() is async; nothing waits for it (a run still in flight finishes first)
     void this.forwardSession.release().catch(() => undefined);
     void this.backwardSession.release().catch(() => undefined);
+    for (const p of [this.head.step, this.head.logits]) {
+      void p?.then((s) => s.release()).catch(() => undefined);
+    }
   }
 }

@@ -17,9 +17,12 @@ import {
 import {
   checkBatch,
   checkDh1,
+  checkHeadInputs,
+  checkLastHidden,
   checkTrainerInputs,
   checkUserAdapter,
   destroyedError,
+  type HeadStepResult,
   type UserTrainer,
   type UserTrainerOptions,
 } from '../trainer';
@@ -101,6 +104,19 @@ export class WgslUserTrainer implements UserTrainer {
     this.engine.backward(dh1);
     this.engine.step(lr);
     this.pending = false;
+  }
+
+  /** Labels on the device: ln_f, the tied head and the cross-entropy as WGSL (kernels/head.ts). */
+  async headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
+    this.alive();
+    checkHeadInputs(this.config, this.options, hL, targets);
+    return this.engine.headStep(hL, targets);
+  }
+
+  async headLogits(h: Float32Array): Promise<Float32Array> {
+    this.alive();
+    checkLastHidden(this.config, h);
+    return this.engine.headLogits(h);
   }
 
   async readAdapter(): Promise<LoraAdapter> {
