@@ -30,13 +30,19 @@ import {
   validateSplitPlan,
 } from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
-import { type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
-import { ProtocolError, type RunManifest, type TrainSettings } from '@splitllm/wire';
+import { BlocksSegment, type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
+import {
+  isLabelPlacement,
+  LABEL_PLACEMENTS,
+  ProtocolError,
+  type RunManifest,
+  type TrainSettings,
+} from '@splitllm/wire';
 import { redactedRequest } from '@splitllm/wire/node';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { createHash } from 'node:crypto';
 import { basename, resolve } from 'node:path';
-import type { CloudRun, RateLimits } from './context';
+import type { CloudRun, CloudSegment, RateLimits } from './context';
 
 export type { RateLimits } from './context';
 /** what the `cloud` command's --aggregation and --gate-margin offer */
@@ -44,8 +50,10 @@ export { AGGREGATION_NAMES, DEFAULT_AGGREGATION, DEFAULT_GATE_MARGIN } from '@sp
 import { EdgeRegistry, type EdgeInfo } from './edge-registry';
 import { CloudConfigError, CloudRequestError } from './errors';
 import { heldoutScorer } from './gate';
+import { runPrivacy } from './privacy';
 import { createCloudMetrics } from './metrics';
 import { Rounds, type RoundSummary } from './rounds';
+import type { CloudSteps } from './tail';
 import { downloadRoutes } from './routes/downloads';
 import { edgeRoutes } from './routes/edges';
 import { generateRoutes } from './routes/generate';
@@ -113,6 +121,8 @@ export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   usersPerEdge: 1,
   codec: 'f32',
   adamw: DEFAULT_LORA_TRAIN.adamw,
+  labels: 'device',
+  activationNoise: 0,
 };
 
 export interface CloudServer {
@@ -204,6 +214,16 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   if (train.seq > c.nPositions) {
     throw new CloudConfigError('BAD_SETTINGS', `seq ${train.seq} exceeds the model's n_positions ${c.nPositions}`);
   }
+  if (!isLabelPlacement(train.labels)) {
+    const known = LABEL_PLACEMENTS.join(', ');
+    throw new CloudConfigError('BAD_SETTINGS', `labels must be one of ${known}, got ${JSON.stringify(train.labels)}`);
+  }
+  if (!(Number.isFinite(train.activationNoise) && train.activationNoise >= 0)) {
+    throw new CloudConfigError(
+      'BAD_SETTINGS',
+      `the activation noise must be a number >= 0, got ${train.activationNoise}`,
+    );
+  }
   const strategyName = o.aggregation ?? DEFAULT_AGGREGATION;
   if (!AGGREGATION_NAMES.includes(strategyName)) {
     const known = AGGREGATION_NAMES.join(', ');
@@ -245,7 +265,17 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     threads: o.threads ?? 0,
     log: (line) => app.log.info(line),
   });
-  const tail = await TailSegment.create(runner, model, lora, plan.m);
+  // labels in the cloud: the tail with the head and the loss; on the device: blocks [m, L) alone
+  const segment: CloudSegment =
+    train.labels === 'cloud'
+      ? { labels: 'cloud', tail: await TailSegment.create(runner, model, lora, plan.m) }
+      : {
+          labels: 'device',
+          blocks: await BlocksSegment.create(runner, model, lora, plan.m, c.nLayer, {
+            saveIntermediates: runner.provider === 'cpu',
+          }),
+        };
+  const steps: CloudSteps = segment.labels === 'cloud' ? segment : { labels: 'device', blocks: segment.blocks };
   const metrics = createCloudMetrics();
   const versions = new GlobalVersions(store, plan, c.nLayer, metrics.registry, {
     retention: o.retention,
@@ -258,7 +288,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   const rounds = new Rounds({
     config: c,
     train,
-    tail,
+    steps,
     versions,
     edges,
     strategy,
@@ -289,6 +319,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
       train,
       version: versions.version,
       segments: segmentInfo,
+      privacy: runPrivacy(o.modelDir, plan, train),
     }),
     segments,
     segmentInfo,
@@ -303,7 +334,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   app.decorate('cloudRounds', rounds);
   app.decorate('cloudVersions', versions);
   app.decorate('cloudStore', store);
-  app.decorate('cloudTail', tail);
+  app.decorate('cloudSegment', { getter: () => segment });
   app.decorate('cloudMetrics', metrics);
   app.decorateRequest('cloudEdge', null);
   addSharedSchemas(app);

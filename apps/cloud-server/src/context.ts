@@ -5,7 +5,7 @@
  * included.
  */
 import type { Gpt2Config, LoraConfig, SplitPlan } from '@splitllm/model';
-import type { TailSegment } from '@splitllm/onnx-runner';
+import type { BlocksSegment, TailSegment } from '@splitllm/onnx-runner';
 import type { RunManifest, SegmentInfo, TrainSettings } from '@splitllm/wire';
 import type { EdgeInfo, EdgeRegistry } from './edge-registry';
 import type { CloudMetrics } from './metrics';
@@ -45,6 +45,12 @@ export interface CloudRun {
   operatorToken: string;
 }
 
+/**
+ * What the cloud runs of the model: with labels in the cloud, the tail (blocks [m, L), the head
+ * and the loss); with labels on the device, blocks [m, L) alone (the tab runs the head).
+ */
+export type CloudSegment = { labels: 'cloud'; tail: TailSegment } | { labels: 'device'; blocks: BlocksSegment };
+
 declare module 'fastify' {
   interface FastifyInstance {
     cloudRun: CloudRun;
@@ -52,7 +58,7 @@ declare module 'fastify' {
     cloudRounds: Rounds;
     cloudVersions: GlobalVersions;
     cloudStore: RoundStore;
-    cloudTail: TailSegment;
+    cloudSegment: CloudSegment;
     cloudMetrics: CloudMetrics;
   }
   interface FastifyRequest {

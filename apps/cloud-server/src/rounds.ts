@@ -23,6 +23,7 @@ import {
   UPDATE_EDGE_PREFIX,
   updateUserPrefix,
   type Incoming,
+  type Outgoing,
   type TrainSettings,
 } from '@splitllm/wire';
 import type { Registry } from 'prom-client';
@@ -30,7 +31,7 @@ import type { EdgePort, Logger } from './edge-registry';
 import { CloudConfigError } from './errors';
 import { collected, type CloudMetrics } from './metrics';
 import type { RoundRecord } from './store';
-import { EdgeTail, type TailStepper } from './tail';
+import { type CloudSteps, EdgeTail } from './tail';
 import type { GlobalVersions } from './versions';
 
 interface ActiveRound {
@@ -69,7 +70,8 @@ export interface RoundStatus {
 export interface RoundsOptions {
   config: Gpt2Config;
   train: TrainSettings;
-  tail: TailStepper;
+  /** the tail step, by where the labels are */
+  steps: CloudSteps;
   versions: GlobalVersions;
   edges: EdgePort;
   strategy: AggregationStrategy;
@@ -170,7 +172,7 @@ export class Rounds {
     };
     const edges = new Map<string, EdgeTail>();
     for (const id of chosen) {
-      edges.set(id, new EdgeTail(id, round, cloudPart, this.o.train.adamw, config, shape, this.o.tail));
+      edges.set(id, new EdgeTail(id, round, cloudPart, this.o.train.adamw, config, shape, this.o.steps));
     }
     const now = Date.now();
     const r: ActiveRound = {
@@ -221,9 +223,23 @@ export class Rounds {
     this.o.log.warn({ edgeId, userId: turn.userId, steps: turn.steps }, 'user dropped: its steps are rolled back');
   }
 
-  /** One step of the edge's current user; the `backward` goes back to the edge. */
+  /** Labels in the cloud: one step of the edge's current user; the `backward` goes back to the edge. */
   async forward(edgeId: string, m: Incoming<'edgeToCloud', 'forward'>): Promise<void> {
-    const back = await this.edgeTail(edgeId, m).forward(m);
+    this.sendBackward(edgeId, await this.edgeTail(edgeId, m).forward(m));
+  }
+
+  /** Labels on the device: the first half of a step; the last hidden state goes back to the edge. */
+  async activations(edgeId: string, m: Incoming<'edgeToCloud', 'activations'>): Promise<void> {
+    const hidden = await this.edgeTail(edgeId, m).activations(m);
+    this.o.edges.send(edgeId, encodeMessage('cloudToEdge', 'hidden', hidden));
+  }
+
+  /** Labels on the device: the second half of a step, from the tab's dL/dhL. */
+  async headGrad(edgeId: string, m: Incoming<'edgeToCloud', 'head-grad'>): Promise<void> {
+    this.sendBackward(edgeId, await this.edgeTail(edgeId, m).headGrad(m));
+  }
+
+  private sendBackward(edgeId: string, back: Outgoing<'cloudToEdge', 'backward'>): void {
     this.o.metrics.steps.inc();
     this.o.metrics.tokens.inc(back.count);
     this.o.edges.send(edgeId, encodeMessage('cloudToEdge', 'backward', back));

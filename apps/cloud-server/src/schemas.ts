@@ -43,6 +43,8 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     usersPerEdge: int,
     codec: str,
     adamw: closed({ lr: num, beta1: num, beta2: num, eps: num, weightDecay: num }),
+    labels: { type: 'string', enum: ['device', 'cloud'] },
+    activationNoise: num,
   }),
   runManifest: closed({
     modelName: str,
@@ -53,6 +55,24 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     train: ref('trainSettings'),
     version: int,
     segments: closed({ user: closed({ sha256: str, bytes: int }), edge: closed({ sha256: str, bytes: int }) }),
+    privacy: closed({
+      labels: str,
+      k: int,
+      noiseSigma: num,
+      recovery: {
+        anyOf: [
+          { type: 'null' },
+          closed({
+            measuredOn: str,
+            command: str,
+            figures: {
+              type: 'array',
+              items: closed({ who: str, attack: str, k: int, sigma: num, tokenRate: num, wordRate: num }),
+            },
+          }),
+        ],
+      },
+    }),
   }),
   /** one recorded version in full (the operator's /api/admin/rounds and /api/admin/status) */
   roundRecord: closed(

@@ -1,7 +1,14 @@
 /**
  * One edge's part of a round on the cloud: its own copy of the cloud's LoRA (blocks [m, L)) with
- * its own AdamW state, the tail step on it (blocks [m, L), the head and the loss, forward and
- * backward), the turns of the edge's users, and the chain its frames run on.
+ * its own AdamW state, the tail step on it, the turns of the edge's users, and the chain its
+ * frames run on.
+ *
+ * The tail step depends on where the labels are:
+ *   labels in the cloud:   forward {h2, targets} -> blocks [m, L), head, loss, backward -> backward {dh2}
+ *   labels on the device:  activations {h2} -> blocks [m, L) forward -> hidden {hL} (to the tab)
+ *                          head-grad {dhL, loss, count} (from the tab) -> blocks [m, L) backward -> backward {dh2}
+ * With labels on the device the cloud never sees a label: the step's loss and its count are the
+ * tab's report, checked for range (a count of at most B*T, a finite loss >= 0).
  *
  * Every frame of one edge runs in arrival order on that edge's chain, so a `user-dropped` can
  * never overtake the step it follows; different edges run concurrently (their tail steps queue in
@@ -10,8 +17,9 @@
  */
 import { IGNORE_INDEX, type AdamWOptions, type LoraAdapter } from '@splitllm/model';
 import { LoraTrainState, type LoraTrainSnapshot, type RoundConfig } from '@splitllm/federation';
-import type { TailSegment } from '@splitllm/onnx-runner';
+import type { BlocksForwardResult, BlocksSegment, TailSegment } from '@splitllm/onnx-runner';
 import {
+  checkHeadReport,
   checkTargets,
   expectRoundStep,
   expectShape,
@@ -21,8 +29,13 @@ import {
   type Outgoing,
 } from '@splitllm/wire';
 
-/** The tail step the cloud runs (TailSegment in the server, a fake in tests). */
+/** The tail step with labels in the cloud (TailSegment in the server, a fake in tests). */
 export type TailStepper = Pick<TailSegment, 'step'>;
+/** Blocks [m, L) alone, with labels on the device (BlocksSegment in the server). */
+export type TailBlocks = Pick<BlocksSegment, 'forward' | 'backward'>;
+
+/** What the cloud runs for a step: one of the two, by the run's label placement. */
+export type CloudSteps = { labels: 'cloud'; tail: TailStepper } | { labels: 'device'; blocks: TailBlocks };
 
 /** The shape of every step of the run. */
 export interface StepShape {
@@ -45,6 +58,8 @@ export interface UserTurn {
   losses: number[];
   /** sum of loss x counted tokens, taken back out of the round's mean if the user drops */
   lossSum: number;
+  /** labels on the device: the step whose hL went to the tab, waiting for its head-grad */
+  pending?: { step: number; h: Float32Array; saved: BlocksForwardResult['saved'] };
 }
 
 export class EdgeTail {
@@ -64,7 +79,7 @@ export class EdgeTail {
     adamw: AdamWOptions,
     private readonly config: RoundConfig,
     private readonly shape: StepShape,
-    private readonly tail: TailStepper,
+    private readonly steps: CloudSteps,
   ) {
     this.cloud = new LoraTrainState(cloudPart, adamw);
   }
@@ -122,43 +137,111 @@ export class EdgeTail {
     return turn;
   }
 
-  /**
-   * The tail step: blocks [m, L), head, loss, backward, AdamW on this edge's copy. Returns the
-   * `backward` to send (dL/dh with the step's loss) and the targets the loss counted.
-   */
-  async forward(m: Incoming<'edgeToCloud', 'forward'>): Promise<Outgoing<'cloudToEdge', 'backward'>> {
+  /** The turn and the step a frame of the current user's may carry (its number is the next one). */
+  private stepOf(m: { type: string; round: number; step: number; userId: string }): UserTurn {
     const turn = this.turn;
-    if (!turn) throw new ProtocolError('NO_TURN', 'a forward frame needs a user-begin first');
-    const { stepsPerUser, lr } = this.config;
+    if (!turn) throw new ProtocolError('NO_TURN', `a ${m.type} frame needs a user-begin first`);
+    const { stepsPerUser } = this.config;
     if (turn.steps >= stepsPerUser) throw new ProtocolError('TOO_MANY_STEPS', `a turn has ${stepsPerUser} steps`);
     expectRoundStep(m, this.round, turn.steps + 1);
     if (m.userId !== turn.userId) {
-      throw new ProtocolError('UNKNOWN_USER', `forward for user "${m.userId}" during user "${turn.userId}"'s turn`);
+      throw new ProtocolError('UNKNOWN_USER', `${m.type} for user "${m.userId}" during user "${turn.userId}"'s turn`);
     }
+    if (turn.pending) {
+      throw new ProtocolError('STEP_OPEN', `step ${turn.pending.step} is waiting for its head-grad`);
+    }
+    return turn;
+  }
+
+  /** A step is done: its loss counts, the cloud copy steps, and the turn may be complete. */
+  private finishStep(turn: UserTurn, loss: number, count: number): number {
+    turn.tokens += count;
+    turn.losses.push(loss);
+    turn.lossSum += loss * count;
+    this.lossSum += loss * count;
+    this.lossCount += count;
+    const step = turn.steps;
+    if (step === this.config.stepsPerUser) {
+      // the turn's last step: it counts once its user's adapter arrives in the edge's upload
+      this.completed.push(turn);
+      this.turn = undefined;
+    }
+    return step;
+  }
+
+  /**
+   * Labels in the cloud, the tail step: blocks [m, L), head, loss, backward, AdamW on this edge's
+   * copy. Returns the `backward` to send (dL/dh with the step's loss and the targets it counted).
+   */
+  async forward(m: Incoming<'edgeToCloud', 'forward'>): Promise<Outgoing<'cloudToEdge', 'backward'>> {
+    if (this.steps.labels !== 'cloud') {
+      throw new ProtocolError('LABELS_ON_DEVICE', 'this run keeps labels on the device: send activations, not forward');
+    }
+    const turn = this.stepOf(m);
     const { batch: B, seq: T, nEmbd: D, vocabSize: V } = this.shape;
     const h = expectShape(m.h, 'h', [B, T, D]);
     const targets = expectShape(m.targets, 'targets', [B, T]);
     checkTargets(targets, V, IGNORE_INDEX);
     turn.steps++; // claimed before the await: a duplicate of this step is refused
-    const r = await this.tail.step(this.cloud.adapter, h, targets, B, T);
+    const r = await this.steps.tail.step(this.cloud.adapter, h, targets, B, T);
     if (!Number.isFinite(r.loss)) throw new ProtocolError('NOT_FINITE', `the loss of step ${turn.steps} is ${r.loss}`);
-    this.cloud.step(r.loraGrads, lr);
-    turn.tokens += r.count;
-    turn.losses.push(r.loss);
-    turn.lossSum += r.loss * r.count;
-    this.lossSum += r.loss * r.count;
-    this.lossCount += r.count;
-    const step = turn.steps;
-    if (step === stepsPerUser) {
-      // the turn's last step: it counts once its user's adapter arrives in the edge's upload
-      this.completed.push(turn);
-      this.turn = undefined;
-    }
+    this.cloud.step(r.loraGrads, this.config.lr);
+    const step = this.finishStep(turn, r.loss, r.count);
     return {
       round: this.round,
       step,
       loss: r.loss,
       count: r.count,
+      dh: { data: r.dx, shape: [B, T, D], codec: this.shape.codec },
+    };
+  }
+
+  /** Labels on the device, first half: blocks [m, L) forward; the last hidden state goes to the tab. */
+  async activations(m: Incoming<'edgeToCloud', 'activations'>): Promise<Outgoing<'cloudToEdge', 'hidden'>> {
+    if (this.steps.labels !== 'device') {
+      throw new ProtocolError(
+        'LABELS_IN_CLOUD',
+        'this run takes the labels in the cloud: send forward, not activations',
+      );
+    }
+    const turn = this.stepOf(m);
+    const { batch: B, seq: T, nEmbd: D } = this.shape;
+    const h = expectShape(m.h, 'h', [B, T, D]);
+    turn.steps++; // claimed before the await: a duplicate of this step is refused
+    const step = turn.steps;
+    const out = await this.steps.blocks.forward(this.cloud.adapter, h, B, T);
+    if (!out.y.every(Number.isFinite)) {
+      throw new ProtocolError('NOT_FINITE', `the last hidden state of step ${step} is not finite`);
+    }
+    turn.pending = { step, h, saved: out.saved };
+    return { round: this.round, step, h: { data: out.y, shape: [B, T, D], codec: this.shape.codec } };
+  }
+
+  /** Labels on the device, second half: the tab's dL/dhL -> blocks [m, L) backward, AdamW; dL/dh2 to the edge. */
+  async headGrad(m: Incoming<'edgeToCloud', 'head-grad'>): Promise<Outgoing<'cloudToEdge', 'backward'>> {
+    if (this.steps.labels !== 'device') {
+      throw new ProtocolError('LABELS_IN_CLOUD', 'this run takes the labels in the cloud: there is no head-grad');
+    }
+    const turn = this.turn;
+    const pending = turn?.pending;
+    if (!turn || !pending)
+      throw new ProtocolError('NO_TURN', 'a head-grad frame needs the activations of its step first');
+    expectRoundStep(m, this.round, pending.step);
+    if (m.userId !== turn.userId) {
+      throw new ProtocolError('UNKNOWN_USER', `head-grad for user "${m.userId}" during user "${turn.userId}"'s turn`);
+    }
+    const { batch: B, seq: T, nEmbd: D } = this.shape;
+    const dh = expectShape(m.dh, 'dh', [B, T, D]);
+    checkHeadReport(m, B * T);
+    turn.pending = undefined;
+    const r = await this.steps.blocks.backward(this.cloud.adapter, pending.h, pending.saved, dh, B, T);
+    this.cloud.step(r.loraGrads, this.config.lr);
+    const step = this.finishStep(turn, m.loss, m.count);
+    return {
+      round: this.round,
+      step,
+      loss: m.loss,
+      count: m.count,
       dh: { data: r.dx, shape: [B, T, D], codec: this.shape.codec },
     };
   }

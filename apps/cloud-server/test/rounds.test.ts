@@ -113,6 +113,8 @@ function setup(o: {
     usersPerEdge: o.usersPerEdge ?? 1,
     codec: 'f32',
     adamw: { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+    labels: 'cloud',
+    activationNoise: 0,
   };
   const summaries: RoundSummary[] = [];
   const warnings: string[] = [];
@@ -124,7 +126,7 @@ function setup(o: {
   const rounds = new Rounds({
     config: tiny,
     train,
-    tail: fakeTail,
+    steps: { labels: 'cloud', tail: fakeTail },
     versions,
     edges,
     strategy: o.strategy ?? new FedAvg(),

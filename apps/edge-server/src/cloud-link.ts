@@ -143,7 +143,7 @@ export interface CloudLinkOptions extends RegisterOptions {
 }
 
 export class CloudLink {
-  /** where the cloud's answers to a turn are delivered (`backward`) */
+  /** where the cloud's answers to a turn are delivered (`backward`; `hidden` with labels on the device) */
   readonly waiter = new MessageWaiter<MessageOn<'cloudToEdge'>>();
   private ws?: WebSocket;
   private token: string;
@@ -275,6 +275,7 @@ export class CloudLink {
         else this.o.activity.noteError(err.code, err.message);
         return;
       }
+      case 'hidden':
       case 'backward':
         if (!this.waiter.deliver(m))
           this.o.activity.noteError('UNEXPECTED_TYPE', `unexpected "${m.type}" frame from the cloud`);

@@ -145,6 +145,7 @@ export class RoundRunner {
           batch: manifest.train.batch,
           seq: manifest.train.seq,
           codec: manifest.train.codec,
+          labels: manifest.train.labels,
           nEmbd: config.nEmbd,
           vocabSize: config.vocabSize,
           userTimeoutMs: this.o.stepTimeoutMs,

@@ -27,6 +27,47 @@ export const manifestSchema = {
   $id: 'manifest',
   type: 'object',
   definitions: {
+    /** what the page tells the person before Start (RunPrivacy) */
+    privacy: {
+      type: 'object',
+      properties: {
+        labels: { type: 'string', enum: ['device', 'cloud'] },
+        k: { type: 'integer' },
+        noiseSigma: { type: 'number' },
+        recovery: {
+          anyOf: [
+            { type: 'null' },
+            {
+              type: 'object',
+              properties: {
+                measuredOn: { type: 'string' },
+                command: { type: 'string' },
+                figures: {
+                  type: 'array',
+                  items: {
+                    type: 'object',
+                    properties: {
+                      who: { type: 'string', enum: ['edge', 'cloud'] },
+                      attack: { type: 'string' },
+                      k: { type: 'integer' },
+                      sigma: { type: 'number' },
+                      tokenRate: { type: 'number' },
+                      wordRate: { type: 'number' },
+                    },
+                    required: ['who', 'attack', 'k', 'sigma', 'tokenRate', 'wordRate'],
+                    additionalProperties: false,
+                  },
+                },
+              },
+              required: ['measuredOn', 'command', 'figures'],
+              additionalProperties: false,
+            },
+          ],
+        },
+      },
+      required: ['labels', 'k', 'noiseSigma', 'recovery'],
+      additionalProperties: false,
+    },
     plan: {
       type: 'object',
       properties: { k: { type: 'integer' }, m: { type: 'integer' } },
@@ -53,8 +94,10 @@ export const manifestSchema = {
           required: ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'],
           additionalProperties: false,
         },
+        labels: { type: 'string', enum: ['device', 'cloud'] },
+        activationNoise: { type: 'number' },
       },
-      required: ['batch', 'seq', 'stepsPerUser', 'usersPerEdge', 'codec', 'adamw'],
+      required: ['batch', 'seq', 'stepsPerUser', 'usersPerEdge', 'codec', 'adamw', 'labels', 'activationNoise'],
       additionalProperties: false,
     },
   },
@@ -81,8 +124,9 @@ export const manifestSchema = {
       required: ['user', 'edge'],
       additionalProperties: false,
     },
+    privacy: { $ref: 'manifest#/definitions/privacy' },
   },
-  required: ['modelName', 'config', 'plan', 'lora', 'train', 'version', 'segments'],
+  required: ['modelName', 'config', 'plan', 'lora', 'train', 'version', 'segments', 'privacy'],
   additionalProperties: false,
 } as const;
 

@@ -1,9 +1,16 @@
 /**
  * The turn relay: one user's turn of a round, every step user -> edge -> cloud and back.
  *
+ *   labels in the cloud:
  *   user --forward {h1, targets}--> edge: blocks [k, m) forward --forward {h2, targets}--> cloud
  *   cloud --backward {dh2, loss, count}--> edge: blocks [k, m) backward, AdamW on the edge LoRA
  *   edge --backward {dh1, loss, count}--> user;  after the last step: user --adapter--> edge
+ *
+ *   labels on the device (no label reaches the edge or the cloud):
+ *   user --activations {h1}--> edge: blocks [k, m) forward --activations {h2}--> cloud
+ *   cloud --hidden {hL}--> edge --hidden {hL}--> user: ln_f, head, loss
+ *   user --head-grad {dhL, loss, count}--> edge --head-grad--> cloud: blocks [m, L) backward
+ *   cloud --backward {dh2, loss, count}--> edge ... as above
  *
  * A user who leaves, times out or sends an unusable adapter, a cloud that fails or goes away, or
  * a step that cannot be sent (a non-finite h2) ends the turn: the edge LoRA goes back to where
@@ -15,9 +22,10 @@
  */
 import { codeOf, IGNORE_INDEX, type LoraAdapter } from '@splitllm/model';
 import type { LoraTrainState } from '@splitllm/federation';
-import type { BlocksSegment } from '@splitllm/onnx-runner';
+import type { BlocksForwardResult, BlocksSegment } from '@splitllm/onnx-runner';
 import {
   type Codec,
+  checkHeadReport,
   checkTargets,
   expectRoundStep,
   expectShape,
@@ -26,6 +34,7 @@ import {
   type MessageTypeOn,
   type MessageWaiter,
   type Outgoing,
+  type WireTensor,
 } from '@splitllm/wire';
 import { EdgeError } from './errors';
 import type { LossPoint, Logger } from './telemetry';
@@ -39,7 +48,7 @@ export interface TurnUser {
   send<T extends MessageTypeOn<'edgeToUser'>>(type: T, m: Outgoing<'edgeToUser', T>): void;
   sendError(code: string, message: string): void;
   /** sends with `send`, then waits for the user's next message of `type` (see UserConn.expect) */
-  expect<T extends 'forward' | 'adapter'>(
+  expect<T extends 'forward' | 'activations' | 'head-grad' | 'adapter'>(
     send: () => void,
     type: T,
     opts: ExpectOptions<Incoming<'userToEdge', T>>,
@@ -66,6 +75,8 @@ export interface TurnSpec {
   seq: number;
   /** how activations and their gradients travel */
   codec: Codec;
+  /** where the labels are: with 'device' the user runs the head and the loss */
+  labels: 'device' | 'cloud';
   nEmbd: number;
   vocabSize: number;
   /** the user's next frame must arrive within this time */
@@ -139,37 +150,90 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     const targets = expectShape(m.targets, 'targets', [B, T]);
     checkTargets(targets, V, IGNORE_INDEX);
   };
+  const activationsCheck = (step: number) => (m: Incoming<'userToEdge', 'activations'>) => {
+    expectRoundStep(m, round, step);
+    expectShape(m.h, 'h', [B, T, D]);
+  };
+  const headGradCheck = (step: number) => (m: Incoming<'userToEdge', 'head-grad'>) => {
+    expectRoundStep(m, round, step);
+    expectShape(m.dh, 'dh', [B, T, D]);
+    checkHeadReport(m, B * T);
+  };
   let tokens = 0;
   try {
     cloud.send('user-begin', { round, userId });
     deps.log.info({ round, userId, steps }, 'turn started');
     // what goes to the user before each of its frames: the turn, then each step's gradient
     let prompt = () => user.send('turn', { round, version: spec.version, steps, batch: B, seq: T, codec });
+    /** The cloud's answer to a step: in time, of this round and step, with a tensor of the step's shape. */
+    const fromCloud = <M extends { type: string; round: number; step: number }>(
+      step: number,
+      tensor: (m: M) => WireTensor<Float32Array>,
+    ) => ({
+      timeoutMs: spec.cloudTimeoutMs,
+      onTimeout: () => new EdgeError('CLOUD_TIMEOUT', `the cloud did not answer within ${spec.cloudTimeoutMs} ms`),
+      accept: (m: M) => {
+        expectRoundStep(m, round, step);
+        expectShape(tensor(m), m.type === 'hidden' ? 'hL' : 'dh', [B, T, D]);
+      },
+    });
+    const backwardOf = (m: Incoming<'cloudToEdge', 'backward'>) => m.dh;
     for (let step = 1; step <= steps; step++) {
       deps.onProgress?.(step);
-      const fwd = await fromUserTimed(() => user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step))));
-      const h = fwd.h.data;
-      const t0 = performance.now();
-      const out = await blocks.forward(train.adapter, h, B, T);
-      const back = await cloud.waiter.request(
-        () =>
-          cloud.send('forward', {
-            round,
-            step,
-            userId,
-            h: { data: out.y, shape: [B, T, D], codec },
-            targets: { data: fwd.targets.data, shape: [B, T] },
-          }),
-        'backward',
-        {
-          timeoutMs: spec.cloudTimeoutMs,
-          onTimeout: () => new EdgeError('CLOUD_TIMEOUT', `the cloud did not answer within ${spec.cloudTimeoutMs} ms`),
-          accept: (m) => {
-            expectRoundStep(m, round, step);
-            expectShape(m.dh, 'dh', [B, T, D]);
-          },
-        },
-      );
+      let h: Float32Array;
+      let out: BlocksForwardResult;
+      let back: Incoming<'cloudToEdge', 'backward'>;
+      let t0: number;
+      if (spec.labels === 'cloud') {
+        const fwd = await fromUserTimed(() => user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step))));
+        h = fwd.h.data;
+        t0 = performance.now();
+        out = await blocks.forward(train.adapter, h, B, T);
+        back = await cloud.waiter.request(
+          () =>
+            cloud.send('forward', {
+              round,
+              step,
+              userId,
+              h: { data: out.y, shape: [B, T, D], codec },
+              targets: { data: fwd.targets.data, shape: [B, T] },
+            }),
+          'backward',
+          fromCloud(step, backwardOf),
+        );
+      } else {
+        const fwd = await fromUserTimed(() =>
+          user.expect(prompt, 'activations', fromUser('activations', activationsCheck(step))),
+        );
+        h = fwd.h.data;
+        t0 = performance.now();
+        out = await blocks.forward(train.adapter, h, B, T);
+        const hidden = await cloud.waiter.request(
+          () => cloud.send('activations', { round, step, userId, h: { data: out.y, shape: [B, T, D], codec } }),
+          'hidden',
+          fromCloud(step, (m: Incoming<'cloudToEdge', 'hidden'>) => m.h),
+        );
+        const grad = await fromUserTimed(() =>
+          user.expect(
+            () => user.send('hidden', { round, step, h: { data: hidden.h.data, shape: [B, T, D], codec } }),
+            'head-grad',
+            fromUser('head-grad', headGradCheck(step)),
+          ),
+        );
+        back = await cloud.waiter.request(
+          () =>
+            cloud.send('head-grad', {
+              round,
+              step,
+              userId,
+              loss: grad.loss,
+              count: grad.count,
+              dh: { data: grad.dh.data, shape: [B, T, D], codec },
+            }),
+          'backward',
+          fromCloud(step, backwardOf),
+        );
+      }
       const { dx, loraGrads } = await blocks.backward(train.adapter, h, out.saved, back.dh.data, B, T);
       train.step(loraGrads);
       prompt = () => {

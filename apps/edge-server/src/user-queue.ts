@@ -94,7 +94,7 @@ export class UserConn {
    * before the send (MessageWaiter.request), so a send that throws leaves nothing pending.
    * A user already gone is refused at once with USER_GONE.
    */
-  expect<T extends 'forward' | 'adapter'>(
+  expect<T extends 'forward' | 'activations' | 'head-grad' | 'adapter'>(
     send: () => void,
     type: T,
     opts: ExpectOptions<Incoming<'userToEdge', T>>,

@@ -29,9 +29,19 @@ const MANIFEST: RunManifest = {
   config: gpt2ConfigToJson(CONFIG),
   plan: { k: 1, m: 2 },
   lora: DEFAULT_LORA_CONFIG,
-  train: { batch: 1, seq: 4, stepsPerUser: 2, usersPerEdge: 1, codec: 'f32', adamw: DEFAULT_ADAMW },
+  train: {
+    batch: 1,
+    seq: 4,
+    stepsPerUser: 2,
+    usersPerEdge: 1,
+    codec: 'f32',
+    adamw: DEFAULT_ADAMW,
+    labels: 'device',
+    activationNoise: 0,
+  },
   version: 2,
   segments: { user: { sha256: 'a'.repeat(64), bytes: 10 }, edge: { sha256: 'b'.repeat(64), bytes: 20 } },
+  privacy: { labels: 'device', k: 1, noiseSigma: 0, recovery: null },
 };
 const USER_SEGMENT = Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
 

@@ -78,11 +78,35 @@ export class FakeCloud implements TurnCloud {
       ),
     );
 
+  /** labels on the device, how the cloud answers activations; default: hidden with hL = h */
+  answerActivations: (m: Incoming<'edgeToCloud', 'activations'>) => void = (m) =>
+    later(() =>
+      this.waiter.deliver(
+        wire('cloudToEdge', 'hidden', { round: m.round, step: m.step, h: { data: m.h.data, shape: m.h.shape } }),
+      ),
+    );
+
+  /** labels on the device, how the cloud answers a head-grad: a backward with dh = dhL and the user's loss */
+  answerHeadGrad: (m: Incoming<'edgeToCloud', 'head-grad'>) => void = (m) =>
+    later(() =>
+      this.waiter.deliver(
+        wire('cloudToEdge', 'backward', {
+          round: m.round,
+          step: m.step,
+          loss: m.loss,
+          count: m.count,
+          dh: { data: m.dh.data, shape: m.dh.shape },
+        }),
+      ),
+    );
+
   send<T extends MessageTypeOn<'edgeToCloud'>>(type: T, m: Outgoing<'edgeToCloud', T>): void {
     // encoded as the real link does, so what cannot be sent throws here too
     const decoded = decodeMessage('edgeToCloud', encodeMessage('edgeToCloud', type, m));
     this.sent.push(decoded);
     if (decoded.type === 'forward') this.answer(decoded);
+    if (decoded.type === 'activations') this.answerActivations(decoded);
+    if (decoded.type === 'head-grad') this.answerHeadGrad(decoded);
   }
 
   types(): string[] {

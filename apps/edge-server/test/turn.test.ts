@@ -2,7 +2,8 @@
  * The turn relay through its interface, with a scripted user (a UserConn over a fake socket), a
  * fake cloud, identity blocks and a counting trainer: a full turn, and each way a turn ends early
  * (the user times out or leaves, the cloud refuses, a step cannot be sent) rolls back and leaves
- * nothing pending.
+ * nothing pending. With labels on the device: the four hops of a step, a tab's bad head-grad
+ * answered with its code, and a cloud's last hidden state of the wrong shape ending the turn.
  */
 import { codeOf, type LoraAdapter } from '@splitllm/model';
 import type { Incoming, MessageOn } from '@splitllm/wire';
@@ -20,6 +21,7 @@ const SPEC: TurnSpec = {
   batch: 1,
   seq: 2,
   codec: 'f32',
+  labels: 'cloud',
   nEmbd: 3,
   vocabSize: 5,
   userTimeoutMs: 1000,
@@ -67,7 +69,40 @@ function playHonestly(conn: UserConn, socket: FakeSocket, o: { leaveAfterStep?: 
   };
 }
 
-function setup(o: { poison?: boolean } = {}) {
+const DEVICE: TurnSpec = { ...SPEC, labels: 'device' };
+
+function activations(step: number) {
+  return wire('userToEdge', 'activations', {
+    round: SPEC.round,
+    step,
+    h: { data: new Float32Array(6).fill(0.25 * step), shape: [1, 2, 3] },
+  });
+}
+
+function headGrad(step: number, o: { loss?: number; count?: number; shape?: number[] } = {}) {
+  const shape = o.shape ?? [1, 2, 3];
+  return wire('userToEdge', 'head-grad', {
+    round: SPEC.round,
+    step,
+    loss: o.loss ?? 1 + step,
+    count: o.count ?? 2,
+    dh: { data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(-step), shape },
+  });
+}
+
+/** An honest tab with labels on the device: activations, then a head-grad for each hidden state. */
+function playDevice(conn: UserConn, socket: FakeSocket): void {
+  socket.onFrame = (m) => {
+    if (m.type === 'turn') later(() => fromUser(conn, activations(1)));
+    if (m.type === 'hidden') later(() => fromUser(conn, headGrad(m.step)));
+    if (m.type === 'backward') {
+      if (m.step < SPEC.steps) later(() => fromUser(conn, activations(m.step + 1)));
+      else later(() => fromUser(conn, adapterMessage()));
+    }
+  };
+}
+
+function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
   const { conn, socket } = fakeUser('u1');
   const cloud = new FakeCloud();
   const blocks = fakeBlocks(o);
@@ -75,7 +110,7 @@ function setup(o: { poison?: boolean } = {}) {
   const steps: LossPoint[] = [];
   const drops: Array<{ code: string; message: string }> = [];
   const run = () =>
-    relayTurn(SPEC, {
+    relayTurn(o.spec ?? SPEC, {
       user: conn,
       cloud,
       blocks,
@@ -140,6 +175,74 @@ describe('the turn relay', () => {
       'UNEXPECTED_TYPE',
     ]);
     expect(t.socket.last('turn-end')?.accepted).toBe(true);
+  });
+
+  describe('labels on the device', () => {
+    it('relays activations, last hidden state, head-grad and backward; no label reaches the cloud', async () => {
+      const t = setup({ spec: DEVICE });
+      playDevice(t.conn, t.socket);
+      const result = await t.run();
+      expect(result).toEqual({ userId: 'u1', adapter: ADAPTER, steps: 2, tokens: 4 });
+      expect(t.socket.types()).toEqual(['turn', 'hidden', 'backward', 'hidden', 'backward', 'turn-end']);
+      expect(t.cloud.types()).toEqual(['user-begin', 'activations', 'head-grad', 'activations', 'head-grad']);
+      // the loss and count are the tab's report; the backward carries them back
+      expect(t.cloud.sent[2]).toMatchObject({ type: 'head-grad', step: 1, userId: 'u1', loss: 2, count: 2 });
+      const backs = t.socket.frames.filter((f) => f.type === 'backward');
+      expect(backs.map((b) => [b.step, b.loss, b.count])).toEqual([
+        [1, 2, 2],
+        [2, 3, 2],
+      ]);
+      // identity blocks, a cloud that returns hL = h2 and dh2 = dhL: the tab's own values come back
+      expect(Array.from(t.socket.last('hidden')!.h.data)).toEqual(Array(6).fill(0.5));
+      expect(Array.from(backs[1].dh.data)).toEqual(Array(6).fill(-2));
+      expect(t.train.taken).toBe(2);
+      expect(t.conn.waitingFor).toBeUndefined();
+    });
+
+    it('answers a head-grad with a bad loss, count or shape with its code, relays none, and goes on', async () => {
+      const t = setup({ spec: DEVICE });
+      playDevice(t.conn, t.socket);
+      t.socket.onFrame = ((honest) => (m: MessageOn<'edgeToUser'>) => {
+        if (m.type !== 'hidden' || m.step !== 1) return honest?.(m);
+        later(() => {
+          fromUser(t.conn, headGrad(1, { loss: -1 }));
+          fromUser(t.conn, headGrad(1, { count: 3 })); // a 1 x 2 batch has 2 positions
+          fromUser(t.conn, headGrad(1, { shape: [1, 3, 3] }));
+          fromUser(t.conn, activations(2)); // not what the step waits for
+          fromUser(t.conn, headGrad(1));
+        });
+      })(t.socket.onFrame);
+      const result = await t.run();
+      expect(result?.steps).toBe(2);
+      expect(t.socket.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual([
+        'BAD_LOSS',
+        'BAD_COUNT',
+        'BAD_SHAPE',
+        'UNEXPECTED_TYPE',
+      ]);
+      expect(t.cloud.types().filter((x) => x === 'head-grad')).toHaveLength(2);
+    });
+
+    it('ends the turn when the cloud sends a last hidden state of the wrong shape', async () => {
+      const t = setup({ spec: DEVICE });
+      playDevice(t.conn, t.socket);
+      t.cloud.answerActivations = (m) =>
+        later(() =>
+          t.cloud.waiter.deliver(
+            wire('cloudToEdge', 'hidden', {
+              round: m.round,
+              step: m.step,
+              h: { data: new Float32Array(9), shape: [1, 3, 3] },
+            }),
+          ),
+        );
+      expect(await t.run()).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['BAD_SHAPE']);
+      expect(t.socket.types()).toEqual(['turn', 'error', 'turn-end']);
+      expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'BAD_SHAPE' });
+      expect(t.cloud.types()).toEqual(['user-begin', 'activations', 'user-dropped']);
+      expect(t.train.restores).toBe(1);
+    });
   });
 
   describe('ending early', () => {

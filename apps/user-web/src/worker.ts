@@ -4,9 +4,10 @@
  * on onnxruntime-web's wasm provider), the private documents' tokens, and what is persisted
  * about the run in IndexedDB (./store.ts). The page only renders the events it sends.
  *
- * The documents are read from IndexedDB here and tokenized here; only h1, the labels and the
- * adapter go out (through the client), and, when the person asks for a continuation, h1 of
- * the prompt.
+ * The documents are read from IndexedDB here and tokenized here. What goes out (through the
+ * client) follows the run's settings: h1 (noised when the run says so), and with labels on the
+ * device the head's gradient and each step's loss, with labels in the cloud the labels; then the
+ * adapter; and, when the person asks for a continuation, h1 of the prompt.
  */
 import * as Comlink from 'comlink';
 import { zipSync } from 'fflate';
@@ -26,7 +27,6 @@ import { decodeExpected, encodeMessage } from '@splitllm/wire';
 import {
   generateContinuation,
   joinRun,
-  paddedForward,
   rejoinRun,
   tokenBatches,
   UserClient,
@@ -316,14 +316,13 @@ class TrainingWorker {
     const promptIds = tok.encode(prompt);
     if (promptIds.length === 0) throw new PageError('EMPTY_PROMPT', 'type a prompt first');
     const t0 = performance.now();
-    const { batch: B, seq: T } = c.manifest.train;
     const credentials = c.currentCredentials;
     const ids = await c.withTrainer((trainer) =>
       generateContinuation({
         edgeUrl: credentials.edgeUrl,
         credentials,
         config,
-        forward: paddedForward((batch) => trainer.forward(batch), B, T, config.nEmbd, config.eosTokenId),
+        ...c.generationParts(trainer),
         promptIds,
         maxNewTokens,
         temperature: 0.8,

@@ -5,8 +5,9 @@
  * checked with adapters that matter, not the base model.
  *
  * Tolerance of the served logits against the reference: 1e-4 relative to the max |logit| of the
- * reference (the project's measure). The path is four float32 engines in a chain (the user's
- * TypeScript reference, onnxruntime on the edge, onnxruntime on the cloud) against one TypeScript
+ * reference (the project's measure). The path is float32 engines in a chain (the user's
+ * TypeScript reference, onnxruntime on the edge, onnxruntime on the cloud for blocks [m, L), and
+ * the user's head: the run keeps labels on the device, its default) against one TypeScript
  * reference forward of the whole model; each ONNX segment alone agrees with the reference to
  * ~1e-6 (test/onnx in shared), so 1e-4 leaves two orders of magnitude for the chain while staying
  * far below the logit gaps greedy decoding turns on (the test asserts that gap too).
@@ -80,6 +81,8 @@ describe('generation through user, edge and cloud', () => {
   let global: LoraAdapter;
   let trainer: UserTrainer;
   let forward: (ids: Int32Array) => Promise<Float32Array>;
+  /** labels on the device (the run's default): the cloud answers with the last hidden state, the tab runs the head */
+  let head: (h: Float32Array) => Promise<Float32Array>;
   let prompt: number[];
 
   beforeAll(async () => {
@@ -138,6 +141,7 @@ describe('generation through user, edge and cloud', () => {
     trainer = (await createUserTrainer('reference', segment.model, adapterSubset(global, 0, manifest.plan.k), opts))
       .trainer;
     forward = paddedForward((b) => trainer.forward(b), B, T, model.config.nEmbd, model.config.eosTokenId);
+    head = (h) => trainer.headLogits(h);
   });
 
   afterAll(async () => {
@@ -168,7 +172,7 @@ describe('generation through user, edge and cloud', () => {
     const ids = Int32Array.from(prompt);
     const h1 = await forward(ids);
     expect(h1).toHaveLength(ids.length * c.nEmbd);
-    const served = await nextTokenLogits({ edgeUrl: edge.url, credentials: creds, config: c }, h1, ids.length);
+    const served = await nextTokenLogits({ edgeUrl: edge.url, credentials: creds, config: c, head }, h1, ids.length);
     expect(served.version).toBe(1);
     const ref = referenceLogits(model, global, prompt);
     const err = maxRelErr(served.logits, ref);
@@ -178,11 +182,15 @@ describe('generation through user, edge and cloud', () => {
     expect(maxRelErr(served.logits, referenceLogits(model, undefined, prompt))).toBeGreaterThan(100 * TOL);
     // a one-token context works too
     const one = await nextTokenLogits(
-      { edgeUrl: edge.url, credentials: creds, config: c },
+      { edgeUrl: edge.url, credentials: creds, config: c, head },
       await forward(ids.slice(0, 1)),
       1,
     );
     expect(maxRelErr(one.logits, referenceLogits(model, global, prompt.slice(0, 1)))).toBeLessThan(TOL);
+    // the answer is a last hidden state, not logits: without the head to run it on, a clear refusal
+    await expect(nextTokenLogits({ edgeUrl: edge.url, credentials: creds, config: c }, h1, ids.length)).rejects.toThrow(
+      /keeps labels on the device: pass `head`/,
+    );
   });
 
   it('greedy generation through the tiers equals greedy generation with the reference model', async () => {
@@ -193,6 +201,7 @@ describe('generation through user, edge and cloud', () => {
       edgeUrl: edge.url,
       credentials: creds,
       forward,
+      head,
       config: c,
       promptIds: prompt,
       maxNewTokens: N,
@@ -226,6 +235,7 @@ describe('generation through user, edge and cloud', () => {
         edgeUrl: edge.url,
         credentials: creds,
         forward,
+        head,
         config: c,
         promptIds: prompt,
         maxNewTokens: 4,

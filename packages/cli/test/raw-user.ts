@@ -2,8 +2,41 @@
  * What the system tests talk to an edge with: a protocol client with no trainer. It sends
  * whatever a test tells it to (valid, malformed or hostile frames) and records what comes back.
  */
-import { decodeMessage, type MessageOn } from '@splitllm/wire';
+import { decodeMessage, encodeMessage, type MessageOn } from '@splitllm/wire';
 import { WebSocket } from 'ws';
+
+/** Labels on the device: a step's activations frame, h1 of `shape` [B, T, D]. */
+export function activationsFrame(round: number, step: number, h: Float32Array, shape: number[]): Uint8Array {
+  return encodeMessage('userToEdge', 'activations', { round, step, h: { data: h, shape } });
+}
+
+/**
+ * Labels on the device: the head's answer to a step's last hidden state, as a tab without a
+ * model would send it (dh small and random; the loss and count any honest tab could report).
+ */
+export function headGradFrame(
+  round: number,
+  step: number,
+  dh: Float32Array,
+  shape: number[],
+  o: { loss?: number; count?: number } = {},
+): Uint8Array {
+  const count = o.count ?? shape[0] * shape[1];
+  return encodeMessage('userToEdge', 'head-grad', { round, step, loss: o.loss ?? 6.9, count, dh: { data: dh, shape } });
+}
+
+/** A frame with the float32 at byte `at` of tensor `name`'s data overwritten by NaN (the encoder refuses NaN). */
+export function withNaN(frame: Uint8Array, name: string, at = 40): Uint8Array {
+  const bytes = frame.slice();
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  const headerLen = view.getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerLen))) as {
+    tensors: Array<{ name: string; offset: number }>;
+  };
+  const t = header.tensors.find((x) => x.name === name)!;
+  view.setFloat32(4 + headerLen + t.offset + at, Number.NaN, true);
+  return bytes;
+}
 
 export type EdgeMsg = MessageOn<'edgeToUser'>;
 export type EdgeMsgOf<K extends EdgeMsg['type']> = Extract<EdgeMsg, { type: K }>;

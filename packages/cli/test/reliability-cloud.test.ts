@@ -17,7 +17,7 @@ import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
 import { peakRss } from './net';
 import { post } from './net';
-import { RawUser } from './raw-user';
+import { activationsFrame, headGradFrame, RawUser } from './raw-user';
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-reliability-cloud-'));
 const stateDir = join(tmp, 'state');
@@ -27,7 +27,6 @@ const operatorToken = randomToken();
 const B = 2;
 const T = 16;
 const D = 128; // the shipped model's width
-const V = 1024;
 const STEPS = 20; // the noise attack is scaled to the norm bound of 20 steps
 const LR = 5e-3; // the run's default learning rate: the bound is computed from it
 const MiB = 1 << 20;
@@ -35,15 +34,18 @@ const MiB = 1 << 20;
 type Tensors = Map<string, { data: Float32Array; shape: number[] }>;
 
 /**
- * Plays one turn: random activations and targets for every step, then the adapter `upload`
- * makes of the global user part the edge serves.
+ * Plays one turn, labels on the device (the run's default): random activations for every step, a
+ * small random head gradient for each last hidden state, then the adapter `upload` makes of the
+ * global user part the edge serves.
  */
 async function playTurn(u: RawUser, edgeUrl: string, rng: Rng, upload: (g: Tensors) => Tensors) {
   const turn = await u.next('turn');
   for (let step = 1; step <= turn.steps; step++) {
-    const h = { data: Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5), shape: [B, T, D] };
-    const targets = { data: Int32Array.from({ length: B * T }, () => rng.int(V)), shape: [B, T] };
-    u.ws.send(encodeMessage('userToEdge', 'forward', { round: turn.round, step, h, targets }));
+    const h = Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
+    u.ws.send(activationsFrame(turn.round, step, h, [B, T, D]));
+    expect((await u.next('hidden')).step).toBe(step);
+    const dh = Float32Array.from({ length: B * T * D }, () => rng.normal() * 1e-3);
+    u.ws.send(headGradFrame(turn.round, step, dh, [B, T, D]));
     expect((await u.next('backward')).step).toBe(step);
   }
   const res = await fetch(`${edgeUrl}/api/adapters/user?version=${turn.version}`);

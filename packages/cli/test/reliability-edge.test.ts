@@ -23,7 +23,7 @@ import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
 import { peakRss } from './net';
 import { freePort } from './net';
-import { type EdgeMsgOf, RawUser } from './raw-user';
+import { activationsFrame, type EdgeMsgOf, headGradFrame, RawUser } from './raw-user';
 
 /** A user's hello with the token the cloud would give it for this edge. */
 function sayHello(u: RawUser, edgeId = 'e1'): void {
@@ -48,7 +48,6 @@ const env = {
 const B = 2;
 const T = 16;
 const D = 128; // the shipped model's width
-const V = 1024;
 const STEPS = 2;
 const CLOUD_TIMEOUT_MS = 1500;
 /** the turn deadline: (STEPS + 1) x this of the user's time */
@@ -57,15 +56,10 @@ const STEP_BUDGET_MS = 1000;
 const STEP_TIMEOUT_MS = 60_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A step's activations (labels on the device, the run's default): random unless given. */
 function forwardFrame(round: number, step: number, rng: Rng, h?: Float32Array): Uint8Array {
   const data = h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
-  const targets = Int32Array.from({ length: B * T }, () => rng.int(V));
-  return encodeMessage('userToEdge', 'forward', {
-    round,
-    step,
-    h: { data, shape: [B, T, D] },
-    targets: { data: targets, shape: [B, T] },
-  });
+  return activationsFrame(round, step, data, [B, T, D]);
 }
 
 /** Plays one turn honestly from its `turn` frame; `beforeStep` may act before each forward goes out. */
@@ -80,6 +74,13 @@ async function playTurn(
   for (let step = 1; step <= turn.steps; step++) {
     u.send(forwardFrame(round, step, rng));
     beforeStep?.();
+    const hidden = await u.nextWhere(
+      (f) => (f.type === 'hidden' && f.step === step) || (f.type === 'turn-end' && f.round === round),
+      'hidden or turn-end',
+    );
+    if (hidden.type === 'turn-end') return hidden;
+    const dh = Float32Array.from({ length: B * T * D }, () => rng.normal() * 1e-3);
+    u.send(headGradFrame(round, step, dh, [B, T, D]));
     const back = await u.nextWhere(
       (f) => (f.type === 'backward' && f.step === step) || (f.type === 'turn-end' && f.round === round),
       'backward or turn-end',

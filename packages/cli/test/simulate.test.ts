@@ -50,10 +50,10 @@ function simulate(out: string, extra: string[]) {
 }
 
 describe('simulate', () => {
-  function equivalence(eps: string | undefined) {
+  function equivalence(eps: string | undefined, labels: 'device' | 'cloud' = 'device') {
     const N = 8;
     const text = join(DATA, 'sotu/train/user-2.txt');
-    const tag = eps ?? 'default';
+    const tag = `${eps ?? 'default'}-${labels}`;
     const simOut = join(tmp, `equiv-sim-${tag}`);
     const centralOut = join(tmp, `equiv-central-${tag}`);
     const epsArgs = eps ? ['--adam-eps', eps] : [];
@@ -72,6 +72,8 @@ describe('simulate', () => {
       '3',
       '--engine',
       'reference',
+      '--labels',
+      labels,
       ...epsArgs,
     ]);
     expect(lines.map((l) => l.round)).toEqual([1]);
@@ -100,14 +102,17 @@ describe('simulate', () => {
     return { split, want };
   }
 
-  it('with 1 edge and 1 user equals train-central for the same data, seed and split (f32)', () => {
-    const { split, want } = equivalence('1e-5');
-    for (const [path, w] of want.layers) {
-      const s = split.layers.get(path)!;
-      expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);
-      expect(maxRelErr(s.B.data, w.B.data), `${path}.B`).toBeLessThan(1e-4);
-    }
-  });
+  // labels on the device (the default) and in the cloud: the same math, cut in different places
+  for (const labels of ['device', 'cloud'] as const) {
+    it(`with 1 edge and 1 user equals train-central for the same data, seed and split (f32, labels ${labels})`, () => {
+      const { split, want } = equivalence('1e-5', labels);
+      for (const [path, w] of want.layers) {
+        const s = split.layers.get(path)!;
+        expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);
+        expect(maxRelErr(s.B.data, w.B.data), `${path}.B`).toBeLessThan(1e-4);
+      }
+    });
+  }
 
   it("follows train-central's loss curve at the default AdamW eps too", () => {
     // the adapter is not compared here: see the header (a few elements with ~0 gradient drift)

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startPart, type Part } from '../src/launcher';
 import { freePort, post } from './net';
-import { type EdgeMsgOf, RawUser } from './raw-user';
+import { activationsFrame, type EdgeMsgOf, headGradFrame, RawUser, withNaN } from './raw-user';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { joinRun, type UserEvent } from '@splitllm/user-client';
 import { DATA, HELDOUT, SHIPPED_MODEL } from './run-cli';
@@ -51,34 +51,46 @@ function forwardFrame(
   return encodeMessage('edgeToCloud', 'forward', { round, step, userId: o.userId, h, targets });
 }
 
-/** A valid forward frame with one activation overwritten by NaN after encoding (the encoder refuses NaN). */
-function nanFrame(round: number, step: number, rng: Rng): Uint8Array {
-  const bytes = forwardFrame(round, step, rng);
-  const headerLen = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerLen))) as {
-    tensors: Array<{ name: string; offset: number }>;
-  };
-  const h = header.tensors.find((t) => t.name === 'h')!;
-  new DataView(bytes.buffer, bytes.byteOffset).setFloat32(4 + headerLen + h.offset + 40, NaN, true);
-  return bytes;
+/** A step's activations (labels on the device, the run's default): random unless given. */
+function activations(round: number, step: number, rng: Rng, o: { h?: Float32Array; shape?: number[] } = {}) {
+  const h = o.h ?? Float32Array.from({ length: B * T * D }, () => rng.normal() * 0.5);
+  return activationsFrame(round, step, h, o.shape ?? [B, T, D]);
 }
 
-/** Plays a turn honestly (random activations, the global adapter sent back unchanged). */
+/** The head's answer to a step's last hidden state: a small random dL/dhL (a tab without a model). */
+function headGrad(round: number, step: number, rng: Rng, o: { loss?: number; count?: number; shape?: number[] } = {}) {
+  const shape = o.shape ?? [B, T, D];
+  const dh = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 1e-3);
+  return headGradFrame(round, step, dh, shape, o);
+}
+
+/**
+ * Plays a turn honestly, labels on the device: random activations, the last hidden state answered
+ * with a head-grad, the global adapter sent back unchanged. `beforeStep` and `beforeHeadGrad` may
+ * send bad frames first.
+ */
 async function playTurn(
   u: RawUser,
   edgeUrl: string,
   rng: Rng,
-  before?: (round: number, step: number) => Promise<void>,
+  beforeStep?: (round: number, step: number) => Promise<void>,
   beforeAdapter?: (round: number, tensors: Map<string, { data: Float32Array; shape: number[] }>) => Promise<void>,
+  beforeHeadGrad?: (round: number, step: number) => Promise<void>,
 ): Promise<EdgeMsgOf<'turn-end'>> {
   const turn = await u.next('turn');
   const round = turn.round;
   for (let step = 1; step <= turn.steps; step++) {
-    await before?.(round, step);
-    u.send(forwardFrame(round, step, rng));
+    await beforeStep?.(round, step);
+    u.send(activations(round, step, rng));
+    const hidden = await u.next('hidden');
+    expect(hidden.step).toBe(step);
+    expect(hidden.h.shape).toEqual([B, T, D]);
+    await beforeHeadGrad?.(round, step);
+    u.send(headGrad(round, step, rng));
     const back = await u.next('backward');
     expect(back.step).toBe(step);
-    expect(Number.isFinite(back.loss)).toBe(true);
+    // the loss and count are the tab's own report, relayed back
+    expect([back.loss, back.count]).toEqual([6.9, B * T]);
   }
   const res = await fetch(`${edgeUrl}/api/adapters/user?version=${turn.version}`);
   const adapter = decodeExpected('adapterFile', 'adapter', new Uint8Array(await res.arrayBuffer()));
@@ -185,7 +197,7 @@ describe('servers on loopback', () => {
     // a well-formed frame of a type no channel declares (the typed encoder refuses it)
     a.send(encodeFrameWith({ fields: {} }, 'launch-missiles', {}));
     expect(await a.error()).toBe('UNKNOWN_TYPE');
-    a.send(nanFrame(1, 1, rng));
+    a.send(withNaN(activations(1, 1, rng), 'h'));
     expect(await a.error()).toBe('NOT_FINITE');
     a.send(forwardFrame(1, 1, rng));
     expect(await a.error()).toBe('NOT_YOUR_TURN');
@@ -249,27 +261,45 @@ describe('servers on loopback', () => {
     const cTurn = playTurn(c, edges[1].url, rng);
     c.send(encodeMessage('userToEdge', 'hello', { userId: joinC.json.userId, token: joinC.json.userToken }));
 
-    // a: one step's activations, then the process dies before the gradient comes back
+    // a: one step's activations, then the process dies before the last hidden state comes back
     const aTurn = await a.next('turn');
     const round = aTurn.round;
     expect(round).toBe(1);
-    a.send(forwardFrame(round, 1, rng));
+    a.send(activations(round, 1, rng));
     a.ws.terminate();
 
     // b plays its turn, after trying bad frames first: each is refused and changes nothing
-    const bEnd = await playTurn(b, edges[0].url, rng, async (r, step) => {
-      if (step !== 1) return;
-      b.send(forwardFrame(r, 2, rng));
-      expect(await b.error()).toBe('WRONG_STEP');
-      b.send(forwardFrame(r + 1, 1, rng));
-      expect(await b.error()).toBe('WRONG_ROUND');
-      b.send(forwardFrame(r, 1, rng, { h: new Float32Array(B * T * 64), shape: [B, T, 64] }));
-      expect(await b.error()).toBe('BAD_SHAPE');
-      b.send(forwardFrame(r, 1, rng, { targets: new Int32Array(B * T).fill(V) }));
-      expect(await b.error()).toBe('BAD_TARGET');
-      b.send(nanFrame(r, 1, rng));
-      expect(await b.error()).toBe('NOT_FINITE');
-    });
+    const bEnd = await playTurn(
+      b,
+      edges[0].url,
+      rng,
+      async (r, step) => {
+        if (step !== 1) return;
+        b.send(activations(r, 2, rng));
+        expect(await b.error()).toBe('WRONG_STEP');
+        b.send(activations(r + 1, 1, rng));
+        expect(await b.error()).toBe('WRONG_ROUND');
+        b.send(activations(r, 1, rng, { h: new Float32Array(B * T * 64), shape: [B, T, 64] }));
+        expect(await b.error()).toBe('BAD_SHAPE');
+        b.send(withNaN(activations(r, 1, rng), 'h'));
+        expect(await b.error()).toBe('NOT_FINITE');
+        // a labelled forward on a run that keeps labels on the device: not what the step waits for
+        b.send(forwardFrame(r, 1, rng));
+        expect(await b.error()).toBe('UNEXPECTED_TYPE');
+      },
+      undefined,
+      async (r, step) => {
+        if (step !== 1) return;
+        b.send(headGrad(r, step, rng, { loss: -1 }));
+        expect(await b.error()).toBe('BAD_LOSS');
+        b.send(headGrad(r, step, rng, { count: B * T + 1 }));
+        expect(await b.error()).toBe('BAD_COUNT');
+        b.send(headGrad(r, step, rng, { shape: [B, T, 64] }));
+        expect(await b.error()).toBe('BAD_SHAPE');
+        b.send(withNaN(headGrad(r, step, rng), 'dh'));
+        expect(await b.error()).toBe('NOT_FINITE');
+      },
+    );
     expect(bEnd.accepted).toBe(true);
     expect((await cTurn).accepted).toBe(true);
 
@@ -291,8 +321,8 @@ describe('servers on loopback', () => {
 
     const metrics = await (await fetch(`${cloud.url}/metrics`)).text();
     expect(metrics).toMatch(/^splitllm_cloud_version 1$/m);
-    // a's one step ran (and was rolled back) before its socket was found dead
-    expect(metrics).toMatch(/^splitllm_cloud_steps_total 5$/m);
+    // a's step never reached its head-grad: the cloud counts the steps whose backward went out
+    expect(metrics).toMatch(/^splitllm_cloud_steps_total 4$/m);
     const edgeMetrics = await (await fetch(`${edges[0].url}/metrics`)).text();
     expect(edgeMetrics).toMatch(/^splitllm_edge_users_dropped_total 1$/m);
   });

@@ -4,8 +4,10 @@
  * from the assigned edge, wait in its queue, and on each turn train blocks [0, k) for the
  * turn's steps with a UserTrainer (WGSL engine or the reference), then send the adapter.
  *
- * Only activations h1, the batch's labels and the adapter leave this side: the private text
- * and the token ids of the inputs stay here.
+ * What leaves this side depends on the run's `labels` setting. With labels on the device (the
+ * default) it is h1 (with Gaussian noise when the run sets some), dL/dhL with the step's loss
+ * and count, and the adapter: no token id at all, since the tab runs the head and the loss on the
+ * last hidden state the cloud sends back. With labels in the cloud the batch's labels go with h1.
  *
  * Frames are the typed messages of @splitllm/wire: userToEdge out, edgeToUser in, adapterFile
  * for the adapter download. A reply the client waits for goes through one MessageWaiter, and
@@ -42,6 +44,7 @@ import {
 } from '@splitllm/wire';
 import type { GpuContext } from '@splitllm/lora-kernels';
 import { createUserTrainer } from './create-trainer';
+import { type GenerateOptions, paddedForward } from './generate';
 import { ClientError } from './errors';
 import type { UserEngineKind, UserTrainer } from './trainer';
 
@@ -192,6 +195,37 @@ export interface UserClientOptions {
   rejoinForMs?: number;
   /** keeps the frozen user segment between visits (omit: always download) */
   segmentCache?: SegmentCache;
+  /**
+   * Tests only: draw the activation noise from Rng(noiseSeed), so a run can be repeated. Left out
+   * (always, outside tests), the noise comes from crypto.getRandomValues: noise an attacker could
+   * regenerate from a guessed 32-bit seed would protect nothing.
+   */
+  noiseSeed?: number;
+}
+
+/** Adds Gaussian noise N(0, sigma^2) to every value of h, in place (Box-Muller on the source's uniforms). */
+export function addGaussianNoise(h: Float32Array, sigma: number, uniform: () => number): void {
+  for (let i = 0; i < h.length; i += 2) {
+    let u = 0;
+    while (u === 0) u = uniform();
+    const r = sigma * Math.sqrt(-2 * Math.log(u));
+    const a = 2 * Math.PI * uniform();
+    h[i] += r * Math.cos(a);
+    if (i + 1 < h.length) h[i + 1] += r * Math.sin(a);
+  }
+}
+
+/** Uniforms in (0, 1) from the platform's cryptographic random source, drawn in blocks. */
+function cryptoUniform(): () => number {
+  const block = new Uint32Array(1024);
+  let next = block.length;
+  return () => {
+    if (next === block.length) {
+      crypto.getRandomValues(block);
+      next = 0;
+    }
+    return (block[next++] + 0.5) / 2 ** 32;
+  };
 }
 
 /** A batch source over a token stream: random windows from Rng(seed + 1), as train-central draws them. */
@@ -226,8 +260,17 @@ export class UserClient {
   /** turns and other uses of the trainer (generation) take turns: one forward/backward pair at a time */
   private trainerQueue: Promise<unknown> = Promise.resolve();
 
+  /** where the activation noise's uniforms come from (see UserClientOptions.noiseSeed) */
+  private readonly noiseUniform: () => number;
+
   constructor(private readonly o: UserClientOptions) {
     this.credentials = { ...o.credentials };
+    if (o.noiseSeed === undefined) {
+      this.noiseUniform = cryptoUniform();
+    } else {
+      const rng = new Rng(o.noiseSeed);
+      this.noiseUniform = () => rng.uniform();
+    }
   }
 
   private emit(e: UserEvent): void {
@@ -260,6 +303,25 @@ export class UserClient {
    * it (generation uses the trainer's forward, which must not fall between a turn's forward and
    * backward).
    */
+  /**
+   * What generation runs here for this run, over `trainer` (inside withTrainer): the forward of
+   * a context (padded to the engine's shape) with the run's activation noise, as training sends
+   * h1, and with labels on the device the head on the last hidden state the edge answers with.
+   */
+  generationParts(trainer: UserTrainer): Pick<GenerateOptions, 'forward' | 'head'> {
+    const manifest = this.manifest;
+    const c = this.config;
+    if (!manifest || !c) throw new ClientError('NOT_STARTED', 'generation needs a started client');
+    const { batch: B, seq: T, activationNoise, labels } = manifest.train;
+    const padded = paddedForward((batch) => trainer.forward(batch), B, T, c.nEmbd, c.eosTokenId);
+    const forward = async (ids: Int32Array) => {
+      const h1 = await padded(ids);
+      if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseUniform);
+      return h1;
+    };
+    return labels === 'device' ? { forward, head: (h) => trainer.headLogits(h) } : { forward };
+  }
+
   withTrainer<R>(fn: (trainer: UserTrainer) => Promise<R>): Promise<R> {
     const run = this.trainerQueue.then(() => {
       if (!this.trainer) throw new ClientError('NOT_STARTED', 'the client has no trainer yet (start it first)');
@@ -441,7 +503,11 @@ export class UserClient {
     try {
       m = decodeMessage('edgeToUser', bytes, this.limits);
     } catch (e) {
-      this.emit({ type: 'error', code: codeOf(e, 'BAD_FRAME'), message: `from the edge: ${(e as Error).message}` });
+      const code = codeOf(e, 'BAD_FRAME');
+      const message = `from the edge: ${(e as Error).message}`;
+      this.emit({ type: 'error', code, message });
+      // a step waiting for this frame ends now instead of at the edge's timeout
+      if (this.waiter.waitingFor !== undefined) this.waiter.fail(e as Error);
       return;
     }
     switch (m.type) {
@@ -477,6 +543,7 @@ export class UserClient {
         }
         return;
       case 'backward':
+      case 'hidden':
         if (!this.waiter.deliver(m)) {
           this.emit({ type: 'error', code: 'UNEXPECTED_TYPE', message: `unexpected "${m.type}" frame from the edge` });
         }
@@ -503,27 +570,68 @@ export class UserClient {
         const in0 = this.bytesIn;
         const batch = this.o.batches(B, T, this.config!);
         const h1 = await trainer.forward(batch);
-        const back = await this.waiter.request(
-          () =>
-            this.sendMessage('forward', {
-              round,
-              step,
-              h: { data: h1, shape: [B, T, D], codec },
-              targets: { data: batch.targets, shape: [B, T] },
-            }),
-          'backward',
-          { accept: (m) => expectRoundStep(m, round, step) },
-        );
+        const { labels, activationNoise } = this.manifest!.train;
+        // additive noise: dL/dh1 at the noisy h1 is what the backward needs (d(h1 + n)/dh1 = 1)
+        if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseUniform);
+        const accept = (m: { type: string; round: number; step: number }) => expectRoundStep(m, round, step);
+        let back: Incoming<'edgeToUser', 'backward'>;
+        let loss: number;
+        let count: number;
+        if (labels === 'cloud') {
+          back = await this.waiter.request(
+            () =>
+              this.sendMessage('forward', {
+                round,
+                step,
+                h: { data: h1, shape: [B, T, D], codec },
+                targets: { data: batch.targets, shape: [B, T] },
+              }),
+            'backward',
+            { accept },
+          );
+          loss = back.loss;
+          count = back.count;
+        } else {
+          // the labels stay here: the cloud sends the last hidden state back, the head runs here
+          const hidden = await this.waiter.request(
+            () => this.sendMessage('activations', { round, step, h: { data: h1, shape: [B, T, D], codec } }),
+            'hidden',
+            { accept },
+          );
+          let head: { loss: number; count: number; dh: Float32Array };
+          try {
+            head = await trainer.headStep(expectShape(hidden.h, 'hL', [B, T, D]), batch.targets);
+          } catch (e) {
+            if (e instanceof ProtocolError) throw e;
+            throw new ClientError(
+              'BAD_HIDDEN',
+              `the last hidden state from the edge is unusable: ${(e as Error).message}`,
+            );
+          }
+          ({ loss, count } = head);
+          back = await this.waiter.request(
+            () =>
+              this.sendMessage('head-grad', {
+                round,
+                step,
+                loss,
+                count,
+                dh: { data: head.dh, shape: [B, T, D], codec },
+              }),
+            'backward',
+            { accept },
+          );
+        }
         const dh1 = expectShape(back.dh, 'dh', [B, T, D]);
         await trainer.backwardAndStep(dh1);
-        tokens += back.count;
+        tokens += count;
         this.emit({
           type: 'step',
           round,
           step,
           steps,
-          loss: back.loss,
-          tokens: back.count,
+          loss,
+          tokens: count,
           ms: performance.now() - t0,
           bytesOut: this.bytesOut - out0,
           bytesIn: this.bytesIn - in0,

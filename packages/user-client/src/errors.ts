@@ -16,6 +16,8 @@ export const USER_CLIENT_ERROR_CODES = [
   'SEGMENT_MISMATCH',
   'TURN_OVERLAP',
   'TURN_FAILED',
+  /** labels on the device: the last hidden state the edge relayed cannot go through the head */
+  'BAD_HIDDEN',
   /** a `turn-end` without a reason ended the turn while the client waited for something else */
   'DROPPED',
   'BAD_OPTION',

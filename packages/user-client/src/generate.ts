@@ -7,15 +7,18 @@
  * one `generate` message of channel userGenerate, the user's credentials in headers); the edge
  * runs blocks [k, m) with its current global edge adapter, the cloud blocks [m, L) + ln_f + the
  * tied head with the same version's cloud adapter, and the next-token logits [V] of the last
- * position come back in a `logits` message (channel logits). The user samples the next token and
- * goes again: no KV cache, a full forward per token, over the last `maxContext` tokens at most.
+ * position come back in a `logits` message (channel logits). With labels on the device the cloud
+ * stops after blocks [m, L) and answers with the last position's last hidden state (a `hidden`
+ * message of the same channel); the tab runs ln_f and the head on it (`head`). The user samples
+ * the next token and goes again: no KV cache, a full forward per token, over the last
+ * `maxContext` tokens at most.
  *
  * Only h1 leaves this side: the prompt's text and its token ids stay here. h1 of a context is
  * exact for it whatever follows it (causal attention), which is why a fixed-shape engine may pad
  * on the right (paddedForward).
  */
 import {
-  decodeExpected,
+  decodeMessage,
   encodeMessage,
   expectShape,
   GENERATE_USER_HEADER,
@@ -38,6 +41,11 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
   credentials: { userId: string; userToken: string };
   /** h1 [1, ids.length, D] of these ids, from the user's engine with its current adapter */
   forward: (ids: Int32Array) => Promise<Float32Array>;
+  /**
+   * Labels on the device: ln_f and the head on one last hidden state [D], giving the logits [V]
+   * (the trainer's headLogits). Needed when the edge answers with a `hidden` message.
+   */
+  head?: (h: Float32Array) => Promise<Float32Array>;
   config: Pick<Gpt2Config, 'nPositions' | 'nEmbd' | 'vocabSize' | 'eosTokenId'>;
   promptIds: ArrayLike<number>;
   maxNewTokens: number;
@@ -63,7 +71,7 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
  * version that made them.
  */
 export async function nextTokenLogits(
-  o: Pick<GenerateOptions, 'edgeUrl' | 'credentials' | 'config' | 'retries' | 'signal' | 'fetch'>,
+  o: Pick<GenerateOptions, 'edgeUrl' | 'credentials' | 'config' | 'retries' | 'signal' | 'fetch' | 'head'>,
   h1: Float32Array,
   T: number,
 ): Promise<{ logits: Float32Array; version: number }> {
@@ -95,8 +103,11 @@ export async function nextTokenLogits(
     }
     try {
       const bytes = new Uint8Array(await res.arrayBuffer());
-      const m = decodeExpected('logits', 'logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
-      return { logits: expectShape(m.logits, 'logits', [c.vocabSize]), version: m.version };
+      const m = decodeMessage('logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
+      if (m.type === 'logits') return { logits: expectShape(m.logits, 'logits', [c.vocabSize]), version: m.version };
+      const h = expectShape(m.h, 'the last hidden state', [c.nEmbd]);
+      if (!o.head) throw new ClientError('BAD_OPTION', 'generate: the run keeps labels on the device: pass `head`');
+      return { logits: await o.head(h), version: m.version };
     } catch (e) {
       if (e instanceof ProtocolError) {
         throw new ClientError(e.code, `generate: the edge's answer is unusable: ${e.message}`);

@@ -16,6 +16,9 @@ export const PROTOCOL_ERROR_CODES = [
   'BAD_TARGET',
   'NOT_FINITE',
   'CODEC_RANGE',
+  // a tab's report with labels on the device
+  'BAD_LOSS',
+  'BAD_COUNT',
   // where the frame falls in the round
   'WRONG_ROUND',
   'WRONG_STEP',
@@ -23,6 +26,9 @@ export const PROTOCOL_ERROR_CODES = [
   'NOT_IN_ROUND',
   'NO_TURN',
   'TURN_OPEN',
+  'STEP_OPEN',
+  'LABELS_ON_DEVICE',
+  'LABELS_IN_CLOUD',
   'NOT_YOUR_TURN',
   'TOO_MANY_STEPS',
   'TOO_MANY_USERS',

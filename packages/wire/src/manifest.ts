@@ -15,6 +15,19 @@ import {
 } from '@splitllm/model';
 import { type Codec, isCodec } from './codecs';
 
+/**
+ * Where the labels are, chosen when the run is created. 'device' (the default): the tab also
+ * runs ln_f, the LM head and the loss on the last hidden state the cloud sends back, so no
+ * label, target or token id leaves it. 'cloud': the labels travel with h1 and the cloud runs
+ * the head (the paper's scheme, kept for comparison).
+ */
+export type LabelPlacement = 'device' | 'cloud';
+export const LABEL_PLACEMENTS: readonly LabelPlacement[] = ['device', 'cloud'];
+
+export function isLabelPlacement(v: unknown): v is LabelPlacement {
+  return typeof v === 'string' && (LABEL_PLACEMENTS as readonly string[]).includes(v);
+}
+
 export interface TrainSettings {
   /** rows and tokens per row of every step (the WGSL engine is built for one shape) */
   batch: number;
@@ -26,6 +39,33 @@ export interface TrainSettings {
   /** how activations and their gradients travel (adapters always travel as f32) */
   codec: Codec;
   adamw: AdamWOptions;
+  /** where the labels are (see LabelPlacement) */
+  labels: LabelPlacement;
+  /** the standard deviation of the Gaussian noise the tab adds to h1 before it leaves (0: none) */
+  activationNoise: number;
+}
+
+/** One measured figure: what share of a text an attacker at `who` recovered, for split k and noise sigma. */
+export interface RecoveryFigure {
+  who: 'edge' | 'cloud';
+  /** the attack's name (see docs/privacy.md) */
+  attack: string;
+  k: number;
+  sigma: number;
+  /** share of token positions recovered exactly, in [0, 1] */
+  tokenRate: number;
+  /** share of whitespace-separated words recovered whole, in [0, 1] */
+  wordRate: number;
+}
+
+/** What the person is told before Start: the run's privacy settings and the measured leak for them. */
+export interface RunPrivacy {
+  labels: LabelPlacement;
+  /** the split point: blocks [0, k) run in the tab */
+  k: number;
+  noiseSigma: number;
+  /** the figures measured for this k and sigma (null: none were measured for this run) */
+  recovery: { measuredOn: string; command: string; figures: RecoveryFigure[] } | null;
 }
 
 export interface SegmentInfo {
@@ -44,6 +84,7 @@ export interface RunManifest {
   /** the current global adapter version (0 = the initial adapter) */
   version: number;
   segments: { user: SegmentInfo; edge: SegmentInfo };
+  privacy: RunPrivacy;
 }
 
 export class ManifestError extends Error {
@@ -95,6 +136,9 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   posInt(t.usersPerEdge, 'train.usersPerEdge');
   if (!isCodec(t.codec)) throw new ManifestError(`manifest: unknown codec ${JSON.stringify(t.codec)}`);
   for (const k of ['lr', 'beta1', 'beta2', 'eps', 'weightDecay'] as const) num(t.adamw?.[k], `train.adamw.${k}`);
+  if (!isLabelPlacement(t.labels))
+    throw new ManifestError(`manifest: train.labels must be one of ${LABEL_PLACEMENTS.join(', ')}`);
+  num(t.activationNoise, 'train.activationNoise');
   if (typeof j.version !== 'number' || !Number.isSafeInteger(j.version) || j.version < 0)
     throw new ManifestError('manifest: version must be an integer >= 0');
   const segs = j.segments as RunManifest['segments'];
@@ -112,6 +156,38 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
     train: { ...t, adamw: { ...t.adamw } },
     version: j.version,
     segments: { user: { ...segs.user }, edge: { ...segs.edge } },
+    privacy: parsePrivacy(j.privacy),
   };
   return { manifest, config };
+}
+
+function rate(v: unknown, what: string): number {
+  if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw new ManifestError(`manifest: ${what} must be in [0, 1]`);
+  return v;
+}
+
+function parsePrivacy(v: unknown): RunPrivacy {
+  const p = v as RunPrivacy | undefined;
+  if (typeof p !== 'object' || p === null) throw new ManifestError('manifest: privacy missing');
+  if (!isLabelPlacement(p.labels)) throw new ManifestError('manifest: privacy.labels is not a label placement');
+  posInt(p.k, 'privacy.k');
+  num(p.noiseSigma, 'privacy.noiseSigma');
+  let recovery: RunPrivacy['recovery'] = null;
+  if (p.recovery !== null) {
+    const r = p.recovery;
+    if (typeof r !== 'object' || !Array.isArray(r?.figures)) throw new ManifestError('manifest: privacy.recovery');
+    recovery = {
+      measuredOn: String(r.measuredOn ?? ''),
+      command: String(r.command ?? ''),
+      figures: r.figures.map((f, i) => ({
+        who: f.who === 'cloud' ? 'cloud' : 'edge',
+        attack: String(f.attack),
+        k: posInt(f.k, `privacy.recovery.figures[${i}].k`),
+        sigma: num(f.sigma, `privacy.recovery.figures[${i}].sigma`),
+        tokenRate: rate(f.tokenRate, `privacy.recovery.figures[${i}].tokenRate`),
+        wordRate: rate(f.wordRate, `privacy.recovery.figures[${i}].wordRate`),
+      })),
+    };
+  }
+  return { labels: p.labels, k: p.k, noiseSigma: p.noiseSigma, recovery };
 }

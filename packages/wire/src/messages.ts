@@ -57,14 +57,27 @@ const BACKWARD = {
   fields: { round: 'int', step: 'int', loss: 'number', count: 'int' },
   tensors: { dh: F32_RANK3 },
 } as const;
+/** Labels on the device: the last hidden state hL [B, T, D] of the step, cloud -> edge -> user. */
+const HIDDEN = { fields: { round: 'int', step: 'int' }, tensors: { h: F32_RANK3 } } as const;
+/**
+ * Labels on the device: dL/dhL [B, T, D] from the tab's head and loss, with the batch's mean
+ * loss and the targets it counted, as numbers (the tab reports them; no label travels).
+ */
+const HEAD_GRAD = {
+  fields: { round: 'int', step: 'int', loss: 'number', count: 'int' },
+  tensors: { dh: F32_RANK3 },
+} as const;
 
 export const CHANNELS = {
   /** The user's socket to its edge (`GET /ws/user`), user -> edge. */
   userToEdge: {
     /** The first frame on a socket: who this is, and the token the cloud gave for this (user, edge). */
     hello: { fields: { userId: 'string', token: 'string' } },
-    /** One step's activations h1 [B, T, D] and the batch's labels [B, T]. */
+    /** Labels in the cloud: one step's activations h1 [B, T, D] and the batch's labels [B, T]. */
     forward: { fields: { round: 'int', step: 'int' }, tensors: { h: F32_RANK3, targets: I32_RANK2 } },
+    /** Labels on the device: one step's activations h1 [B, T, D], nothing else. */
+    activations: { fields: { round: 'int', step: 'int' }, tensors: { h: F32_RANK3 } },
+    'head-grad': HEAD_GRAD,
     /** The user's adapter after its turn: LoRA arrays of blocks [0, k). */
     adapter: { fields: { round: 'int', tokens: 'int', steps: 'int' }, anyTensors: 'f32' },
     /** The user leaves the queue (pause, tab closed). */
@@ -78,6 +91,7 @@ export const CHANNELS = {
     turn: {
       fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'codec' },
     },
+    hidden: HIDDEN,
     backward: BACKWARD,
     /** The turn is over; `accepted` false means it was rolled back (`reason` says why). */
     'turn-end': { fields: { round: 'int', accepted: 'bool', reason: 'string?' } },
@@ -89,11 +103,15 @@ export const CHANNELS = {
     'edge-status': { fields: { waiting: 'int' } },
     'user-begin': { fields: { round: 'int', userId: 'string' } },
     'user-dropped': { fields: { round: 'int', userId: 'string' } },
-    /** One step's activations h2 [B, T, D] and the labels, for the user now training. */
+    /** Labels in the cloud: one step's activations h2 [B, T, D] and the labels, for the user now training. */
     forward: {
       fields: { round: 'int', step: 'int', userId: 'string' },
       tensors: { h: F32_RANK3, targets: I32_RANK2 },
     },
+    /** Labels on the device: one step's activations h2 [B, T, D], for the user now training. */
+    activations: { fields: { round: 'int', step: 'int', userId: 'string' }, tensors: { h: F32_RANK3 } },
+    /** Labels on the device: the user's dL/dhL, relayed as the user sent it. */
+    'head-grad': { fields: { ...HEAD_GRAD.fields, userId: 'string' }, tensors: HEAD_GRAD.tensors },
     error: ERROR,
   },
   /** The same socket, cloud -> edge. */
@@ -101,6 +119,7 @@ export const CHANNELS = {
     /** On connect: the edge's id and the current global version. */
     'edge-welcome': { fields: { edgeId: 'string', version: 'int' } },
     'round-start': { fields: { round: 'int', version: 'int', usersPerEdge: 'int', stepsPerUser: 'int' } },
+    hidden: HIDDEN,
     backward: BACKWARD,
     'round-end': ROUND_END,
     error: ERROR,
@@ -123,8 +142,14 @@ export const CHANNELS = {
   userGenerate: { generate: { fields: {}, tensors: { h: F32_RANK3 } } },
   /** Generation, edge -> cloud: h2 [1, T, D], for this user, with the version whose edge adapter ran. */
   edgeGenerate: { generate: { fields: { userId: 'string', version: 'int' }, tensors: { h: F32_RANK3 } } },
-  /** Generation's answer, cloud -> edge -> user: the last position's logits [V]. */
-  logits: { logits: { fields: { version: 'int' }, tensors: { logits: { dtype: 'f32', rank: 1 } } } },
+  /**
+   * Generation's answer, cloud -> edge -> user: labels in the cloud, the last position's logits
+   * [V]; labels on the device, its last hidden state [D] (the tab runs the head).
+   */
+  logits: {
+    logits: { fields: { version: 'int' }, tensors: { logits: { dtype: 'f32', rank: 1 } } },
+    hidden: { fields: { version: 'int' }, tensors: { h: { dtype: 'f32', rank: 1 } } },
+  },
 } as const satisfies Record<string, Record<string, WireMessageSpec>>;
 
 export type Channel = keyof typeof CHANNELS;
@@ -290,6 +315,20 @@ export function checkTargets(targets: Int32Array, vocabSize: number, ignoreIndex
         `target ${t} at position ${i} is outside [0, ${vocabSize}) and is not ${ignoreIndex}`,
       );
     }
+  }
+}
+
+/**
+ * The loss and count a tab reports with its head-grad (labels on the device): a count of targets
+ * in [0, rows] (a tab can never count more targets than its batch has positions, and the count
+ * weighs its adapter in the aggregate) and a finite loss >= 0 (a cross-entropy never is negative).
+ */
+export function checkHeadReport(m: { loss: number; count: number; step: number }, rows: number): void {
+  if (!(Number.isFinite(m.loss) && m.loss >= 0)) {
+    throw new ProtocolError('BAD_LOSS', `the loss of step ${m.step} is ${m.loss}: it must be a finite number >= 0`);
+  }
+  if (!(Number.isInteger(m.count) && m.count >= 0 && m.count <= rows)) {
+    throw new ProtocolError('BAD_COUNT', `step ${m.step} counts ${m.count} targets: a batch has at most ${rows}`);
   }
 }
 

@@ -22,7 +22,13 @@ import { ref } from '../schemas';
 type EdgeMessage = MessageOn<'edgeToCloud'>;
 
 /** The messages that belong to a round: without one running they are refused as NO_ROUND. */
-const ROUND_MESSAGES: ReadonlySet<string> = new Set(['user-begin', 'user-dropped', 'forward']);
+const ROUND_MESSAGES: ReadonlySet<string> = new Set([
+  'user-begin',
+  'user-dropped',
+  'forward',
+  'activations',
+  'head-grad',
+]);
 
 /**
  * The `type` named by a frame's header (the frame layout: u32 header length, JSON header), read
@@ -70,6 +76,10 @@ async function handle(app: FastifyInstance, e: EdgeInfo, m: EdgeMessage): Promis
       return rounds.userDropped(e.edgeId, m);
     case 'forward':
       return rounds.forward(e.edgeId, m);
+    case 'activations':
+      return rounds.activations(e.edgeId, m);
+    case 'head-grad':
+      return rounds.headGrad(e.edgeId, m);
     case 'error':
       app.log.warn({ edgeId: e.edgeId, code: m.code, err: m.message }, 'edge reported an error');
       return;

@@ -1,8 +1,10 @@
 /**
  * Generation: an edge sends h2 of one user's context (a `generate` message of the edgeGenerate
- * channel, with the user and the global version whose edge part it ran); the answer is a `logits`
- * message, the next-token logits at the last position, from the tail with that version's cloud
- * part. The body is read only for a known edge (the edge check is an onRequest hook).
+ * channel, with the user and the global version whose edge part it ran). The answer, on the
+ * `logits` channel, runs blocks [m, L) with that version's cloud part: with labels in the cloud,
+ * a `logits` message (ln_f and the tied head too: the next-token logits at the last position);
+ * with labels on the device, a `hidden` message (the last position's last hidden state: the tab
+ * runs the head). The body is read only for a known edge (the edge check is an onRequest hook).
  */
 import {
   decodeExpected,
@@ -74,12 +76,25 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
           `version ${version} is not a recorded global version (current: ${current})`,
         );
       }
-      const logits = await app.cloudTail.logits(adapter, h, 1, T);
-      for (let i = 0; i < V; i++) {
-        if (!Number.isFinite(logits[i])) throw refuse(500, 'NOT_FINITE', `logit ${i} is ${logits[i]}`);
+      const segment = app.cloudSegment;
+      let answer: Uint8Array;
+      if (segment.labels === 'cloud') {
+        const logits = await segment.tail.logits(adapter, h, 1, T);
+        for (let i = 0; i < V; i++) {
+          if (!Number.isFinite(logits[i])) throw refuse(500, 'NOT_FINITE', `logit ${i} is ${logits[i]}`);
+        }
+        answer = encodeMessage('logits', 'logits', { version, logits: { data: logits, shape: [V] } });
+      } else {
+        const D = c.nEmbd;
+        const { y } = await segment.blocks.forward(adapter, h, 1, T);
+        const last = y.slice((T - 1) * D, T * D);
+        for (let i = 0; i < D; i++) {
+          if (!Number.isFinite(last[i]))
+            throw refuse(500, 'NOT_FINITE', `the last hidden state's value ${i} is ${last[i]}`);
+        }
+        answer = encodeMessage('logits', 'hidden', { version, h: { data: last, shape: [D] } });
       }
       served.inc();
-      const answer = encodeMessage('logits', 'logits', { version, logits: { data: logits, shape: [V] } });
       return reply
         .type('application/octet-stream')
         .send(Buffer.from(answer.buffer, answer.byteOffset, answer.byteLength));

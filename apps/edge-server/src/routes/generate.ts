@@ -191,7 +191,11 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
       const bytes = new Uint8Array(await res.arrayBuffer());
       try {
         const answer = decodeMessage('logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
-        expectShape(answer.logits, 'logits', [c.vocabSize]);
+        // labels in the cloud: the logits; on the device: the last hidden state (the tab runs the head)
+        const want = edge.manifest.train.labels === 'cloud' ? 'logits' : 'hidden';
+        if (answer.type !== want) throw new Error(`expected a "${want}" message, got "${answer.type}"`);
+        if (answer.type === 'logits') expectShape(answer.logits, 'logits', [c.vocabSize]);
+        else expectShape(answer.h, 'h', [c.nEmbd]);
       } catch (e) {
         throw new GenerateError(502, 'CLOUD_ERROR', `the cloud's answer is unusable: ${(e as Error).message}`);
       }

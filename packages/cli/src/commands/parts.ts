@@ -16,7 +16,7 @@ import {
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
 import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
-import { CODECS, type Codec, isCodec } from '@splitllm/wire';
+import { CODECS, type Codec, isCodec, isLabelPlacement, LABEL_PLACEMENTS, type LabelPlacement } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { startHeadlessUser } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
@@ -43,20 +43,38 @@ function provider(args: Args): ExecutionProvider {
   return p as ExecutionProvider;
 }
 
+/** --noise SIGMA: a finite number >= 0 (0: no noise). */
+export function noiseOf(args: Args): number {
+  const sigma = args.float('noise', 0);
+  if (!(Number.isFinite(sigma) && sigma >= 0)) throw new UsageError(`--noise must be a number >= 0, got ${sigma}`);
+  return sigma;
+}
+
 export function codecOf(v: string | undefined): Codec {
   const c = v ?? 'f32';
   if (!isCodec(c)) throw new UsageError(`--codec must be one of ${CODECS.join(', ')}, got "${c}"`);
   return c;
 }
 
+/** --labels: where the labels are (default device: no token id leaves the tab). */
+export function labelsOf(v: string | undefined): LabelPlacement {
+  const l = v ?? 'device';
+  if (!isLabelPlacement(l)) throw new UsageError(`--labels must be one of ${LABEL_PLACEMENTS.join(', ')}, got "${l}"`);
+  return l;
+}
+
 export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N]
     [--users-per-edge N] [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}]
+    [--labels ${LABEL_PLACEMENTS.join('|')}] [--noise SIGMA]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
     [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
     [--aggregation ${AGGREGATION_NAMES.join('|')}] [--gate-margin NATS] [--heldout FILE]
     [--join-rate N] [--rejoin-rate N] [--join-token-rate N] [--keep-versions N] [--keep-hourly true|false]
   The cloud server: tail segment, rounds, aggregation (default ${DEFAULT_AGGREGATION}), state in DIR (resumes from
-  the last recorded round; a state directory keeps its run's settings, aggregation included). The gate-*
+  the last recorded round; a state directory keeps its run's settings, aggregation included).
+  --labels device (default): the tabs run the head and the loss, no label leaves them; cloud: labels travel
+  with the activations (the paper's scheme). --noise SIGMA: the tabs add Gaussian noise of that standard
+  deviation to h1 before it leaves (default 0); docs/privacy.md measures what each setting protects. The gate-*
   strategies refuse an update that raises the held-out loss on FILE (default the shipped Moby-Dick held-out
   text) by more than NATS (default ${DEFAULT_GATE_MARGIN}). Rate limits, requests a minute per address (0: none):
   join ${DEFAULT_RATE_LIMITS.join}, rejoin ${DEFAULT_RATE_LIMITS.rejoin},
@@ -81,6 +99,8 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     'min-users': { type: 'string' },
     'max-rounds': { type: 'string' },
     codec: { type: 'string' },
+    labels: { type: 'string' },
+    noise: { type: 'string' },
     'batch-size': { type: 'string' },
     'seq-len': { type: 'string' },
     lr: { type: 'string' },
@@ -136,6 +156,8 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       stepsPerUser: args.int('steps-per-user', 20, 1),
       usersPerEdge: args.int('users-per-edge', 1, 1),
       codec: codecOf(args.optionalString('codec')),
+      labels: labelsOf(args.optionalString('labels')),
+      activationNoise: noiseOf(args),
       ...(args.optionalString('batch-size') ? { batch: args.int('batch-size', 4, 1) } : {}),
       ...(args.optionalString('seq-len') ? { seq: args.int('seq-len', 64, 2) } : {}),
       adamw: {

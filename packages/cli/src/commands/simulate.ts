@@ -16,7 +16,8 @@ import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../l
 import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE
-    --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--users-per-edge N]
+    --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--labels device|cloud] [--noise SIGMA]
+    [--users-per-edge N]
     [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
     [--state DIR] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
@@ -56,6 +57,8 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     seed: { type: 'string' },
     out: { type: 'string' },
     codec: { type: 'string' },
+    labels: { type: 'string' },
+    noise: { type: 'string' },
     engine: { type: 'string' },
     'batch-size': { type: 'string' },
     'seq-len': { type: 'string' },
@@ -101,6 +104,8 @@ export async function simulateCommand(argv: string[]): Promise<void> {
       ['--seq-len', 'seq-len'],
       ['--lr', 'lr'],
       ['--adam-eps', 'adam-eps'],
+      ['--labels', 'labels'],
+      ['--noise', 'noise'],
     ] as const) {
       const v = args.optionalString(key);
       if (v !== undefined) trainArgs.push(flag, v);
