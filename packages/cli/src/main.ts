@@ -5,6 +5,7 @@
  * SPLITLLM_DEBUG=1 prints the stack as well.
  */
 import { UsageError } from './args';
+import { attackCommand, attackHelp } from './commands/attack';
 import { evalCommand, evalHelp } from './commands/eval';
 import { inviteCommand, inviteHelp } from './commands/invite';
 import { pretrainCommand, pretrainHelp } from './commands/pretrain';
@@ -23,6 +24,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   edge: { run: edgeCommand, help: edgeHelp },
   user: { run: userCommand, help: userHelp },
   pretrain: { run: pretrainCommand, help: pretrainHelp },
+  attack: { run: attackCommand, help: attackHelp },
 };
 
 function usage(): string {

@@ -55,3 +55,15 @@ export class Rng {
     return out;
   }
 }
+
+/**
+ * Adds N(0, sigma^2) to every value of h, in place, from a source of standard normals: the tab's
+ * activation noise (a cryptographic source there) and the privacy measurement's (a seeded Rng).
+ */
+export function addGaussianNoise(h: Float32Array, sigma: number, normal: () => number): void {
+  if (!(Number.isFinite(sigma) && sigma >= 0)) {
+    throw new RangeError(`noise sigma must be a finite number >= 0, got ${sigma}`);
+  }
+  if (sigma === 0) return;
+  for (let i = 0; i < h.length; i++) h[i] += sigma * normal();
+}

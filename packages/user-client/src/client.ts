@@ -14,6 +14,7 @@
  * always with request(send, ...), so a failed send leaves no wait behind.
  */
 import {
+  addGaussianNoise,
   adapterFromNamedTensors,
   adapterToNamedTensors,
   codeOf,
@@ -203,28 +204,31 @@ export interface UserClientOptions {
   noiseSeed?: number;
 }
 
-/** Adds Gaussian noise N(0, sigma^2) to every value of h, in place (Box-Muller on the source's uniforms). */
-export function addGaussianNoise(h: Float32Array, sigma: number, uniform: () => number): void {
-  for (let i = 0; i < h.length; i += 2) {
-    let u = 0;
-    while (u === 0) u = uniform();
-    const r = sigma * Math.sqrt(-2 * Math.log(u));
-    const a = 2 * Math.PI * uniform();
-    h[i] += r * Math.cos(a);
-    if (i + 1 < h.length) h[i + 1] += r * Math.sin(a);
-  }
-}
-
-/** Uniforms in (0, 1) from the platform's cryptographic random source, drawn in blocks. */
-function cryptoUniform(): () => number {
+/**
+ * Standard normals from the platform's cryptographic random source (Box-Muller on uniforms in
+ * (0, 1), drawn in blocks).
+ */
+function cryptoNormal(): () => number {
   const block = new Uint32Array(1024);
   let next = block.length;
-  return () => {
+  const uniform = () => {
     if (next === block.length) {
       crypto.getRandomValues(block);
       next = 0;
     }
     return (block[next++] + 0.5) / 2 ** 32;
+  };
+  let spare: number | undefined;
+  return () => {
+    if (spare !== undefined) {
+      const s = spare;
+      spare = undefined;
+      return s;
+    }
+    const r = Math.sqrt(-2 * Math.log(uniform()));
+    const a = 2 * Math.PI * uniform();
+    spare = r * Math.sin(a);
+    return r * Math.cos(a);
   };
 }
 
@@ -260,16 +264,16 @@ export class UserClient {
   /** turns and other uses of the trainer (generation) take turns: one forward/backward pair at a time */
   private trainerQueue: Promise<unknown> = Promise.resolve();
 
-  /** where the activation noise's uniforms come from (see UserClientOptions.noiseSeed) */
-  private readonly noiseUniform: () => number;
+  /** where the activation noise's standard normals come from (see UserClientOptions.noiseSeed) */
+  private readonly noiseNormal: () => number;
 
   constructor(private readonly o: UserClientOptions) {
     this.credentials = { ...o.credentials };
     if (o.noiseSeed === undefined) {
-      this.noiseUniform = cryptoUniform();
+      this.noiseNormal = cryptoNormal();
     } else {
       const rng = new Rng(o.noiseSeed);
-      this.noiseUniform = () => rng.uniform();
+      this.noiseNormal = () => rng.normal();
     }
   }
 
@@ -316,7 +320,7 @@ export class UserClient {
     const padded = paddedForward((batch) => trainer.forward(batch), B, T, c.nEmbd, c.eosTokenId);
     const forward = async (ids: Int32Array) => {
       const h1 = await padded(ids);
-      if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseUniform);
+      if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseNormal);
       return h1;
     };
     return labels === 'device' ? { forward, head: (h) => trainer.headLogits(h) } : { forward };
@@ -572,7 +576,7 @@ export class UserClient {
         const h1 = await trainer.forward(batch);
         const { labels, activationNoise } = this.manifest!.train;
         // additive noise: dL/dh1 at the noisy h1 is what the backward needs (d(h1 + n)/dh1 = 1)
-        if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseUniform);
+        if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseNormal);
         const accept = (m: { type: string; round: number; step: number }) => expectRoundStep(m, round, step);
         let back: Incoming<'edgeToUser', 'backward'>;
         let loss: number;
