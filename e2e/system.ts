@@ -38,6 +38,8 @@ export interface SystemOptions {
   minUsers: number;
   minEdges: number;
   lr?: number;
+  /** where the run's labels are (the cloud's --labels; default its own: device) */
+  labels?: 'device' | 'cloud';
 }
 
 export async function startSystem(o: SystemOptions): Promise<System> {
@@ -76,6 +78,7 @@ export async function startSystem(o: SystemOptions): Promise<System> {
       '1',
     ];
     if (o.lr !== undefined) cloudArgs.push('--lr', String(o.lr));
+    if (o.labels !== undefined) cloudArgs.push('--labels', o.labels);
     const cloud = startPart('cloud', cloudArgs, { logDir, env });
     parts.push(cloud);
     const cloudUrl = String((await cloud.ready).url);

@@ -1,8 +1,11 @@
 /**
  * The page: joins a run, keeps the person's documents in IndexedDB, and shows what the
  * training worker (./worker.ts, through comlink) reports. It never sends the documents
- * anywhere itself and holds no network code of its own besides creating the worker.
+ * anywhere itself; its only request of its own reads the run's public manifest (GET
+ * /api/manifest), so that what leaves the device, and how much of it the servers could read
+ * back, is said from the run's own settings before Start.
  */
+import type { RecoveryFigure, RunPrivacy } from '@splitllm/wire';
 import * as Comlink from 'comlink';
 import * as store from './store';
 import type { PageEvent, RunState, TrainingWorkerApi } from './worker';
@@ -47,6 +50,12 @@ const ui = {
   generatePrompt: $<HTMLInputElement>('generate-prompt'),
   generate: $<HTMLButtonElement>('generate'),
   generateOutput: $('generate-output'),
+  privacy: $('privacy'),
+  privacyStatus: $('privacy-status'),
+  stays: $<HTMLUListElement>('stays'),
+  leaves: $<HTMLUListElement>('leaves'),
+  recovery: $<HTMLUListElement>('recovery'),
+  recoveryHow: $('recovery-how'),
 };
 
 const params = new URLSearchParams(location.search);
@@ -83,6 +92,192 @@ function readJoinFromAddress(): void {
   const rest = params.toString();
   history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
 }
+
+// ---------------------------------------------------------------------------------------------
+// what leaves this device: said from the run's settings (its manifest), before Start
+
+/** A list item: a bold lead-in, then plain text. */
+function item(key: string, lead: string, rest: string): HTMLLIElement {
+  const li = document.createElement('li');
+  li.dataset.item = key;
+  const b = document.createElement('b');
+  b.textContent = lead;
+  li.append(b, rest);
+  return li;
+}
+
+function layers(k: number): string {
+  return k === 1 ? "the model's first layer" : `the model's first ${k} layers`;
+}
+
+/** How an attack works, in words (the attacks of `splitllm attack`, described in docs/privacy.md). */
+const ATTACK_TEXT: Record<string, string> = {
+  decoder: 'a decoder trained on public text',
+  search: "a search with the model's public weights",
+  'gradient-labels': 'working out the labels from the gradient this tab sends back',
+};
+
+function pct(rate: number): string {
+  return `${Math.round(rate * 100)}%`;
+}
+
+/** What the strongest attacks measured at `who` recover: the largest word rate, and every attack that reaches it. */
+function worst(figures: RecoveryFigure[], who: RecoveryFigure['who']): RecoveryFigure[] {
+  const at = figures.filter((f) => f.who === who);
+  const top = Math.max(...at.map((f) => f.wordRate));
+  return at.filter((f) => f.wordRate === top);
+}
+
+function readBack(top: RecoveryFigure[], who: string): string {
+  const how = [...new Set(top.map((f) => ATTACK_TEXT[f.attack] ?? f.attack))].join(', or ');
+  const tokens = Math.max(...top.map((f) => f.tokenRate));
+  const words = pct(top[0].wordRate);
+  return `${who} could read back about ${words} of your words (${pct(tokens)} of the tokens, by ${how}).`;
+}
+
+/** The lists for `p`; undefined: the settings are not known (yet), so only what always stays is said. */
+function renderPrivacy(p: RunPrivacy | undefined): void {
+  const stays = [
+    item('text', 'Your documents, as text.', " They are kept in this browser's storage and never uploaded."),
+  ];
+  if (!p) {
+    ui.stays.replaceChildren(...stays);
+    ui.leaves.replaceChildren();
+    ui.recovery.replaceChildren();
+    ui.recoveryHow.textContent = '';
+    delete ui.privacy.dataset.labels;
+    return;
+  }
+  ui.privacy.dataset.labels = p.labels;
+  const device = p.labels === 'device';
+  if (device) {
+    stays.push(
+      item(
+        'token-ids',
+        'The token ids',
+        ' your text is split into, and the labels (the next token at every position): ' +
+          "the model's last step and the loss are computed in this tab. None of them is sent, but what is " +
+          'sent can reveal them: see below.',
+      ),
+    );
+  }
+  stays.push(item('compute', 'The computation', ` of ${layers(p.k)} on your text, in this tab.`));
+  const noise =
+    p.noiseSigma > 0
+      ? `with Gaussian noise of standard deviation ${p.noiseSigma} added to each number`
+      : 'without added noise';
+  const leaves = [
+    item('activations', `Activations of ${layers(p.k)}`, ` for each training batch (numbers, not text), ${noise}.`),
+  ];
+  if (device) {
+    leaves.push(
+      item(
+        'head-grad',
+        "The gradient of the model's last layer output",
+        " for each batch, and each step's loss as a number.",
+      ),
+    );
+  } else {
+    leaves.push(
+      item(
+        'labels',
+        'The next-token labels of your text',
+        ': the id of the next token at every position of each batch. Anyone with the public tokenizer can read ' +
+          'them back as your text.',
+      ),
+    );
+  }
+  leaves.push(
+    item(
+      'adapter',
+      `Your trained adapter for ${layers(p.k)}`,
+      ": small LoRA weights, after each of your turns; they are averaged with everyone else's.",
+    ),
+    item('prompt', 'When you ask for a continuation', ': the activations of your prompt, as above.'),
+  );
+  ui.stays.replaceChildren(...stays);
+  ui.leaves.replaceChildren(...leaves);
+
+  const rec: HTMLLIElement[] = [];
+  const line = (who: string, text: string, rate?: number) => {
+    const li = document.createElement('li');
+    li.dataset.who = who;
+    if (rate !== undefined) li.dataset.wordRate = rate.toFixed(4);
+    li.textContent = text;
+    rec.push(li);
+  };
+  if (!device) {
+    line(
+      'labels',
+      'The labels leave with the activations: your edge operator and the cloud can read back all of your ' +
+        'text from them with the public tokenizer, whatever the figures below say about the activations.',
+    );
+  }
+  const figures = p.recovery?.figures ?? [];
+  const edge = worst(figures, 'edge');
+  const cloud = worst(figures, 'cloud');
+  if (edge.length > 0) line('edge', readBack(edge, 'An edge operator'), edge[0].wordRate);
+  else
+    line(
+      'edge',
+      "How much of your text an edge operator could read back has not been measured for this run's settings.",
+    );
+  if (cloud.length > 0) line('cloud', readBack(cloud, 'The cloud'), cloud[0].wordRate);
+  ui.recovery.replaceChildren(...rec);
+  ui.recoveryHow.textContent = p.recovery
+    ? `Measured with \u201c${p.recovery.command}\u201d on ${p.recovery.measuredOn}. ` +
+      'How, and what each attack does: docs/privacy.md in the project.'
+    : 'docs/privacy.md in the project says how these figures are measured, and for which settings they exist.';
+}
+
+/** The privacy block of a manifest, checked enough to be said to a person (the worker checks it all). */
+function privacyOf(json: unknown): RunPrivacy {
+  const p = (json as { privacy?: RunPrivacy } | null)?.privacy;
+  if (!p || (p.labels !== 'device' && p.labels !== 'cloud') || !Number.isInteger(p.k) || !(p.noiseSigma >= 0))
+    throw new Error('the run sent no privacy settings');
+  const rate = (v: unknown) => typeof v === 'number' && v >= 0 && v <= 1;
+  if (p.recovery !== null && !(p.recovery?.figures ?? [null]).every((f) => rate(f?.wordRate) && rate(f?.tokenRate)))
+    throw new Error("the run's recovery figures are malformed");
+  return p;
+}
+
+let privacyFrom: string | undefined;
+
+/** Reads the run's settings from `cloudUrl` (once per cloud) and says what leaves. */
+async function loadPrivacy(cloudUrl: string): Promise<void> {
+  if (cloudUrl === privacyFrom) return;
+  privacyFrom = cloudUrl;
+  ui.privacyStatus.dataset.state = 'loading';
+  ui.privacyStatus.textContent = "Reading this run's settings…";
+  try {
+    const res = await fetch(new URL('/api/manifest', cloudUrl));
+    if (!res.ok) throw new Error(`the run answered ${res.status}`);
+    const p = privacyOf(await res.json());
+    if (privacyFrom !== cloudUrl) return;
+    renderPrivacy(p);
+    ui.privacyStatus.dataset.state = 'loaded';
+    ui.privacyStatus.textContent =
+      `From this run's settings: labels ${p.labels === 'device' ? 'on this device' : 'sent to the cloud'}, ` +
+      `split after layer ${p.k}, noise ${p.noiseSigma > 0 ? `of standard deviation ${p.noiseSigma}` : 'none'}.`;
+  } catch (e) {
+    if (privacyFrom !== cloudUrl) return;
+    privacyFrom = undefined;
+    renderPrivacy(undefined);
+    ui.privacyStatus.dataset.state = 'error';
+    ui.privacyStatus.textContent =
+      `Could not read this run's settings (${(e as Error).message}), so what leaves this device cannot be ` +
+      'listed here yet. Check the join link.';
+  }
+}
+
+/** The cloud the page would join: the pasted link's, else the stored session's, else this page's. */
+async function privacyCloud(): Promise<string> {
+  const join = parseJoin(ui.joinCode.value);
+  if (join) return join.cloudUrl;
+  return (await store.loadSession())?.cloudUrl ?? params.get('cloud') ?? location.origin;
+}
+
+ui.joinCode.addEventListener('change', () => void privacyCloud().then(loadPrivacy));
 
 // ---------------------------------------------------------------------------------------------
 // documents (IndexedDB only)
@@ -455,6 +650,9 @@ ui.generate.addEventListener('click', () => {
 
 async function init(): Promise<void> {
   readJoinFromAddress();
+  renderPrivacy(undefined);
+  // not awaited: the settings show when the run answers, the rest of the page does not wait for it
+  void privacyCloud().then(loadPrivacy);
   const engine = params.get('engine');
   if (engine === 'auto' || engine === 'wgsl' || engine === 'wasm') ui.engineSelect.value = engine;
   docs = await store.loadDocs();
