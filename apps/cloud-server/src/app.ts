@@ -375,6 +375,15 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     { url: address, version: versions.version, plan, provider: runner.provider, aggregation: aggregationKey, limits },
     'cloud server listening',
   );
+  const privacy = run.manifest().privacy;
+  if (privacy.recovery === null) {
+    // the page then tells each contributor that the leak was not measured for this run
+    app.log.warn(
+      { k: privacy.k, sigma: privacy.noiseSigma },
+      'no measured recovery figures for this split and noise: the page will say so; measure them with ' +
+        `splitllm attack --model ${resolve(o.modelDir)} --k ${privacy.k} --sigma ${privacy.noiseSigma} --write`,
+    );
+  }
   if (store.migratedTokens > 0) {
     app.log.info(
       { tokens: store.migratedTokens },

@@ -56,7 +56,7 @@ describe('attack', () => {
     expect(labels?.tokenRate).toBeGreaterThan(0.95);
   });
 
-  it('refuses a split point that is not one, a negative sigma and --write with another model', () => {
+  it('refuses a split point that is not one, a negative sigma and --write without a model directory', () => {
     const bad = (args: string[], msg: RegExp) => {
       const r = cli(['attack', ...args]);
       expect(r.code).toBe(2);

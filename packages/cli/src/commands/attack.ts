@@ -43,8 +43,9 @@ export const attackHelp = `splitllm attack [--model DIR|${RANDOM_GPT2_SMALL}] [-
   --sigma      Gaussian noise the tab adds to h1, comma-separated (default 0)
   --tokens     private tokens measured (default 256), in sequences of --seq-len (default 64) taken in
                turn from the demo users' held-out SOTU text (or --text files)
-  --json FILE  writes every figure with its details; --write stores the shipped model's figures in
-               packages/assets/models/moby-tiny/privacy.json`;
+  --json FILE  writes every figure with its details; --write stores the figures as privacy.json in the
+               model directory, where the cloud reads them into the manifest the page shows (a run whose
+               k and sigma were not measured says so)`;
 
 function parseList(raw: string, what: string, parse: (s: string) => number): number[] {
   const out = raw.split(',').map((s) => {
@@ -96,8 +97,8 @@ export async function attackCommand(argv: string[]): Promise<void> {
   const tokens = args.int('tokens', 256, 2);
   const write = args.flag('write');
   const jsonOut = args.optionalString('json');
-  if (write && modelArg !== SHIPPED_MODEL_DIR) {
-    throw new UsageError("attack: --write stores the shipped model's figures; it cannot be used with --model");
+  if (write && modelArg === RANDOM_GPT2_SMALL) {
+    throw new UsageError(`attack: --write stores the figures next to a model directory; ${RANDOM_GPT2_SMALL} has none`);
   }
   const { model, tokenizer, name } = loadTarget(modelArg, seed);
   const c = model.config;
@@ -205,7 +206,8 @@ export async function attackCommand(argv: string[]): Promise<void> {
         wordRate: f.wordRate,
       })),
     };
-    const path = join(SHIPPED_MODEL_DIR, 'privacy.json');
+    // next to the model, where the cloud reads them into the manifest (apps/cloud-server/src/privacy.ts)
+    const path = join(modelArg, 'privacy.json');
     writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
     console.log(`wrote ${path}`);
   }
