@@ -50,7 +50,7 @@ export { AGGREGATION_NAMES, DEFAULT_AGGREGATION, DEFAULT_GATE_MARGIN } from '@sp
 import { EdgeRegistry, type EdgeInfo } from './edge-registry';
 import { CloudConfigError, CloudRequestError } from './errors';
 import { heldoutScorer } from './gate';
-import { runPrivacy } from './privacy';
+import { readModelInfo, runPrivacy } from './privacy';
 import { createCloudMetrics } from './metrics';
 import { Rounds, type RoundSummary } from './rounds';
 import type { CloudSteps } from './tail';
@@ -246,6 +246,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   const limits: RateLimits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
   const webPage = o.webDir ? webPagePlugin(o.webDir) : undefined;
 
+  const modelInfo = readModelInfo(o.modelDir, model);
   const store = openState(o, model, plan, train, aggregationKey);
   const lora = store.loadAdapter(store.latest()).config;
   const segments = { user: encodeSegment(model, plan, 'user'), edge: encodeSegment(model, plan, 'edge') };
@@ -313,6 +314,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     rateLimits: limits,
     manifest: () => ({
       modelName: basename(resolve(o.modelDir)),
+      model: modelInfo,
       config: gpt2ConfigToJson(c),
       plan,
       lora,

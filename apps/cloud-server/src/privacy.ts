@@ -5,10 +5,27 @@
  * `splitllm attack --write`); a run whose k and sigma were never measured says so (null) rather
  * than borrow another setting's figures.
  */
-import type { SplitPlan } from '@splitllm/model';
-import type { RecoveryFigure, RunPrivacy, TrainSettings } from '@splitllm/wire';
+import type { Gpt2Model, SplitPlan } from '@splitllm/model';
+import type { ModelInfo, RecoveryFigure, RunPrivacy, TrainSettings } from '@splitllm/wire';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
+
+/** The model card a model directory may hold: how the page and the dashboard name and describe it. */
+export const MODEL_CARD_FILE = 'model-card.json';
+
+/** The model's name, one-line description and size, from its card (when there is one) and its weights. */
+export function readModelInfo(modelDir: string, model: Gpt2Model): ModelInfo {
+  let parameters = 0;
+  for (const t of model.weights.values()) parameters += t.data.length;
+  const path = join(modelDir, MODEL_CARD_FILE);
+  const card = existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as Partial<ModelInfo>) : {};
+  return {
+    name: typeof card.name === 'string' && card.name ? card.name : basename(resolve(modelDir)),
+    description: typeof card.description === 'string' ? card.description : '',
+    parameters,
+    demo: card.demo === true,
+  };
+}
 
 /** The file `splitllm attack --write` leaves in a model directory. */
 export const PRIVACY_FILE = 'privacy.json';

@@ -48,6 +48,7 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
   }),
   runManifest: closed({
     modelName: str,
+    model: closed({ name: str, description: str, parameters: int, demo: { type: 'boolean' } }),
     // the model's Hugging Face config.json, as the model package writes it
     config: { type: 'object', additionalProperties: true },
     plan: ref('splitPlan'),

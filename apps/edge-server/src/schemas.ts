@@ -103,6 +103,17 @@ export const manifestSchema = {
   },
   properties: {
     modelName: { type: 'string' },
+    model: {
+      type: 'object',
+      properties: {
+        name: { type: 'string' },
+        description: { type: 'string' },
+        parameters: { type: 'integer' },
+        demo: { type: 'boolean' },
+      },
+      required: ['name', 'description', 'parameters', 'demo'],
+      additionalProperties: false,
+    },
     // the model's Hugging Face config.json, as the cloud gave it: its keys are the model's, not ours
     config: { type: 'object', additionalProperties: true },
     plan: { $ref: 'manifest#/definitions/plan' },
@@ -126,7 +137,7 @@ export const manifestSchema = {
     },
     privacy: { $ref: 'manifest#/definitions/privacy' },
   },
-  required: ['modelName', 'config', 'plan', 'lora', 'train', 'version', 'segments', 'privacy'],
+  required: ['modelName', 'model', 'config', 'plan', 'lora', 'train', 'version', 'segments', 'privacy'],
   additionalProperties: false,
 } as const;
 

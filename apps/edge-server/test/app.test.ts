@@ -26,6 +26,7 @@ const CONFIG: Gpt2Config = {
 };
 const MANIFEST: RunManifest = {
   modelName: 'tiny',
+  model: { name: 'tiny', description: '', parameters: 1000, demo: true },
   config: gpt2ConfigToJson(CONFIG),
   plan: { k: 1, m: 2 },
   lora: DEFAULT_LORA_CONFIG,

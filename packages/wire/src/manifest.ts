@@ -73,9 +73,22 @@ export interface SegmentInfo {
   bytes: number;
 }
 
+/** What the page and the dashboard say about the model: its name, size, and what it is. */
+export interface ModelInfo {
+  /** the model card's name, else the model directory's name */
+  name: string;
+  /** one line from the model card (`model-card.json` in the model directory); '' when there is none */
+  description: string;
+  /** the number of weights of the whole model */
+  parameters: number;
+  /** a small model made for demonstrations: its continuations are not meant to be good */
+  demo: boolean;
+}
+
 export interface RunManifest {
   /** the model directory's name, for display */
   modelName: string;
+  model: ModelInfo;
   /** Hugging Face config.json object */
   config: Record<string, unknown>;
   plan: SplitPlan;
@@ -150,6 +163,7 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   }
   const manifest: RunManifest = {
     modelName: String(j.modelName ?? ''),
+    model: parseModelInfo(j.model),
     config: j.config as Record<string, unknown>,
     plan: { k: plan.k, m: plan.m },
     lora: { r: lora.r, alpha: lora.alpha, targets: [...lora.targets] as LoraTarget[] },
@@ -159,6 +173,14 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
     privacy: parsePrivacy(j.privacy),
   };
   return { manifest, config };
+}
+
+function parseModelInfo(v: unknown): ModelInfo {
+  const m = v as ModelInfo | undefined;
+  if (typeof m !== 'object' || m === null) throw new ManifestError('manifest: model missing');
+  if (typeof m.name !== 'string' || typeof m.description !== 'string' || typeof m.demo !== 'boolean')
+    throw new ManifestError('manifest: model must have a name, a description and demo');
+  return { name: m.name, description: m.description, parameters: posInt(m.parameters, 'model.parameters'), demo: m.demo };
 }
 
 function rate(v: unknown, what: string): number {
