@@ -180,7 +180,12 @@ function parseModelInfo(v: unknown): ModelInfo {
   if (typeof m !== 'object' || m === null) throw new ManifestError('manifest: model missing');
   if (typeof m.name !== 'string' || typeof m.description !== 'string' || typeof m.demo !== 'boolean')
     throw new ManifestError('manifest: model must have a name, a description and demo');
-  return { name: m.name, description: m.description, parameters: posInt(m.parameters, 'model.parameters'), demo: m.demo };
+  return {
+    name: m.name,
+    description: m.description,
+    parameters: posInt(m.parameters, 'model.parameters'),
+    demo: m.demo,
+  };
 }
 
 function rate(v: unknown, what: string): number {
