@@ -15,7 +15,7 @@ import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
 import { ClientError, rejoinRun, type JoinCredentials, type UserClient, type UserEvent } from '@splitllm/user-client';
 import { startHeadlessUser } from '@splitllm/user-client/node';
-import { decodeMessage, encodeMessage, type MessageOn } from '@splitllm/wire';
+import { decodeMessage, encodeMessage, GENERATE_USER_HEADER, type MessageOn } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -202,6 +202,22 @@ describe('joining while rounds change, and Drop', () => {
     const refused = await hello(edge!.url, credentials);
     expect(refused.code).toBe(4003);
     expect(refused.frames).toEqual([{ type: 'error', code: 'USER_REMOVED', message: REMOVED }]);
+    // out for generation too: the cloud refuses it, the edge relays the refusal
+    const generate = () =>
+      fetch(`${edge!.url}/api/generate`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${credentials.userToken}`,
+          [GENERATE_USER_HEADER]: credentials.userId,
+          'content-type': 'application/octet-stream',
+        },
+        body: encodeMessage('userGenerate', 'generate', {
+          h: { data: new Float32Array(128), shape: [1, 1, 128] },
+        }) as Uint8Array<ArrayBuffer>,
+      });
+    const gen = await generate();
+    expect(gen.status).toBe(403);
+    expect(await gen.json()).toEqual({ code: 'USER_REMOVED', message: REMOVED });
 
     // only its own edge removes a user; only the cloud operator admits one
     const other = users[0].client.userId;
@@ -225,6 +241,7 @@ describe('joining while rounds change, and Drop', () => {
     expect(back).toMatchObject({ userId: client.userId, edgeId: 'e1' });
     const welcomed = await hello(edge!.url, back);
     expect(welcomed.frames[0]).toMatchObject({ type: 'welcome', userId: client.userId });
+    expect((await generate()).status).toBe(200);
   });
 
   it('serves the adapter of the current and the previous version, and says what to do for an older one', async () => {

@@ -18,6 +18,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { edgeOf, requireEdge } from '../auth';
 import { CloudRequestError } from '../errors';
 import { ref } from '../schemas';
+import { USER_REMOVED_MESSAGE } from './join';
 
 export const generateRoutes: FastifyPluginAsync = async (app) => {
   const c = app.cloudRun.config;
@@ -37,7 +38,7 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
     return reply.code(status).send({ code, message: err.message });
   });
 
-  const errors = Object.fromEntries([400, 401, 404, 409, 413, 415, 500].map((s) => [s, ref('cloudError')]));
+  const errors = Object.fromEntries([400, 401, 403, 404, 409, 413, 415, 500].map((s) => [s, ref('cloudError')]));
   app.post(
     '/api/generate',
     { onRequest: requireEdge, bodyLimit: limit, schema: { response: errors } },
@@ -59,7 +60,11 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
       if (T < 1 || T > c.nPositions)
         throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
       const { userId, version } = m;
-      const refuse = (status: number, code: 'UNKNOWN_USER' | 'UNKNOWN_VERSION' | 'NOT_FINITE', message: string) => {
+      const refuse = (
+        status: number,
+        code: 'UNKNOWN_USER' | 'USER_REMOVED' | 'UNKNOWN_VERSION' | 'NOT_FINITE',
+        message: string,
+      ) => {
         req.log.warn({ code, edgeId: edge.edgeId, userId, version }, 'generate request refused');
         return new CloudRequestError(status, code, message);
       };
@@ -67,6 +72,8 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
       if (!user || user.edgeId !== edge.edgeId) {
         throw refuse(404, 'UNKNOWN_USER', `user "${userId}" is not a user of edge "${edge.edgeId}"`);
       }
+      // a removed user is out of the run for generation too, not only for training
+      if (app.cloudStore.removal(userId)) throw refuse(403, 'USER_REMOVED', USER_REMOVED_MESSAGE);
       const adapter = app.cloudVersions.at(version);
       if (!adapter) {
         const current = app.cloudVersions.version;

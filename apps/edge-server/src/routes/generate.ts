@@ -10,7 +10,7 @@
  * edge): `authorization: Bearer <userToken>` and `x-splitllm-user: <userId>`, checked before any
  * of the body is read. The body is one `generate` message (application/octet-stream), at most
  * maxGenerateFrameBytes(config). Refusals are JSON {code, message}: 400 BAD_FRAME / BAD_SHAPE /
- * NOT_FINITE / ..., 401 UNAUTHORIZED, 404 UNKNOWN_USER (from the cloud: the cloud keeps the user
+ * NOT_FINITE / ..., 401 UNAUTHORIZED, 403 USER_REMOVED and 404 UNKNOWN_USER (from the cloud: the cloud keeps the user
  * registry), 413 FRAME_TOO_LARGE, 503 NOT_READY (starting, or the global version is changing:
  * retry), 502/504 when the cloud fails or is late.
  */
@@ -52,7 +52,7 @@ function headerValue(h: string | string[] | undefined): string | undefined {
   return Array.isArray(h) ? h[0] : h;
 }
 
-const refusals = Object.fromEntries([400, 401, 404, 413, 415, 502, 503, 504].map((s) => [s, ref('edgeError')]));
+const refusals = Object.fromEntries([400, 401, 403, 404, 413, 415, 502, 503, 504].map((s) => [s, ref('edgeError')]));
 
 export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (app, o) => {
   const cloudTimeoutMs = o.cloudTimeoutMs ?? 60_000;
@@ -183,6 +183,7 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
         const e = await responseError(res);
         // the user's own problem (not known to the cloud) goes back as is; anything else is the edge's or the cloud's
         if (res.status === 404 && e.code === 'UNKNOWN_USER') throw new GenerateError(404, e.code, e.message);
+        if (res.status === 403 && e.code === 'USER_REMOVED') throw new GenerateError(403, e.code, e.message);
         if (res.status === 409 && e.code === 'UNKNOWN_VERSION') {
           throw new GenerateError(503, 'NOT_READY', `the global adapter is changing (${e.message}); try again`);
         }
