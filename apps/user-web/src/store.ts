@@ -8,6 +8,7 @@
  *   progress  steps, tokens, turns, version, the loss history    written by the worker
  *   adapter   the user-tier adapter after the last turn (an adapterFile 'adapter' message)
  *   segment   the frozen user segment, with its sha-256 and the run version it came with
+ *   engine    the engine the last start used, with why (the page says so when the next one differs)
  */
 import { createStore, del, get, set, type UseStore } from 'idb-keyval';
 import type { JoinCredentials } from '@splitllm/user-client';
@@ -89,6 +90,15 @@ export const saveAdapter = (a: StoredAdapter): Promise<void> => set('adapter', a
 export const loadSegment = (): Promise<StoredSegment | undefined> => get<StoredSegment>('segment', db());
 /** one segment is kept: a new run's replaces the old one */
 export const saveSegment = (s: StoredSegment): Promise<void> => set('segment', s, db());
+
+/** The engine a start ended up with, and the client's reason. */
+export interface UsedEngine {
+  kind: string;
+  reason: string;
+}
+
+export const loadEngineUsed = (): Promise<UsedEngine | undefined> => get<UsedEngine>('engine', db());
+export const saveEngineUsed = (e: UsedEngine): Promise<void> => set('engine', e, db());
 
 /** Forget everything about the run (documents stay unless asked). */
 export async function forgetRun(alsoDocs: boolean): Promise<void> {

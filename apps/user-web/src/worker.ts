@@ -16,10 +16,10 @@ import {
   adapterToNamedTensors,
   adapterToPeft,
   CodedError,
+  Gpt2Tokenizer,
   codeOf,
   PEFT_CONFIG_FILE,
   PEFT_WEIGHTS_FILE,
-  type Gpt2Tokenizer,
   type LoraAdapter,
   type LoraConfig,
 } from '@splitllm/model';
@@ -84,6 +84,20 @@ function storedAdapter(a: store.StoredAdapter): LoraAdapter {
   return adapterFromNamedTensors(a.lora as LoraConfig, decodeExpected('adapterFile', 'adapter', a.frame).tensors);
 }
 
+/** The token ids of `docs`, each followed by the end-of-text token (so no window joins two unmarked). */
+function tokenize(tok: Gpt2Tokenizer, docs: store.StoredDoc[]): number[] {
+  const eos = tok.eotId;
+  if (eos === undefined) {
+    throw new PageError('BAD_TOKENIZER', "the run's tokenizer has no <|endoftext|> token to separate documents with");
+  }
+  const tokens: number[] = [];
+  for (const d of docs) {
+    for (const id of tok.encode(d.text)) tokens.push(id);
+    tokens.push(eos);
+  }
+  return tokens;
+}
+
 function errorOf(e: unknown): { code: string; message: string } {
   const code = codeOf(e, 'ERROR');
   // the page's own words for a removal, whoever refused (the cloud's rejoin, the edge's hello)
@@ -94,6 +108,8 @@ function errorOf(e: unknown): { code: string; message: string } {
 class TrainingWorker {
   private client?: UserClient;
   private tokenizer?: Gpt2Tokenizer;
+  /** the tokenizer countTokens uses before a start, and the cloud it came from */
+  private counter?: { cloudUrl: string; tokenizer: Promise<Gpt2Tokenizer> };
   private onEvent: (e: PageEvent) => void = () => {};
   private progress: store.StoredProgress = store.emptyProgress();
   private session?: store.StoredSession;
@@ -163,19 +179,7 @@ class TrainingWorker {
       });
       this.client = client;
       this.tokenizer = await client.tokenizer();
-      const tokens: number[] = [];
-      // documents are separated by the end-of-text token, so no window joins two of them unmarked
-      const eos = this.tokenizer.eotId;
-      if (eos === undefined) {
-        throw new PageError(
-          'BAD_TOKENIZER',
-          "the run's tokenizer has no <|endoftext|> token to separate documents with",
-        );
-      }
-      for (const d of docs) {
-        for (const id of this.tokenizer.encode(d.text)) tokens.push(id);
-        tokens.push(eos);
-      }
+      const tokens = tokenize(this.tokenizer, docs);
       if (tokens.length < 2 + docs.length) throw new PageError('NO_DATA', 'the documents hold no text to train on');
       // a resumed run draws windows the earlier steps did not
       batches = tokenBatches(tokens, session.seed + this.progress.steps);
@@ -239,6 +243,7 @@ class TrainingWorker {
         if (this.client) this.emit({ type: 'state', state: 'connected' });
         if (e.accepted) {
           this.progress.turns++;
+          this.emit({ type: 'progress', progress: this.progress });
           persist(() => store.saveProgress(this.progress));
           persist(() => this.saveAdapter(e.round));
         }
@@ -290,6 +295,31 @@ class TrainingWorker {
       nLayer: c.config.nLayer,
     });
     this.emit({ type: 'adapter-saved', round, version: this.progress.version });
+  }
+
+  /**
+   * How many tokens the stored documents make, with the run's tokenizer from `cloudUrl` (fetched
+   * once per cloud, before any join: the page says how much text there is before Start). The same
+   * count as the 'data' event's at Start: the separators between documents are not counted.
+   */
+  async countTokens(cloudUrl: string): Promise<{ documents: number; tokens: number }> {
+    let counter = this.counter;
+    if (counter?.cloudUrl !== cloudUrl) {
+      const tokenizer = fetch(new URL('/api/tokenizer', cloudUrl)).then(async (res) => {
+        if (!res.ok) throw new Error(`the run answered ${res.status} for its tokenizer`);
+        const files = (await res.json()) as { vocabJson: string; mergesTxt: string };
+        return Gpt2Tokenizer.fromFiles(files.vocabJson, files.mergesTxt);
+      });
+      counter = { cloudUrl, tokenizer };
+      this.counter = counter;
+      // a failed fetch is not kept: the next count asks again
+      tokenizer.catch(() => {
+        if (this.counter?.tokenizer === tokenizer) this.counter = undefined;
+      });
+    }
+    const tok = await counter.tokenizer;
+    const docs = await store.loadDocs();
+    return { documents: docs.length, tokens: tokenize(tok, docs).length - docs.length };
   }
 
   /** Leaves the queue (a turn in progress is rolled back by the edge); data, adapter and progress stay. */
@@ -352,5 +382,21 @@ class TrainingWorker {
 }
 
 export type TrainingWorkerApi = TrainingWorker;
+
+// comlink sends a thrown error's message, name and stack only: a coded error's code goes too, so
+// the page can say what a refusal (NO_ADAPTER, EMPTY_PROMPT...) means next to the right control
+type Thrown = { value: unknown };
+const throwHandler = Comlink.transferHandlers.get('throw') as Comlink.TransferHandler<Thrown, unknown>;
+const codedThrow: Comlink.TransferHandler<Thrown, unknown> = {
+  canHandle: (v): v is Thrown => throwHandler.canHandle(v),
+  serialize: (v) => {
+    const [out, transfer] = throwHandler.serialize(v);
+    const inner = (out as { value?: Record<string, unknown> }).value;
+    if (v.value instanceof CodedError && inner) inner.code = v.value.code;
+    return [out, transfer];
+  },
+  deserialize: (v) => throwHandler.deserialize(v),
+};
+Comlink.transferHandlers.set('throw', codedThrow as Comlink.TransferHandler<unknown, unknown>);
 
 Comlink.expose(new TrainingWorker());
