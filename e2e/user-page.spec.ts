@@ -277,6 +277,10 @@ test.describe('a run with labels on the device (the default)', () => {
     const stayerThere = busyUsers.find((u) => u !== leaver)!;
     await expect(dashboard.locator(`#users tr[data-user-id="${stayerThere.userId}"]`)).toBeVisible();
     await expect(dashboard.locator(`#users tr[data-user-id="${leaver.userId}"]`)).toHaveCount(0, { timeout: 30_000 });
+    // a closed tab is a departure, listed as such, not an error
+    await expect(dashboard.locator(`#left li[data-user-id="${leaver.userId}"]`)).toHaveAttribute('data-kind', 'left');
+    await expect(dashboard.locator(`#errors li[data-user-id="${leaver.userId}"]`)).toHaveCount(0);
+    await expect(dashboard.locator('#users-count [data-count="connected"]')).toHaveText('1 connected');
     expect(Number(await dashboard.locator('#loss-chart').getAttribute('data-points'))).toBeGreaterThan(0);
     await dashboard.screenshot({ path: join(SHOTS, '05-dashboard-after-round.png'), fullPage: true });
     await stayers[0].page.screenshot({ path: join(SHOTS, '06-user-after-round.png'), fullPage: true });

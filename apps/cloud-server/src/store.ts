@@ -616,6 +616,16 @@ export class RoundStore {
     return row ? { removedAt: row.removed_at, byEdge: row.by_edge } : undefined;
   }
 
+  /** The users an edge's operator removed that are still out (an edge that restarts starts from these). */
+  removedBy(edgeId: string): string[] {
+    const rows = this.db
+      .prepare('SELECT user_id FROM removed_users WHERE by_edge = ? ORDER BY user_id')
+      .all(edgeId) as {
+      user_id: string;
+    }[];
+    return rows.map((r) => r.user_id);
+  }
+
   /** The cloud's operator lets a removed user back in; false when it was not removed. */
   admitUser(userId: string): boolean {
     return this.db.prepare('DELETE FROM removed_users WHERE user_id = ?').run(userId).changes === 1;

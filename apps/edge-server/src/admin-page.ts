@@ -1,118 +1,179 @@
 /**
- * The edge operator's dashboard: one self-contained page (inline CSS and JS, nothing fetched
- * but its own data, no build step), served at GET /admin by admin.ts. It holds no data itself:
- * it asks for the operator token (a form, or the URL fragment `#token=...`, which browsers do
- * not send to servers), keeps it in sessionStorage, and polls GET /api/admin/status with it
- * every second. Everything from the server is written with textContent, never as HTML.
+ * The edge operator's dashboard: one page (inline CSS and JS, no build step), served at GET /admin
+ * by admin.ts, with one library from this same edge: uPlot (GET /admin/uplot.js and
+ * /admin/uplot.css) for the loss chart. It holds no data itself: it asks for the operator token (a
+ * form, or the URL fragment `#token=...`, which browsers do not send to servers), keeps it in
+ * sessionStorage, and polls GET /api/admin/status with it every second. Everything from the server
+ * is written with textContent, never as HTML.
  *
- * The element ids are stable (the end-to-end test and its screenshots use them): #edge-id,
- * #provider, #cloud-state, #version, #round, #training-now, #step-ms, #tokens-per-second,
- * #bytes-in, #bytes-out, #memory, #restarts (hidden unless a launcher restarted the edge), #users
- * (a table with one tr[data-user-id] per user and a button[data-drop] in it), #loss-chart (an SVG
- * with data-points), #errors, #status-line, and the token form's #token and #token-submit.
+ * Words, the same everywhere on the page (the legend under "This edge now" says them): "round R"
+ * is a training round; "shared model update V" is the version of the shared model (update R is
+ * what round R produced; update 0 is the model before any training). A connected user is in one
+ * phase: training, waiting, done this round, or sitting out; the counts are made from the same
+ * phases as the rows, so they add up. A user who went on its own is "left", not an error.
+ *
+ * It is usable at a phone's width (390 px): under 640 px the users table becomes one card per
+ * user, with its Drop button in reach. Drop asks first, in a dialog that says what it does.
+ *
+ * The element ids are stable (tests and screenshots use them): #edge-id, #provider, #cloud-state,
+ * #version, #round, #training-now, #step-ms, #tokens-per-second, #bytes-in, #bytes-out, #memory,
+ * #restarts, #model-name, #model-size, #model-description, #model-demo, #users (a table with one
+ * tr[data-user-id][data-phase] per user and a button[data-drop] in it), #users-count (with
+ * span[data-count] per phase), #left (li[data-user-id][data-kind] per departure), #loss-chart
+ * (the chart's box: data-points, data-round, data-series), #errors, #conn-problem, #drop-dialog
+ * (#drop-confirm, #drop-cancel, #drop-error), #status-line, and the token form's #token and
+ * #token-submit (#auth-message, #auth-code).
  */
 
 export const ADMIN_STYLE = `
 :root {
   color-scheme: light dark; --fg: #1b1f24; --muted: #5b6470; --bg: #f6f7f9; --card: #fff; --line: #d5d9df;
-  --accent: #1f6feb; --bad: #c62828; --good: #2e7d32;
+  --accent: #1f6feb; --bad: #c62828; --good: #2e7d32; --warn-bg: #fdecea;
 }
 @media (prefers-color-scheme: dark) {
   :root {
     --fg: #e6e8eb; --muted: #9aa4af; --bg: #0f1216; --card: #171b21; --line: #2c333b; --accent: #58a6ff;
-    --bad: #ff6b6b; --good: #5cc46a;
+    --bad: #ff6b6b; --good: #5cc46a; --warn-bg: #3a1d1d;
   }
 }
 * { box-sizing: border-box; }
 body {
-  margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-  background: var(--bg);
+  margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+  background: var(--bg); overflow-wrap: anywhere;
 }
 header {
-  display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem 1.25rem; padding: .75rem 1.25rem;
-  background: var(--card); border-bottom: 1px solid var(--line);
+  display: flex; flex-wrap: wrap; align-items: center; justify-content: space-between; gap: .5rem 1rem;
+  padding: .6rem 1rem; background: var(--card); border-bottom: 1px solid var(--line);
 }
-header h1 { font-size: 1.1rem; margin: 0 .5rem 0 0; }
-header dl, .cards { margin: 0; }
-.inline { display: flex; flex-wrap: wrap; gap: .25rem 1.25rem; }
-.inline div { display: flex; gap: .35rem; }
-dt { color: var(--muted); }
+header h1 { font-size: 1.1rem; margin: 0; }
+main { padding: .75rem; display: grid; gap: .75rem; max-width: 1200px; margin: 0 auto; }
+#dashboard { display: grid; gap: .75rem; min-width: 0; }
+#dashboard[hidden] { display: none; }
+section {
+  background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: .75rem; min-width: 0;
+}
+section h2 { font-size: 1rem; margin: 0 0 .5rem; }
+p { margin: .3rem 0; }
+dl { margin: 0; }
+dt { color: var(--muted); font-size: .85rem; }
 dd { margin: 0; font-weight: 600; }
-main { padding: 1rem 1.25rem; display: grid; gap: 1rem; max-width: 1200px; }
-section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: .75rem 1rem; }
-section h2 { font-size: .95rem; margin: 0 0 .5rem; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: .5rem; }
-.cards div { border: 1px solid var(--line); border-radius: 6px; padding: .4rem .6rem; }
-.cards .wide { grid-column: span 2; }
-.cards dd { font-size: 1.05rem; font-variant-numeric: tabular-nums; }
-.sub { color: var(--muted); font-weight: 400; font-size: .85em; }
-table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-caption { text-align: left; color: var(--muted); padding-bottom: .35rem; }
-th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { font-weight: 600; color: var(--muted); }
-td.num, th.num { text-align: right; }
-#training-now { white-space: nowrap; }
-td.id, th.id, #training-now { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
-.state-training { color: var(--accent); font-weight: 600; }
-.state-done { color: var(--good); }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(9.5rem, 1fr)); gap: .5rem; }
+.cards > div { border: 1px solid var(--line); border-radius: 6px; padding: .4rem .6rem; min-width: 0; }
+.cards .wide { grid-column: 1 / -1; }
+.cards dd { font-variant-numeric: tabular-nums; }
+.sub, .muted { color: var(--muted); font-weight: 400; }
+.sub { font-size: .85em; }
+.id { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
+.legend { color: var(--muted); font-size: .85rem; margin-top: .6rem; }
+.legend b { color: var(--fg); font-weight: 600; }
+#model-card h2 { margin-bottom: .2rem; }
+#model-demo { border-left: 3px solid var(--accent); padding-left: .5rem; }
 .ok { color: var(--good); }
 .bad { color: var(--bad); }
+.vh {
+  position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); clip-path: inset(50%);
+  white-space: nowrap;
+}
+table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
+caption { text-align: left; color: var(--muted); padding-bottom: .35rem; font-size: .85rem; }
+th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+thead th { font-weight: 600; color: var(--muted); font-size: .85rem; }
+td.num, th.num { text-align: right; }
+tr[data-phase="training"] .phase { color: var(--accent); font-weight: 600; }
+tr[data-phase="done"] .phase { color: var(--good); }
+tr[data-phase="sitting-out"] .phase { color: var(--muted); }
+#users-count span + span::before { content: " · "; }
 button {
-  font: inherit; padding: .2rem .7rem; border-radius: 5px; border: 1px solid var(--line); background: var(--card);
-  color: var(--fg); cursor: pointer;
+  font: inherit; min-height: 2.25rem; padding: .25rem .8rem; border-radius: 6px; border: 1px solid var(--line);
+  background: var(--card); color: var(--fg); cursor: pointer;
 }
 button:hover { border-color: var(--accent); }
 button.danger { color: var(--bad); border-color: var(--bad); }
+button.danger-fill { background: var(--bad); border-color: var(--bad); color: #fff; }
 button:disabled { opacity: .5; cursor: default; }
-button:focus-visible, input:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
-#login { max-width: 28rem; }
+button:focus-visible, input:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
+@media (max-width: 640px) {
+  #users thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  #users, #users caption, #users tbody, #users tr, #users th, #users td { display: block; width: 100%; }
+  #users tr {
+    border: 1px solid var(--line); border-radius: 6px; margin-bottom: .5rem; padding: .3rem .5rem;
+  }
+  #users th, #users td { border: 0; padding: .15rem 0; text-align: left; }
+  #users td[data-label] { display: flex; justify-content: space-between; gap: 1rem; }
+  #users td[data-label]::before { content: attr(data-label); color: var(--muted); font-weight: 400; }
+  #users td.action { padding-top: .35rem; }
+  #users td.action button { width: 100%; }
+}
+#login { max-width: 30rem; }
 #login label { display: block; margin-bottom: .3rem; font-weight: 600; }
 #login input {
-  font: inherit; width: 100%; padding: .35rem .5rem; margin-bottom: .5rem; border: 1px solid var(--line);
-  border-radius: 5px; background: var(--bg); color: var(--fg);
+  font: inherit; width: 100%; padding: .4rem .5rem; margin-bottom: .5rem; border: 1px solid var(--line);
+  border-radius: 6px; background: var(--bg); color: var(--fg);
 }
-#login p { margin: .25rem 0 .6rem; color: var(--muted); }
-#auth-message:not(:empty) { color: var(--bad); font-weight: 600; margin: 0 0 .6rem; }
-#loss-chart { width: 100%; height: auto; max-height: 320px; display: block; }
-#loss-chart text { fill: var(--muted); font-size: 11px; }
-#loss-chart .axis { stroke: var(--line); }
-#loss-chart .empty { font-size: 13px; }
-#errors { margin: 0; padding: 0; list-style: none; max-height: 16rem; overflow: auto; }
-#errors li { margin: .15rem 0; }
-#errors code { color: var(--bad); font-weight: 600; }
-#errors .muted, .muted { color: var(--muted); }
+#login p { color: var(--muted); }
+.problem { border-left: 3px solid var(--bad); background: var(--warn-bg); padding: .4rem .6rem; border-radius: 4px; }
+.problem[hidden] { display: none; }
+.problem .say { margin: 0; color: var(--fg); }
+.code { display: block; margin: .15rem 0 0; font-size: .8rem; color: var(--muted); }
+.code:empty { display: none; }
+.events { margin: 0; padding: 0; list-style: none; max-height: 18rem; overflow: auto; }
+.events li { padding: .35rem 0; border-bottom: 1px solid var(--line); }
+.events li:last-child { border-bottom: 0; }
+.events .when { color: var(--muted); font-size: .85rem; margin-right: .4rem; }
+#errors li.problem { border-bottom: 0; margin-bottom: .35rem; }
+#loss-chart { width: 100%; min-height: 12rem; }
+#loss-chart .uplot { width: 100%; }
+#loss-chart .u-legend { font-size: .85rem; }
+.chart-note { color: var(--muted); font-size: .85rem; }
+.chart-note .boundary {
+  display: inline-block; width: 1.2rem; border-top: 2px dashed var(--muted); vertical-align: middle;
+}
+figure { margin: 0; }
 #status-line { color: var(--muted); font-size: .85rem; margin: 0; }
-#status-line.bad { color: var(--bad); }
-.toolbar { display: flex; gap: .75rem; align-items: center; justify-content: space-between; }
+dialog {
+  border: 1px solid var(--line); border-radius: 8px; background: var(--card); color: var(--fg); padding: 1rem;
+  width: min(30rem, calc(100vw - 2rem));
+}
+dialog::backdrop { background: rgba(0, 0, 0, .45); }
+dialog h2 { font-size: 1.05rem; margin: 0 0 .5rem; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: flex-end; margin-top: .75rem; }
 `;
 
 export const ADMIN_SCRIPT = `
 (function () {
   'use strict';
   var KEY = 'splitllm-edge-operator-token';
-  var COLORS = [
-    '#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'
-  ];
-  var SVG = 'http://www.w3.org/2000/svg';
+  var COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
+  var PHASE_WORDS = { training: 'training', waiting: 'waiting', done: 'done this round', 'sitting-out': 'sitting out' };
   var $ = function (id) { return document.getElementById(id); };
   var timer = null;
   var polling = false;
-  var notice = null;
-  var noticeUntil = 0;
+  var lastOk = null;
+  var plot = null;
+  var plotKey = '';
+  var seen = {};
+  var clientLeft = [];
+  var dropping = null;
 
   function token() { try { return sessionStorage.getItem(KEY); } catch (e) { return null; } }
   function setToken(t) {
     try { if (t) sessionStorage.setItem(KEY, t); else sessionStorage.removeItem(KEY); }
-    catch (e) { /* storage disabled */ }
+    catch (e) { /* storage disabled: the token lives as long as this page */ }
   }
   function text(id, v) { var el = $(id); if (el.textContent !== v) el.textContent = v; }
-  function mib(b) { return b == null ? '\\u2014' : (b / 1048576).toFixed(1) + ' MiB'; }
+  function mib(b) { return b == null ? '—' : (b / 1048576).toFixed(1) + ' MiB'; }
   function bytes(b) {
-    if (b == null) return '\\u2014';
+    if (b == null) return '—';
     if (b < 1024) return b + ' B';
     if (b < 1048576) return (b / 1024).toFixed(1) + ' KiB';
     if (b < 1073741824) return (b / 1048576).toFixed(1) + ' MiB';
     return (b / 1073741824).toFixed(2) + ' GiB';
+  }
+  function params(n) {
+    if (n >= 1e9) return (n / 1e9).toFixed(1) + ' billion';
+    if (n >= 1e6) return (n / 1e6).toFixed(1) + ' million';
+    if (n >= 1e3) return Math.round(n / 1e3) + ' thousand';
+    return String(n);
   }
   function clock(iso) { var d = new Date(iso); return isNaN(d) ? String(iso) : d.toLocaleTimeString(); }
   function ago(iso) {
@@ -121,25 +182,32 @@ export const ADMIN_SCRIPT = `
     if (s < 3600) return Math.floor(s / 60) + ' min';
     return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
   }
+  function ordinal(n) {
+    var t = n % 100, u = n % 10;
+    return n + (t >= 11 && t <= 13 ? 'th' : u === 1 ? 'st' : u === 2 ? 'nd' : u === 3 ? 'rd' : 'th');
+  }
   function el(tag, cls, content) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
     if (content != null) e.textContent = content;
     return e;
   }
-  function svg(tag, attrs, content) {
-    var e = document.createElementNS(SVG, tag);
-    for (var k in attrs) e.setAttribute(k, String(attrs[k]));
-    if (content != null) e.textContent = content;
-    return e;
+  /** a problem said for people: a sentence, and the code in a small line under it */
+  function problem(boxId, sentence, code) {
+    var box = $(boxId);
+    box.hidden = !sentence;
+    text(boxId + '-text', sentence || '');
+    text(boxId + '-code', code || '');
   }
 
-  function showLogin(message) {
+  function showLogin(sentence, code) {
     stop();
     $('dashboard').hidden = true;
     $('login').hidden = false;
     $('forget').hidden = true;
-    text('auth-message', message || '');
+    problem('conn-problem', '');
+    text('auth-message', sentence || '');
+    text('auth-code', code || '');
     $('token').value = '';
     $('token').focus();
   }
@@ -148,14 +216,17 @@ export const ADMIN_SCRIPT = `
     $('dashboard').hidden = false;
     $('forget').hidden = false;
     text('auth-message', '');
+    text('auth-code', '');
   }
-  function status(msg, bad) {
-    var s = $('status-line');
-    s.textContent = msg;
-    s.className = bad ? 'bad' : '';
-  }
+  function status(msg) { text('status-line', msg); }
   function stop() { if (timer) clearTimeout(timer); timer = null; }
   function schedule(ms) { stop(); timer = setTimeout(poll, ms); }
+  function refused(body) {
+    setToken(null);
+    showLogin('This edge did not accept that token. Use the operator token it printed at start-up ' +
+      '(or the one set with SPLITLLM_EDGE_OPERATOR_TOKEN), then try again.',
+      'UNAUTHORIZED' + (body && body.message ? ': ' + body.message : ''));
+  }
 
   function api(method, path) {
     return fetch(path, { method: method, headers: { authorization: 'Bearer ' + token() }, cache: 'no-store' })
@@ -166,31 +237,36 @@ export const ADMIN_SCRIPT = `
       });
   }
 
+  function since() { return lastOk ? ' The figures below are from ' + lastOk.toLocaleTimeString() + '.' : ''; }
+
   function poll() {
     if (polling || !token()) return;
     polling = true;
     api('GET', '/api/admin/status').then(function (r) {
       polling = false;
-      if (r.status === 401) {
-        setToken(null);
-        showLogin('The operator token was refused (' + (r.body.message || 'unauthorized') +
-          '). Enter the token this edge printed at start-up.');
-        return;
-      }
-      if (r.status !== 200) {
-        status('The edge answered ' + r.status + ': ' + (r.body.code || '') + ' ' + (r.body.message || '') +
-          ' \\u2014 retrying', true);
+      if (r.status === 401) { refused(r.body); return; }
+      if (r.status === 503) {
+        problem('conn-problem', 'This edge is still starting (registering with the cloud and loading its part ' +
+          'of the model). This page fills in as soon as it is ready.', r.body.code || '503');
         schedule(2000);
         return;
       }
+      if (r.status !== 200) {
+        problem('conn-problem', 'This edge answered with an error; the page keeps asking every 2 seconds.' + since(),
+          (r.body.code || r.status) + (r.body.message ? ': ' + r.body.message : ''));
+        schedule(2000);
+        return;
+      }
+      lastOk = new Date();
+      problem('conn-problem', '');
       showDashboard();
       render(r.body);
-      status('Updated ' + new Date().toLocaleTimeString() +
-        (notice && Date.now() < noticeUntil ? ' \u2014 ' + notice : ''), false);
+      status('Updated ' + lastOk.toLocaleTimeString() + '.');
       schedule(1000);
     }, function (e) {
       polling = false;
-      status('Cannot reach the edge (' + (e && e.message ? e.message : e) + ') \\u2014 retrying', true);
+      problem('conn-problem', 'The connection to this edge is lost: it may have stopped or be restarting. ' +
+        'The page tries again every 2 seconds.' + since(), e && e.message ? e.message : String(e));
       schedule(2000);
     });
   }
@@ -199,35 +275,64 @@ export const ADMIN_SCRIPT = `
     var round = s.round;
     text('edge-id', s.edgeId);
     text('provider', s.provider);
-    var cloud = $('cloud-state');
-    text('cloud-state', s.cloudConnected ? 'connected' : 'disconnected');
-    cloud.className = s.cloudConnected ? 'ok' : 'bad';
-    text('version', String(s.version));
-    var lossRound = s.loss && s.loss.round;
-    text('round', round ? String(round.number) : 'idle' + (lossRound ? ' (last: ' + lossRound + ')' : ''));
+    text('cloud-state', s.cloudConnected ? 'connected' : 'disconnected: reconnecting');
+    $('cloud-state').className = s.cloudConnected ? 'ok' : 'bad';
+    text('version', 'update ' + s.version);
+    text('round', round ? 'round ' + round.number : 'none running (next: round ' + (s.version + 1) + ')');
+    text('legend-steps', String(s.train.stepsPerUser));
+    text('legend-users', String(s.train.usersPerEdge));
+    var m = s.model;
+    text('model-name', m.name);
+    text('model-size', params(m.parameters) + ' parameters');
+    text('model-description', m.description);
+    $('model-demo').hidden = !m.demo;
     var cur = round && round.current;
     text('training-now', cur ? cur.userId : 'nobody');
-    text('training-step', cur ? 'step ' + cur.step + ' of ' + cur.steps : '');
-    text('step-ms', s.lastStepMs == null ? '\\u2014' : s.lastStepMs.toFixed(0) + ' ms');
-    text('tokens-per-second', s.tokensPerSecond == null ? '\\u2014' : Math.round(s.tokensPerSecond).toLocaleString());
+    text('training-step', cur ? 'step ' + cur.step + ' of ' + cur.steps + ', round ' + round.number : '');
+    text('step-ms', s.lastStepMs == null ? '—' : s.lastStepMs.toFixed(0) + ' ms');
+    text('tokens-per-second', s.tokensPerSecond == null ? '—' : Math.round(s.tokensPerSecond).toLocaleString());
     text('bytes-in', bytes(s.bytesIn));
     text('bytes-out', bytes(s.bytesOut));
-    var m = s.memory || {};
-    text('memory',
-      'rss ' + mib(m.rss) + ' \\u00b7 heap used ' + mib(m.heapUsed) + ' \\u00b7 peak rss ' + mib(m.peakRss));
+    var mem = s.memory || {};
+    text('memory', 'rss ' + mib(mem.rss) + ' · heap used ' + mib(mem.heapUsed) + ' · peak rss ' + mib(mem.peakRss));
     var r = s.restarts;
     $('restarts-card').hidden = !r;
     text('restarts', r ? 'restarted ' + r.count + (r.count === 1 ? ' time' : ' times') +
       (r.lastExit ? ', last: ' + r.lastExit : '') : '');
-    var out = s.sittingOut || [];
-    text('users-count', s.users.length + ' connected, ' + s.waiting + ' waiting' +
-      (out.length ? ', ' + out.length + ' sitting out' : ''));
-    renderUsers(s.users, round ? round.completed : [], out);
-    renderChart(s.loss || { round: null, points: [] });
+    renderCounts(s.counts);
+    renderUsers(s.users, round);
+    renderLeft(s.users, s.leaves || []);
+    renderChart(s.steps || []);
     renderErrors(s.errors || []);
   }
 
-  function renderUsers(users, completed, out) {
+  function renderCounts(c) {
+    var box = $('users-count');
+    var parts = [['connected', c.connected + ' connected']];
+    if (c.training) parts.push(['training', c.training + ' training']);
+    if (c.waiting) parts.push(['waiting', c.waiting + ' waiting']);
+    if (c.done) parts.push(['done', c.done + ' done this round']);
+    if (c.sittingOut) parts.push(['sitting-out', c.sittingOut + ' sitting out']);
+    var sig = parts.map(function (p) { return p[1]; }).join('|');
+    if (box.dataset.sig === sig) return;
+    box.dataset.sig = sig;
+    while (box.lastChild) box.removeChild(box.lastChild);
+    parts.forEach(function (p) {
+      var sp = el('span', null, p[1]);
+      sp.dataset.count = p[0];
+      box.appendChild(sp);
+    });
+  }
+
+  function cell(tr, tag, cls, label) {
+    var c = el(tag, cls);
+    if (label) c.dataset.label = label;
+    tr.appendChild(c);
+    return c;
+  }
+  function set(c, v) { if (c.textContent !== v) c.textContent = v; }
+
+  function renderUsers(users, round) {
     var body = $('users').tBodies[0];
     var rows = {};
     Array.prototype.forEach.call(body.rows, function (tr) { if (tr.dataset.userId) rows[tr.dataset.userId] = tr; });
@@ -235,7 +340,8 @@ export const ADMIN_SCRIPT = `
     if (users.length === 0) {
       if (!empty) {
         empty = el('tr'); empty.id = 'users-empty';
-        var td = el('td', 'muted', 'No users connected.'); td.colSpan = 7; empty.appendChild(td);
+        var td = el('td', 'muted', 'Nobody is connected to this edge right now.'); td.colSpan = 7;
+        empty.appendChild(td);
       }
     } else if (empty) { empty.remove(); empty = null; }
     var want = [];
@@ -245,35 +351,33 @@ export const ADMIN_SCRIPT = `
       if (!tr) {
         tr = el('tr');
         tr.dataset.userId = u.userId;
-        var id = el('th', 'id', u.userId); id.scope = 'row'; tr.appendChild(id);
-        tr.appendChild(el('td', 'state'));
-        tr.appendChild(el('td', 'num'));
-        tr.appendChild(el('td'));
-        tr.appendChild(el('td', 'num'));
-        tr.appendChild(el('td', 'num'));
-        var act = el('td');
+        var id = cell(tr, 'th', 'id'); id.scope = 'row'; id.textContent = u.userId;
+        cell(tr, 'td', 'phase', 'state');
+        cell(tr, 'td', 'num order', 'turn order');
+        cell(tr, 'td', 'since', 'connected since');
+        cell(tr, 'td', 'num', 'bytes in');
+        cell(tr, 'td', 'num', 'bytes out');
+        var act = cell(tr, 'td', 'action');
         var b = el('button', 'danger', 'Drop');
         b.type = 'button';
         b.dataset.drop = u.userId;
-        b.setAttribute('aria-label', 'Drop user ' + u.userId);
+        // the visible word, and whom it drops for whoever cannot see the row
+        b.appendChild(el('span', 'vh', ' user ' + u.userId));
         act.appendChild(b);
-        tr.appendChild(act);
       }
-      var state = u.state === 'training' ? 'training'
-        : completed.indexOf(u.userId) >= 0 ? 'done this round'
-        : out.indexOf(u.userId) >= 0 ? 'sitting out (through round ' + u.sitsOutThrough + ')' : 'waiting';
-      if (u.misses > 0) state += ' \u00b7 missed ' + u.misses + (u.misses === 1 ? ' turn' : ' turns');
+      if (tr.dataset.phase !== u.phase) tr.dataset.phase = u.phase;
       var c = tr.cells;
-      if (c[1].textContent !== state) {
-        c[1].textContent = state; c[1].className = 'state state-' + state.split(' ')[0];
-      }
-      var pos = String(u.position);
-      if (c[2].textContent !== pos) c[2].textContent = pos;
-      var since = clock(u.connectedAt) + ' (' + ago(u.connectedAt) + ')';
-      if (c[3].textContent !== since) { c[3].textContent = since; c[3].title = u.connectedAt; }
-      var bi = bytes(u.bytesIn), bo = bytes(u.bytesOut);
-      if (c[4].textContent !== bi) c[4].textContent = bi;
-      if (c[5].textContent !== bo) c[5].textContent = bo;
+      var state = PHASE_WORDS[u.phase] || u.phase;
+      if (u.phase === 'training' && round && round.current && round.current.userId === u.userId)
+        state += ' (step ' + round.current.step + ' of ' + round.current.steps + ')';
+      if (u.phase === 'sitting-out' && u.sitsOutThrough != null) state += ' (through round ' + u.sitsOutThrough + ')';
+      if (u.misses > 0) state += ' · missed ' + u.misses + (u.misses === 1 ? ' turn' : ' turns');
+      set(c[1], state);
+      set(c[2], u.waitingPosition == null ? '—' : u.waitingPosition === 1 ? 'next' : ordinal(u.waitingPosition));
+      set(c[3], clock(u.connectedAt) + ' (' + ago(u.connectedAt) + ' ago)');
+      c[3].title = u.connectedAt;
+      set(c[4], bytes(u.bytesIn));
+      set(c[5], bytes(u.bytesOut));
       want.push(tr);
     });
     for (var gone in rows) rows[gone].remove();
@@ -282,84 +386,152 @@ export const ADMIN_SCRIPT = `
     if (empty && body.rows[0] !== empty) body.appendChild(empty);
   }
 
-  function renderChart(series) {
-    var chart = $('loss-chart');
-    var points = series.points || [];
-    var sig = series.round + ':' + points.length;
-    if (chart.dataset.sig === sig) return;
-    chart.dataset.sig = sig;
-    chart.setAttribute('data-points', String(points.length));
-    chart.setAttribute('data-round', series.round == null ? '' : String(series.round));
-    text('loss-title',
-      series.round == null ? 'Loss (no round yet)' : 'Loss, round ' + series.round + ' (' + points.length + ' steps)');
-    while (chart.lastChild) chart.removeChild(chart.lastChild);
-    var W = 720, H = 260, L = 52, R = 150, T = 12, Bm = 38;
-    var pw = W - L - R, ph = H - T - Bm;
-    chart.appendChild(svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: T + ph }));
-    chart.appendChild(svg('line', { class: 'axis', x1: L, y1: T + ph, x2: L + pw, y2: T + ph }));
-    chart.appendChild(svg('text', { x: L + pw / 2, y: H - 4, 'text-anchor': 'middle' }, 'step'));
-    chart.appendChild(svg('text',
-      { x: 12, y: T + ph / 2, 'text-anchor': 'middle', transform: 'rotate(-90 12 ' + (T + ph / 2) + ')' }, 'loss'));
-    if (points.length === 0) {
-      chart.appendChild(svg('text', { class: 'empty', x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' },
-        'No steps yet in this round.'));
-      chart.setAttribute('aria-label', 'Loss chart: no steps yet');
+  /**
+   * Departures: the edge's own record (a user that went during its turn, one you dropped), and
+   * the users this page saw go while they waited, which the edge does not list.
+   */
+  function renderLeft(users, leaves) {
+    var now = {};
+    users.forEach(function (u) { now[u.userId] = true; });
+    var known = {};
+    leaves.forEach(function (l) { known[l.userId] = true; });
+    for (var id in seen) {
+      if (!now[id] && !known[id]) {
+        clientLeft.push({ at: new Date().toISOString(), userId: id, kind: 'left',
+          summary: 'Left while waiting for a turn: the tab was closed, paused or lost its connection.' });
+      }
+    }
+    seen = now;
+    clientLeft = clientLeft.filter(function (l) { return !known[l.userId] && !now[l.userId]; }).slice(-50);
+    var all = leaves.concat(clientLeft).sort(function (a, b) { return a.at < b.at ? 1 : a.at > b.at ? -1 : 0; });
+    var list = $('left');
+    var sig = all.map(function (l) { return l.at + l.userId + l.summary; }).join('|');
+    if (list.dataset.sig === sig) return;
+    list.dataset.sig = sig;
+    while (list.lastChild) list.removeChild(list.lastChild);
+    if (all.length === 0) { list.appendChild(el('li', 'muted', 'Nobody has left yet.')); return; }
+    all.forEach(function (l) {
+      var li = el('li');
+      li.dataset.userId = l.userId;
+      li.dataset.kind = l.kind;
+      var t = el('time', 'when', clock(l.at)); t.dateTime = l.at; li.appendChild(t);
+      li.appendChild(el('span', 'id', l.userId));
+      li.appendChild(el('span', 'say', ': ' + l.summary));
+      list.appendChild(li);
+    });
+  }
+
+  function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+
+  /**
+   * The loss of the edge's recent steps in the order they ran: one series per user, a gap and a
+   * dashed line where a round begins (the shared model changed there, so the loss may jump).
+   */
+  function renderChart(steps) {
+    var box = $('loss-chart');
+    var last = steps[steps.length - 1];
+    var sig = steps.length + ':' + (last ? last.n : '');
+    if (box.dataset.sig === sig) return;
+    box.dataset.sig = sig;
+    var order = [], index = {}, rounds = [];
+    steps.forEach(function (p) {
+      if (!(p.userId in index)) { index[p.userId] = order.length; order.push(p.userId); }
+    });
+    var xs = [], ys = order.map(function () { return []; }), boundaries = [];
+    steps.forEach(function (p, i) {
+      if (i === 0 || steps[i - 1].round !== p.round) {
+        rounds.push(p.round);
+        if (i > 0) {
+          // a gap (no line across it) and the round's marker, half a step before its first step
+          xs.push(p.n - 0.5);
+          ys.forEach(function (y) { y.push(null); });
+          boundaries.push({ x: p.n - 0.5, round: p.round });
+        }
+      }
+      xs.push(p.n);
+      ys.forEach(function (y, k) { y.push(k === index[p.userId] ? p.loss : null); });
+    });
+    box.dataset.points = String(steps.length);
+    box.dataset.series = String(order.length);
+    box.dataset.round = last ? String(last.round) : '';
+    box.dataset.rounds = rounds.join(',');
+    text('loss-summary', last
+      ? 'The last ' + steps.length + ' steps on this edge (rounds ' + rounds[0] +
+        (rounds.length > 1 ? '–' + rounds[rounds.length - 1] : '') + ', ' + order.length +
+        (order.length === 1 ? ' user' : ' users') + '). Last step: loss ' + last.loss.toFixed(3) + ' nats (' +
+        last.userId + ', round ' + last.round + ', step ' + last.step + ').'
+      : 'No training steps on this edge yet.');
+    box.setAttribute('aria-label', 'Loss chart. ' + $('loss-summary').textContent);
+    if (steps.length === 0) return;
+    if (typeof uPlot !== 'function') {
+      text('loss-fallback', 'The chart could not be drawn: its library (/admin/uplot.js) did not load. ' +
+        'The figures above are not affected.');
       return;
     }
-    var byUser = {}, order = [];
-    var lo = Infinity, hi = -Infinity, maxStep = 1;
-    points.forEach(function (p) {
-      if (!byUser[p.userId]) { byUser[p.userId] = []; order.push(p.userId); }
-      byUser[p.userId].push(p);
-      if (isFinite(p.loss)) { lo = Math.min(lo, p.loss); hi = Math.max(hi, p.loss); }
-      maxStep = Math.max(maxStep, p.step);
-    });
-    if (!isFinite(lo)) { lo = 0; hi = 1; }
-    if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
-    var pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
-    var x = function (step) { return L + (maxStep <= 1 ? pw / 2 : ((step - 1) / (maxStep - 1)) * pw); };
-    var y = function (v) { return T + ph - ((v - lo) / (hi - lo)) * ph; };
-    for (var i = 0; i <= 4; i++) {
-      var v = lo + ((hi - lo) * i) / 4;
-      chart.appendChild(svg('line', { class: 'axis', x1: L - 4, y1: y(v), x2: L, y2: y(v) }));
-      chart.appendChild(svg('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end' }, v.toFixed(2)));
+    text('loss-fallback', '');
+    var key = order.join('|');
+    var width = Math.max(240, box.clientWidth);
+    var height = width < 500 ? 220 : 280;
+    var data = [xs].concat(ys);
+    if (plot && plotKey === key) {
+      plot._boundaries = boundaries;
+      plot.setData(data);
+      return;
     }
-    var ticks = Math.min(maxStep, 6);
-    for (var j = 0; j < ticks; j++) {
-      var st = ticks === 1 ? 1 : Math.round(1 + ((maxStep - 1) * j) / (ticks - 1));
-      chart.appendChild(svg('line', { class: 'axis', x1: x(st), y1: T + ph, x2: x(st), y2: T + ph + 4 }));
-      chart.appendChild(svg('text', { x: x(st), y: T + ph + 16, 'text-anchor': 'middle' }, String(st)));
-    }
-    order.forEach(function (id, k) {
-      var color = COLORS[k % COLORS.length];
-      var pts = byUser[id].slice().sort(function (a, b) { return a.step - b.step; });
-      var line = svg('polyline', {
-        fill: 'none', stroke: color, 'stroke-width': 2, 'data-user-id': id,
-        points: pts.map(function (p) { return x(p.step).toFixed(1) + ',' + y(p.loss).toFixed(1); }).join(' ')
-      });
-      line.appendChild(svg('title', {}, id));
-      chart.appendChild(line);
-      pts.forEach(function (p) {
-        var dot = svg('circle', { cx: x(p.step).toFixed(1), cy: y(p.loss).toFixed(1), r: 2.5, fill: color });
-        dot.appendChild(svg('title', {},
-          id + ' step ' + p.step + ': loss ' + p.loss.toFixed(4) + ', ' + p.ms.toFixed(0) + ' ms'));
-        chart.appendChild(dot);
-      });
-      if (k < 12) {
-        var ly = T + 8 + k * 18;
-        chart.appendChild(svg('line',
-          { x1: L + pw + 14, y1: ly, x2: L + pw + 32, y2: ly, stroke: color, 'stroke-width': 3 }));
-        chart.appendChild(svg('text', { class: 'legend', x: L + pw + 38, y: ly + 4 },
-          id.length > 16 ? id.slice(0, 15) + '\\u2026' : id));
-      } else if (k === 12) {
-        chart.appendChild(svg('text', { x: L + pw + 14, y: T + 8 + k * 18 + 4 }, '+' + (order.length - 12) + ' more'));
+    if (plot) plot.destroy();
+    plotKey = key;
+    var fg = cssVar('--fg') || '#1b1f24', line = cssVar('--line') || '#d5d9df', muted = cssVar('--muted') || '#5b6470';
+    var axis = {
+      stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 },
+      font: '12px system-ui, sans-serif', labelFont: '600 13px system-ui, sans-serif'
+    };
+    var series = [{ label: 'step' }].concat(order.map(function (id, k) {
+      return {
+        label: id, stroke: COLORS[k % COLORS.length], width: 2, spanGaps: false,
+        points: { show: true, size: 4 },
+        value: function (u, v) { return v == null ? '—' : v.toFixed(3); }
+      };
+    }));
+    plot = new uPlot({
+      width: width, height: height, series: series,
+      scales: { x: { time: false } },
+      axes: [
+        Object.assign({ label: 'step', labelSize: 22, size: 34,
+          values: function (u, vals) { return vals.map(function (v) { return Number.isInteger(v) ? String(v) : ''; }); }
+        }, axis),
+        Object.assign({ label: 'loss (nats)', labelSize: 22, size: 44,
+          values: function (u, vals) { return vals.map(function (v) { return v.toFixed(2); }); } }, axis)
+      ],
+      legend: { live: true },
+      cursor: { drag: { x: false, y: false } },
+      hooks: {
+        draw: [function (u) {
+          var ctx = u.ctx, b = u.bbox, dpr = window.devicePixelRatio || 1;
+          ctx.save();
+          ctx.strokeStyle = muted; ctx.fillStyle = muted;
+          ctx.lineWidth = 1.5 * dpr;
+          ctx.setLineDash([5 * dpr, 4 * dpr]);
+          ctx.font = (11 * dpr) + 'px system-ui, sans-serif';
+          ctx.textBaseline = 'top';
+          (u._boundaries || []).forEach(function (m) {
+            var x = Math.round(u.valToPos(m.x, 'x', true));
+            if (x < b.left || x > b.left + b.width) return;
+            ctx.beginPath(); ctx.moveTo(x, b.top); ctx.lineTo(x, b.top + b.height); ctx.stroke();
+            ctx.fillText('round ' + m.round, x + 3 * dpr, b.top + 2 * dpr);
+          });
+          ctx.restore();
+        }]
       }
-    });
-    var last = points[points.length - 1];
-    chart.setAttribute('aria-label',
-      'Loss chart, round ' + series.round + ': ' + points.length + ' steps of ' + order.length +
-      ' user(s); last loss ' + last.loss.toFixed(4) + ' (' + last.userId + ', step ' + last.step + ')');
+    }, data, box);
+    plot._boundaries = boundaries;
+    plot.redraw();
   }
+
+  window.addEventListener('resize', function () {
+    if (!plot) return;
+    var w = Math.max(240, $('loss-chart').clientWidth);
+    plot.setSize({ width: w, height: w < 500 ? 220 : 280 });
+  });
 
   function renderErrors(errors) {
     var list = $('errors');
@@ -367,55 +539,81 @@ export const ADMIN_SCRIPT = `
     if (list.dataset.sig === sig) return;
     list.dataset.sig = sig;
     while (list.lastChild) list.removeChild(list.lastChild);
-    if (errors.length === 0) { list.appendChild(el('li', 'muted', 'No errors.')); return; }
+    if (errors.length === 0) { list.appendChild(el('li', 'muted', 'No problems.')); return; }
     errors.slice().reverse().forEach(function (e) {
-      var li = el('li');
-      var t = el('time', 'muted', clock(e.at)); t.dateTime = e.at; li.appendChild(t);
-      li.appendChild(document.createTextNode(' '));
-      li.appendChild(el('code', null, e.code));
-      if (e.userId) {
-        li.appendChild(document.createTextNode(' ')); li.appendChild(el('span', 'id', 'user ' + e.userId));
-      }
-      li.appendChild(document.createTextNode(' \\u2014 ' + e.message));
+      var li = el('li', 'problem');
+      li.dataset.code = e.code;
+      if (e.userId) li.dataset.userId = e.userId;
+      var p = el('p', 'say');
+      var t = el('time', 'when', clock(e.at)); t.dateTime = e.at; p.appendChild(t);
+      if (e.userId) { p.appendChild(el('span', 'id', e.userId)); p.appendChild(document.createTextNode(': ')); }
+      p.appendChild(document.createTextNode(e.summary));
+      li.appendChild(p);
+      li.appendChild(el('small', 'code', e.code + ' · ' + e.message));
       list.appendChild(li);
     });
   }
 
+  // Drop: a dialog says what it does before anything happens; a failure is said in it
+  function openDrop(id) {
+    dropping = id;
+    text('drop-user', id);
+    text('drop-confirm-who', id);
+    problem('drop-error', '');
+    $('drop-confirm').disabled = false;
+    $('drop-dialog').showModal();
+    $('drop-cancel').focus();
+  }
+  function closeDrop() { dropping = null; if ($('drop-dialog').open) $('drop-dialog').close(); }
   $('users').addEventListener('click', function (ev) {
     var b = ev.target.closest ? ev.target.closest('button[data-drop]') : null;
-    if (!b) return;
-    var id = b.dataset.drop;
-    if (!confirm(
-      'Drop user ' + id +
-      '? Its connection closes, it does not reconnect by itself, and its turn in this round (if any) is rolled back.'
-    )) return;
+    if (b) openDrop(b.dataset.drop);
+  });
+  $('drop-cancel').addEventListener('click', closeDrop);
+  $('drop-dialog').addEventListener('close', function () { dropping = null; });
+  $('drop-confirm').addEventListener('click', function () {
+    var id = dropping;
+    if (!id) return;
+    var b = $('drop-confirm');
     b.disabled = true;
+    problem('drop-error', '');
     api('POST', '/api/admin/users/' + encodeURIComponent(id) + '/drop').then(function (r) {
-      if (r.status === 401) { setToken(null); showLogin('The operator token was refused.'); return; }
+      if (r.status === 401) { closeDrop(); refused(r.body); return; }
       if (r.status === 200) {
-        notice = 'dropped user ' + id;
-        noticeUntil = Date.now() + 10000;
-        status('Dropped user ' + id + '.', false);
+        closeDrop();
+        status('Dropped user ' + id + '. It is listed under "Recently left".');
+        poll();
+        return;
       }
-      else {
-        b.disabled = false;
-        status('Dropping ' + id + ' failed: ' + (r.body.code || r.status) + ' ' + (r.body.message || ''), true);
+      b.disabled = false;
+      var code = (r.body.code || r.status) + (r.body.message ? ': ' + r.body.message : '');
+      if (r.status === 404) {
+        problem('drop-error', id + ' is no longer connected to this edge (it left before the Drop), so ' +
+          'nothing was dropped.', code);
+      } else if (r.status === 503) {
+        problem('drop-error', 'This edge is still starting; try again in a few seconds.', code);
+      } else {
+        problem('drop-error', 'The edge did not drop ' + id + '; nothing was changed. Try again.', code);
       }
-      poll();
-    }, function (e) { b.disabled = false; status('Dropping ' + id + ' failed: ' + e.message, true); });
+    }, function (e) {
+      b.disabled = false;
+      problem('drop-error', 'The Drop did not reach this edge: the connection to it is lost. Nothing was ' +
+        'changed; try again once the page updates.', e && e.message ? e.message : String(e));
+    });
   });
 
   $('token-form').addEventListener('submit', function (ev) {
     ev.preventDefault();
     var t = $('token').value.trim();
-    if (!t) { text('auth-message', 'Enter the operator token.'); return; }
+    if (!t) { text('auth-message', 'Enter the operator token first.'); text('auth-code', ''); return; }
     setToken(t);
     text('auth-message', '');
-    status('Checking the token\\u2026', false);
+    text('auth-code', '');
+    status('Checking the token…');
     poll();
   });
   $('forget').addEventListener('click', function () {
-    setToken(null); showLogin('Signed out: the token is forgotten in this tab.');
+    setToken(null); showLogin('Signed out: this tab no longer holds the token.');
   });
 
   // #token=... in the URL: take it, and take it out of the address bar and history
@@ -424,11 +622,17 @@ export const ADMIN_SCRIPT = `
     setToken(decodeURIComponent(m[1]));
     history.replaceState(null, '', location.pathname + location.search);
   }
-  if (token()) { status('Connecting\\u2026', false); poll(); } else showLogin('');
+  if (token()) { status('Connecting…'); poll(); } else showLogin('');
 })();
 `;
 
-export function adminPage(): string {
+/** The versions (content hashes) of uPlot's two files, in their URLs so that browsers may cache them for good. */
+export interface AdminAssets {
+  uplotJs: string;
+  uplotCss: string;
+}
+
+export function adminPage(assets: AdminAssets): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -437,70 +641,115 @@ export function adminPage(): string {
 <meta name="referrer" content="no-referrer">
 <link rel="icon" href="data:,">
 <title>SplitLLM edge \u00b7 operator</title>
+<link rel="stylesheet" href="/admin/uplot.css?v=${assets.uplotCss}">
 <style>${ADMIN_STYLE}</style>
 </head>
 <body>
 <header>
-  <h1>SplitLLM edge</h1>
-  <dl class="inline" aria-label="edge">
-    <div><dt>edge</dt><dd id="edge-id">\u2014</dd></div>
-    <div><dt>provider</dt><dd id="provider">\u2014</dd></div>
-    <div><dt>cloud</dt><dd id="cloud-state">\u2014</dd></div>
-    <div><dt>global version</dt><dd id="version">\u2014</dd></div>
-    <div><dt>round</dt><dd id="round">\u2014</dd></div>
-  </dl>
+  <h1>SplitLLM edge <span id="edge-id" class="id">\u2014</span></h1>
   <button type="button" id="forget" hidden>Forget token</button>
 </header>
 <main>
+  <div id="conn-problem" class="problem" role="alert" hidden>
+    <p id="conn-problem-text" class="say"></p><small id="conn-problem-code" class="code"></small>
+  </div>
   <section id="login" aria-labelledby="login-title" hidden>
     <h2 id="login-title">Operator sign-in</h2>
-    <p>This dashboard needs the edge's operator token (printed in the edge's log at start-up, or set with
-      SPLITLLM_EDGE_OPERATOR_TOKEN). It stays in this tab only.</p>
-    <p id="auth-message" role="alert"></p>
+    <p>This dashboard needs this edge's operator token: the edge prints it in its log at start-up, or it is
+      the one set with SPLITLLM_EDGE_OPERATOR_TOKEN. It stays in this tab only.</p>
     <form id="token-form" autocomplete="off">
       <label for="token">Operator token</label>
-      <input id="token" name="token" type="password" autocomplete="off" spellcheck="false" required>
+      <input id="token" name="token" type="password" autocomplete="off" spellcheck="false" required
+        aria-describedby="auth-message auth-code">
+      <div role="alert"><p id="auth-message" class="bad"></p><small id="auth-code" class="code"></small></div>
       <button id="token-submit" type="submit">Open dashboard</button>
     </form>
   </section>
   <div id="dashboard" hidden>
+    <section id="model-card" aria-labelledby="model-title">
+      <h2 id="model-title">Model: <span id="model-name">\u2014</span></h2>
+      <p><span id="model-size"></span>. <span id="model-description"></span></p>
+      <p id="model-demo" hidden>This is a small demonstration model: it learns fast, and its continuations are
+        rough even after training. That is expected, not a fault of this edge.</p>
+    </section>
     <section aria-labelledby="now-title">
-      <h2 id="now-title">Now</h2>
+      <h2 id="now-title">This edge now</h2>
       <dl class="cards">
+        <div><dt>round</dt><dd id="round">\u2014</dd></div>
+        <div><dt>shared model</dt><dd id="version">\u2014</dd></div>
         <div class="wide"><dt>training now</dt>
-          <dd><span id="training-now">\u2014</span> <span id="training-step" class="sub"></span></dd></div>
-        <div><dt>step time</dt><dd id="step-ms">\u2014</dd></div>
-        <div><dt>tokens / s</dt><dd id="tokens-per-second">\u2014</dd></div>
-        <div><dt>bytes in</dt><dd id="bytes-in">\u2014</dd></div>
-        <div><dt>bytes out</dt><dd id="bytes-out">\u2014</dd></div>
+          <dd><span id="training-now" class="id">\u2014</span> <span id="training-step" class="sub"></span></dd></div>
+        <div><dt>cloud</dt><dd id="cloud-state">\u2014</dd></div>
+        <div><dt>runs on</dt><dd id="provider">\u2014</dd></div>
+        <div><dt>last step took</dt><dd id="step-ms">\u2014</dd></div>
+        <div><dt>tokens / second</dt><dd id="tokens-per-second">\u2014</dd></div>
+        <div><dt>received from users</dt><dd id="bytes-in">\u2014</dd></div>
+        <div><dt>sent to users</dt><dd id="bytes-out">\u2014</dd></div>
         <div class="wide"><dt>memory</dt><dd id="memory">\u2014</dd></div>
         <div class="wide" id="restarts-card" hidden><dt>restarts</dt><dd id="restarts"></dd></div>
       </dl>
+      <p class="legend" id="legend"><b>How to read this.</b> In <b>round R</b>, up to
+        <span id="legend-users">\u2014</span> users of this edge take a turn of <span id="legend-steps">\u2014</span>
+        training steps each, starting from <b>shared model update R\u22121</b>; the cloud then combines the turns
+        of every edge into <b>update R</b> (update 0 is the model before any training). A connected user is
+        <b>training</b> (its turn now), <b>waiting</b> (for a turn), <b>done this round</b> (its turn in this round
+        is over; it trains again next round) or <b>sitting out</b> (it missed its turn deadline too often).</p>
     </section>
     <section aria-labelledby="users-title">
-      <h2 id="users-title">Users <span id="users-count" class="sub"></span></h2>
+      <h2 id="users-title">Users</h2>
+      <p id="users-count" aria-live="polite"></p>
       <table id="users">
-        <caption>Connected users in queue order: the first waiting user trains next.</caption>
+        <caption>In queue order. Turn order "next" marks the waiting user who trains next.
+          Drop removes a user from the run.</caption>
         <thead><tr>
-          <th scope="col">user</th><th scope="col">state</th><th scope="col" class="num">queue position</th>
+          <th scope="col">user</th><th scope="col">state</th><th scope="col" class="num">turn order</th>
           <th scope="col">connected since</th><th scope="col" class="num">bytes in</th>
-          <th scope="col" class="num">bytes out</th><th scope="col"><span class="muted">action</span></th>
+          <th scope="col" class="num">bytes out</th><th scope="col"><span class="vh">action</span></th>
         </tr></thead>
         <tbody></tbody>
       </table>
     </section>
+    <section aria-labelledby="left-title">
+      <h2 id="left-title">Recently left</h2>
+      <p class="sub">Users who closed their tab, paused or were dropped. Leaving is normal, not an error.</p>
+      <ol id="left" class="events"></ol>
+    </section>
     <section aria-labelledby="loss-title">
-      <h2 id="loss-title">Loss</h2>
-      <svg id="loss-chart" data-points="0" data-round="" viewBox="0 0 720 260" role="img"
-        aria-label="Loss chart: no data yet" xmlns="http://www.w3.org/2000/svg"></svg>
+      <h2 id="loss-title">Training loss</h2>
+      <figure>
+        <div id="loss-chart" role="img" aria-label="Loss chart: no data yet" data-points="0" data-round=""
+          data-series="0"></div>
+        <figcaption>
+          <p id="loss-summary"></p>
+          <p id="loss-fallback" class="bad"></p>
+          <p class="chart-note">One line per user, one point per training step, in the order this edge ran them.
+            Lower loss means the model predicts the users' text better. <span class="boundary"></span> A dashed
+            line marks the start of a round: the shared model changed there, so the loss may jump.</p>
+        </figcaption>
+      </figure>
     </section>
     <section aria-labelledby="errors-title">
-      <h2 id="errors-title">Recent errors <span class="sub">(newest first)</span></h2>
-      <ol id="errors"></ol>
+      <h2 id="errors-title">Problems <span class="sub">(newest first)</span></h2>
+      <ol id="errors" class="events"></ol>
     </section>
   </div>
-  <p id="status-line">Loading\u2026</p>
+  <p id="status-line" role="status">Loading\u2026</p>
 </main>
+<dialog id="drop-dialog" aria-labelledby="drop-title" aria-describedby="drop-what">
+  <h2 id="drop-title">Drop user <span id="drop-user" class="id"></span>?</h2>
+  <p id="drop-what">Dropping removes this user from the run: its connection closes now, its turn in progress
+    (if any) is rolled back, and it cannot rejoin, on this edge or another, until the cloud's operator
+    re-admits it.</p>
+  <div id="drop-error" class="problem" role="alert" hidden>
+    <p id="drop-error-text" class="say"></p><small id="drop-error-code" class="code"></small>
+  </div>
+  <div class="actions">
+    <button type="button" id="drop-cancel">Cancel</button>
+    <button type="button" id="drop-confirm" class="danger-fill">Drop <span id="drop-confirm-who"
+      class="id"></span></button>
+  </div>
+</dialog>
+<script src="/admin/uplot.js?v=${assets.uplotJs}"></script>
 <script>${ADMIN_SCRIPT}</script>
 </body>
 </html>

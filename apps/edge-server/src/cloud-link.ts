@@ -16,6 +16,7 @@ import {
   decodeMessage,
   encodeMessage,
   type Incoming,
+  ManifestError,
   type MessageOn,
   MessageWaiter,
   type MessageTypeOn,
@@ -44,6 +45,8 @@ const REMOVAL_TIMEOUT_MS = 4000;
 export interface Registration {
   edgeToken: string;
   manifest: RunManifest;
+  /** users this edge's operator removed earlier (before a restart) who are still out */
+  removedUsers: string[];
 }
 
 export interface RegisterOptions {
@@ -68,15 +71,20 @@ export async function register(
   for (let attempt = 1; ; attempt++) {
     if (stopped()) throw new EdgeError('SHUTTING_DOWN', 'the edge is shutting down');
     try {
-      const r = await fetchJson<{ edgeToken: string; manifest: unknown }>(`${o.cloudUrl}/api/edges/register`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ edgeId: o.edgeId, url: o.url, secret: o.edgeSecret }),
-      });
-      return { edgeToken: r.edgeToken, manifest: parseRunManifest(r.manifest).manifest };
+      const r = await fetchJson<{ edgeToken: string; manifest: unknown; removedUsers?: unknown }>(
+        `${o.cloudUrl}/api/edges/register`,
+        {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ edgeId: o.edgeId, url: o.url, secret: o.edgeSecret }),
+        },
+      );
+      const removedUsers = Array.isArray(r.removedUsers) ? r.removedUsers.filter((u) => typeof u === 'string') : [];
+      return { edgeToken: r.edgeToken, manifest: parseRunManifest(r.manifest).manifest, removedUsers };
     } catch (e) {
-      // a wrong secret will not get better by retrying
+      // a wrong secret, or a manifest this edge cannot run, will not get better by retrying
       if (e instanceof CloudError && e.code === 'BAD_EDGE_SECRET') throw e;
+      if (e instanceof ManifestError) throw e;
       if (Date.now() > deadline) {
         throw new EdgeError(
           'CLOUD_UNREACHABLE',

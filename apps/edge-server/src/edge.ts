@@ -87,6 +87,8 @@ export class Edge {
 
   constructor(private readonly o: EdgeOptions) {
     const { manifest } = o.registration;
+    // a restarted edge keeps out whom its operator removed before (the cloud remembers them)
+    for (const userId of o.registration.removedUsers) this.removed.set(userId, { reported: true });
     this.edgeId = o.edgeId;
     this.provider = o.provider;
     this.blocks = o.blocks;

@@ -22,6 +22,19 @@ const segmentInfo = {
   additionalProperties: false,
 };
 
+/** The model as the manifest names it (RunManifest.model); the dashboard shows it at the top too. */
+const modelInfo = {
+  type: 'object',
+  properties: {
+    name: { type: 'string' },
+    description: { type: 'string' },
+    parameters: { type: 'integer' },
+    demo: { type: 'boolean' },
+  },
+  required: ['name', 'description', 'parameters', 'demo'],
+  additionalProperties: false,
+} as const;
+
 /** The run as the cloud described it (RunManifest), at the edge's current version. */
 export const manifestSchema = {
   $id: 'manifest',
@@ -103,17 +116,7 @@ export const manifestSchema = {
   },
   properties: {
     modelName: { type: 'string' },
-    model: {
-      type: 'object',
-      properties: {
-        name: { type: 'string' },
-        description: { type: 'string' },
-        parameters: { type: 'integer' },
-        demo: { type: 'boolean' },
-      },
-      required: ['name', 'description', 'parameters', 'demo'],
-      additionalProperties: false,
-    },
+    model: modelInfo,
     // the model's Hugging Face config.json, as the cloud gave it: its keys are the model's, not ours
     config: { type: 'object', additionalProperties: true },
     plan: { $ref: 'manifest#/definitions/plan' },
@@ -180,7 +183,7 @@ const lossPointProperties = {
 };
 const lossPointRequired = ['userId', 'step', 'loss', 'ms', 'tokens', 'at'];
 
-/** GET /api/admin/status: everything the operator's dashboard shows (Edge.status()). */
+/** GET /api/admin/status: everything the operator's dashboard shows (routes/admin.ts dashboardStatus). */
 export const adminStatusSchema = {
   $id: 'adminStatus',
   type: 'object',
@@ -189,6 +192,7 @@ export const adminStatusSchema = {
     provider: { type: 'string' },
     cloudConnected: { type: 'boolean' },
     version: { type: 'integer' },
+    model: modelInfo,
     plan: { $ref: 'manifest#/definitions/plan' },
     train: { $ref: 'manifest#/definitions/train' },
     round: {
@@ -222,12 +226,41 @@ export const adminStatusSchema = {
           misses: { type: 'integer' },
           /** no turn in rounds up to and including this one; null when never benched */
           sitsOutThrough: nullable('integer'),
+          /** where the user stands in the round (done: its turn in this round is over) */
+          phase: { type: 'string', enum: ['training', 'waiting', 'done', 'sitting-out'] },
+          /** 1 for the next to train, among the users whose phase is waiting; null for the others */
+          waitingPosition: nullable('integer'),
         },
-        required: ['userId', 'state', 'position', 'connectedAt', 'bytesIn', 'bytesOut', 'misses', 'sitsOutThrough'],
+        required: [
+          'userId',
+          'state',
+          'position',
+          'connectedAt',
+          'bytesIn',
+          'bytesOut',
+          'misses',
+          'sitsOutThrough',
+          'phase',
+          'waitingPosition',
+        ],
         additionalProperties: false,
       },
     },
+    /** the users by phase: connected is the sum of the other four */
+    counts: {
+      type: 'object',
+      properties: {
+        connected: { type: 'integer' },
+        training: { type: 'integer' },
+        waiting: { type: 'integer' },
+        done: { type: 'integer' },
+        sittingOut: { type: 'integer' },
+      },
+      required: ['connected', 'training', 'waiting', 'done', 'sittingOut'],
+      additionalProperties: false,
+    },
     sittingOut: { type: 'array', items: { type: 'string' } },
+    /** users not in a turn, done ones included (what the cloud hears); the dashboard shows counts */
     waiting: { type: 'integer' },
     queueFrames: { type: 'integer' },
     restarts: {
@@ -257,8 +290,8 @@ export const adminStatusSchema = {
       type: 'array',
       items: {
         type: 'object',
-        properties: { round: { type: 'integer' }, ...lossPointProperties },
-        required: ['round', ...lossPointRequired],
+        properties: { round: { type: 'integer' }, n: { type: 'integer' }, ...lossPointProperties },
+        required: ['round', 'n', ...lossPointRequired],
         additionalProperties: false,
       },
     },
@@ -271,8 +304,27 @@ export const adminStatusSchema = {
           code: { type: 'string' },
           message: { type: 'string' },
           userId: { type: 'string' },
+          /** what it means for the operator, in a sentence */
+          summary: { type: 'string' },
         },
-        required: ['at', 'code', 'message'],
+        required: ['at', 'code', 'message', 'summary'],
+        additionalProperties: false,
+      },
+    },
+    /** users who went (not errors): on their own, dropped by the operator, or reconnected */
+    leaves: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          at: { type: 'string' },
+          userId: { type: 'string' },
+          kind: { type: 'string', enum: ['left', 'removed', 'replaced'] },
+          reason: { type: 'string' },
+          round: nullable('integer'),
+          summary: { type: 'string' },
+        },
+        required: ['at', 'userId', 'kind', 'reason', 'round', 'summary'],
         additionalProperties: false,
       },
     },
@@ -299,10 +351,12 @@ export const adminStatusSchema = {
     'provider',
     'cloudConnected',
     'version',
+    'model',
     'plan',
     'train',
     'round',
     'users',
+    'counts',
     'sittingOut',
     'waiting',
     'queueFrames',
@@ -314,6 +368,7 @@ export const adminStatusSchema = {
     'memory',
     'steps',
     'errors',
+    'leaves',
     'loss',
   ],
   additionalProperties: false,

@@ -258,7 +258,8 @@ export class UserQueue {
       const i = this.order.indexOf(u.userId);
       if (i >= 0) this.order.splice(i, 1);
     }
-    this.o.log.info({ userId: u.userId, reason }, 'user disconnected');
+    // every departure, waiting or training, reaches the dashboard's "recently left" (not its problems)
+    this.o.activity.noteLeave(u.userId, reason);
     this.positionsChanged();
     this.o.onChange();
   }

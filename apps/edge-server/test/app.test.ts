@@ -3,48 +3,18 @@
  * the edge starts, the closed response contracts once it serves, CORS, metrics and the operator's
  * token.
  */
-import { DEFAULT_ADAMW, DEFAULT_LORA_CONFIG, type Gpt2Config, gpt2ConfigToJson } from '@splitllm/model';
-import type { RunManifest } from '@splitllm/wire';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildEdgeApp } from '../src/app';
-import { Edge } from '../src/edge';
+import type { Edge } from '../src/edge';
 import { EdgeMetrics } from '../src/telemetry';
-import { fakeBlocks, silentLog } from './fakes';
-
-const OPERATOR = 'operator-token-for-tests';
-const CONFIG: Gpt2Config = {
-  vocabSize: 16,
-  nPositions: 8,
-  nEmbd: 4,
-  nLayer: 3,
-  nHead: 1,
-  nInner: 16,
-  layerNormEpsilon: 1e-5,
-  bosTokenId: 15,
-  eosTokenId: 15,
-};
-const MANIFEST: RunManifest = {
-  modelName: 'tiny',
-  model: { name: 'tiny', description: '', parameters: 1000, demo: true },
-  config: gpt2ConfigToJson(CONFIG),
-  plan: { k: 1, m: 2 },
-  lora: DEFAULT_LORA_CONFIG,
-  train: {
-    batch: 1,
-    seq: 4,
-    stepsPerUser: 2,
-    usersPerEdge: 1,
-    codec: 'f32',
-    adamw: DEFAULT_ADAMW,
-    labels: 'device',
-    activationNoise: 0,
-  },
-  version: 2,
-  segments: { user: { sha256: 'a'.repeat(64), bytes: 10 }, edge: { sha256: 'b'.repeat(64), bytes: 20 } },
-  privacy: { labels: 'device', k: 1, noiseSigma: 0, recovery: null },
-};
-const USER_SEGMENT = Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+import {
+  servingApp,
+  startingApp,
+  TEST_MANIFEST as MANIFEST,
+  TEST_OPERATOR_TOKEN as OPERATOR,
+  TEST_USER_SEGMENT as USER_SEGMENT,
+} from './fixtures';
 
 let app: FastifyInstance | undefined;
 afterEach(async () => {
@@ -53,33 +23,15 @@ afterEach(async () => {
 });
 
 async function starting(): Promise<FastifyInstance> {
-  app = await buildEdgeApp({ operatorToken: OPERATOR, metrics: new EdgeMetrics(), logLevel: false });
+  app = await startingApp();
   return app;
 }
 
 /** An app that serves an edge whose cloud link was never opened. */
 async function serving(): Promise<{ app: FastifyInstance; edge: Edge }> {
-  const a = await starting();
-  const edge = new Edge({
-    edgeId: 'e1',
-    edgeSecret: 'secret',
-    url: 'http://127.0.0.1:1',
-    cloudUrl: 'http://127.0.0.1:2',
-    registration: { edgeToken: 'token', manifest: MANIFEST },
-    config: CONFIG,
-    blocks: fakeBlocks(),
-    userSegment: USER_SEGMENT,
-    tokenizer: { vocabJson: '{}', mergesTxt: '#' },
-    metrics: a.metrics,
-    log: silentLog,
-    stepTimeoutMs: 1000,
-    stepBudgetMs: 1000,
-    maxMisses: 2,
-    cloudTimeoutMs: 1000,
-    provider: 'cpu',
-  });
-  a.serve(edge);
-  return { app: a, edge };
+  const served = await servingApp();
+  app = served.app;
+  return served;
 }
 
 const admin = { authorization: `Bearer ${OPERATOR}` };
@@ -199,10 +151,12 @@ describe('the edge app', () => {
         'provider',
         'cloudConnected',
         'version',
+        'model',
         'plan',
         'train',
         'round',
         'users',
+        'counts',
         'sittingOut',
         'waiting',
         'queueFrames',
@@ -214,11 +168,13 @@ describe('the edge app', () => {
         'memory',
         'steps',
         'errors',
+        'leaves',
         'loss',
       ].sort(),
     );
     expect(s).toMatchObject({
       edgeId: 'e1',
+      model: MANIFEST.model,
       plan: MANIFEST.plan,
       train: MANIFEST.train,
       round: null,

@@ -126,8 +126,13 @@ export const edgeRoutes: FastifyPluginAsync = async (app) => {
         response: {
           200: {
             type: 'object',
-            properties: { edgeToken: { type: 'string' }, manifest: ref('runManifest') },
-            required: ['edgeToken', 'manifest'],
+            properties: {
+              edgeToken: { type: 'string' },
+              manifest: ref('runManifest'),
+              // users this edge's operator removed and nobody re-admitted: a restarted edge keeps them out
+              removedUsers: { type: 'array', items: { type: 'string' } },
+            },
+            required: ['edgeToken', 'manifest', 'removedUsers'],
             additionalProperties: false,
           },
           400: ref('cloudError'),
@@ -141,7 +146,11 @@ export const edgeRoutes: FastifyPluginAsync = async (app) => {
         throw new CloudRequestError(401, 'BAD_EDGE_SECRET', 'wrong edge secret');
       }
       const info = edges.register(req.body.edgeId, req.body.url, randomToken(16));
-      return { edgeToken: info.token, manifest: app.cloudRun.manifest() };
+      return {
+        edgeToken: info.token,
+        manifest: app.cloudRun.manifest(),
+        removedUsers: app.cloudStore.removedBy(req.body.edgeId),
+      };
     },
   );
 
