@@ -8,8 +8,8 @@
  *  - 20 users join at once while rounds change: every join succeeds and every user gets a queue
  *    position or its turn (the client fetches the current version when the one it was told moved
  *    on; the edge keeps the previous version, the cloud serves any recorded one);
- *  - an operator's Drop revokes the user: its rejoin and a new hello are refused with
- *    USER_REMOVED until the cloud's operator admits it again.
+ *  - an operator's Drop revokes the user: its rejoin, a new hello (also at the edge restarted) and
+ *    its generation requests are refused with USER_REMOVED until the cloud's operator admits it.
  */
 import { startCloudServer, type CloudServer } from '@splitllm/cloud-server';
 import { startEdgeServer, type EdgeServer } from '@splitllm/edge-server';
@@ -219,6 +219,13 @@ describe('joining while rounds change, and Drop', () => {
     expect(gen.status).toBe(403);
     expect(await gen.json()).toEqual({ code: 'USER_REMOVED', message: REMOVED });
 
+    // an edge that restarts keeps it out: the cloud hands the edge its removed users on registering
+    await edge!.close();
+    edge = await startEdge();
+    const afterRestart = await hello(edge.url, credentials);
+    expect(afterRestart.code).toBe(4003);
+    expect(afterRestart.frames).toEqual([{ type: 'error', code: 'USER_REMOVED', message: REMOVED }]);
+
     // only its own edge removes a user; only the cloud operator admits one
     const other = users[0].client.userId;
     const noEdge = await fetch(`${cloud.url}/api/users/${other}/revoke`, { method: 'POST' });
@@ -242,6 +249,8 @@ describe('joining while rounds change, and Drop', () => {
     const welcomed = await hello(edge!.url, back);
     expect(welcomed.frames[0]).toMatchObject({ type: 'welcome', userId: client.userId });
     expect((await generate()).status).toBe(200);
+    // the restarted edge trains on: its users came back (the demo user too) and the rounds go on
+    await expect.poll(() => edge!.edge.previousVersion, { timeout: 60_000 }).toBeDefined();
   });
 
   it('serves the adapter of the current and the previous version, and says what to do for an older one', async () => {

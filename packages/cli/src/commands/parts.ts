@@ -274,8 +274,13 @@ export async function userCommand(argv: string[]): Promise<void> {
     engine,
     pauseMs: args.int('pause-ms', 0),
     onEvent: (e) => {
-      if (json) print({ event: 'user', ...e });
-      else if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);
+      if (json) {
+        print({ event: 'user', ...e });
+        // the edge closed for good (a refused token, a removal, no edge to go to): this process is done
+        if (e.type === 'closed') process.exit(3);
+        return;
+      }
+      if (e.type === 'engine') process.stderr.write(`user engine: ${e.kind} (${e.reason})\n`);
       else if (e.type === 'step')
         process.stderr.write(
           `round ${e.round} step ${e.step}/${e.steps} loss ${e.loss.toFixed(4)} ${e.ms.toFixed(0)} ms\n`,
