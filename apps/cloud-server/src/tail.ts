@@ -153,8 +153,16 @@ export class EdgeTail {
     return turn;
   }
 
-  /** A step is done: its loss counts, the cloud copy steps, and the turn may be complete. */
-  private finishStep(turn: UserTurn, loss: number, count: number): number {
+  /**
+   * A step is done (the cloud copy has stepped): its loss counts, the turn may be complete, and the
+   * `backward` to send carries dL/dh (`dx`) with the step's loss and count.
+   */
+  private finishStep(
+    turn: UserTurn,
+    loss: number,
+    count: number,
+    dx: Float32Array,
+  ): Outgoing<'cloudToEdge', 'backward'> {
     turn.tokens += count;
     turn.losses.push(loss);
     turn.lossSum += loss * count;
@@ -166,7 +174,8 @@ export class EdgeTail {
       this.completed.push(turn);
       this.turn = undefined;
     }
-    return step;
+    const { batch: B, seq: T, nEmbd: D, codec } = this.shape;
+    return { round: this.round, step, loss, count, dh: { data: dx, shape: [B, T, D], codec } };
   }
 
   /**
@@ -186,14 +195,7 @@ export class EdgeTail {
     const r = await this.steps.tail.step(this.cloud.adapter, h, targets, B, T);
     if (!Number.isFinite(r.loss)) throw new ProtocolError('NOT_FINITE', `the loss of step ${turn.steps} is ${r.loss}`);
     this.cloud.step(r.loraGrads, this.config.lr);
-    const step = this.finishStep(turn, r.loss, r.count);
-    return {
-      round: this.round,
-      step,
-      loss: r.loss,
-      count: r.count,
-      dh: { data: r.dx, shape: [B, T, D], codec: this.shape.codec },
-    };
+    return this.finishStep(turn, r.loss, r.count, r.dx);
   }
 
   /** Labels on the device, first half: blocks [m, L) forward; the last hidden state goes to the tab. */
@@ -236,13 +238,6 @@ export class EdgeTail {
     turn.pending = undefined;
     const r = await this.steps.blocks.backward(this.cloud.adapter, pending.h, pending.saved, dh, B, T);
     this.cloud.step(r.loraGrads, this.config.lr);
-    const step = this.finishStep(turn, m.loss, m.count);
-    return {
-      round: this.round,
-      step,
-      loss: m.loss,
-      count: m.count,
-      dh: { data: r.dx, shape: [B, T, D], codec: this.shape.codec },
-    };
+    return this.finishStep(turn, m.loss, m.count, r.dx);
   }
 }
