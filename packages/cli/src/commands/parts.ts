@@ -18,7 +18,7 @@ import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runn
 import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
 import { CODECS, type Codec, isCodec, isLabelPlacement, LABEL_PLACEMENTS, type LabelPlacement } from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
-import { startHeadlessUser } from '@splitllm/user-client/node';
+import { LinkError, parseLinkSpec, startHeadlessUser, userLink } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
 import { SHIPPED_HELDOUT, SHIPPED_MODEL_DIR } from '../io';
 import { untilSignal } from '../launcher';
@@ -245,13 +245,16 @@ export async function edgeCommand(argv: string[]): Promise<void> {
 }
 
 export const userHelp = `splitllm user --cloud URL --data FILE [--seed S] [--engine auto|wgsl|wasm|reference] [--json]
-    [--pause-ms MS]
+    [--pause-ms MS] [--link none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS] [--link-index I]]
   A headless user: joins with SPLITLLM_JOIN_TOKEN (from the environment), downloads its segment
   from the assigned edge and trains on FILE whenever its turn comes. Engines: wgsl (WebGPU),
   wasm (onnxruntime-web's wasm backend), reference (TypeScript). 'auto' uses wgsl on a hardware
   WebGPU adapter, wasm without one, and on a software adapter times one step of each and keeps
   the faster. --pause-ms (default 0) paces it: a turn that comes sooner than MS after its last turn
-  ended waits out the rest, unless another user waits at the edge (keep MS under the edge's turn deadline).`;
+  ended waits out the rest, unless another user waits at the edge (keep MS under the edge's turn deadline).
+  --link models a wireless link on the edge socket, this user being user I (default 0) of the spec: a table's
+  entry I (cycling), rates log-uniform in LO-HI Mbps, or Shannon capacity at a distance within RADIUS m
+  (docs/benchmarks.md, "Modelled wireless links"). Default none.`;
 
 export async function userCommand(argv: string[]): Promise<void> {
   const args = Args.parse('user', argv, {
@@ -261,10 +264,20 @@ export async function userCommand(argv: string[]): Promise<void> {
     engine: { type: 'string' },
     json: { type: 'boolean' },
     'pause-ms': { type: 'string' },
+    link: { type: 'string' },
+    'link-index': { type: 'string' },
   });
   const engine = args.optionalString('engine') ?? 'auto';
   if (engine !== 'auto' && engine !== 'wgsl' && engine !== 'wasm' && engine !== 'reference')
     throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
+  const linkIndex = args.int('link-index', 0);
+  let link: ReturnType<typeof userLink>;
+  try {
+    link = userLink(parseLinkSpec(args.optionalString('link') ?? 'none'), linkIndex);
+  } catch (e) {
+    if (e instanceof LinkError) throw new UsageError(`--link: ${e.message}`);
+    throw e;
+  }
   const json = args.flag('json');
   const client = await startHeadlessUser({
     cloudUrl: args.string('cloud').replace(/\/$/, ''),
@@ -273,6 +286,7 @@ export async function userCommand(argv: string[]): Promise<void> {
     seed: args.int('seed', 0),
     engine,
     pauseMs: args.int('pause-ms', 0),
+    link,
     onEvent: (e) => {
       if (json) {
         print({ event: 'user', ...e });

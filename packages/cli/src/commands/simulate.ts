@@ -7,6 +7,7 @@ import { CODECS } from '@splitllm/wire';
 import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
 import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
 import { randomToken } from '@splitllm/wire/node';
+import { LinkError, parseLinkSpec } from '@splitllm/user-client/node';
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -17,7 +18,7 @@ import { codecOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE
     --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--labels device|cloud] [--noise SIGMA]
-    [--users-per-edge N]
+    [--users-per-edge N] [--links none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS]]
     [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
     [--state DIR] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
@@ -26,6 +27,8 @@ export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --
   bytes, ...), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs.
   A measurement run: a part that exits before round R fails the run with the tail of its log
   (nothing is restarted, so no figure mixes a restart in; \`serve\` restarts parts).
+  --links gives user i the i-th link of the spec (see \`splitllm user --link\`), so round times include
+  a modelled wireless link between each user and its edge.
   Defaults: the shipped model, f32, 1 user per edge per round, engine auto,
   batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen}, lr ${DEFAULT_LORA_TRAIN.adamw.lr}.`;
 
@@ -67,6 +70,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     state: { type: 'string' },
     threads: { type: 'string' },
     json: { type: 'boolean' },
+    links: { type: 'string' },
   });
   const E = args.int('edges', undefined, 1);
   const U = args.int('users', undefined, 1);
@@ -80,6 +84,13 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   if (!['auto', 'wgsl', 'wasm', 'reference'].includes(engine))
     throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
+  let links: ReturnType<typeof parseLinkSpec>;
+  try {
+    links = parseLinkSpec(args.optionalString('links') ?? 'none');
+  } catch (e) {
+    if (e instanceof LinkError) throw new UsageError(`--links: ${e.message}`);
+    throw e;
+  }
   const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
   const threads = String(args.int('threads', 1));
   const tmpState = args.optionalString('state') ? undefined : mkdtempSync(join(tmpdir(), 'splitllm-sim-'));
@@ -177,14 +188,13 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     await Promise.all(edges.map((e) => e.ready));
     for (let i = 0; i < U; i++) {
       const joinToken = await issueJoinToken(url, env.SPLITLLM_OPERATOR_TOKEN);
-      const user = startPart(
-        `user-${i}`,
-        ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i), '--engine', engine],
-        {
-          logDir,
-          env: { SPLITLLM_JOIN_TOKEN: joinToken },
-        },
-      );
+      const userArgs = ['user', '--cloud', url, '--data', files[i % files.length], '--seed', String(seed + i)];
+      // the spec as parsed (a table's path absolute), checked above: user i picks its own link
+      const linkArgs = links.kind === 'none' ? [] : ['--link', links.spec, '--link-index', String(i)];
+      const user = startPart(`user-${i}`, [...userArgs, '--engine', engine, ...linkArgs], {
+        logDir,
+        env: { SPLITLLM_JOIN_TOKEN: joinToken },
+      });
       parts.push(user);
       watchExit(user);
       const ready = await user.ready;

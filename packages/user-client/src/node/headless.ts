@@ -9,13 +9,18 @@
  * so nobody waits on it). A demo user alone on an idle system then makes one version per pause,
  * not one a second. The pause is taken inside the turn (the client's socket holds the `turn`
  * frame), so it must stay under the edge's turn deadline (--step-budget-ms per step).
+ *
+ * With `link` its edge socket behaves as a modelled wireless link (./link.ts), so its turns take
+ * the time that network would add.
  */
 import { readFileSync } from 'node:fs';
 import { decodeMessage } from '@splitllm/wire';
 import { WebSocket } from 'ws';
 import { joinRun, tokenBatches, UserClient, type JoinCredentials, type UserEvent, type WebSocketLike } from '../client';
+import { ForwardingSocket } from './forwarding-socket';
 import type { UserEngineKind } from '../trainer';
 import { nodeGpu } from './gpu';
+import { linkedWebSocket, type UserLink } from './link';
 
 export interface HeadlessUserOptions {
   /** join through the cloud with a token, or reuse credentials */
@@ -28,6 +33,8 @@ export interface HeadlessUserOptions {
   onEvent?: (e: UserEvent) => void;
   /** the least time from the end of one turn to the start of the next while nobody else waits (0: none) */
   pauseMs?: number;
+  /** a modelled wireless link on the edge socket (see ./link.ts); omit: loopback as it is */
+  link?: UserLink;
 }
 
 /** How often a paused user asks its edge whether someone else is waiting. */
@@ -57,23 +64,21 @@ async function othersWaiting(edgeHttpUrl: string): Promise<number> {
 }
 
 /**
- * `ws`'s WebSocket, holding back a `turn` frame (and whatever follows it, in order) until
- * `releaseAt()` has passed or another user waits at the edge.
+ * `Base` (ws's WebSocket, or it behind a modelled link), holding back a `turn` frame (and whatever
+ * follows it, in order) until `releaseAt()` has passed or another user waits at the edge.
  */
-function pacedWebSocket(releaseAt: () => number): new (url: string) => WebSocketLike {
-  return class PacedWebSocket implements WebSocketLike {
-    private readonly ws: WebSocket;
+function pacedWebSocket(
+  releaseAt: () => number,
+  Base: new (url: string) => WebSocketLike,
+): new (
+  url: string,
+) => WebSocketLike {
+  return class PacedWebSocket extends ForwardingSocket {
     private held: Array<{ data: unknown }> | undefined;
-    onopen: ((ev: unknown) => void) | null = null;
-    onmessage: ((ev: { data: unknown }) => void) | null = null;
-    onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-    onerror: ((ev: unknown) => void) | null = null;
 
     constructor(url: string) {
+      super(new Base(url));
       const edgeHttpUrl = url.replace(/^ws/, 'http').replace(/\/ws\/user$/, '');
-      this.ws = new WebSocket(url);
-      this.ws.onopen = (ev) => this.onopen?.(ev);
-      this.ws.onerror = (ev) => this.onerror?.(ev);
       this.ws.onclose = (ev) => {
         this.held = undefined; // the client starts over (rejoin) or stops; a held turn is void
         this.onclose?.(ev);
@@ -96,22 +101,6 @@ function pacedWebSocket(releaseAt: () => number): new (url: string) => WebSocket
       this.held = undefined;
       for (const ev of frames) this.onmessage?.(ev);
     }
-
-    get binaryType(): string {
-      return this.ws.binaryType;
-    }
-    set binaryType(t: string) {
-      this.ws.binaryType = t as WebSocket['binaryType'];
-    }
-    get readyState(): number {
-      return this.ws.readyState;
-    }
-    send(data: Uint8Array): void {
-      this.ws.send(data);
-    }
-    close(code?: number, reason?: string): void {
-      this.ws.close(code, reason);
-    }
   };
 }
 
@@ -133,17 +122,15 @@ export async function startHeadlessUser(o: HeadlessUserOptions): Promise<UserCli
   const pauseMs = o.pauseMs ?? 0;
   /** when the last turn ended (accepted or not): the next waits until then + pauseMs */
   let lastTurnEnd = Number.NEGATIVE_INFINITY;
+  const wsSocket = WebSocket as unknown as new (url: string) => WebSocketLike;
+  // the link sits under the pacing: a held turn frame has already come over the link
+  const socket = o.link ? linkedWebSocket(wsSocket, o.link) : wsSocket;
   const client: UserClient = new UserClient({
     credentials,
     cloudUrl: o.cloudUrl,
     engine: o.engine,
     getGpu: nodeGpu,
-    WebSocket:
-      pauseMs > 0
-        ? pacedWebSocket(() => lastTurnEnd + pauseMs)
-        : (WebSocket as unknown as new (
-            url: string,
-          ) => WebSocketLike),
+    WebSocket: pauseMs > 0 ? pacedWebSocket(() => lastTurnEnd + pauseMs, socket) : socket,
     onEvent: (e) => {
       if (e.type === 'turn-end') lastTurnEnd = Date.now();
       o.onEvent?.(e);

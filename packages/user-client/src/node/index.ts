@@ -1,2 +1,3 @@
 export * from './gpu';
 export * from './headless';
+export * from './link';
