@@ -9,6 +9,14 @@
  * Provider: 'cpu', 'cuda' or 'webgpu'. onnxruntime-node throws when a provider cannot start
  * (CUDA needs its provider libraries and CUDA 12 + cuDNN 9 on the host); the runner then uses
  * 'cpu' for the rest of its life and says so once through `log` and in `provider`.
+ *
+ * Memory: onnxruntime's memory pattern is off by default. With it on, a session allocates, from
+ * the second run of a shape on, one block planned for the whole run on top of the arena chunks
+ * the first run left: at GPT-2 small shapes the edge then peaked ~170 MiB higher, for no
+ * measurable speed (docs/benchmarks.md, "The edge's memory"). The results are bitwise the same
+ * either way (only where tensors live changes). Weight pre-packing stays on by default: turning
+ * it off drops each session's packed copy of the matmul weights, but the matmuls then take
+ * another kernel path (results differ in the last bits) and ran 10-20% slower.
  */
 import { CodedError } from '@splitllm/model';
 import { Worker } from 'node:worker_threads';
@@ -29,6 +37,10 @@ export interface RunnerOptions {
   threads?: number;
   /** one line per notable event (start, provider fallback) */
   log?: (line: string) => void;
+  /** onnxruntime's per-shape memory pattern (default false: it costs memory and buys no speed here) */
+  memoryPattern?: boolean;
+  /** onnxruntime's pre-packed copies of constant matmul weights (default true: off is leaner but slower) */
+  prepackWeights?: boolean;
 }
 
 export interface LoadedGraph {
@@ -103,12 +115,16 @@ export class SegmentRunner {
     const threads = opts.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0)
       throw new RunnerError('BAD_THREADS', `threads must be an integer >= 0, got ${threads}`);
+    const memoryPattern = opts.memoryPattern ?? false;
+    const prepackWeights = opts.prepackWeights ?? true;
     const worker = new Worker(new URL('./worker.mjs', import.meta.url));
     const runner = new SegmentRunner(worker, opts.provider, threads, opts.log ?? (() => {}));
-    const info = (await runner.call({ op: 'init', provider: opts.provider, threads })) as { backends: string[] };
+    const init = { op: 'init', provider: opts.provider, threads, memoryPattern, prepackWeights };
+    const info = (await runner.call(init)) as { backends: string[] };
     runner.log(
       `onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), ` +
-        `intra-op threads ${threads || 'auto'}`,
+        `intra-op threads ${threads || 'auto'}, memory pattern ${memoryPattern ? 'on' : 'off'}, ` +
+        `weight pre-packing ${prepackWeights ? 'on' : 'off'}`,
     );
     return runner;
   }

@@ -2,7 +2,7 @@
 // Node process without a TypeScript loader. It owns onnxruntime-node sessions: `session.run()`
 // blocks the thread it runs on, so running it here keeps the server's event loop free.
 //
-// Messages in:  { id, op: 'init', provider, threads }
+// Messages in:  { id, op: 'init', provider, threads, memoryPattern, prepackWeights }
 //               { id, op: 'load', name, model (Uint8Array, transferred) }
 //               { id, op: 'run', name, feeds: { [input]: { type, data, dims } } }
 //               { id, op: 'unload', name }   { id, op: 'memory' }
@@ -14,6 +14,8 @@ const sessions = new Map();
 let requested = 'cpu';
 let provider = 'cpu';
 let threads = 0;
+let memoryPattern = false;
+let prepackWeights = true;
 let fallbackNote;
 
 function sessionOptions(ep) {
@@ -23,6 +25,11 @@ function sessionOptions(ep) {
     // 0 lets onnxruntime pick (one per core); inter-op stays 1 because segment graphs are chains.
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
+    // off by default: with it, the edge's peak grew ~170 MiB from the second run on (runner.ts)
+    enableMemPattern: memoryPattern,
+    // the node binding reads `extra` as session config entries; only set when asked, so the default
+    // sessions are exactly what they were
+    ...(prepackWeights ? {} : { extra: { session: { disable_prepacking: '1' } } }),
   };
 }
 
@@ -45,6 +52,8 @@ const handlers = {
     requested = msg.provider;
     provider = msg.provider;
     threads = msg.threads;
+    memoryPattern = msg.memoryPattern;
+    prepackWeights = msg.prepackWeights;
     return { backends: ort.listSupportedBackends().map((b) => b.name) };
   },
   async load(msg) {

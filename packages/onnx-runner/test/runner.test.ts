@@ -1,7 +1,8 @@
 /**
  * SegmentRunner and the edge/cloud segments on real onnxruntime-node sessions in a worker
  * thread: results equal the TypeScript reference, buffers move by transfer, the event loop
- * stays free during a run, errors carry codes, a provider that cannot start falls back to cpu.
+ * stays free during a run, errors carry codes, a provider that cannot start falls back to cpu,
+ * and the session memory settings (memory pattern, weight pre-packing) keep the results.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -85,6 +86,68 @@ describe('BlocksSegment (edge)', () => {
       await seg.close();
     });
   }
+});
+
+describe('session memory settings', () => {
+  /** One forward and backward of the edge segment on `r`, from fixed inputs. */
+  async function edgeStep(r: SegmentRunner): Promise<Float32Array[]> {
+    const a = adapter();
+    const rng = new Rng(21);
+    const x = rng.fillNormal(new Float32Array(B * T * D), 1);
+    const dy = rng.fillNormal(new Float32Array(B * T * D), 0.1);
+    const seg = await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates: false });
+    // twice, so a memory pattern recorded by the first run is also used
+    await seg.forward(a, x, B, T);
+    const f = await seg.forward(a, x, B, T);
+    const b = await seg.backward(a, x, f.saved, dy, B, T);
+    await seg.close();
+    const grads = [...b.loraGrads.entries()].sort(([p], [q]) => p.localeCompare(q)).flatMap(([, g]) => [g.A, g.B]);
+    return [f.y, b.dx, ...grads];
+  }
+
+  it('the memory pattern is off by default and turning it off leaves the results bitwise the same', async () => {
+    expect(logs.some((l) => /memory pattern off, weight pre-packing on/.test(l))).toBe(true);
+    const lines: string[] = [];
+    const withPattern = await SegmentRunner.start({
+      provider: 'cpu',
+      threads: 1,
+      memoryPattern: true,
+      log: (l) => lines.push(l),
+    });
+    try {
+      expect(lines.some((l) => /memory pattern on/.test(l))).toBe(true);
+      const ours = await edgeStep(runner);
+      const theirs = await edgeStep(withPattern);
+      expect(ours.length).toBe(theirs.length);
+      for (const [i, t] of ours.entries())
+        expect(
+          Buffer.from(t.buffer, t.byteOffset, t.byteLength).equals(
+            Buffer.from(theirs[i].buffer, theirs[i].byteOffset, theirs[i].byteLength),
+          ),
+          `tensor ${i}`,
+        ).toBe(true);
+    } finally {
+      await withPattern.close();
+    }
+  });
+
+  it('without weight pre-packing the results stay within the reference tolerances', async () => {
+    const lines: string[] = [];
+    const lean = await SegmentRunner.start({
+      provider: 'cpu',
+      threads: 1,
+      prepackWeights: false,
+      log: (l) => lines.push(l),
+    });
+    try {
+      expect(lines.some((l) => /weight pre-packing off/.test(l))).toBe(true);
+      const ours = await edgeStep(runner);
+      const theirs = await edgeStep(lean);
+      for (const [i, t] of ours.entries()) expect(maxRelErr(theirs[i], t), `tensor ${i}`).toBeLessThan(1e-5);
+    } finally {
+      await lean.close();
+    }
+  });
 });
 
 describe('TailSegment (cloud)', () => {
