@@ -203,4 +203,22 @@ the adapter loads in eval`, () => {
     expect(Math.abs(int8.losses[0] - f32.losses[0]) / f32.losses[0]).toBeLessThan(1e-2);
     for (const l of [...f16.losses, ...int8.losses]) expect(Number.isFinite(l)).toBe(true);
   });
+
+  it("applies the run's activation noise in the tab: the same first step, noised, has another loss", () => {
+    const text = join(DATA, 'sotu/train/user-3.txt');
+    const run = (noise: string) => {
+      const out = join(tmp, `noise-${noise}`);
+      simulate(out, [
+        ...['--edges', '1', '--users', '1', '--rounds', '1', '--steps-per-user', '1', '--data', text],
+        ...['--seed', '5', '--engine', 'reference', '--noise', noise],
+      ]);
+      return rounds(out)[0].turns[0].losses[0];
+    };
+    const clean = run('0');
+    // h1's values have a root mean square of about 6 here (docs/privacy.md): noise of 50 drowns them,
+    // so the loss of the same batch moves by far more than any float rounding could
+    const noised = run('50');
+    expect(Number.isFinite(noised)).toBe(true);
+    expect(Math.abs(noised - clean)).toBeGreaterThan(0.1);
+  });
 });

@@ -573,10 +573,14 @@ export class UserClient {
         const out0 = this.bytesOut;
         const in0 = this.bytesIn;
         const batch = this.o.batches(B, T, this.config!);
-        const h1 = await trainer.forward(batch);
         const { labels, activationNoise } = this.manifest!.train;
-        // additive noise: dL/dh1 at the noisy h1 is what the backward needs (d(h1 + n)/dh1 = 1)
-        if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseNormal);
+        // additive noise: dL/dh1 at the noisy h1 is what the backward needs (d(h1 + n)/dh1 = 1). On a
+        // copy: an engine may keep the array it returned for its own use
+        let h1 = await trainer.forward(batch);
+        if (activationNoise > 0) {
+          h1 = h1.slice();
+          addGaussianNoise(h1, activationNoise, this.noiseNormal);
+        }
         const accept = (m: { type: string; round: number; step: number }) => expectRoundStep(m, round, step);
         let back: Incoming<'edgeToUser', 'backward'>;
         let loss: number;
