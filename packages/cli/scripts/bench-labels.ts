@@ -37,13 +37,14 @@ import { loadGpt2Dir } from '@splitllm/model/node';
 import { BlocksSegment, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
 import { createUserTrainer, ReferenceUserTrainer, type UserTrainerOptions } from '@splitllm/user-client';
 import { encodeMessage } from '@splitllm/wire';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../src/io';
+import { type SimulateRound, simulateJson } from './simulate-json';
 
 const { values: opt } = parseArgs({
   options: {
@@ -154,7 +155,7 @@ interface SimRun {
   labels: 'device' | 'cloud';
   /** the user's step times, each round without its first step */
   stepMs: number[];
-  rounds: Array<{ round: number; ms: number; loss: number; bytes: number }>;
+  rounds: SimulateRound[];
 }
 
 const STEPS_PER_USER = 20;
@@ -162,40 +163,13 @@ const STEPS_PER_USER = 20;
 function simulate(labels: 'device' | 'cloud'): SimRun {
   const out = mkdtempSync(join(tmpdir(), `splitllm-bench-labels-${labels}-`));
   try {
-    const r = spawnSync(
-      process.execPath,
+    const rounds = simulateJson(
       [
-        '--import',
-        'tsx',
-        join(REPO_ROOT, 'packages/cli/src/main.ts'),
-        'simulate',
-        '--edges',
-        '1',
-        '--users',
-        '1',
-        '--rounds',
-        '2',
-        '--steps-per-user',
-        String(STEPS_PER_USER),
-        '--engine',
-        'wasm',
-        '--labels',
-        labels,
-        '--data',
-        join(REPO_ROOT, 'packages/assets/data/sotu/train'),
-        '--seed',
-        '1',
-        '--out',
-        out,
-        '--json',
+        ...['--edges', '1', '--users', '1', '--rounds', '2', '--steps-per-user', String(STEPS_PER_USER)],
+        ...['--engine', 'wasm', '--labels', labels],
       ],
-      { cwd: REPO_ROOT, encoding: 'utf8' },
+      out,
     );
-    if (r.status !== 0) throw new Error(`simulate --labels ${labels} failed:\n${r.stderr}`);
-    const rounds = r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { round: number; ms: number; loss: number; bytes: number });
     // the user's own log (stderr of `splitllm user`): "round R step S/N loss L X ms"
     const stepMs: number[] = [];
     for (const line of readFileSync(join(out, 'logs/user-0.log'), 'utf8').split('\n')) {

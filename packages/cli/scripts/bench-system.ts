@@ -13,13 +13,13 @@
 import { type Codec, encodeMessage } from '@splitllm/wire';
 import { GPT2_SMALL_CONFIG } from '@splitllm/model';
 import { randomToken } from '@splitllm/wire/node';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { REPO_ROOT } from '../src/io';
 import { issueJoinToken, startPart, type Part } from '../src/launcher';
+import { simulateJson } from './simulate-json';
 
 const stepsArg = process.argv.indexOf('--steps');
 const STEPS = stepsArg > 0 ? Number(process.argv[stepsArg + 1]) : 40;
@@ -61,34 +61,8 @@ function bytesTable(): void {
 function roundTimes(): void {
   console.log('\n2. time per round: simulate --edges 2 --users 4 --rounds 3 --steps-per-user 10 (engine auto)');
   const out = join(tmp, 'sim');
-  const r = spawnSync(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      join(REPO_ROOT, 'packages/cli/src/main.ts'),
-      'simulate',
-      '--edges',
-      '2',
-      '--users',
-      '4',
-      '--rounds',
-      '3',
-      '--steps-per-user',
-      '10',
-      '--data',
-      join(REPO_ROOT, 'packages/assets/data/sotu/train'),
-      '--seed',
-      '1',
-      '--out',
-      out,
-      '--json',
-    ],
-    { cwd: REPO_ROOT, encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(r.stderr);
-  for (const line of r.stdout.trim().split('\n')) {
-    const j = JSON.parse(line) as { round: number; ms: number; loss: number; bytes: number };
+  const rounds = simulateJson(['--edges', '2', '--users', '4', '--rounds', '3', '--steps-per-user', '10'], out);
+  for (const j of rounds) {
     console.log(
       `  round ${j.round}: ${(j.ms / 1000).toFixed(1)} s, loss ${j.loss.toFixed(4)}, ` +
         `${(j.bytes / 2 ** 20).toFixed(2)} MiB on the wire (20 steps)`,
