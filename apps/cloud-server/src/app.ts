@@ -246,7 +246,9 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   const limits: RateLimits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
   const webPage = o.webDir ? webPagePlugin(o.webDir) : undefined;
 
+  // read once: the model card and the measured figures belong to the run, which never changes them
   const modelInfo = readModelInfo(o.modelDir, model);
+  const privacy = runPrivacy(o.modelDir, plan, train);
   const store = openState(o, model, plan, train, aggregationKey);
   const lora = store.loadAdapter(store.latest()).config;
   const segments = { user: encodeSegment(model, plan, 'user'), edge: encodeSegment(model, plan, 'edge') };
@@ -321,7 +323,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
       train,
       version: versions.version,
       segments: segmentInfo,
-      privacy: runPrivacy(o.modelDir, plan, train),
+      privacy,
     }),
     segments,
     segmentInfo,
@@ -377,7 +379,6 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     { url: address, version: versions.version, plan, provider: runner.provider, aggregation: aggregationKey, limits },
     'cloud server listening',
   );
-  const privacy = run.manifest().privacy;
   if (privacy.recovery === null) {
     // the page then tells each contributor that the leak was not measured for this run
     app.log.warn(
