@@ -33,6 +33,8 @@ import { loadGpt2Dir } from '@splitllm/model/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
 import {
   isLabelPlacement,
+  isTrainingScheme,
+  TRAINING_SCHEMES,
   LABEL_PLACEMENTS,
   ProtocolError,
   type RunManifest,
@@ -123,6 +125,7 @@ export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   adamw: DEFAULT_LORA_TRAIN.adamw,
   labels: 'device',
   activationNoise: 0,
+  scheme: 'hierarchical',
 };
 
 export interface CloudServer {
@@ -213,6 +216,10 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   };
   if (train.seq > c.nPositions) {
     throw new CloudConfigError('BAD_SETTINGS', `seq ${train.seq} exceeds the model's n_positions ${c.nPositions}`);
+  }
+  if (!isTrainingScheme(train.scheme)) {
+    const known = TRAINING_SCHEMES.join(', ');
+    throw new CloudConfigError('BAD_SETTINGS', `scheme must be one of ${known}, got ${JSON.stringify(train.scheme)}`);
   }
   if (!isLabelPlacement(train.labels)) {
     const known = LABEL_PLACEMENTS.join(', ');

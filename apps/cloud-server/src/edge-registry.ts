@@ -153,15 +153,19 @@ export class EdgeRegistry implements EdgePort {
     for (const e of this.edges.values()) this.send(e.edgeId, bytes);
   }
 
-  /** Answers a frame the cloud refused with an error frame, and logs and counts it. */
-  reject(edgeId: string, err: unknown, type: string): void {
+  /**
+   * Answers a frame the cloud refused with an error frame, and logs and counts it. The frame's
+   * user, when it names one, is named back: an edge with several users in flight ('sfl') ends
+   * that user's turn only.
+   */
+  reject(edgeId: string, err: unknown, type: string, userId?: string): void {
     const e = this.edges.get(edgeId);
     if (!e) return;
     const code = codeOf(err, 'INTERNAL');
     const message = err instanceof Error ? err.message : String(err);
     e.errors++;
     this.metrics.frameErrors.inc({ code });
-    this.log.warn({ edgeId, type, code, err: message }, 'frame rejected');
-    this.send(edgeId, encodeErrorMessage(code, message));
+    this.log.warn({ edgeId, type, code, err: message, userId }, 'frame rejected');
+    this.send(edgeId, encodeErrorMessage(code, message, userId));
   }
 }

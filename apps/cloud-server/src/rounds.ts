@@ -11,6 +11,7 @@ import { adapterFromNamedTensors, adapterToNamedTensors, type Gpt2Config, type L
 import {
   aggregateWithReport,
   checkAdamWUpdate,
+  HeldBytes,
   type AdapterUpdate,
   type AggregationStrategy,
   type RoundConfig,
@@ -24,8 +25,10 @@ import {
   updateUserPrefix,
   type Incoming,
   type Outgoing,
+  type TrainingScheme,
   type TrainSettings,
 } from '@splitllm/wire';
+import { peakRssBytes } from '@splitllm/onnx-runner';
 import type { Registry } from 'prom-client';
 import type { EdgePort, Logger } from './edge-registry';
 import { CloudConfigError } from './errors';
@@ -42,7 +45,10 @@ interface ActiveRound {
   edges: Map<string, EdgeTail>;
   /** accepted uploads, by edge */
   uploads: Map<string, EdgeUpload>;
+  /** every byte of the round: the edges' frames and uploads, and what the edges counted on their users' sockets */
   bytes: number;
+  /** what the edges counted on their users' sockets */
+  userEdgeBytes: number;
   deadline?: ReturnType<typeof setTimeout>;
 }
 
@@ -50,6 +56,14 @@ interface ActiveRound {
 export interface EdgeUpload {
   edge?: LoraAdapter;
   users: Map<string, LoraAdapter>;
+  /** what the edge process held: its high-water RSS (null where the platform does not say) and its HeldBytes peak */
+  memory: ProcessMemory;
+}
+
+/** A process's memory over a round: see HeldBytes (packages/federation) for what `heldPeak` counts. */
+export interface ProcessMemory {
+  peakRss: number | null;
+  heldPeak: number;
 }
 
 export interface RoundSummary extends RoundRecord {
@@ -58,6 +72,12 @@ export interface RoundSummary extends RoundRecord {
   turns: Array<{ edgeId: string; userId: string; tokens: number; losses: number[] }>;
   /** the versions whose adapter directories the retention policy deleted after this one was recorded */
   evicted: number[];
+  scheme: TrainingScheme;
+  /** the bytes on the users' sockets and on the edges' (frames and uploads); together `bytes` */
+  userEdgeBytes: number;
+  edgeCloudBytes: number;
+  /** the cloud's memory and each uploading edge's, over this round */
+  memory: { cloud: ProcessMemory; edges: Record<string, ProcessMemory> };
 }
 
 /** The running round as /api/status shows it. */
@@ -92,6 +112,8 @@ export interface RoundsOptions {
 const EMPTY_ROUND_BACKOFF_MS = 1000;
 
 export class Rounds {
+  /** what the cloud holds per user: its copies, their snapshots and the steps' saved activations */
+  readonly held = new HeldBytes();
   private active?: ActiveRound;
   private stopping = false;
   private startTimer?: ReturnType<typeof setTimeout>;
@@ -153,8 +175,10 @@ export class Rounds {
     const settings = this.settings;
     const candidates = this.o.edges.candidates();
     const live = new Set(candidates.map((c) => c.edgeId));
-    const chosen = [...new Set(strategy.selectEdges(round, candidates, settings))].filter((id) => live.has(id));
+    let chosen = [...new Set(strategy.selectEdges(round, candidates, settings))].filter((id) => live.has(id));
     if (chosen.length === 0) return;
+    // 'sequential': one user at a time across the system, so one edge per round, the edges taking turns
+    if (this.o.train.scheme === 'sequential') chosen = [chosen.sort()[(round - 1) % chosen.length]];
     let config: RoundConfig;
     try {
       config = checkRoundConfig(strategy.configureRound(round, settings), settings);
@@ -171,8 +195,10 @@ export class Rounds {
       codec: this.o.train.codec,
     };
     const edges = new Map<string, EdgeTail>();
+    this.held.resetPeak();
+    const { adamw, scheme } = this.o.train;
     for (const id of chosen) {
-      edges.set(id, new EdgeTail(id, round, cloudPart, this.o.train.adamw, config, shape, this.o.steps));
+      edges.set(id, new EdgeTail(id, round, cloudPart, adamw, config, shape, this.o.steps, scheme, this.held));
     }
     const now = Date.now();
     const r: ActiveRound = {
@@ -183,6 +209,7 @@ export class Rounds {
       edges,
       uploads: new Map(),
       bytes: 0,
+      userEdgeBytes: 0,
     };
     this.active = r;
     r.deadline = setTimeout(() => this.deadlinePassed(r), this.o.roundTimeoutMs);
@@ -249,6 +276,7 @@ export class Rounds {
   excludeEdge(edgeId: string, why: string): void {
     const r = this.active;
     if (!r?.edges.has(edgeId)) return;
+    r.edges.get(edgeId)?.dispose();
     r.edges.delete(edgeId);
     r.uploads.delete(edgeId);
     this.o.log.warn({ edgeId, round: r.round }, why);
@@ -259,6 +287,7 @@ export class Rounds {
     if (this.active !== r) return;
     for (const edgeId of [...r.edges.keys()]) {
       if (!r.uploads.has(edgeId)) {
+        r.edges.get(edgeId)?.dispose();
         r.edges.delete(edgeId);
         this.o.log.warn({ edgeId, round: r.round }, 'edge timed out: excluded from the round');
       }
@@ -285,12 +314,15 @@ export class Rounds {
       throw new ProtocolError('ROUND_UPLOADED', `edge "${edgeId}" already uploaded its round ${r.round} result`);
     }
     if (m.edgeId !== edgeId) throw new ProtocolError('BAD_FIELD', 'update.edgeId is not the uploading edge');
-    if (t.turn) throw new ProtocolError('TURN_OPEN', `user "${t.turn.userId}"'s turn has not ended`);
+    const open = t.turns.values().next().value;
+    if (open) throw new ProtocolError('TURN_OPEN', `user "${open.userId}"'s turn has not ended`);
     r.bytes += frameBytes + m.userBytes;
+    r.userEdgeBytes += m.userBytes;
     let upload: EdgeUpload;
     try {
-      upload = checkUpload(m, t, this.o.versions, r.config);
+      upload = checkUpload(m, t, this.o.versions, r.config, this.o.train.scheme);
     } catch (err) {
+      t.dispose();
       r.edges.delete(edgeId);
       this.o.log.warn(
         { edgeId, round: r.round, err: (err as Error).message },
@@ -314,6 +346,7 @@ export class Rounds {
     try {
       this.finish(r);
     } catch (err) {
+      for (const t of r.edges.values()) t.dispose();
       this.o.log.error(
         { round: r.round, err: (err as Error).message },
         'round could not be recorded; the global adapter is unchanged',
@@ -339,14 +372,24 @@ export class Rounds {
       lossCount += t.lossCount;
       participants.push(`edge:${t.edgeId}`);
       updates.push({ from: `edge:${t.edgeId}`, adapter: up.edge, tokens: edgeTokens });
-      updates.push({ from: `cloud:${t.edgeId}`, adapter: t.cloud.copyAdapter(), tokens: edgeTokens });
+      updates.push({ from: `cloud:${t.edgeId}`, adapter: t.cloudPart(), tokens: edgeTokens });
       for (const turn of t.completed) {
         const adapter = up.users.get(turn.userId);
         if (!adapter) continue; // checkUpload read one for every completed turn
         participants.push(`user:${turn.userId}`);
-        updates.push({ from: `user:${turn.userId}`, adapter, tokens: turn.tokens });
+        // 'sequential': each user started from the adapter of the one before, so the last one's is
+        // the round's user part (carrying all of them), weighted by the tokens of the whole chain
+        if (this.o.train.scheme !== 'sequential')
+          updates.push({ from: `user:${turn.userId}`, adapter, tokens: turn.tokens });
+        else if (turn === t.completed[t.completed.length - 1])
+          updates.push({ from: `user:${turn.userId}`, adapter, tokens: edgeTokens });
       }
     }
+    const memory = {
+      cloud: { peakRss: peakRssBytes() ?? null, heldPeak: this.held.peak },
+      edges: Object.fromEntries([...r.uploads].map(([id, u]) => [id, u.memory])),
+    };
+    for (const t of r.edges.values()) t.dispose();
     const users = participants.filter((p) => p.startsWith('user:')).length;
     if (tokens === 0) {
       this.o.log.warn(
@@ -389,7 +432,16 @@ export class Rounds {
     const turns = [...r.edges.values()].flatMap((t) =>
       t.completed.map((u) => ({ edgeId: t.edgeId, userId: u.userId, tokens: u.tokens, losses: u.losses })),
     );
-    this.o.onRound?.({ ...rec, ms: Date.now() - r.startedMs, turns, evicted });
+    this.o.onRound?.({
+      ...rec,
+      ms: Date.now() - r.startedMs,
+      turns,
+      evicted,
+      scheme: this.o.train.scheme,
+      userEdgeBytes: r.userEdgeBytes,
+      edgeCloudBytes: r.bytes - r.userEdgeBytes,
+      memory,
+    });
   }
 
   status(): RoundStatus | null {
@@ -398,13 +450,17 @@ export class Rounds {
     return {
       number: r.round,
       startedAt: r.startedAt,
-      edges: [...r.edges.values()].map((t) => ({
-        edgeId: t.edgeId,
-        user: t.turn?.userId ?? null,
-        step: t.turn?.steps ?? 0,
-        completed: t.completed.map((u) => u.userId),
-        uploaded: r.uploads.has(t.edgeId),
-      })),
+      edges: [...r.edges.values()].map((t) => {
+        // with 'sfl' several turns are open: the status names the first
+        const open = t.turns.values().next().value;
+        return {
+          edgeId: t.edgeId,
+          user: open?.userId ?? null,
+          step: open?.steps ?? 0,
+          completed: t.completed.map((u) => u.userId),
+          uploaded: r.uploads.has(t.edgeId),
+        };
+      }),
     };
   }
 
@@ -453,6 +509,7 @@ export function checkUpload(
   t: EdgeTail,
   versions: GlobalVersions,
   config: RoundConfig,
+  scheme: TrainingScheme,
 ): EdgeUpload {
   const ids = m.users.map((u) => u.userId).sort();
   const expected = t.completed.map((u) => u.userId).sort();
@@ -466,15 +523,18 @@ export function checkUpload(
   const { lr, stepsPerUser } = config;
   const userGlobal = versions.part('user');
   const users = new Map<string, LoraAdapter>();
-  for (const u of t.completed) {
+  for (const [i, u] of t.completed.entries()) {
     const adapter = adapterFromNamedTensors(lora, m.tensors, updateUserPrefix(u.userId));
-    checkAdamWUpdate(userGlobal, adapter, lr, stepsPerUser);
+    // 'sequential': the i-th user carried on from the ones before it, so it is (i + 1) turns from the global one
+    checkAdamWUpdate(userGlobal, adapter, lr, stepsPerUser * (scheme === 'sequential' ? i + 1 : 1));
     users.set(u.userId, adapter);
   }
   let edge: LoraAdapter | undefined;
   if (t.completed.length > 0) {
     edge = adapterFromNamedTensors(lora, m.tensors, UPDATE_EDGE_PREFIX);
-    checkAdamWUpdate(versions.part('edge'), edge, lr, stepsPerUser * t.completed.length);
+    // 'sfl': the mean of copies that each took one turn's steps; otherwise one copy took them all
+    const steps = stepsPerUser * (scheme === 'sfl' ? 1 : t.completed.length);
+    checkAdamWUpdate(versions.part('edge'), edge, lr, steps);
   }
   // every tensor of the upload must belong to one of the adapters just read
   const known = new Set<string>();
@@ -484,5 +544,12 @@ export function checkUpload(
   for (const name of m.tensors.keys()) {
     if (!known.has(name)) throw new ProtocolError('BAD_TENSOR', `update carries an unexpected tensor "${name}"`);
   }
-  return { edge, users };
+  if (!Number.isSafeInteger(m.heldPeak) || m.heldPeak < 0) {
+    throw new ProtocolError('BAD_FIELD', `update.heldPeak must be an integer >= 0, got ${m.heldPeak}`);
+  }
+  const peakRss = m.peakRss ?? null;
+  if (peakRss !== null && !(Number.isSafeInteger(peakRss) && peakRss > 0)) {
+    throw new ProtocolError('BAD_FIELD', `update.peakRss must be an integer > 0 when given, got ${peakRss}`);
+  }
+  return { edge, users, memory: { peakRss, heldPeak: m.heldPeak } };
 }

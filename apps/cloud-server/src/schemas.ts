@@ -45,6 +45,7 @@ export const SHARED_SCHEMAS: Record<SchemaId, Record<string, unknown>> = {
     adamw: closed({ lr: num, beta1: num, beta2: num, eps: num, weightDecay: num }),
     labels: { type: 'string', enum: ['device', 'cloud'] },
     activationNoise: num,
+    scheme: { type: 'string', enum: ['hierarchical', 'sfl', 'sequential'] },
   }),
   runManifest: closed({
     modelName: str,

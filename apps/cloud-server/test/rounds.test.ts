@@ -14,7 +14,14 @@ import {
   type LoraAdapter,
   type LoraGrads,
 } from '@splitllm/model';
-import { decodeExpected, decodeMessage, encodeMessage, type MessageOn, type TrainSettings } from '@splitllm/wire';
+import {
+  decodeExpected,
+  decodeMessage,
+  encodeMessage,
+  type MessageOn,
+  type TrainingScheme,
+  type TrainSettings,
+} from '@splitllm/wire';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { EdgePort } from '../src/edge-registry';
 import { createCloudMetrics } from '../src/metrics';
@@ -94,6 +101,7 @@ function setup(o: {
   waiting: Record<string, number>;
   strategy?: AggregationStrategy;
   usersPerEdge?: number;
+  scheme?: TrainingScheme;
   stepsPerUser?: number;
   roundTimeoutMs?: number;
 }): Setup {
@@ -115,6 +123,7 @@ function setup(o: {
     adamw: { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
     labels: 'cloud',
     activationNoise: 0,
+    scheme: o.scheme ?? 'hierarchical',
   };
   const summaries: RoundSummary[] = [];
   const warnings: string[] = [];
@@ -178,6 +187,7 @@ function upload(s: Setup, edgeId: string, users: string[], o: { extra?: boolean 
     tokens: 0,
     users: users.map((userId) => ({ userId, tokens: B * T, steps: 2 })),
     userBytes: 0,
+    heldPeak: 0,
     tensors,
   });
   return s.rounds.acceptUpdate(edgeId, decodeExpected('edgeUpload', 'update', bytes), bytes.byteLength);

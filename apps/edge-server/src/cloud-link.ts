@@ -151,8 +151,11 @@ export interface CloudLinkOptions extends RegisterOptions {
 }
 
 export class CloudLink {
-  /** where the cloud's answers to a turn are delivered (`backward`; `hidden` with labels on the device) */
-  readonly waiter = new MessageWaiter<MessageOn<'cloudToEdge'>>();
+  /**
+   * where the cloud's answers to a user's turn are delivered (`backward`; `hidden` with labels on
+   * the device), by user: with 'sfl' several users' steps are in flight at once
+   */
+  private readonly waiters = new Map<string, MessageWaiter<MessageOn<'cloudToEdge'>>>();
   private ws?: WebSocket;
   private token: string;
   private closing = false;
@@ -203,7 +206,7 @@ export class CloudLink {
         if (this.ws !== ws) return;
         this.ws = undefined;
         const why = `cloud connection closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
-        this.waiter.fail(new EdgeError('CLOUD_GONE', why));
+        this.failAll(new EdgeError('CLOUD_GONE', why));
         if (!opened) return;
         this.handlers?.lost(why);
         if (!this.closing) this.reconnect(why);
@@ -244,8 +247,28 @@ export class CloudLink {
     this.closing = true;
     const ws = this.ws;
     this.ws = undefined;
-    this.waiter.fail(new EdgeError('SHUTTING_DOWN', 'the edge is shutting down'));
+    this.failAll(new EdgeError('SHUTTING_DOWN', 'the edge is shutting down'));
     ws?.close();
+  }
+
+  /** The waiter of a user's turn (made on first use; `endTurn` forgets it). */
+  waiterFor(userId: string): MessageWaiter<MessageOn<'cloudToEdge'>> {
+    let w = this.waiters.get(userId);
+    if (!w) {
+      w = new MessageWaiter();
+      this.waiters.set(userId, w);
+    }
+    return w;
+  }
+
+  /** The user's turn is over: its waiter goes. */
+  endTurn(userId: string): void {
+    this.waiters.delete(userId);
+  }
+
+  /** Ends every wait on the cloud with `err` (the cloud is gone, the edge shuts down). */
+  private failAll(err: Error): void {
+    for (const w of this.waiters.values()) w.fail(err);
   }
 
   /** Sends a message on the socket; throws CLOUD_GONE when it is not open. */
@@ -278,15 +301,19 @@ export class CloudLink {
         return;
       case 'error': {
         const err = new CloudError(m.code, `cloud: ${m.message}`);
-        // a turn waiting on the cloud ends with the cloud's reason; otherwise it is only noted
-        if (this.waiter.waitingFor) this.waiter.fail(err);
-        else this.o.activity.noteError(err.code, err.message);
+        // a turn waiting on the cloud ends with the cloud's reason: the named user's, or, when the
+        // error names none, every waiting one; otherwise it is only noted
+        const named = m.userId === undefined ? undefined : this.waiters.get(m.userId);
+        const waiting = named ? [named] : [...this.waiters.values()];
+        const failed = waiting.filter((w) => w.waitingFor !== undefined);
+        for (const w of failed) w.fail(err);
+        if (failed.length === 0) this.o.activity.noteError(err.code, err.message, m.userId);
         return;
       }
       case 'hidden':
       case 'backward':
-        if (!this.waiter.deliver(m))
-          this.o.activity.noteError('UNEXPECTED_TYPE', `unexpected "${m.type}" frame from the cloud`);
+        if (!this.waiters.get(m.userId)?.deliver(m))
+          this.o.activity.noteError('UNEXPECTED_TYPE', `unexpected "${m.type}" frame from the cloud for ${m.userId}`);
         return;
     }
   }
@@ -360,6 +387,7 @@ export class CloudLink {
     completed: CompletedUser[],
     edgeAdapter: LoraAdapter | undefined,
     userBytes: number,
+    memory: { heldPeak: number; peakRss: number | null },
   ): Promise<void> {
     const tensors = new Map<string, { data: Float32Array; shape: number[] }>();
     if (completed.length > 0 && edgeAdapter)
@@ -374,6 +402,8 @@ export class CloudLink {
       tokens,
       users,
       userBytes,
+      heldPeak: memory.heldPeak,
+      ...(memory.peakRss === null ? {} : { peakRss: memory.peakRss }),
       tensors,
     });
     this.o.metrics.bytes('cloud', 'out', body.byteLength);

@@ -10,6 +10,7 @@ import { type Gpt2Config, type LoraAdapter, loraParameterCount } from '@splitllm
 import { decodeMessage, encodeErrorMessage, type RunManifest } from '@splitllm/wire';
 import { checkUserToken } from '@splitllm/wire/node';
 import { peakRssBytes } from '@splitllm/onnx-runner';
+import { HeldBytes } from '@splitllm/federation';
 import { CloudLink, type Registration } from './cloud-link';
 import { EdgeError } from './errors';
 import { RoundRunner } from './round';
@@ -68,6 +69,8 @@ export class Edge {
   /** the largest frame a user may send: a step (h and targets) or its adapter, with room for the header */
   readonly frameLimit: number;
   readonly activity: Activity;
+  /** what the edge holds for its users' training (HeldBytes): flat in their number unless the scheme is 'sfl' */
+  readonly held = new HeldBytes();
   readonly queue: UserQueue;
   readonly link: CloudLink;
   private readonly rounds: RoundRunner;
@@ -139,6 +142,7 @@ export class Edge {
       cloudTimeoutMs: o.cloudTimeoutMs,
       setVersion: (v) => this.setVersion(v),
       reportStatus: () => this.reportStatus(),
+      held: this.held,
     });
     metrics.sampled('splitllm_edge_users_connected', 'users with an open connection', () => this.queue.users.size);
     metrics.sampled('splitllm_edge_users_waiting', 'users waiting for their turn', () => this.queue.waitingCount());

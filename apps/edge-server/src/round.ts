@@ -1,11 +1,18 @@
 /**
  * The edge's rounds: when the cloud starts one, the edge trains up to `usersPerEdge` of its
- * waiting users, one after another in queue order (the paper's scheme), each for
- * `stepsPerUser` steps (turn.ts), then uploads the edge LoRA and the users' adapters. The edge
- * holds one set of activations and one edge LoRA whatever the number of waiting users.
+ * waiting users (queue order), each for `stepsPerUser` steps (turn.ts), then uploads the edge
+ * LoRA and the users' adapters. How the users train is the run's scheme (TrainingScheme):
+ * - 'hierarchical' (the paper's): one after another on one edge LoRA; the edge holds one LoRA,
+ *   one optimizer state and one user's activations whatever the number of waiting users.
+ * - 'sequential': the same, and each user starts from the adapter the user before it left (the
+ *   cloud runs one edge per round, so one user trains at a time across the system).
+ * - 'sfl': all at once, each on its own copy of the edge LoRA with its own optimizer state and
+ *   activations in flight; the upload carries the token-weighted mean of the copies.
+ * `held` counts what the edge holds for its users (HeldBytes); its peak goes with the upload.
  */
-import { adapterFromNamedTensors, codeOf, type Gpt2Config } from '@splitllm/model';
-import { checkAdamWUpdate, LoraTrainState } from '@splitllm/federation';
+import { adapterFromNamedTensors, codeOf, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
+import { checkAdamWUpdate, FedAvg, type HeldBytes, LoraTrainState, trainStateBytes } from '@splitllm/federation';
+import { peakRssBytes } from '@splitllm/onnx-runner';
 import type { Incoming, RunManifest } from '@splitllm/wire';
 import type { AdapterVersion, CloudLink, CompletedUser } from './cloud-link';
 import { EdgeError } from './errors';
@@ -32,12 +39,19 @@ export interface RoundRunnerOptions {
   setVersion: (version: number) => void;
   /** the round is over: the cloud hears the edge's status */
   reportStatus: () => void;
+  /** where what the edge holds for its users is counted */
+  held: HeldBytes;
 }
 
 interface RoundState {
   round: number;
   version: number;
+  /** the edge LoRA the round's users carry on ('hierarchical', 'sequential'); with 'sfl' each has its own */
   train: LoraTrainState;
+  /** 'sfl': the copy of each user that completed its turn, by user, held until the upload */
+  copies: Map<string, { train: LoraTrainState; release: () => void }>;
+  /** 'sequential': the adapter the last accepted user left, where the next one starts */
+  handoff?: LoraAdapter;
   adapters: AdapterVersion;
   current?: { userId: string; step: number; steps: number };
   completed: CompletedUser[];
@@ -46,8 +60,8 @@ interface RoundState {
 
 export class RoundRunner {
   private round?: RoundState;
-  /** the user whose turn runs now */
-  private training?: UserConn;
+  /** the users whose turns run now (one, unless the scheme is 'sfl') */
+  private readonly training = new Set<UserConn>();
   private task: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: RoundRunnerOptions) {}
@@ -59,7 +73,7 @@ export class RoundRunner {
 
   /** Ends the turn in progress now (the cloud's half of the round is gone). */
   abortTurn(err: Error): void {
-    this.training?.fail(err);
+    for (const u of this.training) u.fail(err);
   }
 
   /** The round in progress, as the status shows it. */
@@ -72,44 +86,107 @@ export class RoundRunner {
 
   /** Never throws: a failed round is noted, and the cloud is told this edge sits it out. */
   private async run(round: number, version: number, usersPerEdge: number, stepsPerUser: number): Promise<void> {
-    const { queue, link, manifest } = this.o;
+    const { link, manifest, held } = this.o;
+    const { scheme } = manifest.train;
+    held.resetPeak();
+    const memory = () => ({ heldPeak: held.peak, peakRss: peakRssBytes() ?? null });
+    let releaseShared: () => void = () => undefined;
+    let state: RoundState | undefined;
     try {
       this.o.setVersion(version);
       const adapters = await link.adaptersAt(version);
-      const state: RoundState = {
+      state = {
         round,
         version,
         train: new LoraTrainState(adapters.edge, manifest.train.adamw),
+        copies: new Map(),
         adapters,
         completed: [],
         userBytes: 0,
       };
+      if (scheme !== 'sfl') releaseShared = held.hold(trainStateBytes(adapters.edge));
       this.round = state;
       this.o.activity.roundStarted(round);
-      this.o.log.info({ round, version }, 'round started');
-      const tried = new Set<string>();
-      while (state.completed.length < usersPerEdge && link.connected) {
-        const u = queue.nextWaiting(tried, round);
-        if (!u) break;
-        tried.add(u.userId);
-        const done = await this.turn(state, u, stepsPerUser);
-        if (done) state.completed.push(done);
-        queue.toBack(u.userId);
-        if (!u.closed) u.state = 'waiting';
-        queue.positionsChanged();
-      }
-      await link.upload(round, state.completed, state.train.adapter, state.userBytes);
+      this.o.log.info({ round, version, scheme }, 'round started');
+      if (scheme === 'sfl') await this.allAtOnce(state, usersPerEdge, stepsPerUser);
+      else await this.oneAfterAnother(state, usersPerEdge, stepsPerUser);
+      await link.upload(round, state.completed, this.edgeResult(state), state.userBytes, memory());
     } catch (e) {
       this.o.activity.noteError(codeOf(e, 'ROUND_FAILED'), `round ${round}: ${(e as Error).message}`);
       // tell the cloud this edge sits the round out, rather than leave it waiting (best effort:
       // when the upload itself was refused, the cloud has already excluded this edge)
       if (!(e instanceof EdgeError && e.code === 'UPLOAD_REFUSED') && link.connected) {
-        await link.upload(round, [], undefined, 0).catch(() => undefined);
+        await link.upload(round, [], undefined, 0, memory()).catch(() => undefined);
       }
     } finally {
+      releaseShared();
+      for (const c of state?.copies.values() ?? []) c.release();
       this.round = undefined;
       this.o.reportStatus();
     }
+  }
+
+  /** 'hierarchical' and 'sequential': the users' turns one after another, on the round's one edge LoRA. */
+  private async oneAfterAnother(state: RoundState, usersPerEdge: number, stepsPerUser: number): Promise<void> {
+    const { queue, link } = this.o;
+    const tried = new Set<string>();
+    while (state.completed.length < usersPerEdge && link.connected) {
+      const u = queue.nextWaiting(tried, state.round);
+      if (!u) break;
+      tried.add(u.userId);
+      const done = await this.turn(state, u, stepsPerUser, state.train);
+      if (done) state.completed.push(done);
+      this.afterTurn(u);
+    }
+  }
+
+  /**
+   * 'sfl': up to `usersPerEdge` waiting users train at once, each on its own copy of the edge LoRA
+   * (its own AdamW state, its own activations in flight while its step is at the cloud).
+   */
+  private async allAtOnce(state: RoundState, usersPerEdge: number, stepsPerUser: number): Promise<void> {
+    const { queue } = this.o;
+    const chosen: UserConn[] = [];
+    const tried = new Set<string>();
+    for (let u = queue.nextWaiting(tried, state.round); u && chosen.length < usersPerEdge; ) {
+      chosen.push(u);
+      tried.add(u.userId);
+      u = queue.nextWaiting(tried, state.round);
+    }
+    await Promise.all(
+      chosen.map(async (u) => {
+        const copy = new LoraTrainState(state.adapters.edge, this.o.manifest.train.adamw);
+        const release = this.o.held.hold(trainStateBytes(copy.adapter));
+        let done: CompletedUser | undefined;
+        try {
+          done = await this.turn(state, u, stepsPerUser, copy);
+        } finally {
+          if (done) {
+            state.completed.push(done);
+            state.copies.set(u.userId, { train: copy, release });
+          } else release();
+        }
+        this.afterTurn(u);
+      }),
+    );
+  }
+
+  /** The edge LoRA of the upload: the one the users carried on, or with 'sfl' the token-weighted mean of their copies. */
+  private edgeResult(state: RoundState): LoraAdapter {
+    if (this.o.manifest.train.scheme !== 'sfl') return state.train.adapter;
+    const updates = state.completed.map((c) => ({
+      from: c.userId,
+      adapter: state.copies.get(c.userId)!.train.adapter,
+      tokens: c.tokens,
+    }));
+    return updates.length > 0 ? new FedAvg().aggregate(state.adapters.edge, updates) : state.adapters.edge;
+  }
+
+  /** A turn is over: the user goes to the back of the queue and waits again. */
+  private afterTurn(u: UserConn): void {
+    this.o.queue.toBack(u.userId);
+    if (!u.closed) u.state = 'waiting';
+    this.o.queue.positionsChanged();
   }
 
   /**
@@ -128,14 +205,22 @@ export class RoundRunner {
     queueMicrotask(() => u.sendError('SITTING_OUT', message));
   }
 
-  private async turn(state: RoundState, u: UserConn, steps: number): Promise<CompletedUser | undefined> {
+  private async turn(
+    state: RoundState,
+    u: UserConn,
+    steps: number,
+    train: LoraTrainState,
+  ): Promise<CompletedUser | undefined> {
     const { manifest, config } = this.o;
     const { round } = state;
     const bytesBefore = u.bytesIn + u.bytesOut;
     u.state = 'training';
-    this.training = u;
+    this.training.add(u);
     const current = { userId: u.userId, step: 0, steps };
+    // with 'sfl' the status shows the turn that began last
     state.current = current;
+    const sequential = manifest.train.scheme === 'sequential';
+    const startAdapter = sequential ? state.handoff : undefined;
     try {
       return await relayTurn(
         {
@@ -156,10 +241,13 @@ export class RoundRunner {
           user: u,
           cloud: this.o.link,
           blocks: this.o.blocks,
-          train: state.train,
+          train,
+          held: this.o.held,
+          startAdapter,
           acceptAdapter: (m) => {
             const a = adapterFromNamedTensors(manifest.lora, m.tensors);
-            checkAdamWUpdate(state.adapters.user, a, manifest.train.adamw.lr, steps);
+            // against where this user started: the handed-on adapter, else the global one
+            checkAdamWUpdate(startAdapter ?? state.adapters.user, a, manifest.train.adamw.lr, steps);
             return a;
           },
           log: this.o.log,
@@ -173,13 +261,14 @@ export class RoundRunner {
         },
       ).then((done) => {
         if (done) u.misses = 0;
+        if (done && sequential) state.handoff = done.adapter;
         return done;
       });
     } finally {
       // what the turn cost on the user's socket, for the cloud's bytes-per-round figure
       state.userBytes += u.bytesIn + u.bytesOut - bytesBefore;
-      state.current = undefined;
-      this.training = undefined;
+      if (state.current === current) state.current = undefined;
+      this.training.delete(u);
     }
   }
 }

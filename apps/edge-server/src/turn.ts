@@ -16,12 +16,15 @@
  * a step that cannot be sent (a non-finite h2) ends the turn: the edge LoRA goes back to where
  * it was before the turn, the cloud is told to drop the user's steps, and the user hears why.
  *
+ * What the turn keeps for a step's backward (its input, output and the runtime's saved tensors)
+ * and the snapshot it may roll back to are counted in `deps.held` (HeldBytes) while it keeps them.
+ *
  * Every wait for a peer's next message is installed before the frame that prompts it is sent
  * (MessageWaiter.request): when encoding or sending throws, the wait is withdrawn with its
  * timer, so nothing outlives the turn.
  */
-import { codeOf, IGNORE_INDEX, type LoraAdapter } from '@splitllm/model';
-import type { LoraTrainState } from '@splitllm/federation';
+import { adapterToNamedTensors, codeOf, IGNORE_INDEX, type LoraAdapter } from '@splitllm/model';
+import { arraysBytes, type HeldBytes, type LoraTrainState, trainStateBytes } from '@splitllm/federation';
 import type { BlocksForwardResult, BlocksSegment } from '@splitllm/onnx-runner';
 import {
   type Codec,
@@ -59,8 +62,10 @@ export interface TurnUser {
 export interface TurnCloud {
   /** throws when the cloud is not connected */
   send<T extends MessageTypeOn<'edgeToCloud'>>(type: T, m: Outgoing<'edgeToCloud', T>): void;
-  /** where the cloud's answers to this edge are delivered */
-  readonly waiter: MessageWaiter<MessageOn<'cloudToEdge'>>;
+  /** where the cloud's answers for this user are delivered */
+  waiterFor(userId: string): MessageWaiter<MessageOn<'cloudToEdge'>>;
+  /** the user's turn is over (its waiter goes) */
+  endTurn(userId: string): void;
 }
 
 export type TurnBlocks = Pick<BlocksSegment, 'forward' | 'backward'>;
@@ -95,8 +100,12 @@ export interface TurnDeps {
   user: TurnUser;
   cloud: TurnCloud;
   blocks: TurnBlocks;
-  /** the edge LoRA and its optimizer, shared by the round's turns */
+  /** the edge LoRA and its optimizer: shared by the round's turns, or with 'sfl' this user's own */
   train: TurnTrainer;
+  /** where what the turn keeps is counted */
+  held: HeldBytes;
+  /** 'sequential': the adapter of blocks [0, k) the user starts from (the one the user before it left) */
+  startAdapter?: LoraAdapter;
   /** the user's adapter from its `adapter` message, checked against the global one (throws to refuse it) */
   acceptAdapter: (m: Incoming<'userToEdge', 'adapter'>) => LoraAdapter;
   log: Logger;
@@ -121,6 +130,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
   const { user, cloud, blocks, train } = deps;
   const userId = user.userId;
   const before = train.snapshot();
+  const releaseSnapshot = deps.held.hold(trainStateBytes(train.adapter));
+  const waiter = cloud.waiterFor(userId);
   // the user's time so far: from each prompt to the frame that answers it
   let userMs = 0;
   const fromUser = <M>(type: string, check: (m: M) => void): ExpectOptions<M> => {
@@ -160,11 +171,15 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     checkHeadReport(m, B * T);
   };
   let tokens = 0;
+  // what the step in progress keeps for its backward
+  let releaseStep: () => void = () => undefined;
   try {
     cloud.send('user-begin', { round, userId });
     deps.log.info({ round, userId, steps }, 'turn started');
     // what goes to the user before each of its frames: the turn, then each step's gradient
-    let prompt = () => user.send('turn', { round, version: spec.version, steps, batch: B, seq: T, codec });
+    const start = deps.startAdapter ? adapterToNamedTensors(deps.startAdapter) : new Map();
+    let prompt = () =>
+      user.send('turn', { round, version: spec.version, steps, batch: B, seq: T, codec, tensors: start });
     /** The cloud's answer to a step: in time, of this round and step, with a tensor of the step's shape. */
     const fromCloud = <M extends { type: string; round: number; step: number }>(
       step: number,
@@ -189,7 +204,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
         h = fwd.h.data;
         t0 = performance.now();
         out = await blocks.forward(train.adapter, h, B, T);
-        back = await cloud.waiter.request(
+        releaseStep = deps.held.hold(arraysBytes([h, out.y, ...Object.values(out.saved)]));
+        back = await waiter.request(
           () =>
             cloud.send('forward', {
               round,
@@ -208,7 +224,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
         h = fwd.h.data;
         t0 = performance.now();
         out = await blocks.forward(train.adapter, h, B, T);
-        const hidden = await cloud.waiter.request(
+        releaseStep = deps.held.hold(arraysBytes([h, out.y, ...Object.values(out.saved)]));
+        const hidden = await waiter.request(
           () => cloud.send('activations', { round, step, userId, h: { data: out.y, shape: [B, T, D], codec } }),
           'hidden',
           fromCloud(step, (m: Incoming<'cloudToEdge', 'hidden'>) => m.h),
@@ -220,7 +237,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
             fromUser('head-grad', headGradCheck(step)),
           ),
         );
-        back = await cloud.waiter.request(
+        back = await waiter.request(
           () =>
             cloud.send('head-grad', {
               round,
@@ -234,7 +251,13 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
           fromCloud(step, backwardOf),
         );
       }
-      const { dx, loraGrads } = await blocks.backward(train.adapter, h, out.saved, back.dh.data, B, T);
+      let grads: Awaited<ReturnType<TurnBlocks['backward']>>;
+      try {
+        grads = await blocks.backward(train.adapter, h, out.saved, back.dh.data, B, T);
+      } finally {
+        releaseStep();
+      }
+      const { dx, loraGrads } = grads;
       train.step(loraGrads);
       prompt = () => {
         user.send('backward', {
@@ -281,5 +304,9 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
       user.send('turn-end', { round, accepted: false, reason: code });
     }
     return undefined;
+  } finally {
+    releaseStep();
+    releaseSnapshot();
+    cloud.endTurn(userId);
   }
 }

@@ -62,7 +62,16 @@ export function fakeUser(userId = 'u1'): { conn: UserConn; socket: FakeSocket } 
 
 /** The cloud's side of a turn: records what the edge sends (encoded as on the wire) and answers as told. */
 export class FakeCloud implements TurnCloud {
+  /** one user's turn at a time in these tests: one waiter serves every user */
   readonly waiter = new MessageWaiter<MessageOn<'cloudToEdge'>>();
+  /** the users whose turns ended (endTurn) */
+  readonly ended: string[] = [];
+  waiterFor(_userId: string): MessageWaiter<MessageOn<'cloudToEdge'>> {
+    return this.waiter;
+  }
+  endTurn(userId: string): void {
+    this.ended.push(userId);
+  }
   readonly sent: Array<MessageOn<'edgeToCloud'>> = [];
   /** how the cloud answers a forward; default: a backward with dh = h */
   answer: (m: Incoming<'edgeToCloud', 'forward'>) => void = (m) =>
@@ -71,6 +80,7 @@ export class FakeCloud implements TurnCloud {
         wire('cloudToEdge', 'backward', {
           round: m.round,
           step: m.step,
+          userId: m.userId,
           loss: 2 + m.step,
           count: 3,
           dh: { data: m.h.data, shape: m.h.shape },
@@ -82,7 +92,12 @@ export class FakeCloud implements TurnCloud {
   answerActivations: (m: Incoming<'edgeToCloud', 'activations'>) => void = (m) =>
     later(() =>
       this.waiter.deliver(
-        wire('cloudToEdge', 'hidden', { round: m.round, step: m.step, h: { data: m.h.data, shape: m.h.shape } }),
+        wire('cloudToEdge', 'hidden', {
+          round: m.round,
+          step: m.step,
+          userId: m.userId,
+          h: { data: m.h.data, shape: m.h.shape },
+        }),
       ),
     );
 
@@ -93,6 +108,7 @@ export class FakeCloud implements TurnCloud {
         wire('cloudToEdge', 'backward', {
           round: m.round,
           step: m.step,
+          userId: m.userId,
           loss: m.loss,
           count: m.count,
           dh: { data: m.dh.data, shape: m.dh.shape },

@@ -37,6 +37,7 @@ export const TEST_MANIFEST: RunManifest = {
     adamw: DEFAULT_ADAMW,
     labels: 'device',
     activationNoise: 0,
+    scheme: 'hierarchical',
   },
   version: 2,
   segments: { user: { sha256: 'a'.repeat(64), bytes: 10 }, edge: { sha256: 'b'.repeat(64), bytes: 20 } },

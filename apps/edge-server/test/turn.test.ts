@@ -6,6 +6,7 @@
  * answered with its code, and a cloud's last hidden state of the wrong shape ending the turn.
  */
 import { codeOf, type LoraAdapter } from '@splitllm/model';
+import { HeldBytes } from '@splitllm/federation';
 import type { Incoming, MessageOn } from '@splitllm/wire';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CloudError } from '../src/errors';
@@ -107,6 +108,7 @@ function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
   const cloud = new FakeCloud();
   const blocks = fakeBlocks(o);
   const train = fakeTrainer();
+  const held = new HeldBytes();
   const steps: LossPoint[] = [];
   const drops: Array<{ code: string; message: string }> = [];
   const run = () =>
@@ -114,6 +116,7 @@ function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
       user: conn,
       cloud,
       blocks,
+      held,
       train,
       acceptAdapter: (m: Incoming<'userToEdge', 'adapter'>) => {
         expect(m.tensors.size).toBe(1);
@@ -123,7 +126,7 @@ function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
       onStep: (p) => steps.push(p),
       onDropped: (code, message) => drops.push({ code, message }),
     });
-  return { conn, socket, cloud, blocks, train, steps, drops, run };
+  return { conn, socket, cloud, blocks, train, held, steps, drops, run };
 }
 
 describe('the turn relay', () => {
@@ -232,6 +235,7 @@ describe('the turn relay', () => {
             wire('cloudToEdge', 'hidden', {
               round: m.round,
               step: m.step,
+              userId: m.userId,
               h: { data: new Float32Array(9), shape: [1, 3, 3] },
             }),
           ),
@@ -289,6 +293,7 @@ describe('the turn relay', () => {
           user: t.conn,
           cloud: t.cloud,
           blocks: t.blocks,
+          held: t.held,
           train: t.train,
           acceptAdapter: () => ADAPTER,
           log: silentLog,

@@ -103,7 +103,7 @@ function stepBytes(
       },
       edgeCloud: {
         up: len(encodeMessage('edgeToCloud', 'forward', { ...step, userId, h, targets })),
-        down: len(encodeMessage('cloudToEdge', 'backward', grad)),
+        down: len(encodeMessage('cloudToEdge', 'backward', { ...grad, userId })),
       },
     };
   }
@@ -120,8 +120,8 @@ function stepBytes(
         len(encodeMessage('edgeToCloud', 'activations', { ...step, userId, h })) +
         len(encodeMessage('edgeToCloud', 'head-grad', { ...grad, userId })),
       down:
-        len(encodeMessage('cloudToEdge', 'hidden', { ...step, h })) +
-        len(encodeMessage('cloudToEdge', 'backward', grad)),
+        len(encodeMessage('cloudToEdge', 'hidden', { ...step, userId, h })) +
+        len(encodeMessage('cloudToEdge', 'backward', { ...grad, userId })),
     },
   };
 }

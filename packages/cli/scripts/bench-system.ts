@@ -36,7 +36,7 @@ function stepBytes(B: number, T: number, D: number, codec: Codec): { userEdge: n
     encodeMessage('edgeToUser', 'backward', back).byteLength;
   const edgeCloud =
     encodeMessage('edgeToCloud', 'forward', { ...step, userId: 'u-0123456789ab', h, targets }).byteLength +
-    encodeMessage('cloudToEdge', 'backward', back).byteLength;
+    encodeMessage('cloudToEdge', 'backward', { ...back, userId: 'u-0123456789ab' }).byteLength;
   return { userEdge, edgeCloud };
 }
 

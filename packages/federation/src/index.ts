@@ -4,3 +4,4 @@ export * from './robust';
 export * from './registry';
 export * from './update-checks';
 export * from './train-state';
+export * from './held-bytes';

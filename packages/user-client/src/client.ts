@@ -566,7 +566,12 @@ export class UserClient {
         throw new ProtocolError('BAD_FIELD', `the turn's batch shape is not the manifest's ${B} x ${T}`);
       }
       this.emit({ type: 'turn', round, version, steps });
-      await trainer.setAdapter(await this.adapter(version));
+      // 'sequential': the turn carries the adapter the user before this one left; else the global version's
+      const start =
+        turn.tensors.size > 0
+          ? adapterFromNamedTensors(this.manifest!.lora, turn.tensors)
+          : await this.adapter(version);
+      await trainer.setAdapter(start);
       let tokens = 0;
       for (let step = 1; step <= steps; step++) {
         const t0 = performance.now();

@@ -28,14 +28,33 @@ export function isLabelPlacement(v: unknown): v is LabelPlacement {
   return typeof v === 'string' && (LABEL_PLACEMENTS as readonly string[]).includes(v);
 }
 
+/**
+ * How the edges train their users, chosen when the run is created (docs/design.md, section 2):
+ * - 'hierarchical' (the default, the paper's scheme): per edge one user at a time, edges in
+ *   parallel, the user, edge and cloud adapters aggregated at round end. An edge and its cloud
+ *   copy hold one LoRA, one optimizer state and one user's activations whatever the number of users.
+ * - 'sfl' (split-federated): all the round's users of an edge train at once; the edge and the cloud
+ *   keep one LoRA copy, optimizer state and in-flight activations per user, averaged at round end.
+ * - 'sequential' (vanilla split learning): one user at a time across the whole system (one edge
+ *   per round, the edges taking turns), each user starting from the adapter the one before it left.
+ */
+export type TrainingScheme = 'hierarchical' | 'sfl' | 'sequential';
+export const TRAINING_SCHEMES: readonly TrainingScheme[] = ['hierarchical', 'sfl', 'sequential'];
+
+export function isTrainingScheme(v: unknown): v is TrainingScheme {
+  return typeof v === 'string' && (TRAINING_SCHEMES as readonly string[]).includes(v);
+}
+
 export interface TrainSettings {
   /** rows and tokens per row of every step (the WGSL engine is built for one shape) */
   batch: number;
   seq: number;
   /** steps each user trains in its turn */
   stepsPerUser: number;
-  /** users an edge trains, one after another, per round (the paper's scheme: 1) */
+  /** users an edge trains per round (one after another, or at once with 'sfl'; the paper's scheme: 1) */
   usersPerEdge: number;
+  /** how the users of a round train (see TrainingScheme) */
+  scheme: TrainingScheme;
   /** how activations and their gradients travel (adapters always travel as f32) */
   codec: Codec;
   adamw: AdamWOptions;
@@ -152,6 +171,8 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   if (!isLabelPlacement(t.labels))
     throw new ManifestError(`manifest: train.labels must be one of ${LABEL_PLACEMENTS.join(', ')}`);
   num(t.activationNoise, 'train.activationNoise');
+  if (!isTrainingScheme(t.scheme))
+    throw new ManifestError(`manifest: train.scheme must be one of ${TRAINING_SCHEMES.join(', ')}`);
   if (typeof j.version !== 'number' || !Number.isSafeInteger(j.version) || j.version < 0)
     throw new ManifestError('manifest: version must be an integer >= 0');
   const segs = j.segments as RunManifest['segments'];

@@ -48,8 +48,12 @@ export function maxLogitsFrameBytes(c: { vocabSize: number }): number {
 const F32_RANK3 = { dtype: 'f32', rank: 3 } as const;
 const I32_RANK2 = { dtype: 'i32', rank: 2 } as const;
 
-/** Sent on every channel that may fail: a coded error (see errors.ts) and a sentence. */
-const ERROR = { fields: { code: 'string', message: 'text' } } as const;
+/**
+ * Sent on every channel that may fail: a coded error (see errors.ts) and a sentence; the cloud
+ * names the user whose frame it refused, so that an edge training several users at once ('sfl')
+ * ends that user's turn only.
+ */
+const ERROR = { fields: { code: 'string', message: 'text', userId: 'string?' } } as const;
 /** The global version moves on: round `round` recorded version `version`. */
 const ROUND_END = { fields: { round: 'int', version: 'int' } } as const;
 /** dL/dh for the step just forwarded, with the batch's mean loss and the tokens it counted. */
@@ -87,9 +91,14 @@ export const CHANNELS = {
   edgeToUser: {
     welcome: { fields: { userId: 'string', edgeId: 'string', version: 'int', position: 'int' } },
     queue: { fields: { position: 'int', waiting: 'int' } },
-    /** The user's turn begins: `steps` steps of batch [batch, seq], activations in `codec`. */
+    /**
+     * The user's turn begins: `steps` steps of batch [batch, seq], activations in `codec`. The
+     * user starts from the global version's adapter, or, with 'sequential', from the LoRA arrays
+     * of blocks [0, k) carried here (the adapter the user before it left; none for the first).
+     */
     turn: {
       fields: { round: 'int', version: 'int', steps: 'int', batch: 'int', seq: 'int', codec: 'codec' },
+      anyTensors: 'f32',
     },
     hidden: HIDDEN,
     backward: BACKWARD,
@@ -119,18 +128,29 @@ export const CHANNELS = {
     /** On connect: the edge's id and the current global version. */
     'edge-welcome': { fields: { edgeId: 'string', version: 'int' } },
     'round-start': { fields: { round: 'int', version: 'int', usersPerEdge: 'int', stepsPerUser: 'int' } },
-    hidden: HIDDEN,
-    backward: BACKWARD,
+    /** HIDDEN and BACKWARD for a user, named: with 'sfl' an edge has several users' steps in flight */
+    hidden: { fields: { ...HIDDEN.fields, userId: 'string' }, tensors: HIDDEN.tensors },
+    backward: { fields: { ...BACKWARD.fields, userId: 'string' }, tensors: BACKWARD.tensors },
     'round-end': ROUND_END,
     error: ERROR,
   },
   /**
    * An edge's round result (`POST /api/rounds/:round/update`): its adapter as `edge.*` arrays and
-   * each user's as `user.{userId}.*` (see updateTensorPrefix), and the users it trained.
+   * each user's as `user.{userId}.*` (see updateTensorPrefix), and the users it trained; and what
+   * the edge process held over the round (its high-water RSS where the platform says, and the
+   * bytes of per-user training state it counted: HeldBytes in packages/federation).
    */
   edgeUpload: {
     update: {
-      fields: { round: 'int', edgeId: 'string', tokens: 'int', users: 'users', userBytes: 'int' },
+      fields: {
+        round: 'int',
+        edgeId: 'string',
+        tokens: 'int',
+        users: 'users',
+        userBytes: 'int',
+        heldPeak: 'int',
+        peakRss: 'int?',
+      },
       anyTensors: 'f32',
     },
   },
@@ -278,10 +298,12 @@ export function decodeExpected<C extends Channel, T extends MessageTypeOn<C>>(
  * The error frame of any channel. Never throws: it runs inside error handlers, so an empty or
  * overlong code or message is repaired rather than refused.
  */
-export function encodeErrorMessage(code: string, message: string): Uint8Array {
+export function encodeErrorMessage(code: string, message: string, userId?: string): Uint8Array {
   const c = String(code).slice(0, MAX_STRING_FIELD_LENGTH) || 'ERROR';
   const m = String(message).slice(0, MAX_ERROR_MESSAGE_LENGTH) || c;
-  return encodeFrameWith(ERROR, 'error', { code: c, message: m }, new Map());
+  const fields: Record<string, unknown> = { code: c, message: m };
+  if (userId !== undefined && userId.length > 0 && userId.length <= MAX_STRING_FIELD_LENGTH) fields.userId = userId;
+  return encodeFrameWith(ERROR, 'error', fields, new Map());
 }
 
 // ---------------------------------------------------------------- checks on decoded messages

@@ -275,7 +275,8 @@ describe('messages: fields', () => {
     for (const codec of CODECS) {
       const m = turn(codec)();
       expect(m.type === 'turn' && m.codec).toBe(codec);
-      const sent = encodeMessage('edgeToUser', 'turn', { round: 1, version: 0, steps: 2, batch: 2, seq: 16, codec });
+      const turnFields = { round: 1, version: 0, steps: 2, batch: 2, seq: 16, codec, tensors: new Map() };
+      const sent = encodeMessage('edgeToUser', 'turn', turnFields);
       expect(decodeExpected('edgeToUser', 'turn', sent).codec).toBe(codec);
     }
     expectCode(turn('bf16'), 'BAD_FIELD', '"codec"', '"turn"', 'f32, f16, int8');
@@ -285,7 +286,7 @@ describe('messages: fields', () => {
   });
 
   it("'users' is a bounded list of {userId, tokens, steps}", () => {
-    const base = { type: 'update', round: 0, edgeId: 'e', tokens: 0, userBytes: 0, tensors: [] };
+    const base = { type: 'update', round: 0, edgeId: 'e', tokens: 0, userBytes: 0, heldPeak: 0, tensors: [] };
     const update = (fields: Record<string, unknown>) => () =>
       decodeMessage('edgeUpload', rawFrame({ ...base, ...fields }));
     const users = [
@@ -321,6 +322,7 @@ describe('messages: fields', () => {
       tokens: 5,
       users,
       userBytes: 9,
+      heldPeak: 4096,
       tensors,
     });
     const got = decodeExpected('edgeUpload', 'update', sent);
@@ -329,7 +331,15 @@ describe('messages: fields', () => {
     const bad = [{ userId: 'u1', tokens: -1, steps: 0 }];
     expectCode(
       () =>
-        encodeMessage('edgeUpload', 'update', { round: 1, edgeId: 'e1', tokens: 5, users: bad, userBytes: 0, tensors }),
+        encodeMessage('edgeUpload', 'update', {
+          round: 1,
+          edgeId: 'e1',
+          tokens: 5,
+          users: bad,
+          userBytes: 0,
+          heldPeak: 0,
+          tensors,
+        }),
       'BAD_FIELD',
       '"users"',
     );

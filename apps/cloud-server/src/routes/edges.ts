@@ -101,7 +101,10 @@ function receive(app: FastifyInstance, edgeId: string, bytes: Uint8Array): void 
     return;
   }
   app.cloudMetrics.frames.inc({ type: m.type });
-  app.cloudRounds.enqueue(edgeId, () => handle(app, e, m)).catch((err: unknown) => edges.reject(edgeId, err, m.type));
+  const userId = 'userId' in m ? m.userId : undefined;
+  app.cloudRounds
+    .enqueue(edgeId, () => handle(app, e, m))
+    .catch((err: unknown) => edges.reject(edgeId, err, m.type, userId));
 }
 
 export const edgeRoutes: FastifyPluginAsync = async (app) => {

@@ -16,7 +16,17 @@ import {
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
 import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
-import { CODECS, type Codec, isCodec, isLabelPlacement, LABEL_PLACEMENTS, type LabelPlacement } from '@splitllm/wire';
+import {
+  CODECS,
+  type Codec,
+  isCodec,
+  isLabelPlacement,
+  isTrainingScheme,
+  LABEL_PLACEMENTS,
+  type LabelPlacement,
+  TRAINING_SCHEMES,
+  type TrainingScheme,
+} from '@splitllm/wire';
 import { randomToken } from '@splitllm/wire/node';
 import { LinkError, parseLinkSpec, startHeadlessUser, userLink } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
@@ -63,9 +73,16 @@ export function labelsOf(v: string | undefined): LabelPlacement {
   return l;
 }
 
+/** --scheme: how the users of a round train (default hierarchical, the paper's scheme). */
+export function schemeOf(v: string | undefined): TrainingScheme {
+  const s = v ?? 'hierarchical';
+  if (!isTrainingScheme(s)) throw new UsageError(`--scheme must be one of ${TRAINING_SCHEMES.join(', ')}, got "${s}"`);
+  return s;
+}
+
 export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N]
     [--users-per-edge N] [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}]
-    [--labels ${LABEL_PLACEMENTS.join('|')}] [--noise SIGMA]
+    [--labels ${LABEL_PLACEMENTS.join('|')}] [--noise SIGMA] [--scheme ${TRAINING_SCHEMES.join('|')}]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
     [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
     [--aggregation ${AGGREGATION_NAMES.join('|')}] [--gate-margin NATS] [--heldout FILE]
@@ -74,7 +91,11 @@ export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [-
   the last recorded round; a state directory keeps its run's settings, aggregation included).
   --labels device (default): the tabs run the head and the loss, no label leaves them; cloud: labels travel
   with the activations (the paper's scheme). --noise SIGMA: the tabs add Gaussian noise of that standard
-  deviation to h1 before it leaves (default 0); docs/privacy.md measures what each setting protects. The gate-*
+  deviation to h1 before it leaves (default 0); docs/privacy.md measures what each setting protects.
+  --scheme hierarchical (default, the paper's): each edge trains its users one after another, edges in
+  parallel; sfl: an edge trains its round's users all at once, one LoRA copy and optimizer state per user;
+  sequential: one user at a time in the whole system (one edge per round), each starting from the adapter
+  the one before it left (docs/design.md, section 2). The gate-*
   strategies refuse an update that raises the held-out loss on FILE (default the shipped Moby-Dick held-out
   text) by more than NATS (default ${DEFAULT_GATE_MARGIN}). Rate limits, requests a minute per address (0: none):
   join ${DEFAULT_RATE_LIMITS.join}, rejoin ${DEFAULT_RATE_LIMITS.rejoin},
@@ -101,6 +122,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     codec: { type: 'string' },
     labels: { type: 'string' },
     noise: { type: 'string' },
+    scheme: { type: 'string' },
     'batch-size': { type: 'string' },
     'seq-len': { type: 'string' },
     lr: { type: 'string' },
@@ -158,6 +180,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       codec: codecOf(args.optionalString('codec')),
       labels: labelsOf(args.optionalString('labels')),
       activationNoise: noiseOf(args),
+      scheme: schemeOf(args.optionalString('scheme')),
       ...(args.optionalString('batch-size') ? { batch: args.int('batch-size', 4, 1) } : {}),
       ...(args.optionalString('seq-len') ? { seq: args.int('seq-len', 64, 2) } : {}),
       adamw: {

@@ -15,7 +15,7 @@ import { join, resolve } from 'node:path';
 import { Args } from '../args';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
 import { issueJoinToken, supervisePart, untilSignal, type SupervisedPart } from '../launcher';
-import { codecOf, labelsOf, noiseOf } from './parts';
+import { codecOf, labelsOf, noiseOf, schemeOf } from './parts';
 
 /** The edge's default per-step turn budget (the edge's --step-budget-ms): a demo pause stays under it. */
 const EDGE_STEP_BUDGET_MS = 30_000;
@@ -26,7 +26,7 @@ const TTY_STATUS_MS = 5_000;
 
 export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N]
     [--demo-pause-s S] [--rounds R] [--steps-per-user N] [--codec ${CODECS.join('|')}]
-    [--labels device|cloud] [--noise SIGMA]
+    [--labels device|cloud] [--noise SIGMA] [--scheme hierarchical|sfl|sequential]
     [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
   Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
   on loopback, and N headless demo users (default 1) training on the shipped demo data. The cloud
@@ -143,6 +143,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     codec: { type: 'string' },
     labels: { type: 'string' },
     noise: { type: 'string' },
+    scheme: { type: 'string' },
     engine: { type: 'string' },
     provider: { type: 'string' },
     web: { type: 'string' },
@@ -248,6 +249,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
         labelsOf(args.optionalString('labels')),
         '--noise',
         String(noiseOf(args)),
+        '--scheme',
+        schemeOf(args.optionalString('scheme')),
         '--threads',
         '1',
         '--web',
