@@ -1,1 +1,2 @@
 export * from './model-io';
+export * from './llama-io';
