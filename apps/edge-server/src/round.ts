@@ -159,7 +159,7 @@ export class RoundRunner {
         const release = this.o.held.hold(trainStateBytes(copy.adapter));
         let done: CompletedUser | undefined;
         try {
-          done = await this.turn(state, u, stepsPerUser, copy);
+          done = await this.turn(state, u, stepsPerUser, copy, true);
         } finally {
           if (done) {
             state.completed.push(done);
@@ -210,6 +210,7 @@ export class RoundRunner {
     u: UserConn,
     steps: number,
     train: LoraTrainState,
+    ownCopy = false,
   ): Promise<CompletedUser | undefined> {
     const { manifest, config } = this.o;
     const { round } = state;
@@ -242,6 +243,7 @@ export class RoundRunner {
           cloud: this.o.link,
           blocks: this.o.blocks,
           train,
+          ownCopy,
           held: this.o.held,
           startAdapter,
           acceptAdapter: (m) => {

@@ -100,8 +100,12 @@ export interface TurnDeps {
   user: TurnUser;
   cloud: TurnCloud;
   blocks: TurnBlocks;
-  /** the edge LoRA and its optimizer: shared by the round's turns, or with 'sfl' this user's own */
+  /**
+   * the edge LoRA and its optimizer: shared by the round's turns, or with 'sfl' this user's own
+   * (`ownCopy`: nothing to roll back, the round runner drops the copy of a user who drops)
+   */
   train: TurnTrainer;
+  ownCopy?: boolean;
   /** where what the turn keeps is counted */
   held: HeldBytes;
   /** 'sequential': the adapter of blocks [0, k) the user starts from (the one the user before it left) */
@@ -129,8 +133,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
   const { round, steps, batch: B, seq: T, nEmbd: D, vocabSize: V, codec } = spec;
   const { user, cloud, blocks, train } = deps;
   const userId = user.userId;
-  const before = train.snapshot();
-  const releaseSnapshot = deps.held.hold(trainStateBytes(train.adapter));
+  const before = deps.ownCopy ? undefined : train.snapshot();
+  const releaseSnapshot = before ? deps.held.hold(trainStateBytes(train.adapter)) : () => undefined;
   const waiter = cloud.waiterFor(userId);
   // the user's time so far: from each prompt to the frame that answers it
   let userMs = 0;
@@ -292,7 +296,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
   } catch (e) {
     const code = codeOf(e, 'STEP_FAILED');
     const message = (e as Error).message;
-    train.restore(before);
+    if (before) train.restore(before);
     deps.onDropped?.(code, `user dropped from round ${round}: ${message}`);
     try {
       cloud.send('user-dropped', { round, userId });

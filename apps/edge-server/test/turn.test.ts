@@ -103,7 +103,7 @@ function playDevice(conn: UserConn, socket: FakeSocket): void {
   };
 }
 
-function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
+function setup(o: { poison?: boolean; spec?: TurnSpec; ownCopy?: boolean } = {}) {
   const { conn, socket } = fakeUser('u1');
   const cloud = new FakeCloud();
   const blocks = fakeBlocks(o);
@@ -118,6 +118,7 @@ function setup(o: { poison?: boolean; spec?: TurnSpec } = {}) {
       blocks,
       held,
       train,
+      ownCopy: o.ownCopy,
       acceptAdapter: (m: Incoming<'userToEdge', 'adapter'>) => {
         expect(m.tensors.size).toBe(1);
         return ADAPTER;
@@ -153,6 +154,9 @@ describe('the turn relay', () => {
     ]);
     expect(t.train.taken).toBe(2);
     expect(t.train.restores).toBe(0);
+    // the snapshot and each step's activations were held, and all given back when the turn ended
+    expect(t.held.peak).toBeGreaterThan(0);
+    expect(t.held.current).toBe(0);
     expect(t.drops).toEqual([]);
     expect(t.cloud.waiter.waitingFor).toBeUndefined();
     expect(t.conn.waitingFor).toBeUndefined();
@@ -305,6 +309,20 @@ describe('the turn relay', () => {
       expect(t.drops.map((d) => d.code)).toEqual(['TURN_DEADLINE']);
       expect(t.socket.last('turn-end')).toMatchObject({ accepted: false, reason: 'TURN_DEADLINE' });
       expect(t.train.restores).toBe(1);
+    });
+
+    it("with the user's own copy ('sfl') takes no snapshot and rolls nothing back; what it held is given back", async () => {
+      const t = setup({ ownCopy: true });
+      playHonestly(t.conn, t.socket, { leaveAfterStep: 1 });
+      expect(await t.run()).toBeUndefined();
+      expect(t.drops.map((d) => d.code)).toEqual(['USER_GONE']);
+      expect(t.cloud.types()).toEqual(['user-begin', 'forward', 'user-dropped']);
+      // the step stays on the copy, which the round runner drops with the user
+      expect(t.train).toMatchObject({ taken: 1, restores: 0 });
+      // the step's activations were held while the step ran, and nothing is held after the turn
+      expect(t.held.peak).toBeGreaterThan(0);
+      expect(t.held.current).toBe(0);
+      expect(t.cloud.ended).toEqual(['u1']);
     });
 
     it('rolls back a user that leaves mid-turn, and sends it nothing more', async () => {
