@@ -33,3 +33,4 @@ export * from './llama-weights';
 export * from './llama-lora';
 export * from './llama';
 export * from './formats/hf-tokenizer';
+export * from './family';
