@@ -11,3 +11,7 @@ export * from './kernels/residual';
 export * from './kernels/adamw';
 export * from './kernels/head';
 export * from './variants';
+export * from './kernels/rmsnorm';
+export * from './kernels/rope';
+export * from './kernels/swiglu';
+export * from './kernels/gqa-attention';
