@@ -11,7 +11,7 @@
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
 import websocket from '@fastify/websocket';
-import { codeOf, decodeSegment } from '@splitllm/model';
+import { codeOf, decodeSegment, gpt2ModelOf } from '@splitllm/model';
 import { GENERATE_USER_HEADER } from '@splitllm/wire';
 import { randomToken, redactedRequest } from '@splitllm/wire/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner } from '@splitllm/onnx-runner';
@@ -180,6 +180,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     downloadSegment(o.cloudUrl, edgeToken, 'user', manifest.segments.user.sha256),
   ]);
   const segment = decodeSegment(edgeBytes, 'edge');
+  const edgeModel = gpt2ModelOf(segment.model, 'this edge');
   decodeSegment(userSegment, 'user'); // refuse to serve a segment users could not load
   const tokenizer = await fetchJson<unknown>(`${o.cloudUrl}/api/tokenizer`);
   const runner = await SegmentRunner.start({
@@ -191,11 +192,11 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
   // copying them out of the runtime costs more than recomputing (docs/benchmarks.md)
   const saveIntermediates = o.saveIntermediates ?? runner.provider === 'cpu';
   const { k, m } = manifest.plan;
-  const blocks = await BlocksSegment.create(runner, segment.model, manifest.lora, k, m, { saveIntermediates });
+  const blocks = await BlocksSegment.create(runner, edgeModel, manifest.lora, k, m, { saveIntermediates });
   const edge = new Edge({
     ...me,
     registration,
-    config: segment.model.config,
+    config: edgeModel.config,
     blocks,
     userSegment,
     tokenizer,

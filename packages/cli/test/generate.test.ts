@@ -24,6 +24,7 @@ import {
   type Gpt2Model,
   type LoraAdapter,
   Rng,
+  gpt2ModelOf,
 } from '@splitllm/model';
 import { encodeMessage, maxGenerateFrameBytes } from '@splitllm/wire';
 import { loadAdapterDir, loadGpt2Dir } from '@splitllm/model/node';
@@ -138,7 +139,8 @@ describe('generation through user, edge and cloud', () => {
       'user',
     );
     const opts = { plan: manifest.plan, lora: manifest.lora, batch: B, seq: T, adamw: manifest.train.adamw };
-    trainer = (await createUserTrainer('reference', segment.model, adapterSubset(global, 0, manifest.plan.k), opts))
+    const userModel = gpt2ModelOf(segment.model, 'this test');
+    trainer = (await createUserTrainer('reference', userModel, adapterSubset(global, 0, manifest.plan.k), opts))
       .trainer;
     forward = paddedForward((b) => trainer.forward(b), B, T, model.config.nEmbd, model.config.eosTokenId);
     head = (h) => trainer.headLogits(h);

@@ -3,11 +3,20 @@
  * family (`LlamaConfig`: Llama, Qwen2). A directory's `config.json` says which (`model_type`); what
  * every tier needs without caring which is the family's dimensions (`modelDims`).
  */
+import { CodedError } from './coded-error';
 import { ConfigError, type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from './config';
+import type { Gpt2Model } from './model';
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from './llama-config';
+import type { Tensor } from './tensor';
 
 export type ModelConfig = Gpt2Config | LlamaConfig;
 export type ModelFamily = 'gpt2' | 'llama' | 'qwen2';
+
+/** A model of any family: its config and its (base) weights by Hugging Face name (Gpt2Model, LlamaModel). */
+export interface AnyModel {
+  config: ModelConfig;
+  weights: Map<string, Tensor>;
+}
 
 export function isLlamaConfig(c: ModelConfig): c is LlamaConfig {
   return 'hiddenSize' in c;
@@ -50,4 +59,19 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
 
 export function modelConfigToJson(c: ModelConfig): Record<string, unknown> {
   return isLlamaConfig(c) ? llamaConfigToJson(c) : gpt2ConfigToJson(c);
+}
+
+export class FamilyError extends CodedError<'FAMILY_NOT_SUPPORTED'> {
+  constructor(message: string) {
+    super('FAMILY_NOT_SUPPORTED', message);
+  }
+}
+
+/** The model as GPT-2, for a part that runs GPT-2 only; any other family is refused naming `who`. */
+export function gpt2ModelOf(model: AnyModel, who: string): Gpt2Model {
+  const { config } = model;
+  if (isLlamaConfig(config)) {
+    throw new FamilyError(`${who} runs GPT-2 models only; this model is of the ${config.family} family`);
+  }
+  return { config, weights: model.weights };
 }

@@ -52,7 +52,7 @@ export interface SplitPlan {
 }
 
 /** A quarter of the blocks on the user, the middle half on the edge, the last quarter on the cloud. */
-export function defaultSplitPlan(c: Gpt2Config): SplitPlan {
+export function defaultSplitPlan(c: { nLayer: number }): SplitPlan {
   const k = Math.max(1, Math.floor(c.nLayer / 4));
   const m = Math.max(k + 1, Math.min(c.nLayer, Math.floor((3 * c.nLayer) / 4)));
   return { k, m };
@@ -62,7 +62,7 @@ export function defaultSplitPlan(c: Gpt2Config): SplitPlan {
  * The user keeps at least one block (raw embeddings are trivially invertible to tokens), the
  * edge at least one block; the cloud may hold only the head.
  */
-export function validateSplitPlan(c: Gpt2Config, p: SplitPlan): void {
+export function validateSplitPlan(c: { nLayer: number }, p: SplitPlan): void {
   if (!Number.isInteger(p.k) || !Number.isInteger(p.m) || !(p.k >= 1 && p.k < p.m && p.m <= c.nLayer)) {
     throw new Error(`split plan k=${p.k}, m=${p.m} is invalid for ${c.nLayer} layers: need 1 <= k < m <= ${c.nLayer}`);
   }

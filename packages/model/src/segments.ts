@@ -3,10 +3,15 @@
  * (which holds the whole checkpoint) can hand each tier its part (cloud -> edge -> user) and no
  * tier ever downloads weights it does not run.
  *
+ *   GPT-2
  *   user : wte.weight, wpe.weight, h.[0,k).*, ln_f.*   (embedding + first blocks; ln_f and wte are
  *                                                       the head the tab runs with labels on the device)
  *   edge : h.[k,m).*
  *   cloud: wte.weight, h.[m,L).*, ln_f.*               (wte again: the LM head is tied to it)
+ *   LLaMA family (names without `model.`)
+ *   user : embed_tokens.weight, layers.[0,k).*, norm.weight, lm_head.weight (when untied)
+ *   edge : layers.[k,m).*
+ *   cloud: layers.[m,L).*, norm.weight, and the head: lm_head.weight, or embed_tokens.weight when tied
  *
  * The header's __metadata__ carries everything needed to run the segment without another file:
  * {format: 'splitllm-segment', tier, k, m, config: the Hugging Face config.json as JSON}.
@@ -15,11 +20,12 @@
  * Browser-safe.
  */
 import { CodedError } from './coded-error';
-import { type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from './config';
-import { type Gpt2Model, type SplitPlan, validateSplitPlan } from './model';
+import { type AnyModel, isLlamaConfig, type ModelConfig, modelConfigToJson, parseModelConfig } from './family';
+import { llamaParameterShapes } from './llama-weights';
+import { type SplitPlan, validateSplitPlan } from './model';
 import { SafetensorsError, parseSafetensors, readSafetensors, writeSafetensors } from './formats/safetensors';
 import { type Tensor, numel, sameShape } from './tensor';
-import { type Gpt2Weights, gpt2ParameterShapes } from './weights';
+import { gpt2ParameterShapes } from './weights';
 
 export type Tier = 'user' | 'edge' | 'cloud';
 
@@ -34,39 +40,46 @@ export class SegmentError extends CodedError<'SEGMENT_BAD'> {
 }
 
 function blockOf(name: string): number | undefined {
-  const m = /^h\.(\d+)\./.exec(name);
+  const m = /^(?:h|layers)\.(\d+)\./.exec(name);
   return m ? Number(m[1]) : undefined;
 }
 
-function inTier(name: string, nLayer: number, plan: SplitPlan, tier: Tier): boolean {
+/** The weights outside the blocks each tier holds: the embedding, the final norm and the head. */
+function outsideBlocks(c: ModelConfig, tier: Tier): string[] {
+  if (!isLlamaConfig(c)) {
+    // GPT-2's head is tied to wte; wpe is the user's alone
+    return tier === 'user' ? ['wte.weight', 'wpe.weight', 'ln_f.'] : tier === 'cloud' ? ['wte.weight', 'ln_f.'] : [];
+  }
+  const head = c.tieWordEmbeddings ? 'embed_tokens.weight' : 'lm_head.weight';
+  if (tier === 'user') return ['embed_tokens.weight', 'norm.weight', head];
+  return tier === 'cloud' ? ['norm.weight', head] : [];
+}
+
+function inTier(c: ModelConfig, name: string, plan: SplitPlan, tier: Tier): boolean {
   const layer = blockOf(name);
+  if (layer === undefined)
+    return outsideBlocks(c, tier).some((w) => (w.endsWith('.') ? name.startsWith(w) : name === w));
   switch (tier) {
     case 'user':
-      return (
-        name === 'wte.weight' ||
-        name === 'wpe.weight' ||
-        name.startsWith('ln_f.') ||
-        (layer !== undefined && layer < plan.k)
-      );
+      return layer < plan.k;
     case 'edge':
-      return layer !== undefined && layer >= plan.k && layer < plan.m;
+      return layer >= plan.k && layer < plan.m;
     case 'cloud':
-      return (
-        name === 'wte.weight' || name.startsWith('ln_f.') || (layer !== undefined && layer >= plan.m && layer < nLayer)
-      );
+      return layer >= plan.m && layer < c.nLayer;
   }
 }
 
 /** The tier's weights with their shapes, in Hugging Face order. */
-export function segmentParameterShapes(c: Gpt2Config, plan: SplitPlan, tier: Tier): Array<[string, number[]]> {
+export function segmentParameterShapes(c: ModelConfig, plan: SplitPlan, tier: Tier): Array<[string, number[]]> {
   validateSplitPlan(c, plan);
   if (!TIERS.includes(tier))
     throw new SegmentError(`segment: unknown tier "${String(tier)}" (one of ${TIERS.join(', ')})`);
-  return gpt2ParameterShapes(c).filter(([name]) => inTier(name, c.nLayer, plan, tier));
+  const shapes = isLlamaConfig(c) ? llamaParameterShapes(c) : gpt2ParameterShapes(c);
+  return shapes.filter(([name]) => inTier(c, name, plan, tier));
 }
 
-/** user: wte, wpe, h.[0,k).*, ln_f.*; edge: h.[k,m).*; cloud: h.[m,L).*, ln_f.*, wte (the tied head) */
-export function segmentWeightNames(c: Gpt2Config, plan: SplitPlan, tier: Tier): string[] {
+/** The tier's weight names (see the header for which). */
+export function segmentWeightNames(c: ModelConfig, plan: SplitPlan, tier: Tier): string[] {
   return segmentParameterShapes(c, plan, tier).map(([name]) => name);
 }
 
@@ -75,7 +88,7 @@ export function segmentWeightNames(c: Gpt2Config, plan: SplitPlan, tier: Tier): 
  * a plain ArrayBuffer (writeSafetensors allocates a fresh one) so it can go straight into a
  * fetch body or an HTTP reply.
  */
-export function encodeSegment(model: Gpt2Model, plan: SplitPlan, tier: Tier): Uint8Array<ArrayBuffer> {
+export function encodeSegment(model: AnyModel, plan: SplitPlan, tier: Tier): Uint8Array<ArrayBuffer> {
   const c = model.config;
   const entries: Array<[string, Tensor]> = [];
   for (const [name, shape] of segmentParameterShapes(c, plan, tier)) {
@@ -93,7 +106,7 @@ export function encodeSegment(model: Gpt2Model, plan: SplitPlan, tier: Tier): Ui
     tier,
     k: String(plan.k),
     m: String(plan.m),
-    config: JSON.stringify(gpt2ConfigToJson(c)),
+    config: JSON.stringify(modelConfigToJson(c)),
   }) as Uint8Array<ArrayBuffer>;
 }
 
@@ -101,7 +114,7 @@ export interface DecodedSegment {
   tier: Tier;
   plan: SplitPlan;
   /** the config of the whole model, and only this tier's weights */
-  model: Gpt2Model;
+  model: AnyModel;
 }
 
 function bad(message: string, cause?: unknown): never {
@@ -142,11 +155,11 @@ export function decodeSegment(bytes: Uint8Array, expectTier?: Tier): DecodedSegm
     bad(`this is the ${tier} segment, the ${expectTier} segment was expected`);
   const plan: SplitPlan = { k: metaInt(meta, 'k'), m: metaInt(meta, 'm') };
   if (typeof meta.config !== 'string') bad('metadata has no "config"');
-  let config: Gpt2Config;
+  let config: ModelConfig;
   try {
-    config = parseGpt2Config(JSON.parse(meta.config));
+    config = parseModelConfig(JSON.parse(meta.config), 'segment metadata "config"');
   } catch (e) {
-    bad(`metadata "config" is not a usable GPT-2 config: ${(e as Error).message}`, e);
+    bad(`metadata "config" is not a usable model config: ${(e as Error).message}`, e);
   }
   try {
     validateSplitPlan(config, plan);
@@ -168,7 +181,7 @@ export function decodeSegment(bytes: Uint8Array, expectTier?: Tier): DecodedSegm
   }
 
   const raw = readSafetensors(bytes);
-  const weights: Gpt2Weights = new Map();
+  const weights = new Map<string, Tensor>();
   for (const [name] of expected) weights.set(name, raw.get(name)!);
   return { tier, plan, model: { config, weights } };
 }

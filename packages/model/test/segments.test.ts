@@ -22,7 +22,10 @@ import { loadGpt2Dir } from '../src/node/index';
 import { IGNORE_INDEX } from '../src/ops/cross-entropy';
 import { Rng } from '../src/rng';
 import { readSafetensorsWithMetadata, writeSafetensors } from '../src/formats/safetensors';
-import { decodeSegment, encodeSegment, SegmentError, segmentWeightNames, type Tier } from '../src/segments';
+import { decodeSegment, encodeSegment, SegmentError, segmentWeightNames, TIERS, type Tier } from '../src/segments';
+import { gpt2ModelOf } from '../src/family';
+import { type LlamaConfig, parseLlamaConfig } from '../src/llama-config';
+import { randomLlamaWeights } from '../src/llama';
 import type { Tensor } from '../src/tensor';
 
 const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
@@ -111,7 +114,7 @@ describe('model segments', () => {
 
   it("the decoded segments alone give the whole model's loss and gradients, bit for bit", () => {
     const c = shipped.config;
-    const [user, edge, cloud] = tiers.map((t) => decodeSegment(bytes.get(t)!, t).model);
+    const [user, edge, cloud] = tiers.map((t) => gpt2ModelOf(decodeSegment(bytes.get(t)!, t).model, 'a test'));
     // B random too, so every LoRA pair changes the output
     const adapter: LoraAdapter = initLoraAdapter(c, { r: 4, alpha: 8, targets: ['attn.c_attn', 'mlp.c_fc'] }, 3);
     const rng = new Rng(4);
@@ -211,11 +214,11 @@ describe('model segments', () => {
     );
     rejects(
       rewrite(user, (m) => (m.config = '{not json')),
-      /"config" is not a usable GPT-2 config/,
+      /"config" is not a usable model config/,
     );
     rejects(
       rewrite(user, (m) => (m.config = JSON.stringify({ ...gpt2ConfigToJson(shipped.config), n_head: 3 }))),
-      /"config" is not a usable GPT-2 config: .*n_embd 128 is not divisible by n_head 3/,
+      /"config" is not a usable model config: .*n_embd 128 is not divisible by n_head 3/,
     );
     // a config that disagrees with the tensors: the shapes say so
     rejects(
@@ -240,4 +243,50 @@ describe('model segments', () => {
       /"h\.2\.mlp\.c_fc\.bias" is \[3\], the config needs \[512\]/,
     );
   });
+});
+
+describe('segments of a LLaMA-family model', () => {
+  const llama = (tie: boolean): LlamaConfig =>
+    parseLlamaConfig({
+      model_type: 'llama',
+      hidden_act: 'silu',
+      hidden_size: 16,
+      intermediate_size: 24,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      num_hidden_layers: 4,
+      max_position_embeddings: 32,
+      rms_norm_eps: 1e-5,
+      tie_word_embeddings: tie,
+      vocab_size: 40,
+    });
+  const lplan = { k: 1, m: 3 };
+
+  for (const tie of [false, true]) {
+    it(`cuts a ${tie ? 'tied' : 'untied'} model: the head goes to the user and the cloud, every weight somewhere`, () => {
+      const config = llama(tie);
+      const model = { config, weights: randomLlamaWeights(config, 3) };
+      const names = new Map(TIERS.map((t) => [t, segmentWeightNames(config, lplan, t)]));
+      const head = tie ? 'embed_tokens.weight' : 'lm_head.weight';
+      const outside = (t: Tier) => names.get(t)!.filter((n) => !n.startsWith('layers.'));
+      expect(outside('user').sort()).toEqual([...new Set(['embed_tokens.weight', 'norm.weight', head])].sort());
+      expect(outside('edge')).toEqual([]);
+      expect(outside('cloud').sort()).toEqual([head, 'norm.weight'].sort());
+      const blocks = (t: Tier) => [...new Set(names.get(t)!.flatMap((n) => /^layers\.(\d+)\./.exec(n)?.[1] ?? []))];
+      expect([blocks('user'), blocks('edge'), blocks('cloud')]).toEqual([['0'], ['1', '2'], ['3']]);
+      const all = new Set(TIERS.flatMap((t) => names.get(t)!));
+      expect([...all].sort()).toEqual([...model.weights.keys()].sort());
+      for (const tier of TIERS) {
+        const d = decodeSegment(encodeSegment(model, lplan, tier), tier);
+        expect(d.model.config).toEqual(config);
+        expect([...d.model.weights.keys()]).toEqual(names.get(tier));
+        for (const [n, t] of d.model.weights) expect(t.data).toEqual(model.weights.get(n)!.data);
+      }
+      // a part that runs GPT-2 only says so
+      const user = decodeSegment(encodeSegment(model, lplan, 'user'), 'user').model;
+      expect(() => gpt2ModelOf(user, 'this engine')).toThrow(
+        /this engine runs GPT-2 models only; this model is of the llama family/,
+      );
+    });
+  }
 });

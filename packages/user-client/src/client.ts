@@ -19,6 +19,7 @@ import {
   adapterToNamedTensors,
   codeOf,
   decodeSegment,
+  gpt2ModelOf,
   Gpt2Tokenizer,
   Rng,
   sampleBatch,
@@ -417,7 +418,8 @@ export class UserClient {
     const { adapter } = await this.currentAdapter(manifest.version);
     const t = manifest.train;
     const options = { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw };
-    const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, options, this.o.getGpu);
+    const model = gpt2ModelOf(seg.model, 'this client');
+    const { trainer, reason } = await createUserTrainer(this.o.engine, model, adapter, options, this.o.getGpu);
     this.trainer = trainer;
     this.emit({ type: 'engine', kind: trainer.kind, reason });
     await this.connect();

@@ -8,6 +8,7 @@ import {
   type Gpt2Model,
   type SplitPlan,
   type TokenBatch,
+  gpt2ModelOf,
 } from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +17,7 @@ export const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../asset
 
 /** a tier's model as it would receive its segment (the user trainer sees only wte, wpe and h.[0,k)) */
 export const tierModel = (plan: SplitPlan, tier: 'user' | 'edge' | 'cloud'): Gpt2Model =>
-  decodeSegment(encodeSegment(shipped, plan, tier), tier).model;
+  gpt2ModelOf(decodeSegment(encodeSegment(shipped, plan, tier), tier).model, 'a test');
 
 /** B rows of T random tokens; row 1 is right-padded (eos ids, ignored targets) after 2T/3. */
 export function paddedRandomBatch(cfg: Gpt2Config, seed: number, B: number, T: number): TokenBatch {
