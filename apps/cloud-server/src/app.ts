@@ -99,6 +99,11 @@ export interface CloudServerOptions {
   rateLimits?: Partial<RateLimits>;
   provider?: ExecutionProvider;
   threads?: number;
+  /**
+   * the frozen weights once per segment, as inputs shared by its graphs, not pre-packed: less
+   * memory, 10-20% slower on cpu (docs/benchmarks.md, "The edge's memory")
+   */
+  leanMemory?: boolean;
   /** false silences the request log (tests); otherwise JSON lines on stderr */
   logLevel?: string | false;
   onRound?: (s: RoundSummary) => void;
@@ -274,6 +279,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     provider: o.provider ?? 'cpu',
     threads: o.threads ?? 0,
     log: (line) => app.log.info(line),
+    ...(o.leanMemory ? { weights: 'shared' as const } : {}),
   });
   // labels in the cloud: the tail with the head and the loss; on the device: blocks [m, L) alone
   const segment: CloudSegment =

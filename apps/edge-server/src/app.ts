@@ -132,6 +132,11 @@ export interface EdgeServerOptions {
   port?: number;
   provider?: ExecutionProvider;
   threads?: number;
+  /**
+   * the frozen weights once per segment, as inputs shared by its graphs, not pre-packed: less
+   * memory, 10-20% slower on cpu (docs/benchmarks.md, "The edge's memory")
+   */
+  leanMemory?: boolean;
   /** keep the forward's intermediates for the backward (faster backward on cpu) instead of recomputing */
   saveIntermediates?: boolean;
   stepTimeoutMs?: number;
@@ -187,6 +192,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     provider: o.provider ?? 'cpu',
     threads: o.threads ?? 0,
     log: (line) => app.log.info(line),
+    ...(o.leanMemory ? { weights: 'shared' as const } : {}),
   });
   // on cpu, keeping the forward's intermediates makes the backward cheaper; on a GPU provider
   // copying them out of the runtime costs more than recomputing (docs/benchmarks.md)

@@ -10,13 +10,23 @@
  * (CUDA needs its provider libraries and CUDA 12 + cuDNN 9 on the host); the runner then uses
  * 'cpu' for the rest of its life and says so once through `log` and in `provider`.
  *
- * Memory: onnxruntime's memory pattern is off by default. With it on, a session allocates, from
- * the second run of a shape on, one block planned for the whole run on top of the arena chunks
- * the first run left: at GPT-2 small shapes the edge then peaked ~170 MiB higher, for no
- * measurable speed (docs/benchmarks.md, "The edge's memory"). The results are bitwise the same
- * either way (only where tensors live changes). Weight pre-packing stays on by default: turning
- * it off drops each session's packed copy of the matmul weights, but the matmuls then take
- * another kernel path (results differ in the last bits) and ran 10-20% slower.
+ * Memory (figures: docs/benchmarks.md, "The edge's memory"). Each onnxruntime session holds its
+ * own copy of its graph's weights, pre-packs the matmul weights once more, and keeps its own arena
+ * of intermediates at the high-water mark of its runs.
+ * - The memory pattern is off by default: with it, a session allocates from the second run of a
+ *   shape on one block planned for the whole run on top of the arena chunks the first run left
+ *   (+170 MiB at GPT-2 small shapes, no speed). Results are bitwise the same.
+ * - blocksGraphs 'one' (the default on cpu): a BlocksSegment is one step graph, one session, so
+ *   one arena and one copy of the weights serve forward and backward. Results are bitwise those
+ *   of the two graphs, at the same speed. A GPU provider keeps 'two'.
+ * - weights 'shared' (an option): segments hold their frozen weights once, here in the worker,
+ *   and feed them to their graphs as inputs; onnxruntime-node wraps an input's typed array without
+ *   copying it. The weights then cannot be pre-packed: the matmuls pack them on every run, which
+ *   cost 10-20% of a step at 4 x 128 tokens, and the results move within the reference
+ *   tolerances. Not for a GPU provider: inputs would cross to the device on every run.
+ * - Weight pre-packing can be turned off alone (prepackWeights: false): lean and slow as above.
+ * - The CPU arena can be turned off (cpuArena: false): glibc then keeps what the arena would
+ *   have, and every run pays for fresh pages; measured no leaner and slower.
  */
 import { CodedError } from '@splitllm/model';
 import { Worker } from 'node:worker_threads';
@@ -41,6 +51,30 @@ export interface RunnerOptions {
   memoryPattern?: boolean;
   /** onnxruntime's pre-packed copies of constant matmul weights (default true: off is leaner but slower) */
   prepackWeights?: boolean;
+  /** onnxruntime's CPU memory arena for intermediates (default true, onnxruntime's own default) */
+  cpuArena?: boolean;
+  /**
+   * Where segments keep their frozen weights: 'per-session' (default): initializers of each graph,
+   * so each session holds (and pre-packs) its own copy; 'shared': one copy in the worker, fed to
+   * every graph of the segment as inputs (leaner, slower: see the header).
+   */
+  weights?: WeightPlacement;
+  /**
+   * How a BlocksSegment's forward and backward are loaded: 'one' step graph (default on cpu), one
+   * session whose arena serves both (buildBlocksStepGraph), or 'two' graphs (default on a GPU
+   * provider), each a session with its own copy of the weights and its own arena.
+   */
+  blocksGraphs?: 'two' | 'one';
+}
+
+export type WeightPlacement = 'per-session' | 'shared';
+export const WEIGHT_PLACEMENTS: readonly WeightPlacement[] = ['per-session', 'shared'];
+
+/** A set of frozen weights held once in the worker (SegmentRunner.addWeights). */
+export interface WeightSet {
+  readonly id: string;
+  /** the tensor names it holds */
+  readonly names: ReadonlySet<string>;
 }
 
 export interface LoadedGraph {
@@ -51,8 +85,13 @@ export interface LoadedGraph {
 export type RunnerErrorCode =
   | 'BAD_PROVIDER'
   | 'BAD_THREADS'
+  | 'BAD_WEIGHTS'
+  | 'BAD_BLOCKS_GRAPHS'
+  | 'ONNX_UNKNOWN_WEIGHTS'
+  | 'ONNX_WEIGHTS_IN_USE'
   | 'ONNX_MISSING_INPUT'
   | 'ONNX_UNKNOWN_GRAPH'
+  | 'ONNX_UNKNOWN_OUTPUT'
   | 'RUNNER_CLOSED'
   | 'RUNNER_DIED'
   | 'ONNX_LOAD_FAILED'
@@ -78,11 +117,16 @@ export class SegmentRunner {
   private dead: RunnerError | undefined;
   private actualProvider: ExecutionProvider;
   private readonly graphs = new Map<string, LoadedGraph>();
+  private weightSerial = 0;
 
   private constructor(
     private readonly worker: Worker,
     readonly requestedProvider: ExecutionProvider,
     readonly threads: number,
+    /** where segments on this runner keep their frozen weights */
+    readonly weights: WeightPlacement,
+    /** how many graphs (sessions) a BlocksSegment on this runner loads */
+    readonly blocksGraphs: 'two' | 'one',
     private readonly log: (line: string) => void,
   ) {
     this.actualProvider = requestedProvider;
@@ -115,16 +159,28 @@ export class SegmentRunner {
     const threads = opts.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0)
       throw new RunnerError('BAD_THREADS', `threads must be an integer >= 0, got ${threads}`);
+    const weights = opts.weights ?? 'per-session';
+    if (!WEIGHT_PLACEMENTS.includes(weights))
+      throw new RunnerError(
+        'BAD_WEIGHTS',
+        `unknown weight placement '${weights}' (expected ${WEIGHT_PLACEMENTS.join(', ')})`,
+      );
+    if (opts.blocksGraphs !== undefined && opts.blocksGraphs !== 'one' && opts.blocksGraphs !== 'two')
+      throw new RunnerError('BAD_BLOCKS_GRAPHS', `blocksGraphs must be 'one' or 'two', got '${opts.blocksGraphs}'`);
     const memoryPattern = opts.memoryPattern ?? false;
     const prepackWeights = opts.prepackWeights ?? true;
+    const cpuArena = opts.cpuArena ?? true;
     const worker = new Worker(new URL('./worker.mjs', import.meta.url));
-    const runner = new SegmentRunner(worker, opts.provider, threads, opts.log ?? (() => {}));
-    const init = { op: 'init', provider: opts.provider, threads, memoryPattern, prepackWeights };
+    // one step graph on cpu (one arena, one copy of the weights fewer); a GPU provider as it was
+    const blocksGraphs = opts.blocksGraphs ?? (opts.provider === 'cpu' ? 'one' : 'two');
+    const runner = new SegmentRunner(worker, opts.provider, threads, weights, blocksGraphs, opts.log ?? (() => {}));
+    const init = { op: 'init', provider: opts.provider, threads, memoryPattern, prepackWeights, cpuArena };
     const info = (await runner.call(init)) as { backends: string[] };
     runner.log(
       `onnx runner: provider ${opts.provider} requested (onnxruntime-node backends: ${info.backends.join(', ')}), ` +
         `intra-op threads ${threads || 'auto'}, memory pattern ${memoryPattern ? 'on' : 'off'}, ` +
-        `weight pre-packing ${prepackWeights ? 'on' : 'off'}`,
+        `weight pre-packing ${prepackWeights ? 'on' : 'off'}, cpu arena ${cpuArena ? 'on' : 'off'}, ` +
+        `weights ${weights}, blocks in ${blocksGraphs} graph${blocksGraphs === 'one' ? '' : 's'}`,
     );
     return runner;
   }
@@ -139,16 +195,59 @@ export class SegmentRunner {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, ...msg }, transfer);
+      try {
+        this.worker.postMessage({ id, ...msg }, transfer);
+      } catch (e) {
+        // e.g. a buffer in `transfer` that an earlier call detached: the worker never hears of it
+        this.pending.delete(id);
+        reject(new RunnerError('ONNX_RUNNER_ERROR', `onnx worker: cannot send '${msg.op}': ${(e as Error).message}`));
+      }
     });
   }
 
-  /** Creates (or replaces) the session `name` from ONNX bytes; the bytes are transferred. */
-  async load(name: string, model: Uint8Array): Promise<LoadedGraph> {
+  /**
+   * Copies frozen weights into the worker, once, as a set that graphs loaded with it take as
+   * inputs (`load(name, model, { weights })`). The caller's arrays stay its own. Tensors travel
+   * one at a time (a copy, transferred), so the copy in flight is at most one tensor.
+   */
+  async addWeights(
+    tensors: Iterable<readonly [string, { data: Float32Array; dims: readonly number[] }]>,
+  ): Promise<WeightSet> {
+    const id = `weights#${++this.weightSerial}`;
+    const names = new Set<string>();
+    for (const [name, t] of tensors) {
+      if (names.has(name)) throw new RunnerError('BAD_WEIGHTS', `weight '${name}' is given twice`);
+      const n = t.dims.reduce((a, b) => a * b, 1);
+      if (n !== t.data.length)
+        throw new RunnerError(
+          'BAD_WEIGHTS',
+          `weight '${name}': dims [${t.dims.join(', ')}] need ${n} values, the array has ${t.data.length}`,
+        );
+      const data = t.data.slice();
+      await this.call({ op: 'weights', set: id, tensors: [{ name, data, dims: [...t.dims] }] }, [data.buffer]);
+      names.add(name);
+    }
+    return { id, names };
+  }
+
+  /** Frees a weight set; refused (ONNX_WEIGHTS_IN_USE) while a loaded graph still takes it. */
+  async dropWeights(set: WeightSet): Promise<void> {
+    await this.call({ op: 'dropWeights', set: set.id });
+  }
+
+  /**
+   * Creates (or replaces) the session `name` from ONNX bytes; the bytes are transferred. With
+   * `weights`, the graph's inputs of that set's names are fed from it and are not the caller's to
+   * feed (they are left out of `inputs`).
+   */
+  async load(name: string, model: Uint8Array, opts: { weights?: WeightSet } = {}): Promise<LoadedGraph> {
+    if (model.byteLength === 0)
+      throw new RunnerError('ONNX_LOAD_FAILED', `graph '${name}': the model has no bytes (moved by an earlier load?)`);
     const owned =
       model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.buffer instanceof ArrayBuffer;
     const bytes = owned ? model : model.slice();
-    const r = (await this.call({ op: 'load', name, model: bytes }, [bytes.buffer as ArrayBuffer])) as LoadedGraph & {
+    const msg = { op: 'load', name, model: bytes, weights: opts.weights?.id };
+    const r = (await this.call(msg, [bytes.buffer as ArrayBuffer])) as LoadedGraph & {
       provider: ExecutionProvider;
       fellBack?: string;
     };
@@ -174,7 +273,7 @@ export class SegmentRunner {
   async run(
     name: string,
     feeds: Record<string, RunnerTensor>,
-    opts: { keep?: readonly string[] } = {},
+    opts: { keep?: readonly string[]; fetch?: readonly string[] } = {},
   ): Promise<Record<string, RunnerTensor>> {
     const g = this.graphs.get(name);
     if (!g) throw new RunnerError('ONNX_UNKNOWN_GRAPH', `no graph named '${name}' is loaded`);
@@ -193,7 +292,11 @@ export class SegmentRunner {
       transfer.add(data.buffer as ArrayBuffer);
       msgFeeds[k] = { type: typeOf(data), data, dims: t.dims };
     }
-    return (await this.call({ op: 'run', name, feeds: msgFeeds }, [...transfer])) as Record<string, RunnerTensor>;
+    const unknown = (opts.fetch ?? []).filter((o) => !g.outputs.includes(o));
+    if (unknown.length)
+      throw new RunnerError('ONNX_UNKNOWN_OUTPUT', `graph '${name}' has no outputs ${unknown.join(', ')}`);
+    const msg = { op: 'run', name, feeds: msgFeeds, fetch: opts.fetch };
+    return (await this.call(msg, [...transfer])) as Record<string, RunnerTensor>;
   }
 
   async unload(name: string): Promise<void> {

@@ -4,12 +4,18 @@
  *
  *   BlocksSegment  blocks [from, to): forward -> y (+ saved intermediates), backward -> dx, LoRA grads
  *   TailSegment    blocks [from, L) + ln_f + tied head + cross-entropy: loss, count, dx, LoRA grads;
- *                  and (generation) the next-token logits at the last position, from a graph loaded on first use
+ *                  and, from graphs loaded on first use, the loss alone (evaluation) and the next-token
+ *                  logits at the last position (generation)
  *
  * keep vs recompute (`saveIntermediates`): keeping makes the backward cheaper but holds every
  * block's intermediates between forward and backward; recomputing holds only the segment input.
+ *
+ * The runner's settings choose the graphs (runner.ts): with `blocksGraphs: 'one'` a BlocksSegment
+ * is one step graph whose unwanted half is fed 0 rows; with `weights: 'shared'` the graphs take
+ * the frozen weights as inputs, from one set the segment adds to the runner (dropped by close()).
  */
 import {
+  getWeight,
   IGNORE_INDEX,
   type Gpt2Config,
   type Gpt2Model,
@@ -20,14 +26,21 @@ import {
 import {
   loraGradsFromGraph,
   loraGraphFeeds,
+  BACKWARD_BATCH_DIM,
+  BACKWARD_PREFIX,
+  BATCH_DIM,
   buildBlocksBackwardGraph,
   buildBlocksForwardGraph,
+  buildBlocksStepGraph,
+  GRAD_PREFIX,
+  type GraphIO,
+  SAVED_PREFIX,
   buildTailGraph,
   buildTailLogitsGraph,
   buildTailLossGraph,
   type SegmentGraph,
 } from '@splitllm/onnx';
-import type { RunnerTensor, SegmentRunner } from './runner';
+import type { RunnerTensor, SegmentRunner, WeightSet } from './runner';
 
 let graphSerial = 0;
 
@@ -68,16 +81,51 @@ function activation(data: Float32Array, B: number, T: number, D: number): Runner
   return { data, dims: [B, T, D] };
 }
 
-async function load(runner: SegmentRunner, kind: string, g: SegmentGraph): Promise<string> {
+async function load(runner: SegmentRunner, kind: string, g: SegmentGraph, weights?: WeightSet): Promise<string> {
   const name = `${kind}#${++graphSerial}`;
-  await runner.load(name, g.model);
+  await runner.load(name, g.model, { weights });
   return name;
+}
+
+/** How the runner wants the segment graphs' frozen weights stored. */
+function weightsOption(runner: SegmentRunner): 'initializers' | 'inputs' {
+  return runner.weights === 'shared' ? 'inputs' : 'initializers';
+}
+
+/** The weights `graphs` take as inputs, added to the runner once, as one set for all of them. */
+async function shareWeights(runner: SegmentRunner, model: Gpt2Model, graphs: SegmentGraph[]): Promise<WeightSet> {
+  const names = new Set(graphs.flatMap((g) => (g.weightInputs ?? []).map((w) => w.name)));
+  const tensors = function* () {
+    for (const name of names) {
+      const t = getWeight(model.weights, name);
+      yield [name, { data: t.data, dims: t.shape }] as const;
+    }
+  };
+  return runner.addWeights(tensors());
 }
 
 export interface BlocksForwardResult {
   y: Float32Array;
   /** the graph's `saved.*` outputs (empty when recomputing) */
   saved: Record<string, RunnerTensor>;
+}
+
+/** The graphs of a BlocksSegment: a forward and a backward graph, or one step graph that is both. */
+type BlocksGraphs =
+  | { kind: 'two'; forward: string; backward: string }
+  | {
+      kind: 'one';
+      step: string;
+      /** the backward half's inputs, fed with 0 rows by a forward: name, dims with the batch and seq still symbolic */
+      backwardInputs: GraphIO[];
+      forwardOutputs: string[];
+      backwardOutputs: string[];
+    };
+
+/** A tensor of no rows: dims with the batch set to 0 and the sequence length to T. */
+function emptyFeed(io: GraphIO, T: number): RunnerTensor {
+  const dims = io.dims.map((d) => (d === BACKWARD_BATCH_DIM || d === BATCH_DIM ? 0 : typeof d === 'string' ? T : d));
+  return { data: new Float32Array(0), dims };
 }
 
 export class BlocksSegment {
@@ -88,8 +136,8 @@ export class BlocksSegment {
     readonly from: number,
     readonly to: number,
     readonly saveIntermediates: boolean,
-    private readonly forwardGraph: string,
-    private readonly backwardGraph: string,
+    private readonly graphs: BlocksGraphs,
+    private readonly weightSet: WeightSet | undefined,
   ) {}
 
   static async create(
@@ -100,29 +148,60 @@ export class BlocksSegment {
     to: number,
     opts: { saveIntermediates: boolean },
   ): Promise<BlocksSegment> {
+    const graphOpts = { ...opts, weights: weightsOption(runner) };
+    const make = (graphs: BlocksGraphs, set?: WeightSet) =>
+      new BlocksSegment(runner, model.config, lora, from, to, opts.saveIntermediates, graphs, set);
+    const kind = `blocks[${from},${to})`;
+    if (runner.blocksGraphs === 'one') {
+      const g = buildBlocksStepGraph(model, lora, from, to, graphOpts);
+      const set = graphOpts.weights === 'inputs' ? await shareWeights(runner, model, [g]) : undefined;
+      const step = await load(runner, `${kind}.step`, g, set);
+      const backwardInputs = g.inputs.filter((i) => i.name === 'dy' || i.name.startsWith(BACKWARD_PREFIX));
+      const isBackward = (name: string) => name === 'dx' || name.startsWith(GRAD_PREFIX);
+      const outputs = g.outputs.map((o) => o.name);
+      return make(
+        {
+          kind: 'one',
+          step,
+          backwardInputs,
+          forwardOutputs: outputs.filter((n) => !isBackward(n)),
+          backwardOutputs: outputs.filter(isBackward),
+        },
+        set,
+      );
+    }
+    if (graphOpts.weights === 'inputs') {
+      // graphs without weight bytes: both built first, the weights they take shared once
+      const f = buildBlocksForwardGraph(model, lora, from, to, graphOpts);
+      const b = buildBlocksBackwardGraph(model, lora, from, to, graphOpts);
+      const set = await shareWeights(runner, model, [f, b]);
+      const forward = await load(runner, `${kind}.forward`, f, set);
+      const backward = await load(runner, `${kind}.backward`, b, set);
+      return make({ kind: 'two', forward, backward }, set);
+    }
     // built and loaded one after the other: each graph carries a copy of the segment's weights
-    const fwd = await load(
-      runner,
-      `blocks[${from},${to}).forward`,
-      buildBlocksForwardGraph(model, lora, from, to, opts),
-    );
-    const bwd = await load(
-      runner,
-      `blocks[${from},${to}).backward`,
-      buildBlocksBackwardGraph(model, lora, from, to, opts),
-    );
-    return new BlocksSegment(runner, model.config, lora, from, to, opts.saveIntermediates, fwd, bwd);
+    const forward = await load(runner, `${kind}.forward`, buildBlocksForwardGraph(model, lora, from, to, graphOpts));
+    const backward = await load(runner, `${kind}.backward`, buildBlocksBackwardGraph(model, lora, from, to, graphOpts));
+    return make({ kind: 'two', forward, backward });
   }
 
   /** x is kept (copied to the worker) because the backward needs it again. */
   async forward(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<BlocksForwardResult> {
-    const out = await this.runner.run(
-      this.forwardGraph,
-      { x: activation(x, B, T, this.config.nEmbd), ...loraFeeds(this.config, this.lora, adapter, this.from, this.to) },
-      { keep: ['x'] },
-    );
+    const feeds = {
+      x: activation(x, B, T, this.config.nEmbd),
+      ...loraFeeds(this.config, this.lora, adapter, this.from, this.to),
+    };
+    const gr = this.graphs;
+    const out =
+      gr.kind === 'two'
+        ? await this.runner.run(gr.forward, feeds, { keep: ['x'] })
+        : await this.runner.run(
+            gr.step,
+            { ...feeds, ...Object.fromEntries(gr.backwardInputs.map((i) => [i.name, emptyFeed(i, T)])) },
+            { keep: ['x'], fetch: gr.forwardOutputs },
+          );
     const saved: Record<string, RunnerTensor> = {};
-    for (const [k, v] of Object.entries(out)) if (k.startsWith('saved.')) saved[k] = v;
+    for (const [k, v] of Object.entries(out)) if (k.startsWith(SAVED_PREFIX)) saved[k] = v;
     return { y: out.y.data as Float32Array, saved };
   }
 
@@ -135,47 +214,105 @@ export class BlocksSegment {
     B: number,
     T: number,
   ): Promise<{ dx: Float32Array; loraGrads: LoraGrads }> {
-    const out = await this.runner.run(this.backwardGraph, {
-      x: activation(x, B, T, this.config.nEmbd),
-      dy: activation(dy, B, T, this.config.nEmbd),
-      ...saved,
-      ...loraFeeds(this.config, this.lora, adapter, this.from, this.to),
-    });
+    const D = this.config.nEmbd;
+    const lora = loraFeeds(this.config, this.lora, adapter, this.from, this.to);
+    const gr = this.graphs;
+    const out =
+      gr.kind === 'two'
+        ? await this.runner.run(gr.backward, {
+            x: activation(x, B, T, D),
+            dy: activation(dy, B, T, D),
+            ...saved,
+            ...lora,
+          })
+        : await this.runner.run(
+            gr.step,
+            {
+              x: { data: new Float32Array(0), dims: [0, T, D] },
+              [`${BACKWARD_PREFIX}x`]: activation(x, B, T, D),
+              dy: activation(dy, B, T, D),
+              ...Object.fromEntries(Object.entries(saved).map(([k, v]) => [BACKWARD_PREFIX + k, v])),
+              ...lora,
+            },
+            { fetch: gr.backwardOutputs },
+          );
     return { dx: out.dx.data as Float32Array, loraGrads: loraGradsOf(out, this.config, this.lora, this.from, this.to) };
   }
 
   async close(): Promise<void> {
-    await this.runner.unload(this.forwardGraph);
-    await this.runner.unload(this.backwardGraph);
+    const gr = this.graphs;
+    for (const g of gr.kind === 'two' ? [gr.forward, gr.backward] : [gr.step]) await this.runner.unload(g);
+    if (this.weightSet) await this.runner.dropWeights(this.weightSet);
+  }
+}
+
+/** A graph built and loaded by its first use; a failed load is retried by the next use rather than remembered. */
+class LazyGraph {
+  private loaded?: Promise<string>;
+
+  constructor(
+    private readonly runner: SegmentRunner,
+    private readonly kind: string,
+    private readonly build: () => SegmentGraph,
+    private readonly weights: WeightSet | undefined,
+  ) {}
+
+  get(): Promise<string> {
+    if (!this.loaded) {
+      const loading = load(this.runner, this.kind, this.build(), this.weights);
+      this.loaded = loading;
+      loading.catch(() => {
+        if (this.loaded === loading) this.loaded = undefined;
+      });
+    }
+    return this.loaded;
+  }
+
+  async unload(): Promise<void> {
+    const name = await this.loaded?.catch(() => undefined);
+    this.loaded = undefined;
+    if (name) await this.runner.unload(name);
   }
 }
 
 export class TailSegment {
-  /**
-   * the generation graph, built and loaded by the first logits() call (a session that never generates never pays
-   * for it)
-   */
-  private logitsGraph?: Promise<string>;
   private closed = false;
 
   private constructor(
     private readonly runner: SegmentRunner,
-    private readonly model: Gpt2Model,
+    readonly config: Gpt2Config,
     readonly lora: LoraConfig,
     readonly from: number,
     private readonly stepGraph: string,
-    private readonly lossGraph: string,
+    /**
+     * the evaluation and the generation graphs, loaded by the first loss() and logits() call:
+     * training never pays for them (with per-session weights, each is one more copy of the tail's)
+     */
+    private readonly lossGraph: LazyGraph,
+    private readonly logitsGraph: LazyGraph,
+    private readonly weightSet: WeightSet | undefined,
   ) {}
-
-  get config(): Gpt2Config {
-    return this.model.config;
-  }
 
   static async create(runner: SegmentRunner, model: Gpt2Model, lora: LoraConfig, from: number): Promise<TailSegment> {
     const L = model.config.nLayer;
-    const step = await load(runner, `tail[${from},${L}).step`, buildTailGraph(model, lora, from));
-    const loss = await load(runner, `tail[${from},${L}).loss`, buildTailLossGraph(model, lora, from));
-    return new TailSegment(runner, model, lora, from, step, loss);
+    const kind = `tail[${from},${L})`;
+    const weights = weightsOption(runner);
+    if (weights === 'inputs') {
+      // without weight bytes the other graphs are small: built now, so that the segment keeps no
+      // reference to the caller's weights (the worker holds the only copy it needs)
+      const s = buildTailGraph(model, lora, from, { weights });
+      const l = buildTailLossGraph(model, lora, from, { weights });
+      const g = buildTailLogitsGraph(model, lora, from, { weights });
+      const set = await shareWeights(runner, model, [s, l, g]);
+      const step = await load(runner, `${kind}.step`, s, set);
+      const loss = new LazyGraph(runner, `${kind}.loss`, () => l, set);
+      const logits = new LazyGraph(runner, `${kind}.logits`, () => g, set);
+      return new TailSegment(runner, model.config, lora, from, step, loss, logits, set);
+    }
+    const step = await load(runner, `${kind}.step`, buildTailGraph(model, lora, from));
+    const loss = new LazyGraph(runner, `${kind}.loss`, () => buildTailLossGraph(model, lora, from), undefined);
+    const logits = new LazyGraph(runner, `${kind}.logits`, () => buildTailLogitsGraph(model, lora, from), undefined);
+    return new TailSegment(runner, model.config, lora, from, step, loss, logits, undefined);
   }
 
   private feeds(
@@ -218,7 +355,9 @@ export class TailSegment {
     B: number,
     T: number,
   ): Promise<{ loss: number; count: number }> {
-    const out = await this.runner.run(this.lossGraph, this.feeds(adapter, x, targets, B, T), { keep: ['targets'] });
+    if (this.closed) throw new Error('tail segment: loss() after close()');
+    const feeds = this.feeds(adapter, x, targets, B, T);
+    const out = await this.runner.run(await this.lossGraph.get(), feeds, { keep: ['targets'] });
     return { loss: (out.loss.data as Float32Array)[0], count: (out.count.data as Float32Array)[0] };
   }
 
@@ -232,26 +371,15 @@ export class TailSegment {
       x: activation(x, B, T, this.config.nEmbd),
       ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer),
     };
-    if (!this.logitsGraph) {
-      const L = this.config.nLayer;
-      this.logitsGraph = load(
-        this.runner,
-        `tail[${this.from},${L}).logits`,
-        buildTailLogitsGraph(this.model, this.lora, this.from),
-      );
-      // a failed load is retried by the next call rather than remembered
-      this.logitsGraph.catch(() => (this.logitsGraph = undefined));
-    }
-    const graph = await this.logitsGraph;
-    const out = await this.runner.run(graph, feeds, { keep: ['x'] });
+    const out = await this.runner.run(await this.logitsGraph.get(), feeds, { keep: ['x'] });
     return out.logits.data as Float32Array;
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.runner.unload(this.stepGraph);
-    await this.runner.unload(this.lossGraph);
-    const logits = await this.logitsGraph?.catch(() => undefined);
-    if (logits) await this.runner.unload(logits);
+    await this.lossGraph.unload();
+    await this.logitsGraph.unload();
+    if (this.weightSet) await this.runner.dropWeights(this.weightSet);
   }
 }

@@ -2,7 +2,9 @@
  * SegmentRunner and the edge/cloud segments on real onnxruntime-node sessions in a worker
  * thread: results equal the TypeScript reference, buffers move by transfer, the event loop
  * stays free during a run, errors carry codes, a provider that cannot start falls back to cpu,
- * and the session memory settings (memory pattern, weight pre-packing) keep the results.
+ * and the memory settings keep the results: the memory pattern and one step graph per blocks
+ * segment bitwise, weight pre-packing off and weights shared between graphs (fed as inputs,
+ * held once) within the reference tolerances.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -22,7 +24,8 @@ import {
   type LoraConfig,
 } from '@splitllm/model';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlocksSegment, RunnerError, SegmentRunner, TailSegment } from '../src/index';
+import { buildBlocksBackwardGraph, buildBlocksForwardGraph, buildTailGraph } from '@splitllm/onnx';
+import { BlocksSegment, RunnerError, type RunnerOptions, SegmentRunner, TailSegment } from '../src/index';
 
 const config: Gpt2Config = {
   vocabSize: 97,
@@ -56,12 +59,31 @@ afterAll(async () => {
   await runner.close();
 });
 
+/** Runners with the other layouts than the default (one step graph, per-session weights on cpu). */
+const layouts: Record<string, Partial<RunnerOptions>> = {
+  'two graphs': { blocksGraphs: 'two' },
+  'shared weights, one graph': { weights: 'shared' },
+  'shared weights, two graphs': { weights: 'shared', blocksGraphs: 'two' },
+};
+const layoutRunners = new Map<string, SegmentRunner>();
+beforeAll(async () => {
+  for (const [name, o] of Object.entries(layouts))
+    layoutRunners.set(name, await SegmentRunner.start({ provider: 'cpu', threads: 1, ...o }));
+});
+afterAll(async () => {
+  for (const r of layoutRunners.values()) await r.close();
+});
+
 describe('BlocksSegment (edge)', () => {
   // Tolerances: the graphs compute in float32 like the reference's activations; the reference
   // accumulates dot products in float64, onnxruntime in float32 (error ~ sqrt(K) 2^-24 of the
   // scale per matmul, K <= 64 here): 1e-5 forward, 1e-4 gradients, as the ONNX issue states.
-  for (const saveIntermediates of [true, false]) {
-    it(`forward and backward equal the reference (${saveIntermediates ? 'keep' : 'recompute'})`, async () => {
+  const cases = [true, false].flatMap((keep) =>
+    ['default', ...Object.keys(layouts)].map((l) => [keep, l, keep ? 'keep' : 'recompute'] as const),
+  );
+  for (const [saveIntermediates, layout, mode] of cases)
+    it(`forward and backward equal the reference (${mode}, ${layout})`, async () => {
+      const r = layout === 'default' ? runner : layoutRunners.get(layout)!;
       const a = adapter();
       const rng = new Rng(11);
       const x = rng.fillNormal(new Float32Array(B * T * D), 1);
@@ -69,7 +91,7 @@ describe('BlocksSegment (edge)', () => {
       const ref = edgeSegmentForward(model, a, x, B, T, plan);
       const refBack = edgeSegmentBackward(model, a, ref.state, dy);
 
-      const seg = await BlocksSegment.create(runner, model, lora, plan.k, plan.m, { saveIntermediates });
+      const seg = await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates });
       const f = await seg.forward(a, x, B, T);
       expect(x.length).toBe(B * T * D); // forward keeps x usable for the backward
       expect(Object.keys(f.saved).length > 0).toBe(saveIntermediates);
@@ -85,25 +107,113 @@ describe('BlocksSegment (edge)', () => {
       }
       await seg.close();
     });
-  }
 });
 
 describe('session memory settings', () => {
   /** One forward and backward of the edge segment on `r`, from fixed inputs. */
-  async function edgeStep(r: SegmentRunner): Promise<Float32Array[]> {
+  async function edgeStep(r: SegmentRunner, saveIntermediates = false): Promise<Float32Array[]> {
     const a = adapter();
     const rng = new Rng(21);
     const x = rng.fillNormal(new Float32Array(B * T * D), 1);
     const dy = rng.fillNormal(new Float32Array(B * T * D), 0.1);
-    const seg = await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates: false });
+    const seg = await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates });
     // twice, so a memory pattern recorded by the first run is also used
     await seg.forward(a, x, B, T);
     const f = await seg.forward(a, x, B, T);
+    const saved = Object.entries(f.saved)
+      .sort(([p], [q]) => p.localeCompare(q))
+      .map(([, t]) => (t.data as Float32Array).slice());
     const b = await seg.backward(a, x, f.saved, dy, B, T);
     await seg.close();
     const grads = [...b.loraGrads.entries()].sort(([p], [q]) => p.localeCompare(q)).flatMap(([, g]) => [g.A, g.B]);
-    return [f.y, b.dx, ...grads];
+    return [f.y, ...saved, b.dx, ...grads];
   }
+
+  const bytesOf = (t: Float32Array) => Buffer.from(t.buffer, t.byteOffset, t.byteLength);
+
+  for (const saveIntermediates of [true, false]) {
+    const mode = saveIntermediates ? 'keep' : 'recompute';
+    it(`one step graph gives the two graphs' results bitwise (${mode})`, async () => {
+      // the same nodes in one session: only which arena the tensors live in differs
+      const one = await edgeStep(runner, saveIntermediates);
+      const two = await edgeStep(layoutRunners.get('two graphs')!, saveIntermediates);
+      expect(one.length).toBe(two.length);
+      for (const [i, t] of one.entries()) expect(bytesOf(t).equals(bytesOf(two[i])), `tensor ${i}`).toBe(true);
+    });
+
+    it(`shared weights stay within the reference tolerances of per-session ones (${mode})`, async () => {
+      // weights fed as inputs are not pre-packed: another matmul kernel path, as with pre-packing off
+      const ours = await edgeStep(runner, saveIntermediates);
+      for (const name of ['shared weights, one graph', 'shared weights, two graphs']) {
+        const theirs = await edgeStep(layoutRunners.get(name)!, saveIntermediates);
+        expect(theirs.length).toBe(ours.length);
+        for (const [i, t] of ours.entries()) expect(maxRelErr(theirs[i], t), `${name}: tensor ${i}`).toBeLessThan(1e-5);
+      }
+    });
+  }
+
+  it('with shared weights the graphs carry no weight bytes and the caller feeds none', async () => {
+    for (const build of [buildBlocksForwardGraph, buildBlocksBackwardGraph]) {
+      const own = build(model, lora, plan.k, plan.m, { saveIntermediates: true });
+      const shared = build(model, lora, plan.k, plan.m, { saveIntermediates: true, weights: 'inputs' });
+      expect(own.weightInputs).toEqual([]);
+      const names = shared.weightInputs!.map((w) => w.name);
+      expect(names.length).toBeGreaterThan(0);
+      expect(names.every((n) => model.weights.has(n))).toBe(true);
+      // the weights' bytes leave the model (their names and shapes stay, as input declarations,
+      // which take a few bytes more than the initializers' headers: 1% is ample)
+      const weightBytes = names.reduce((n, w) => n + model.weights.get(w)!.data.byteLength, 0);
+      expect(own.model.byteLength - shared.model.byteLength).toBeGreaterThan(0.99 * weightBytes);
+    }
+    const r = layoutRunners.get('shared weights, one graph')!;
+    const seg = await BlocksSegment.create(r, model, lora, plan.k, plan.m, { saveIntermediates: true });
+    const [step] = r.graphNames();
+    expect(r.graphNames()).toHaveLength(1);
+    expect(r.graph(step)!.inputs.some((n) => model.weights.has(n))).toBe(false);
+    await seg.close();
+    expect(r.graphNames()).toHaveLength(0);
+  });
+
+  it('a weight set is refused while a graph takes it, and is gone once dropped', async () => {
+    const r = layoutRunners.get('shared weights, two graphs')!;
+    const g = buildBlocksForwardGraph(model, lora, plan.k, plan.m, { saveIntermediates: false, weights: 'inputs' });
+    const set = await r.addWeights(
+      g.weightInputs!.map(
+        (w) => [w.name, { data: model.weights.get(w.name)!.data, dims: w.dims as number[] }] as const,
+      ),
+    );
+    // the caller's arrays stay its own (copied, not transferred)
+    expect([...model.weights.values()].every((t) => t.data.byteLength > 0)).toBe(true);
+    // load() takes the bytes it is given (transferred): each load gets its own copy
+    await r.load('with-set', g.model.slice(), { weights: set });
+    expect(r.graph('with-set')!.inputs).toEqual(g.inputs.map((i) => i.name));
+    await expect(r.dropWeights(set)).rejects.toMatchObject({ code: 'ONNX_WEIGHTS_IN_USE' });
+    await r.unload('with-set');
+    await r.dropWeights(set);
+    await expect(r.dropWeights(set)).rejects.toMatchObject({ code: 'ONNX_UNKNOWN_WEIGHTS' });
+    await expect(r.load('no-set', g.model.slice(), { weights: set })).rejects.toMatchObject({
+      code: 'ONNX_UNKNOWN_WEIGHTS',
+    });
+    // without its weights the graph lists them as inputs the caller must feed
+    await r.load('no-set', g.model);
+    await expect(r.load('again', g.model)).rejects.toMatchObject({ code: 'ONNX_LOAD_FAILED' });
+    expect(r.graph('no-set')!.inputs).toContain(g.weightInputs![0].name);
+    await expect(r.run('no-set', { x: { data: new Float32Array(B * T * D), dims: [B, T, D] } })).rejects.toMatchObject({
+      code: 'ONNX_MISSING_INPUT',
+    });
+    await r.unload('no-set');
+    const w = g.weightInputs![0];
+    await expect(
+      r.addWeights([[w.name, { data: new Float32Array(3), dims: w.dims as number[] }]]),
+    ).rejects.toMatchObject({ code: 'BAD_WEIGHTS' });
+    const t = { data: model.weights.get(w.name)!.data, dims: w.dims as number[] };
+    await expect(
+      r.addWeights([
+        [w.name, t],
+        [w.name, t],
+      ]),
+    ).rejects.toMatchObject({ code: 'BAD_WEIGHTS' });
+  });
 
   it('the memory pattern is off by default and turning it off leaves the results bitwise the same', async () => {
     expect(logs.some((l) => /memory pattern off, weight pre-packing on/.test(l))).toBe(true);
@@ -160,6 +270,9 @@ describe('TailSegment (cloud)', () => {
     );
     const ref = cloudSegmentStep(model, a, x, targets, B, T, plan);
     const tail = await TailSegment.create(runner, model, lora, plan.m);
+    // training loads the step graph alone; the loss graph (another copy of the weights) on first use
+    const tailGraphs = () => runner.graphNames().filter((n) => n.startsWith('tail['));
+    expect(tailGraphs().map((n) => n.split('#')[0])).toEqual([`tail[${plan.m},${config.nLayer}).step`]);
     const r = await tail.step(a, x.slice(), targets, B, T);
     expect(r.count).toBe(ref.count);
     expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
@@ -170,6 +283,7 @@ describe('TailSegment (cloud)', () => {
     }
     const l = await tail.loss(a, x.slice(), targets, B, T);
     expect(l.loss).toBeCloseTo(r.loss, 6);
+    expect(tailGraphs()).toHaveLength(2);
     // the graph itself would wrap -1 to the last class: the segment refuses such targets
     const bad = targets.slice();
     bad[3] = -1;
@@ -179,6 +293,38 @@ describe('TailSegment (cloud)', () => {
     bad[3] = config.vocabSize;
     await expect(tail.loss(a, x.slice(), bad, B, T)).rejects.toThrow(/outside the vocabulary/);
     await tail.close();
+    expect(tailGraphs()).toEqual([]);
+  });
+
+  it('with shared weights, step, loss and logits stay within the tolerances of per-session weights', async () => {
+    const a = adapter();
+    const rng = new Rng(13);
+    const x = rng.fillNormal(new Float32Array(B * T * D), 1);
+    const targets = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
+    const r = layoutRunners.get('shared weights, one graph')!;
+    const [ours, theirs] = [
+      await TailSegment.create(runner, model, lora, plan.m),
+      await TailSegment.create(r, model, lora, plan.m),
+    ];
+    const [s1, s2] = [await ours.step(a, x.slice(), targets, B, T), await theirs.step(a, x.slice(), targets, B, T)];
+    expect(Math.abs(s2.loss - s1.loss) / s1.loss).toBeLessThan(1e-5);
+    expect(maxRelErr(s2.dx, s1.dx)).toBeLessThan(1e-5);
+    for (const [path, g] of s1.loraGrads) {
+      expect(maxRelErr(s2.loraGrads.get(path)!.A, g.A), `${path} dA`).toBeLessThan(1e-5);
+      expect(maxRelErr(s2.loraGrads.get(path)!.B, g.B), `${path} dB`).toBeLessThan(1e-5);
+    }
+    const [l1, l2] = [await ours.loss(a, x.slice(), targets, B, T), await theirs.loss(a, x.slice(), targets, B, T)];
+    expect(Math.abs(l2.loss - l1.loss) / l1.loss).toBeLessThan(1e-5);
+    // the generation graph of the shared tail was built at create, from the weights' shapes only
+    const [g1, g2] = [await ours.logits(a, x.slice(), B, T), await theirs.logits(a, x.slice(), B, T)];
+    expect(g2.length).toBe(B * config.vocabSize);
+    expect(maxRelErr(g2, g1)).toBeLessThan(1e-5);
+    // the shared tail's graphs take the tail's weights from one set: none is the caller's to feed
+    const tailWeights = buildTailGraph(model, lora, plan.m, { weights: 'inputs' }).weightInputs!.map((w) => w.name);
+    expect(tailWeights).toContain('wte.weight');
+    for (const name of r.graphNames()) expect(r.graph(name)!.inputs.some((n) => tailWeights.includes(n))).toBe(false);
+    await ours.close();
+    await theirs.close();
   });
 });
 
@@ -206,13 +352,17 @@ describe('SegmentRunner', () => {
     const seg = await BlocksSegment.create(runner, model, lora, plan.k, plan.m, { saveIntermediates: false });
     const a = adapter();
     // a wrong width reaches onnxruntime, which refuses it
-    const graphName = runner.graphNames().find((n) => n.includes('forward'))!;
+    // the default runner loads the blocks as one step graph
+    const graphName = runner.graphNames().find((n) => n.includes('.step'))!;
     const feeds = Object.fromEntries(
       runner.graph(graphName)!.inputs.map((n) => [n, { data: new Float32Array(6), dims: [1, 2, 3] }]),
     );
     await expect(runner.run(graphName, feeds)).rejects.toMatchObject({ code: 'ONNX_RUN_FAILED' });
     await expect(runner.run(graphName, { x: { data: new Float32Array(D), dims: [1, 1, D] } })).rejects.toMatchObject({
       code: 'ONNX_MISSING_INPUT',
+    });
+    await expect(runner.run(graphName, feeds, { fetch: ['nope'] })).rejects.toMatchObject({
+      code: 'ONNX_UNKNOWN_OUTPUT',
     });
     await expect(seg.forward(a, new Float32Array(5), B, T)).rejects.toThrow(/expected B\*T\*D/);
     // still works
@@ -221,9 +371,15 @@ describe('SegmentRunner', () => {
     await seg.close();
   });
 
-  it('refuses an unknown provider or thread count', async () => {
+  it('refuses an unknown provider, thread count, weight placement or graph layout', async () => {
     await expect(SegmentRunner.start({ provider: 'tpu' as never })).rejects.toMatchObject({ code: 'BAD_PROVIDER' });
     await expect(SegmentRunner.start({ provider: 'cpu', threads: -1 })).rejects.toBeInstanceOf(RunnerError);
+    await expect(SegmentRunner.start({ provider: 'cpu', weights: 'once' as never })).rejects.toMatchObject({
+      code: 'BAD_WEIGHTS',
+    });
+    await expect(SegmentRunner.start({ provider: 'cpu', blocksGraphs: 'three' as never })).rejects.toMatchObject({
+      code: 'BAD_BLOCKS_GRAPHS',
+    });
   });
 
   it('falls back to cpu, and says so, when CUDA cannot start', async () => {

@@ -5,6 +5,8 @@
  *
  *   buildBlocksForwardGraph   blocks [from, to) forward                   (edge; tab, wasm engine)
  *   buildBlocksBackwardGraph  blocks [from, to) backward                  (edge; tab, wasm engine)
+ *   buildBlocksStepGraph      both in one graph, the unwanted half fed 0 rows (edge and cloud on cpu:
+ *                             one onnxruntime session, so one arena and one copy of the weights)
  *   buildTailGraph            blocks [from, L) + ln_f + tied head + loss, forward and backward (cloud)
  *   buildTailLossGraph        the same, loss only                         (cloud, evaluation)
  *   buildTailLogitsGraph      blocks [from, L) + ln_f + tied head: next-token logits at the last
@@ -12,8 +14,11 @@
  *
  * They mirror model.ts (blocksForward/blocksBackward, headForward/headBackward) op for op,
  * through the fragments in ./ops. Frozen base weights are initializers (named as in
- * Gpt2Weights, e.g. `h.1.attn.c_attn.weight`); LoRA matrices are graph inputs
- * (`h.1.attn.c_attn.lora_A` [in, r], `...lora_B` [r, out]) so one session serves every step.
+ * Gpt2Weights, e.g. `h.1.attn.c_attn.weight`), or, with `weights: 'inputs'`, graph inputs of the
+ * same names, listed in `weightInputs`: a runtime then holds one copy of them that several graphs
+ * share (each onnxruntime session copies its initializers, and pre-packs the matmul weights once
+ * more). LoRA matrices are graph inputs (`h.1.attn.c_attn.lora_A` [in, r], `...lora_B` [r, out])
+ * so one session serves every step.
  * Batch and sequence length are symbolic ('batch', 'seq'); the causal mask is built from the
  * sequence length at run time.
  *
@@ -62,11 +67,22 @@ export interface GraphIO {
 
 export interface SegmentGraph {
   model: Uint8Array;
+  /** the inputs a caller feeds every run (activations, targets, LoRA matrices) */
   inputs: GraphIO[];
   outputs: GraphIO[];
+  /** the frozen weights, when they are graph inputs too (`weights: 'inputs'`); absent or empty otherwise */
+  weightInputs?: GraphIO[];
 }
 
-export interface BlocksGraphOptions {
+export interface SegmentWeightsOptions {
+  /**
+   * 'initializers' (default): the frozen weights are stored in the model; 'inputs': they are graph
+   * inputs (see the header), and the model holds no weight bytes.
+   */
+  weights?: 'initializers' | 'inputs';
+}
+
+export interface BlocksGraphOptions extends SegmentWeightsOptions {
   /** true: forward outputs the intermediates the backward needs; false: backward recomputes them from x */
   saveIntermediates: boolean;
 }
@@ -213,16 +229,26 @@ class Segment {
   readonly config: Gpt2Config;
   readonly inputs: GraphIO[] = [];
   readonly outputs: GraphIO[] = [];
+  readonly weightInputs: GraphIO[] = [];
+  private readonly weightsAsInputs: boolean;
   private readonly targets: LoraTarget[];
   private readonly scale: number;
   private readonly grads = new Map<string, string>();
-  private layoutValue?: AttentionLayout;
+  /**
+   * The graph input whose [batch, seq] the shapes and the causal mask are taken from: 'x', or
+   * another one for the backward half of a step graph (buildBlocksStepGraph)
+   */
+  source = 'x';
 
   constructor(
     readonly model: Gpt2Model,
     readonly lora: LoraConfig,
     name: string,
+    opts: SegmentWeightsOptions,
   ) {
+    if (opts.weights !== undefined && opts.weights !== 'initializers' && opts.weights !== 'inputs')
+      throw new Error(`segment graph: weights must be 'initializers' or 'inputs', got '${String(opts.weights)}'`);
+    this.weightsAsInputs = opts.weights === 'inputs';
     this.g = new GraphBuilder(name);
     this.config = model.config;
     this.targets = checkLora(lora);
@@ -239,11 +265,13 @@ class Segment {
     this.g.output(name, value, dtype, dims);
   }
 
-  /** A base weight as an initializer (added once, data by reference). */
+  /** A base weight as an initializer (added once, data by reference) or as a graph input of the same name. */
   weight(name: string): string {
     return this.g.cached(`weight:${name}`, () => {
       const t = getWeight(this.model.weights, name);
-      return this.g.initializer(name, 'float32', t.shape, t.data);
+      if (!this.weightsAsInputs) return this.g.initializer(name, 'float32', t.shape, t.data);
+      this.weightInputs.push({ name, dtype: 'float32', dims: [...t.shape] });
+      return this.g.input(name, 'float32', t.shape);
     });
   }
 
@@ -285,14 +313,14 @@ class Segment {
     return layerNormForwardNodes(this.g, x, w('weight'), w('bias'), this.config.layerNormEpsilon);
   }
 
-  /** int64 [2]: batch, seq of the graph input x */
+  /** int64 [2]: batch, seq of the graph input `source` */
   get bt(): string {
-    return this.g.cached('bt', () => this.g.op('Shape', ['x'], { start: 0, end: 2 }, 'bt'));
+    return this.g.cached(`bt:${this.source}`, () => this.g.op('Shape', [this.source], { start: 0, end: 2 }, 'bt'));
   }
 
   get layout(): AttentionLayout {
-    this.layoutValue ??= attentionLayoutNodes(this.g, 'x', this.config.nEmbd, this.config.nHead);
-    return this.layoutValue;
+    // cached by the builder per source
+    return attentionLayoutNodes(this.g, this.source, this.config.nEmbd, this.config.nHead);
   }
 
   /** [batch, seq, ...] -> [batch*seq, width] */
@@ -302,7 +330,7 @@ class Segment {
 
   /** [batch*seq, width] -> [batch, seq, width] */
   unrows(v: string, width: number): string {
-    const shape = this.g.cached(`bt-shape:${width}`, () =>
+    const shape = this.g.cached(`bt-shape:${this.source}:${width}`, () =>
       this.g.op('Concat', [this.bt, this.g.int64s([width])], { axis: 0 }),
     );
     return this.g.op('Reshape', [v, shape]);
@@ -427,12 +455,12 @@ class Segment {
     return specs;
   }
 
-  savedDims(spec: SavedSpec): Dims {
-    return spec.width === 'probs' ? [BATCH_DIM, this.config.nHead, SEQ_DIM, SEQ_DIM] : [BATCH_DIM, SEQ_DIM, spec.width];
+  savedDims(spec: SavedSpec, [batch, seq]: readonly [string, string] = [BATCH_DIM, SEQ_DIM]): Dims {
+    return spec.width === 'probs' ? [batch, this.config.nHead, seq, seq] : [batch, seq, spec.width];
   }
 
   finish(): SegmentGraph {
-    return { model: this.g.toModel(), inputs: this.inputs, outputs: this.outputs };
+    return { model: this.g.toModel(), inputs: this.inputs, outputs: this.outputs, weightInputs: this.weightInputs };
   }
 }
 
@@ -444,6 +472,59 @@ function checkRange(model: Gpt2Model, from: number, to: number, what: string): v
 }
 
 const savedName = (layer: number, suffix: string) => `${SAVED_PREFIX}h.${layer}.${suffix}`;
+
+/** The forward half: input 'x' (the LoRA inputs are the caller's to declare), outputs 'y' and the saved tensors. */
+function blocksForwardPart(s: Segment, from: number, to: number, saveIntermediates: boolean): void {
+  const D = s.config.nEmbd;
+  const { y, tapes } = s.blocksForward(s.rows('x', D), from, to, true);
+  s.output('y', s.unrows(y as string, D), 'float32', [BATCH_DIM, SEQ_DIM, D]);
+  if (!saveIntermediates) return;
+  tapes.forEach((tape, i) => {
+    const layer = from + i;
+    for (const spec of s.savedSpecs(i === 0)) {
+      const v = tape[spec.key];
+      if (v === undefined) throw new Error(`internal: ${spec.key} of block ${layer} missing`);
+      const shaped = spec.width === 'probs' ? v : s.unrows(v, spec.width);
+      s.output(savedName(layer, spec.suffix), shaped, 'float32', s.savedDims(spec));
+    }
+  });
+}
+
+/**
+ * The backward half, from input `x` (declared by the caller), 'dy' and the saved tensors as
+ * inputs named `savedPrefix` + their forward output name; outputs 'dx' and the LoRA gradients.
+ */
+function blocksBackwardPart(
+  s: Segment,
+  from: number,
+  to: number,
+  saveIntermediates: boolean,
+  x: string,
+  savedPrefix: string,
+  dims: readonly [string, string],
+): void {
+  const D = s.config.nEmbd;
+  s.source = x;
+  const dy = s.input('dy', 'float32', [dims[0], dims[1], D]);
+  const x2 = s.rows(x, D);
+  let tapes: BlockTape[] = [];
+  if (saveIntermediates) {
+    for (let layer = from; layer < to; layer++) {
+      const saved: Partial<Pick<BlockTape, SavedKey>> = { in: x2 };
+      for (const spec of s.savedSpecs(layer === from)) {
+        const v = s.input(savedPrefix + savedName(layer, spec.suffix), 'float32', s.savedDims(spec, dims));
+        saved[spec.key] = spec.width === 'probs' ? v : s.rows(v, spec.width);
+      }
+      tapes.push(s.tapeFromSaved(layer, saved as Pick<BlockTape, SavedKey>));
+    }
+  } else {
+    tapes = s.blocksForward(x2, from, to, false).tapes;
+  }
+  let d = s.rows(dy, D);
+  for (let layer = to - 1; layer >= from; layer--) d = s.blockBackward(layer, tapes[layer - from], d);
+  s.output('dx', s.unrows(d, D), 'float32', [dims[0], dims[1], D]);
+  s.gradOutputs(from, to);
+}
 
 /**
  * Forward of blocks [from,to). Inputs: 'x' [batch, seq, D] float32, then for every LoRA pair in
@@ -460,23 +541,10 @@ export function buildBlocksForwardGraph(
 ): SegmentGraph {
   checkRange(model, from, to, 'blocks forward graph');
   if (from === to) throw new Error('blocks forward graph: the block range is empty');
-  const s = new Segment(model, lora, `blocks_${from}_${to}_forward`);
-  const D = model.config.nEmbd;
-  const x = s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);
+  const s = new Segment(model, lora, `blocks_${from}_${to}_forward`, opts);
+  s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, model.config.nEmbd]);
   s.loraInputs(from, to);
-  const { y, tapes } = s.blocksForward(s.rows(x, D), from, to, true);
-  s.output('y', s.unrows(y as string, D), 'float32', [BATCH_DIM, SEQ_DIM, D]);
-  if (opts.saveIntermediates) {
-    tapes.forEach((tape, i) => {
-      const layer = from + i;
-      for (const spec of s.savedSpecs(i === 0)) {
-        const v = tape[spec.key];
-        if (v === undefined) throw new Error(`internal: ${spec.key} of block ${layer} missing`);
-        const shaped = spec.width === 'probs' ? v : s.unrows(v, spec.width);
-        s.output(savedName(layer, spec.suffix), shaped, 'float32', s.savedDims(spec));
-      }
-    });
-  }
+  blocksForwardPart(s, from, to, opts.saveIntermediates);
   return s.finish();
 }
 
@@ -494,37 +562,61 @@ export function buildBlocksBackwardGraph(
 ): SegmentGraph {
   checkRange(model, from, to, 'blocks backward graph');
   if (from === to) throw new Error('blocks backward graph: the block range is empty');
-  const s = new Segment(model, lora, `blocks_${from}_${to}_backward`);
-  const D = model.config.nEmbd;
-  const x = s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);
+  const s = new Segment(model, lora, `blocks_${from}_${to}_backward`, opts);
+  s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, model.config.nEmbd]);
   s.loraInputs(from, to);
-  const dy = s.input('dy', 'float32', [BATCH_DIM, SEQ_DIM, D]);
-  const x2 = s.rows(x, D);
-  let tapes: BlockTape[] = [];
-  if (opts.saveIntermediates) {
-    for (let layer = from; layer < to; layer++) {
-      const saved: Partial<Pick<BlockTape, SavedKey>> = { in: x2 };
-      for (const spec of s.savedSpecs(layer === from)) {
-        const v = s.input(savedName(layer, spec.suffix), 'float32', s.savedDims(spec));
-        saved[spec.key] = spec.width === 'probs' ? v : s.rows(v, spec.width);
-      }
-      tapes.push(s.tapeFromSaved(layer, saved as Pick<BlockTape, SavedKey>));
-    }
-  } else {
-    tapes = s.blocksForward(x2, from, to, false).tapes;
-  }
-  let d = s.rows(dy, D);
-  for (let layer = to - 1; layer >= from; layer--) d = s.blockBackward(layer, tapes[layer - from], d);
-  s.output('dx', s.unrows(d, D), 'float32', [BATCH_DIM, SEQ_DIM, D]);
-  s.gradOutputs(from, to);
+  blocksBackwardPart(s, from, to, opts.saveIntermediates, 'x', '', [BATCH_DIM, SEQ_DIM]);
   return s.finish();
 }
 
-function tail(model: Gpt2Model, lora: LoraConfig, from: number, withBackward: boolean): SegmentGraph {
+/** Name prefix of the backward half's inputs in a step graph (buildBlocksStepGraph). */
+export const BACKWARD_PREFIX = 'backward.';
+export const BACKWARD_BATCH_DIM = 'backward_batch';
+export const BACKWARD_SEQ_DIM = 'backward_seq';
+
+/**
+ * Forward and backward of blocks [from,to) in ONE graph, so that a runtime that keeps one memory
+ * arena per session (onnxruntime) keeps one for both (two sessions keep the high-water mark of
+ * each). Every run computes both halves: the caller feeds the half it does not want a batch of 0
+ * rows, which costs next to nothing, and fetches the outputs of the other.
+ *
+ * Inputs: 'x' [batch, seq, D] and the LoRA inputs, as buildBlocksForwardGraph; then the backward
+ * half's: 'backward.x' and 'dy' [backward_batch, backward_seq, D] and (when saveIntermediates)
+ * 'backward.saved.*' (the forward's 'saved.*' outputs). Outputs: the forward graph's ('y',
+ * 'saved.*'), then the backward graph's ('dx', 'grad.*'). Each half's nodes are those of the
+ * two-graph version, so the numbers are the same.
+ */
+export function buildBlocksStepGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  to: number,
+  opts: BlocksGraphOptions,
+): SegmentGraph {
+  checkRange(model, from, to, 'blocks step graph');
+  if (from === to) throw new Error('blocks step graph: the block range is empty');
+  const s = new Segment(model, lora, `blocks_${from}_${to}_step`, opts);
+  const D = model.config.nEmbd;
+  s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);
+  s.loraInputs(from, to);
+  blocksForwardPart(s, from, to, opts.saveIntermediates);
+  const dims = [BACKWARD_BATCH_DIM, BACKWARD_SEQ_DIM] as const;
+  const bx = s.input(`${BACKWARD_PREFIX}x`, 'float32', [dims[0], dims[1], D]);
+  blocksBackwardPart(s, from, to, opts.saveIntermediates, bx, BACKWARD_PREFIX, dims);
+  return s.finish();
+}
+
+function tail(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  withBackward: boolean,
+  opts: SegmentWeightsOptions,
+): SegmentGraph {
   const c = model.config;
   const L = c.nLayer;
   checkRange(model, from, L, withBackward ? 'tail graph' : 'tail loss graph');
-  const s = new Segment(model, lora, withBackward ? `tail_${from}` : `tail_${from}_loss`);
+  const s = new Segment(model, lora, withBackward ? `tail_${from}` : `tail_${from}_loss`, opts);
   const { g } = s;
   const D = c.nEmbd;
   const x = s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);
@@ -559,13 +651,23 @@ function tail(model: Gpt2Model, lora: LoraConfig, from: number, withBackward: bo
  * 'count' (float32 scalar: number of counted targets), 'dx' [batch,seq,D], then the grad.* LoRA
  * outputs. from may equal L (head only).
  */
-export function buildTailGraph(model: Gpt2Model, lora: LoraConfig, from: number): SegmentGraph {
-  return tail(model, lora, from, true);
+export function buildTailGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  opts: SegmentWeightsOptions = {},
+): SegmentGraph {
+  return tail(model, lora, from, true, opts);
 }
 
 /** Loss only (eval): the tail's inputs, outputs 'loss' and 'count'. */
-export function buildTailLossGraph(model: Gpt2Model, lora: LoraConfig, from: number): SegmentGraph {
-  return tail(model, lora, from, false);
+export function buildTailLossGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  opts: SegmentWeightsOptions = {},
+): SegmentGraph {
+  return tail(model, lora, from, false, opts);
 }
 
 /**
@@ -575,11 +677,16 @@ export function buildTailLossGraph(model: Gpt2Model, lora: LoraConfig, from: num
  * for blocks [from,L). Output: 'logits' [batch, V]. from may equal L (head only). Mirrors
  * model.ts (blocksForward, then headForward's ln_f and matmulBT with wte) row for row.
  */
-export function buildTailLogitsGraph(model: Gpt2Model, lora: LoraConfig, from: number): SegmentGraph {
+export function buildTailLogitsGraph(
+  model: Gpt2Model,
+  lora: LoraConfig,
+  from: number,
+  opts: SegmentWeightsOptions = {},
+): SegmentGraph {
   const c = model.config;
   const L = c.nLayer;
   checkRange(model, from, L, 'tail logits graph');
-  const s = new Segment(model, lora, `tail_${from}_logits`);
+  const s = new Segment(model, lora, `tail_${from}_logits`, opts);
   const { g } = s;
   const D = c.nEmbd;
   const x = s.input('x', 'float32', [BATCH_DIM, SEQ_DIM, D]);

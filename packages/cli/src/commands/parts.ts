@@ -84,7 +84,7 @@ export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [-
     [--users-per-edge N] [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}]
     [--labels ${LABEL_PLACEMENTS.join('|')}] [--noise SIGMA] [--scheme ${TRAINING_SCHEMES.join('|')}]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
-    [--provider cpu|cuda|webgpu] [--threads N] [--log-level L] [--web DIR]
+    [--provider cpu|cuda|webgpu] [--threads N] [--lean-memory] [--log-level L] [--web DIR]
     [--aggregation ${AGGREGATION_NAMES.join('|')}] [--gate-margin NATS] [--heldout FILE]
     [--join-rate N] [--rejoin-rate N] [--join-token-rate N] [--keep-versions N] [--keep-hourly true|false]
   The cloud server: tail segment, rounds, aggregation (default ${DEFAULT_AGGREGATION}), state in DIR (resumes from
@@ -104,7 +104,8 @@ export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [-
   --keep-versions (default ${DEFAULT_RETENTION.keepLast}; 0 keeps all) and, with --keep-hourly (default
   ${DEFAULT_RETENTION.keepHourly}), the first version of each hour of the run; the latest two always stay. A deleted
   version keeps its row and figures (/api/admin/rounds); downloading it answers 410 VERSION_EVICTED.
-  --web DIR serves the built user page (apps/user-web/dist) at /, so a join link is the cloud's address with
+  --lean-memory holds the tail's frozen weights once, not pre-packed: less memory, 10-20% slower on cpu
+  (docs/benchmarks.md, "The edge's memory"). --web DIR serves the built user page (apps/user-web/dist) at /, so a join link is the cloud's address with
   ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
   Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
 
@@ -132,6 +133,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     targets: { type: 'string' },
     provider: { type: 'string' },
     threads: { type: 'string' },
+    'lean-memory': { type: 'boolean' },
     'log-level': { type: 'string' },
     web: { type: 'string' },
     aggregation: { type: 'string' },
@@ -194,6 +196,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
     maxRounds: args.int('max-rounds', 0),
     provider: provider(args),
     threads: args.int('threads', 0),
+    leanMemory: args.flag('lean-memory'),
     logLevel: args.optionalString('log-level') ?? 'info',
     onRound: (s) => print({ event: 'round', ...s }),
   });
@@ -203,7 +206,7 @@ export async function cloudCommand(argv: string[]): Promise<void> {
 }
 
 export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--provider cpu|cuda|webgpu]
-    [--threads N] [--log-level L] [--step-timeout-ms MS] [--step-budget-ms MS] [--max-misses N]
+    [--threads N] [--lean-memory] [--log-level L] [--step-timeout-ms MS] [--step-budget-ms MS] [--max-misses N]
     [--cloud-timeout-ms MS] [--user-connects-per-minute N]
   An edge server: registers with the cloud (SPLITLLM_EDGE_SECRET in the environment), runs the
   middle blocks for its users one at a time. The operator's dashboard is at /admin; its token is
@@ -212,7 +215,8 @@ export const edgeHelp = `splitllm edge --cloud URL [--id NAME] [--port P] [--pro
   A user's frame must come within --step-timeout-ms (120000), its whole turn within
   --step-budget-ms (30000) per step plus one for its adapter; after --max-misses (2) turns in a
   row that run out it sits out the next round. The cloud must answer within --cloud-timeout-ms
-  (60000). One IP may open --user-connects-per-minute (60) user sockets a minute.
+  (60000). One IP may open --user-connects-per-minute (60) user sockets a minute. --lean-memory holds
+  the segment's frozen weights once, not pre-packed: less memory, 10-20% slower on cpu.
   A launcher that restarted the edge says so in SPLITLLM_PART_RESTARTS and SPLITLLM_PART_LAST_EXIT.`;
 
 export async function edgeCommand(argv: string[]): Promise<void> {
@@ -222,6 +226,7 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     port: { type: 'string' },
     provider: { type: 'string' },
     threads: { type: 'string' },
+    'lean-memory': { type: 'boolean' },
     'log-level': { type: 'string' },
     'step-timeout-ms': { type: 'string' },
     'step-budget-ms': { type: 'string' },
@@ -247,6 +252,7 @@ export async function edgeCommand(argv: string[]): Promise<void> {
     port: args.int('port', 0),
     provider: provider(args),
     threads: args.int('threads', 0),
+    leanMemory: args.flag('lean-memory'),
     logLevel: args.optionalString('log-level') ?? 'info',
     stepTimeoutMs: args.int('step-timeout-ms', 120_000, 1),
     stepBudgetMs: args.int('step-budget-ms', 30_000, 1),
