@@ -7,3 +7,8 @@ export * from './ops/attention';
 export * from './ops/cross-entropy';
 export * from './segment-graphs';
 export * from './head-graphs';
+export * from './ops/rmsnorm';
+export * from './ops/rope';
+export * from './ops/swiglu';
+export * from './ops/gqa-attention';
+export * from './llama-graphs';
