@@ -34,3 +34,4 @@ export * from './llama-lora';
 export * from './llama';
 export * from './formats/hf-tokenizer';
 export * from './family';
+export * from './formats/peft-llama';

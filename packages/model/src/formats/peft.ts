@@ -9,6 +9,12 @@
  * and the effective update is (lora_B.weight @ lora_A.weight)^T * alpha / r = A B * alpha / r,
  * the same [in, out] delta our math adds to the Conv1D weight.
  *
+ * `target_modules` may be PEFT's list of names or its string form, a Python regular expression
+ * PEFT matches with re.fullmatch against each whole module name (`transformer.h.0.attn.c_attn`).
+ * A string is read by matching it against the names of the base model's modules, so it is
+ * accepted exactly when it selects a set of our targets on every block and nothing else;
+ * peft-llama.ts reads LLaMA adapters with the same matcher (peftSelectedTargets).
+ *
  * Browser-safe.
  */
 import { CodedError } from '../coded-error';
@@ -47,7 +53,8 @@ export interface AdapterToPeftOptions {
   nLayer?: number;
 }
 
-function transpose(t: Tensor): Tensor {
+/** A 2-D tensor transposed (PEFT's [r, in] / [out, r] <-> our [in, r] / [r, out]). */
+export function transpose2d(t: Tensor): Tensor {
   const [rows, cols] = t.shape;
   const out = new Float32Array(rows * cols);
   const src = t.data;
@@ -62,6 +69,160 @@ function parseModulePath(path: string): { layer: number; target: LoraTarget } {
   const parsed = parseLoraModulePath(path);
   if (!parsed) throw new PeftError(`LoRA adapter: module path "${path}" is not h.{i}.{${LORA_TARGETS.join('|')}}`);
   return parsed;
+}
+
+/** One module of a base model as PEFT names it (`named_modules()`), with the LoRA target it is, if any. */
+export interface PeftModule<T extends string> {
+  name: string;
+  layer: number | null;
+  target: T | null;
+}
+
+/**
+ * PEFT's "all-linear" (a keyword, not a regex): every linear layer of the blocks, without the
+ * output layer.
+ */
+export const PEFT_ALL_LINEAR = 'all-linear';
+
+/**
+ * A Python `re` pattern as a JavaScript RegExp with fullmatch semantics, or null when it uses
+ * syntax JavaScript lacks (inline flags such as `(?i)`, `\Z`). Named groups are the one common
+ * spelling difference and are translated.
+ */
+export function peftFullMatchRegex(pattern: string): RegExp | null {
+  if (/\\[AZ]/.test(pattern)) return null;
+  const js = pattern.replace(/\(\?P</g, '(?<').replace(/\(\?P=(\w+)\)/g, '\\k<$1>');
+  try {
+    return new RegExp(`^(?:${js})$`);
+  } catch {
+    return null;
+  }
+}
+
+function layerList(layers: readonly number[]): string {
+  return layers.length === 1 ? `layer ${layers[0]}` : `layers ${layers.join(', ')}`;
+}
+
+/** What of an adapter_config.json picks the adapted modules. */
+export interface PeftTargetSpec {
+  /** `target_modules`: names (each the whole module name or a dotted suffix of it), or one regex */
+  targetModules: string | readonly string[];
+  /** `exclude_modules`, in the same two forms; null for none */
+  excludeModules: string | readonly string[] | null;
+  /** `layers_to_transform` (list form only: PEFT refuses it beside a regex) */
+  layersToTransform: readonly number[] | null;
+}
+
+/** `exclude_modules` (or another name-or-regex setting) of an adapter_config.json, null when unset or empty. */
+export function peftNamesSetting(
+  cfg: Record<string, unknown>,
+  key: string,
+  fail: (msg: string) => never,
+): string | string[] | null {
+  const v = cfg[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') return v;
+  if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v.length === 0 ? null : (v as string[]);
+  fail(`"${key}" must be a list of module names or a string, got ${JSON.stringify(v)}`);
+}
+
+function moduleMatcher<T extends string>(
+  names: string | readonly string[],
+  key: string,
+  fail: (msg: string) => never,
+): (m: PeftModule<T>) => boolean {
+  if (typeof names !== 'string') return (m) => names.some((n) => m.name === n || m.name.endsWith(`.${n}`));
+  if (names === PEFT_ALL_LINEAR && key === 'target_modules') return (m) => m.target !== null;
+  const re = peftFullMatchRegex(names);
+  if (!re) {
+    fail(`"${key}" ${JSON.stringify(names)} uses regular-expression syntax we cannot read (inline flags, \\A, \\Z)`);
+  }
+  return (m) => re.test(m.name);
+}
+
+/**
+ * The targets and layers an adapter_config.json selects, found as PEFT finds them
+ * (check_target_module_exists over every module name of the base model: exclude_modules first,
+ * then target_modules as names or as a re.fullmatch regex, then layers_to_transform). Refused,
+ * through `fail` and naming the module, entry or layers: a pattern we cannot read, a list entry
+ * that names no module of the model, a selected module that is not a LoRA target (a block, a
+ * norm, the head: PEFT could not adapt it, or we do not have it), a selection that is not the
+ * same targets on every adapted layer (our adapters' shape), a regex that selects its targets on
+ * some of `layers` only (it cannot say so through layers_to_transform, and is almost always a
+ * mistake), or nothing selected. `layers` are the blocks to check: the model's when known,
+ * else those the adapter's tensors cover.
+ */
+export function peftSelectedTargets<T extends string>(
+  spec: PeftTargetSpec,
+  modules: readonly PeftModule<T>[],
+  layers: readonly number[],
+  order: readonly T[],
+  fail: (msg: string) => never,
+): { targets: T[]; layers: number[] } {
+  const tm = spec.targetModules;
+  const regexForm = typeof tm === 'string';
+  const what = regexForm
+    ? `"target_modules" ${JSON.stringify(tm)} (a regular expression matched against whole module names)`
+    : `"target_modules" ${JSON.stringify(tm)}`;
+  if (!regexForm) {
+    for (const entry of tm) {
+      if (!modules.some(moduleMatcher([entry], 'target_modules', fail))) {
+        fail(`"target_modules" entry "${entry}" names no module of the model (its LoRA targets: ${order.join(', ')})`);
+      }
+    }
+  }
+  const isTarget = moduleMatcher<T>(tm, 'target_modules', fail);
+  const isExcluded =
+    spec.excludeModules === null ? () => false : moduleMatcher<T>(spec.excludeModules, 'exclude_modules', fail);
+  const ltt = spec.layersToTransform;
+  const selected = modules.filter(
+    (m) => !isExcluded(m) && isTarget(m) && (ltt === null || (m.layer !== null && ltt.includes(m.layer))),
+  );
+  const other = selected.find((m) => m.target === null);
+  if (other) fail(`${what} selects "${other.name}", which is not a LoRA target (the targets are ${order.join(', ')})`);
+  if (selected.length === 0) {
+    const example = modules.find((m) => m.target !== null)?.name ?? '';
+    fail(`${what} selects no module (PEFT matches it against whole names such as "${example}")`);
+  }
+  const targets = order.filter((t) => selected.some((m) => m.target === t));
+  const selLayers = layers.filter((l) => selected.some((m) => m.layer === l));
+  for (const t of targets) {
+    const on = selLayers.filter((l) => selected.some((m) => m.target === t && m.layer === l));
+    if (on.length !== selLayers.length) {
+      fail(
+        `${what} selects ${t} on ${layerList(on)} but not on ${layerList(selLayers.filter((l) => !on.includes(l)))}, ` +
+          'where it selects other targets: an adapter here holds the same targets on every layer it adapts',
+      );
+    }
+  }
+  if (regexForm && selLayers.length !== layers.length) {
+    fail(
+      `${what} selects modules on ${layerList(selLayers)} only, not on ` +
+        `${layerList(layers.filter((l) => !selLayers.includes(l)))}: a pattern must select its targets on every ` +
+        'layer (list target_modules and layers_to_transform to adapt some layers)',
+    );
+  }
+  return { targets, layers: selLayers };
+}
+
+/** GPT2LMHeadModel's modules as PEFT sees them, for the blocks in `layers`. */
+export function gpt2PeftModules(layers: readonly number[]): PeftModule<LoraTarget>[] {
+  const plain = (name: string, layer: number | null = null): PeftModule<LoraTarget> => ({ name, layer, target: null });
+  const out = ['transformer', 'transformer.wte', 'transformer.wpe', 'transformer.drop', 'transformer.h'].map((n) =>
+    plain(n),
+  );
+  for (const i of layers) {
+    const p = `transformer.h.${i}`;
+    const parts = ['', '.ln_1', '.attn', '.attn.attn_dropout', '.attn.resid_dropout', '.ln_2', '.mlp', '.mlp.act'];
+    for (const sub of [...parts, '.mlp.dropout']) out.push(plain(`${p}${sub}`, i));
+    for (const t of LORA_TARGETS) out.push({ name: `${p}.${t}`, layer: i, target: t });
+  }
+  out.push(plain('transformer.ln_f'), plain('lm_head'));
+  return out;
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
 }
 
 /** The PEFT `adapter_config.json` object and `adapter_model.safetensors` bytes of an adapter. */
@@ -104,8 +265,8 @@ export function adapterToPeft(
           `expected [in, ${r}] and [${r}, out]`,
       );
     }
-    tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_A.weight`, transpose(A)]);
-    tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_B.weight`, transpose(B)]);
+    tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_A.weight`, transpose2d(A)]);
+    tensors.push([`${PEFT_KEY_PREFIX}${path}.lora_B.weight`, transpose2d(B)]);
   }
 
   const coversAll = opts.nLayer !== undefined && layers.length === opts.nLayer && layers.every((l, i) => l === i);
@@ -150,11 +311,23 @@ function fail(msg: string): never {
   throw new PeftError(`PEFT adapter: ${msg}`);
 }
 
+export interface AdapterFromPeftOptions {
+  /**
+   * Blocks of the base model, when known: a string `target_modules` must then select its
+   * targets on all of them. Without it, on every block from 0 to the last the tensors cover.
+   */
+  nLayer?: number;
+}
+
 /**
  * Reads a PEFT LoRA adapter for GPT-2 back into our layout (transposing A and B), validating
  * the config and that every tensor's shape fits r and a consistent GPT-2 width.
  */
-export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Array): LoraAdapter {
+export function adapterFromPeft(
+  configJson: unknown,
+  safetensorsBytes: Uint8Array,
+  opts: AdapterFromPeftOptions = {},
+): LoraAdapter {
   if (typeof configJson !== 'object' || configJson === null || Array.isArray(configJson)) {
     fail('adapter_config.json is not a JSON object');
   }
@@ -185,22 +358,42 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
     fail(`modules_to_save ${JSON.stringify(cfg.modules_to_save)} is not supported`);
   }
 
+  const raw = readSafetensors(safetensorsBytes);
   let targetModules: string[];
+  const allowed = new Set<LoraTarget>();
   if (Array.isArray(cfg.target_modules) && cfg.target_modules.every((t) => typeof t === 'string')) {
     targetModules = cfg.target_modules as string[];
-  } else if (typeof cfg.target_modules === 'string') {
-    // PEFT treats a string as a full-match regex; accept only a plain module name
-    targetModules = [cfg.target_modules];
-  } else {
-    fail(`"target_modules" must be a list of module names, got ${JSON.stringify(cfg.target_modules)}`);
-  }
-  const allowed = new Set<LoraTarget>();
-  for (const entry of targetModules) {
-    const matched = targetsMatchedBy(entry);
-    if (matched.length === 0) {
-      fail(`target module "${entry}" is not supported (GPT-2 LoRA targets: ${LORA_TARGETS.join(', ')})`);
+    for (const entry of targetModules) {
+      const matched = targetsMatchedBy(entry);
+      if (matched.length === 0) {
+        fail(`target module "${entry}" is not supported (GPT-2 LoRA targets: ${LORA_TARGETS.join(', ')})`);
+      }
+      for (const t of matched) allowed.add(t);
     }
-    for (const t of matched) allowed.add(t);
+  } else if (typeof cfg.target_modules === 'string') {
+    // PEFT refuses these two beside a string target_modules (LoraConfig.__post_init__)
+    for (const key of ['layers_to_transform', 'layers_pattern'] as const) {
+      if (cfg[key] !== undefined && cfg[key] !== null) {
+        fail(`"${key}" cannot be used when "target_modules" is a string (a regular expression), as in PEFT`);
+      }
+    }
+    targetModules = [cfg.target_modules];
+    let last = -1;
+    for (const key of raw.keys()) {
+      const m = PEFT_KEY_RE.exec(key);
+      if (m) last = Math.max(last, Number(m[1]));
+    }
+    const layers = range(opts.nLayer ?? Math.max(1, last + 1));
+    const spec: PeftTargetSpec = {
+      targetModules: cfg.target_modules,
+      excludeModules: peftNamesSetting(cfg, 'exclude_modules', fail),
+      layersToTransform: null,
+    };
+    for (const t of peftSelectedTargets(spec, gpt2PeftModules(layers), layers, LORA_TARGETS, fail).targets) {
+      allowed.add(t);
+    }
+  } else {
+    fail(`"target_modules" must be a list of module names or a string, got ${JSON.stringify(cfg.target_modules)}`);
   }
 
   let layerFilter: Set<number> | null = null;
@@ -215,7 +408,6 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
     fail(`"layers_to_transform" must list block indices, got ${JSON.stringify(ltt)}`);
   }
 
-  const raw = readSafetensors(safetensorsBytes);
   const halves = new Map<string, { layer: number; target: LoraTarget; A?: Tensor; B?: Tensor }>();
   for (const [key, t] of raw) {
     const m = PEFT_KEY_RE.exec(key);
@@ -289,7 +481,7 @@ export function adapterFromPeft(configJson: unknown, safetensorsBytes: Uint8Arra
     ([, a], [, b]) => a.layer - b.layer || LORA_TARGETS.indexOf(a.target) - LORA_TARGETS.indexOf(b.target),
   );
   const layers = new Map<string, LoraPair>();
-  for (const [path, h] of sorted) layers.set(path, { A: transpose(h.A!), B: transpose(h.B!) });
+  for (const [path, h] of sorted) layers.set(path, { A: transpose2d(h.A!), B: transpose2d(h.B!) });
   const targets = LORA_TARGETS.filter((t) => dims.has(t));
   return { config: { r, alpha, targets }, layers };
 }

@@ -18,13 +18,19 @@
  * contradicts its config and transformers would silently use the embedding instead.
  * `model.layers.*.self_attn.rotary_emb.inv_freq` buffers (saved by older transformers) are
  * ignored as transformers ignores them: the frequencies come from the config.
+ *
+ * Also a LLaMA-family LoRA adapter directory in PEFT layout (saveLlamaAdapterDir /
+ * loadLlamaAdapterDir; the format is formats/peft-llama.ts).
  */
 import { readFileSync, readdirSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CodedError } from '../coded-error';
 import { HfTokenizer } from '../formats/hf-tokenizer';
+import { PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, PeftError } from '../formats/peft';
+import { type LlamaAdapterToPeftOptions, llamaAdapterFromPeft, llamaAdapterToPeft } from '../formats/peft-llama';
 import { type SafetensorInfo, parseSafetensors, readSafetensors } from '../formats/safetensors';
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from '../llama-config';
+import type { LlamaLoraAdapter } from '../llama-lora';
 import { type LlamaWeights, llamaParameterShapes } from '../llama-weights';
 import { type Tensor, numel, sameShape } from '../tensor';
 import { ModelIoError, readFileBytes, writeFileAtomic } from './model-io';
@@ -538,5 +544,45 @@ export function writeLlamaDir(
   ] as const) {
     if (obj !== undefined) writeFileAtomic(join(dir, file), `${JSON.stringify(obj, null, 2)}\n`);
     else rmSync(join(dir, file), { force: true });
+  }
+}
+
+// ---------------------------------------------------------------- PEFT adapter directory
+
+/**
+ * Writes a LLaMA-family adapter as adapter_config.json + adapter_model.safetensors (PEFT
+ * layout), each atomically, weights first: a reader that sees the new config also sees the
+ * matching weights.
+ */
+export function saveLlamaAdapterDir(
+  dir: string,
+  adapter: LlamaLoraAdapter,
+  opts: LlamaAdapterToPeftOptions = {},
+): void {
+  const { config, safetensors } = llamaAdapterToPeft(adapter, opts);
+  mkdirSync(dir, { recursive: true });
+  writeFileAtomic(join(dir, PEFT_WEIGHTS_FILE), safetensors);
+  writeFileAtomic(join(dir, PEFT_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
+}
+
+/**
+ * Reads a LLaMA-family adapter directory in PEFT layout. With the base model's config, every
+ * tensor is checked against its dimensions and layers; errors name the file and the tensor.
+ */
+export function loadLlamaAdapterDir(dir: string, model?: LlamaConfig): LlamaLoraAdapter {
+  const configPath = join(dir, PEFT_CONFIG_FILE);
+  const weightsPath = join(dir, PEFT_WEIGHTS_FILE);
+  for (const file of [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]) {
+    if (!isFile(join(dir, file))) {
+      throw new ModelIoError('MODEL_IO_MISSING_FILE', `adapter directory ${dir} has no ${file}`);
+    }
+  }
+  const config = readJson(configPath);
+  const bytes = readFileBytes(weightsPath);
+  try {
+    return llamaAdapterFromPeft(config, bytes, { model, configFile: configPath, weightsFile: weightsPath });
+  } catch (e) {
+    if (e instanceof PeftError) throw e; // its message names the file already
+    inFile(e, weightsPath); // a corrupt safetensors file
   }
 }
