@@ -1,6 +1,7 @@
 /**
  * What the LLaMA family costs each tier, at SmolLM2-135M and Llama-3.2-1B shapes (issue 17, part 7),
- * printed as markdown (asserts nothing; the figures go to docs/benchmarks.md, "LLaMA family: size and speed per tier"):
+ * printed as markdown (asserts nothing; the figures go to docs/benchmarks.md, "LLaMA family: size
+ * and speed per tier"):
  *  1. what a tab downloads and holds for k = 1, 2, 4 (m from defaultSplitPlan): the user segment's
  *     frozen weights (segmentParameterShapes: embedding, blocks [0, k), final norm, head) in f32 and
  *     f16, the LoRA adapter (DEFAULT_LLAMA_LORA_CONFIG: q_proj, v_proj, r 8) and its AdamW state;
