@@ -6,6 +6,7 @@
  */
 import { UsageError } from './args';
 import { attackCommand, attackHelp } from './commands/attack';
+import { benchCommand, benchHelp } from './commands/bench';
 import { evalCommand, evalHelp } from './commands/eval';
 import { inviteCommand, inviteHelp } from './commands/invite';
 import { pretrainCommand, pretrainHelp } from './commands/pretrain';
@@ -18,6 +19,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   eval: { run: evalCommand, help: evalHelp },
   'train-central': { run: trainCentralCommand, help: trainCentralHelp },
   simulate: { run: simulateCommand, help: simulateHelp },
+  bench: { run: benchCommand, help: benchHelp },
   serve: { run: serveCommand, help: serveHelp },
   invite: { run: inviteCommand, help: inviteHelp },
   cloud: { run: cloudCommand, help: cloudHelp },

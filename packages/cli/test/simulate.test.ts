@@ -50,10 +50,10 @@ function simulate(out: string, extra: string[]) {
 }
 
 describe('simulate', () => {
-  function equivalence(eps: string | undefined, labels: 'device' | 'cloud' = 'device') {
+  function equivalence(eps: string | undefined, labels: 'device' | 'cloud' = 'device', scheme = 'hierarchical') {
     const N = 8;
     const text = join(DATA, 'sotu/train/user-2.txt');
-    const tag = `${eps ?? 'default'}-${labels}`;
+    const tag = `${eps ?? 'default'}-${labels}-${scheme}`;
     const simOut = join(tmp, `equiv-sim-${tag}`);
     const centralOut = join(tmp, `equiv-central-${tag}`);
     const epsArgs = eps ? ['--adam-eps', eps] : [];
@@ -74,6 +74,8 @@ describe('simulate', () => {
       'reference',
       '--labels',
       labels,
+      '--scheme',
+      scheme,
       ...epsArgs,
     ]);
     expect(lines.map((l) => l.round)).toEqual([1]);
@@ -106,6 +108,18 @@ describe('simulate', () => {
   for (const labels of ['device', 'cloud'] as const) {
     it(`with 1 edge and 1 user equals train-central for the same data, seed and split (f32, labels ${labels})`, () => {
       const { split, want } = equivalence('1e-5', labels);
+      for (const [path, w] of want.layers) {
+        const s = split.layers.get(path)!;
+        expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);
+        expect(maxRelErr(s.B.data, w.B.data), `${path}.B`).toBeLessThan(1e-4);
+      }
+    });
+  }
+
+  // with one user every scheme is the same math: one user, one edge copy, one cloud copy
+  for (const scheme of ['sfl', 'sequential']) {
+    it(`with --scheme ${scheme}, 1 edge and 1 user equals train-central too`, () => {
+      const { split, want } = equivalence('1e-5', 'device', scheme);
       for (const [path, w] of want.layers) {
         const s = split.layers.get(path)!;
         expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);

@@ -3,7 +3,8 @@
  * edges and U headless users. Runs R rounds, prints one JSON object per round and writes the
  * final global adapter (PEFT layout) to --out.
  */
-import { CODECS } from '@splitllm/wire';
+import { AGGREGATION_NAMES } from '@splitllm/federation';
+import { CODECS, TRAINING_SCHEMES } from '@splitllm/wire';
 import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
 import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
 import { randomToken } from '@splitllm/wire/node';
@@ -14,17 +15,22 @@ import { join, resolve } from 'node:path';
 import { Args, UsageError } from '../args';
 import { SHIPPED_MODEL_DIR } from '../io';
 import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../launcher';
-import { codecOf } from './parts';
+import { codecOf, schemeOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE
     --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--labels device|cloud] [--noise SIGMA]
-    [--users-per-edge N] [--links none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS]]
+    [--scheme ${TRAINING_SCHEMES.join('|')}] [--users-per-edge N] [--aggregation NAME]
+    [--links none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS]]
     [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
-    [--state DIR] [--threads N] [--json]
+    [--state DIR] [--keep-versions N] [--threads N] [--json]
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
   from seed S+i. Prints one line per round (--json: one JSON object with round, loss, users,
-  bytes, ...), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs.
+  bytes, the scheme, the bytes of each hop and the peak memory of the cloud and each edge, as the
+  cloud reports them), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs,
+  and every round's line with its adapter directory to DIR/rounds.json.
+  --scheme, --aggregation, --keep-versions and the training settings go to the cloud (see
+  \`splitllm cloud\`); --state DIR keeps the cloud's state (a temporary one is removed otherwise).
   A measurement run: a part that exits before round R fails the run with the tail of its log
   (nothing is restarted, so no figure mixes a restart in; \`serve\` restarts parts).
   --links gives user i the i-th link of the spec (see \`splitllm user --link\`), so round times include
@@ -46,6 +52,15 @@ function dataFiles(path: string): string[] {
     .map((f) => resolve(path, f));
   if (files.length === 0) throw new UsageError(`--data directory "${path}" has no .txt files`);
   return files;
+}
+
+/** ", training state held at peak: cloud X MiB, edges Y MiB": the round's memory for the human-readable line. */
+function heldText(memory: unknown): string {
+  const m = memory as { cloud?: { heldPeak?: unknown }; edges?: Record<string, { heldPeak?: unknown }> } | undefined;
+  if (typeof m?.cloud?.heldPeak !== 'number' || typeof m.edges !== 'object') return ', no memory figures in the round';
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+  const edges = Object.values(m.edges).map((e) => mib(Number(e.heldPeak)));
+  return `, training state held at peak: cloud ${mib(m.cloud.heldPeak)}, edges ${edges.join(' / ') || '-'}`;
 }
 
 export async function simulateCommand(argv: string[]): Promise<void> {
@@ -71,6 +86,9 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     threads: { type: 'string' },
     json: { type: 'boolean' },
     links: { type: 'string' },
+    scheme: { type: 'string' },
+    aggregation: { type: 'string' },
+    'keep-versions': { type: 'string' },
   });
   const E = args.int('edges', undefined, 1);
   const U = args.int('users', undefined, 1);
@@ -84,6 +102,12 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   if (!['auto', 'wgsl', 'wasm', 'reference'].includes(engine))
     throw new UsageError(`--engine must be auto, wgsl, wasm or reference, got "${engine}"`);
   const json = args.flag('json');
+  // checked here, so that a wrong value is one line before any process starts, not a cloud that fails
+  schemeOf(args.optionalString('scheme'));
+  const aggregation = args.optionalString('aggregation');
+  if (aggregation !== undefined && !AGGREGATION_NAMES.includes(aggregation))
+    throw new UsageError(`--aggregation must be one of ${AGGREGATION_NAMES.join(', ')}, got "${aggregation}"`);
+  if (args.optionalString('keep-versions') !== undefined) args.int('keep-versions', undefined, 0);
   let links: ReturnType<typeof parseLinkSpec>;
   try {
     links = parseLinkSpec(args.optionalString('links') ?? 'none');
@@ -117,6 +141,9 @@ export async function simulateCommand(argv: string[]): Promise<void> {
       ['--adam-eps', 'adam-eps'],
       ['--labels', 'labels'],
       ['--noise', 'noise'],
+      ['--scheme', 'scheme'],
+      ['--aggregation', 'aggregation'],
+      ['--keep-versions', 'keep-versions'],
     ] as const) {
       const v = args.optionalString(key);
       if (v !== undefined) trainArgs.push(flag, v);
@@ -160,6 +187,11 @@ export async function simulateCommand(argv: string[]): Promise<void> {
           tokens: j.tokens,
           bytes: j.bytes,
           ms: j.ms,
+          // the scheme's figures (splitllm bench reads them): bytes per hop, each process's peak memory
+          scheme: j.scheme,
+          userEdgeBytes: j.userEdgeBytes,
+          edgeCloudBytes: j.edgeCloudBytes,
+          memory: j.memory,
           adapterDir: j.adapterDir,
           turns: j.turns,
         };
@@ -167,9 +199,9 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         if (json) console.log(JSON.stringify({ ...line, adapterDir: undefined, turns: undefined }));
         else
           console.log(
-            `round ${j.round}: loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ${j.edges} edges, ` +
-              `${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ` +
-              `${(Number(j.ms) / 1000).toFixed(1)} s`,
+            `round ${j.round} (${String(j.scheme)}): loss ${Number(j.loss).toFixed(4)}, ${j.users} users on ` +
+              `${j.edges} edges, ${j.tokens} tokens, ${(Number(j.bytes) / 2 ** 20).toFixed(2)} MiB on the wire, ` +
+              `${(Number(j.ms) / 1000).toFixed(1)} s${heldText(j.memory)}`,
           );
         if (Number(j.version) >= R) res();
       });
