@@ -171,7 +171,7 @@ export class RoundRunner {
     );
   }
 
-  /** The edge LoRA of the upload: the one the users carried on, or with 'sfl' the token-weighted mean of their copies. */
+  /** The edge LoRA of the upload: the one the users carried on, or with 'sfl' the token-weighted mean of the copies. */
   private edgeResult(state: RoundState): LoraAdapter {
     if (this.o.manifest.train.scheme !== 'sfl') return state.train.adapter;
     const updates = state.completed.map((c) => ({

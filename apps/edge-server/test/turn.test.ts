@@ -311,7 +311,7 @@ describe('the turn relay', () => {
       expect(t.train.restores).toBe(1);
     });
 
-    it("with the user's own copy ('sfl') takes no snapshot and rolls nothing back; what it held is given back", async () => {
+    it("on the user's own copy ('sfl'): no snapshot, nothing rolled back, what it held given back", async () => {
       const t = setup({ ownCopy: true });
       playHonestly(t.conn, t.socket, { leaveAfterStep: 1 });
       expect(await t.run()).toBeUndefined();

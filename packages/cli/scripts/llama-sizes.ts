@@ -201,8 +201,8 @@ function blockParams(config: LlamaConfig): number {
 
 function tabTable(): string[] {
   const out = [
-    '| model | k | m | user weights | f32 (today) | f16 | of which embedding (= tied head) | LoRA adapter | AdamW m, v |' +
-      ' held, f32 | edge [k, m), f32 |',
+    '| model | k | m | user weights | f32 (today) | f16 | of which embedding (= tied head) | LoRA adapter |' +
+      ' AdamW m, v | held, f32 | edge [k, m), f32 |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
   for (const [name, c] of Object.entries(SHAPES)) {
@@ -691,7 +691,8 @@ async function main(): Promise<void> {
     for (const [what, params, r] of rows) {
       const split = r.forwardMs === undefined ? '' : `${ms(r.forwardMs)} + ${ms(r.backwardMs ?? 0)}`;
       say(
-        `| ${shape} | ${what} | ${mib(4 * params)} | ${mib(r.graphBytes ?? 0)} | ${mib(r.peak)} | ${mib(r.settled)} | ` +
+        `| ${shape} | ${what} | ${mib(4 * params)} | ${mib(r.graphBytes ?? 0)} | ` +
+          `${mib(r.peak)} | ${mib(r.settled)} | ` +
           `${ms(r.ms ?? 0)} | ${split} | ${stepList(r)} |`,
       );
     }
@@ -712,7 +713,8 @@ async function main(): Promise<void> {
     const plan = defaultSplitPlan(c);
     for (const tier of ['edge', 'cloud'] as const) {
       const w = tierParams(c, plan.k, plan.m, tier);
-      const lead = `| ${shape} | ${tier} (k=${plan.k}, m=${plan.m}) | ${tierBlocks(c, tier)} | ${mib(4 * w)} | ${mib(2 * w)}`;
+      const lead =
+        `| ${shape} | ${tier} (k=${plan.k}, m=${plan.m}) | ${tierBlocks(c, tier)} | ` + `${mib(4 * w)} | ${mib(2 * w)}`;
       const e = tierEstimate(c, m, runtime, tier, false);
       const l = tierEstimate(c, m, runtime, tier, true);
       say(
@@ -736,7 +738,8 @@ async function main(): Promise<void> {
     `### 3. The tab on the reference (TypeScript) engine, ${tabShape}, ${TAB_BATCH.B} x ${TAB_BATCH.T} tokens`,
     '',
     `- one block, forward + backward: ${ms(referenceBlock.ms ?? 0)} ms (${ms(referenceBlock.forwardMs ?? 0)} + ` +
-      `${ms(referenceBlock.backwardMs ?? 0)}; steps ${stepList(referenceBlock)}), peak RSS ${mib(referenceBlock.peak)};`,
+      `${ms(referenceBlock.backwardMs ?? 0)}; steps ${stepList(referenceBlock)}), ` +
+      `peak RSS ${mib(referenceBlock.peak)};`,
     `- the head with labels on the device (norm + head [${tc.vocabSize}, ${tc.hiddenSize}] + loss, dL/dh): ` +
       `${ms(referenceHead.ms ?? 0)} ms (steps ${stepList(referenceHead)}), peak RSS ${mib(referenceHead.peak)};`,
     `- so a tab's step is about k x block + head: ${K_VALUES.map((k) => `k=${k} ${ms(tabMs(k))} ms`).join(', ')} ` +

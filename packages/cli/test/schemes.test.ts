@@ -122,7 +122,7 @@ async function manifestOf(edgeUrl: string) {
 }
 
 describe("scheme 'sfl'", () => {
-  it('starts every chosen user of an edge at once, one copy each; a user who drops takes only its own steps', async () => {
+  it('starts all chosen users of an edge at once, a copy each; a user who drops takes only its own steps', async () => {
     const s = await start('sfl', 3, 3, ['e1']);
     const [a, b, c] = [await joinUser(s), await joinUser(s), await joinUser(s)];
     // every turn begins before any step: with one user at a time, b's and c's would wait for a's end

@@ -263,7 +263,7 @@ describe('segments of a LLaMA-family model', () => {
   const lplan = { k: 1, m: 3 };
 
   for (const tie of [false, true]) {
-    it(`cuts a ${tie ? 'tied' : 'untied'} model: the head goes to the user and the cloud, every weight somewhere`, () => {
+    it(`cuts a ${tie ? 'tied' : 'untied'} model: the head to the user and the cloud, every weight somewhere`, () => {
       const config = llama(tie);
       const model = { config, weights: randomLlamaWeights(config, 3) };
       const names = new Map(TIERS.map((t) => [t, segmentWeightNames(config, lplan, t)]));

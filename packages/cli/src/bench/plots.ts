@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import * as vega from 'vega';
 import type { TopLevelSpec } from 'vega-lite';
 import * as vl from 'vega-lite';
+import { TRAINING_SCHEMES } from '@splitllm/wire';
 import { RATE_LINK_LATENCY_MS } from './plan';
 import type { BenchResults, PointResult } from './results';
 
@@ -39,7 +40,18 @@ async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-const schemeColor = { field: 'scheme', type: 'nominal', title: 'scheme' } as const;
+const SCHEME_COLORS: Record<string, string> = { hierarchical: '#4c78a8', sfl: '#e45756', sequential: '#f58518' };
+
+/** One color per scheme in every plot, whichever schemes a sweep has; the legend lists the sweep's. */
+function schemeColor(results: BenchResults) {
+  const domain = TRAINING_SCHEMES.filter((s) => results.settings.schemes.includes(s));
+  return {
+    field: 'scheme',
+    type: 'nominal',
+    title: 'scheme',
+    scale: { domain, range: domain.map((s) => SCHEME_COLORS[s]) },
+  } as const;
+}
 const edgesDash = { field: 'E', type: 'nominal', title: 'edges' } as const;
 const nAxis = {
   field: 'N',
@@ -92,7 +104,7 @@ function memorySpec(results: BenchResults, which: 'heldPeak' | 'peakRss'): TopLe
       layer: lineLayers({
         x: nAxis,
         y: { field: 'MiB', type: 'quantitative', title: 'MiB', scale: { zero: which === 'heldPeak' } },
-        color: schemeColor,
+        color: schemeColor(results),
         strokeDash: edgesDash,
         shape: edgesDash,
       }),
@@ -117,7 +129,7 @@ function roundTimeSpec(results: BenchResults): TopLevelSpec | undefined {
     layer: lineLayers({
       x: nAxis,
       y: { field: 'seconds', type: 'quantitative', title: 'round time (s)', scale: { type: 'log' } },
-      color: schemeColor,
+      color: schemeColor(results),
       strokeDash: edgesDash,
       shape: edgesDash,
     }),
@@ -151,7 +163,7 @@ function linkRateSpec(results: BenchResults): TopLevelSpec | string {
       layer: lineLayers({
         x: { field: 'Mbps', type: 'quantitative', title: 'link rate (Mbps)', scale: { type: 'log' } },
         y: { field: 'seconds', type: 'quantitative', title: 'round time (s)', scale: { type: 'log' } },
-        color: schemeColor,
+        color: schemeColor(results),
       }),
     },
   } as TopLevelSpec;
@@ -178,7 +190,7 @@ function lossSpec(results: BenchResults): TopLevelSpec | string {
       layer: lineLayers({
         x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 } },
         y: { field: 'loss', type: 'quantitative', title: 'held-out loss (nats/token)', scale: { zero: false } },
-        color: schemeColor,
+        color: schemeColor(results),
       }),
     },
   } as TopLevelSpec;

@@ -105,8 +105,9 @@ export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [-
   ${DEFAULT_RETENTION.keepHourly}), the first version of each hour of the run; the latest two always stay. A deleted
   version keeps its row and figures (/api/admin/rounds); downloading it answers 410 VERSION_EVICTED.
   --lean-memory holds the tail's frozen weights once, not pre-packed: less memory, 10-20% slower on cpu
-  (docs/benchmarks.md, "The edge's memory"). --web DIR serves the built user page (apps/user-web/dist) at /, so a join link is the cloud's address with
-  ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and SPLITLLM_OPERATOR_TOKEN in the environment.
+  (docs/benchmarks.md, "The edge's memory"). --web DIR serves the built user page (apps/user-web/dist)
+  at /, so a join link is the cloud's address with ?join=TOKEN. Needs SPLITLLM_EDGE_SECRET and
+  SPLITLLM_OPERATOR_TOKEN in the environment.
   Prints {"event":"ready","url":...} and one {"event":"round",...} line per recorded round.`;
 
 export async function cloudCommand(argv: string[]): Promise<void> {
