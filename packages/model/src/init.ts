@@ -13,8 +13,8 @@ import { type Gpt2Weights, gpt2ParameterShapes } from './weights';
 
 export const GPT2_INITIALIZER_RANGE = 0.02;
 
-/** FNV-1a of a string, 32-bit. */
-function hashName(s: string): number {
+/** FNV-1a of a string, 32-bit: the per-name seed of a tensor's random init (GPT-2 here, llama.ts too). */
+export function hashName(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) {
     h ^= s.charCodeAt(i);

@@ -35,6 +35,7 @@ import { matmul, matmulAT, matmulBT, sumRows } from './ops/matmul';
 import { rmsNormBackward, rmsNormForward, type RmsNormCache } from './ops/rmsnorm';
 import { ropeBackward, ropeForward, ropeInverseFrequencies, ropeTable, type RopeTable } from './ops/rope';
 import { swigluBackward, swigluForward } from './ops/swiglu';
+import { hashName } from './init';
 import { Rng } from './rng';
 import { numel } from './tensor';
 
@@ -511,16 +512,6 @@ export function llamaForwardBackward(
 // random weights
 
 export const LLAMA_INITIALIZER_RANGE = 0.02;
-
-/** FNV-1a of a string, 32-bit (the same per-name seeding as init.ts uses for GPT-2). */
-function hashName(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
-}
 
 /**
  * Hugging Face's LlamaPreTrainedModel init: linear and embedding weights ~ N(0, 0.02), biases 0,
