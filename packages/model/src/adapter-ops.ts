@@ -2,25 +2,11 @@
  * Copies, subsets and the named-tensor (wire) form of LoRA adapters, and the error every adapter
  * check throws. Browser-safe.
  */
-import { CodedError } from './coded-error';
-import {
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraPair,
-  LORA_TARGETS,
-  isLoraTarget,
-  parseLoraModulePath,
-} from './lora';
+import { AdapterCheckError } from './adapter-error';
+import { type LoraAdapter, type LoraConfig, type LoraPair, loraTargetOrder, parseLoraModulePath } from './lora';
 import { type Tensor, numel } from './tensor';
 
-export type AdapterCheckCode =
-  | 'ADAPTER_CONFIG'
-  | 'ADAPTER_SHAPE'
-  | 'ADAPTER_NOT_FINITE'
-  | 'ADAPTER_NORM'
-  | 'ADAPTER_MODULE';
-
-export class AdapterCheckError extends CodedError<AdapterCheckCode> {}
+export { type AdapterCheckCode, AdapterCheckError } from './adapter-error';
 
 export function cloneTensorCopy(t: Tensor): Tensor {
   return { shape: [...t.shape], data: t.data.slice() };
@@ -59,8 +45,8 @@ export function adapterSubset(adapter: LoraAdapter, fromLayer: number, toLayer: 
 
 /**
  * The adapter's A and B arrays as flat named tensors for a wire frame:
- * `${prefix}h.{i}.{target}.lora_A` / `.lora_B`. The arrays are shared, not copied (the
- * encoder only reads them).
+ * `${prefix}{module path}.lora_A` / `.lora_B` (`h.3.attn.c_attn`, `layers.3.self_attn.q_proj`). The
+ * arrays are shared, not copied (the encoder only reads them).
  */
 export function adapterToNamedTensors(
   a: LoraAdapter,
@@ -74,7 +60,7 @@ export function adapterToNamedTensors(
   return out;
 }
 
-const NAMED_RE = /^h\.(0|[1-9]\d*)\.([a-z_.]+)\.lora_([AB])$/;
+const NAMED_RE = /^((?:h|layers)\.(?:0|[1-9]\d*)\.[a-z_.]+)\.lora_([AB])$/;
 
 /**
  * Inverse of adapterToNamedTensors. Only names starting with `prefix` are taken; each of those
@@ -93,17 +79,17 @@ export function adapterFromNamedTensors(
     if (!name.startsWith(prefix)) continue;
     const rest = name.slice(prefix.length);
     const m = NAMED_RE.exec(rest);
-    const target = m?.[2];
-    if (!m || target === undefined || !isLoraTarget(target) || !config.targets.includes(target)) {
+    const parsed = m ? parseLoraModulePath(m[1]) : undefined;
+    if (!m || !parsed || !config.targets.includes(parsed.target)) {
       throw new AdapterCheckError(
         'ADAPTER_MODULE',
-        `adapter tensor "${name}" is not ${prefix}h.{i}.{${config.targets.join('|')}}.lora_A/lora_B`,
+        `adapter tensor "${name}" is not ${prefix}{module of target ${config.targets.join('|')}}.lora_A/lora_B`,
       );
     }
     if (!(t.data instanceof Float32Array)) {
       throw new AdapterCheckError('ADAPTER_SHAPE', `adapter tensor "${name}" must be float32`);
     }
-    const half = m[3] as 'A' | 'B';
+    const half = m[2] as 'A' | 'B';
     const rankDim = half === 'A' ? t.shape[1] : t.shape[0];
     if (t.shape.length !== 2 || rankDim !== config.r || t.data.length !== numel(t.shape)) {
       throw new AdapterCheckError(
@@ -112,8 +98,8 @@ export function adapterFromNamedTensors(
           `lora_${half} must be ${half === 'A' ? '[in, r]' : '[r, out]'} with r = ${config.r}`,
       );
     }
-    const path = `h.${m[1]}.${target}`;
-    const h = halves.get(path) ?? { layer: Number(m[1]), target: LORA_TARGETS.indexOf(target) };
+    const path = m[1];
+    const h = halves.get(path) ?? { layer: parsed.layer, target: loraTargetOrder(parsed.target) };
     h[half] = { shape: [...t.shape], data: t.data.slice() };
     halves.set(path, h);
   }

@@ -5,7 +5,6 @@
  */
 import { CodedError } from './coded-error';
 import { ConfigError, type Gpt2Config, gpt2ConfigToJson, parseGpt2Config } from './config';
-import type { Gpt2Model } from './model';
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from './llama-config';
 import type { Tensor } from './tensor';
 
@@ -34,12 +33,33 @@ export interface ModelDims {
   layers: number;
   /** the longest sequence the model takes */
   positions: number;
+  /**
+   * the id that separates documents and pads short rows: GPT-2's eos, the LLaMA family's first eos
+   * (0 when the config names none; pads are never counted as targets)
+   */
+  padId: number;
+  /** the end-of-text ids generation stops at (GPT-2's one eos; the LLaMA family's list, maybe empty) */
+  eosIds: number[];
 }
 
 export function modelDims(c: ModelConfig): ModelDims {
   return isLlamaConfig(c)
-    ? { width: c.hiddenSize, vocab: c.vocabSize, layers: c.nLayer, positions: c.maxPositionEmbeddings }
-    : { width: c.nEmbd, vocab: c.vocabSize, layers: c.nLayer, positions: c.nPositions };
+    ? {
+        width: c.hiddenSize,
+        vocab: c.vocabSize,
+        layers: c.nLayer,
+        positions: c.maxPositionEmbeddings,
+        padId: c.eosTokenIds[0] ?? 0,
+        eosIds: [...c.eosTokenIds],
+      }
+    : {
+        width: c.nEmbd,
+        vocab: c.vocabSize,
+        layers: c.nLayer,
+        positions: c.nPositions,
+        padId: c.eosTokenId,
+        eosIds: [c.eosTokenId],
+      };
 }
 
 const FAMILY_OF_MODEL_TYPE: Record<string, 'gpt2' | 'llama'> = { gpt2: 'gpt2', llama: 'llama', qwen2: 'llama' };
@@ -68,7 +88,7 @@ export class FamilyError extends CodedError<'FAMILY_NOT_SUPPORTED'> {
 }
 
 /** The model as GPT-2, for a part that runs GPT-2 only; any other family is refused naming `who`. */
-export function gpt2ModelOf(model: AnyModel, who: string): Gpt2Model {
+export function gpt2ModelOf(model: AnyModel, who: string): { config: Gpt2Config; weights: Map<string, Tensor> } {
   const { config } = model;
   if (isLlamaConfig(config)) {
     throw new FamilyError(`${who} runs GPT-2 models only; this model is of the ${config.family} family`);

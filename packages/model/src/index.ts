@@ -33,5 +33,6 @@ export * from './llama-weights';
 export * from './llama-lora';
 export * from './llama';
 export * from './formats/hf-tokenizer';
+export * from './formats/any-tokenizer';
 export * from './family';
 export * from './formats/peft-llama';

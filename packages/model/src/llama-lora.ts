@@ -11,10 +11,10 @@
  * Targets are PEFT's names for these models; a module path is the Hugging Face module name
  * without the `model.` prefix: `layers.{i}.self_attn.q_proj`, `layers.{i}.mlp.gate_proj`.
  */
-import { AdapterCheckError } from './adapter-ops';
+import { AdapterCheckError } from './adapter-error';
 import { CodedError } from './coded-error';
 import type { LlamaConfig } from './llama-config';
-import type { LoraPair } from './lora';
+import type { LoraPair } from './step-types';
 import { Rng } from './rng';
 import { numel } from './tensor';
 
@@ -52,7 +52,11 @@ export interface LlamaLoraAdapter {
   layers: Map<string, LoraPair>;
 }
 
-export class LlamaLoraError extends CodedError<'BAD_LORA_TARGET' | 'BAD_LORA_CONFIG'> {}
+/** A LoRA setting that cannot be: a target the model's family lacks, a rank or alpha out of range. */
+export class LoraConfigError extends CodedError<'BAD_LORA_TARGET' | 'BAD_LORA_CONFIG'> {}
+
+/** The LLaMA family's LoraConfigError (kept as its own name for the callers that catch it). */
+export class LlamaLoraError extends LoraConfigError {}
 
 export function llamaLoraScale(c: LlamaLoraConfig): number {
   return c.alpha / c.r;

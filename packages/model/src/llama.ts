@@ -28,7 +28,7 @@ import {
   llamaLoraTargetModule,
 } from './llama-lora';
 import { type LlamaWeights, llamaParameterShapes } from './llama-weights';
-import type { BaseGrads, LoraGrads, StepResult, TokenBatch } from './model';
+import type { BaseGrads, LoraGrads, StepResult, TokenBatch } from './step-types';
 import { softmaxCrossEntropyBackward, softmaxCrossEntropyForward, type CrossEntropyCache } from './ops/cross-entropy';
 import { gqaAttentionBackward, gqaAttentionForward, type GqaAttentionCache, type GqaShape } from './ops/gqa-attention';
 import { matmul, matmulAT, matmulBT, sumRows } from './ops/matmul';

@@ -16,7 +16,27 @@
  * segments are the whole model (tested).
  */
 import type { Gpt2Config } from './config';
-import { type LoraAdapter, type LoraTarget, loraModulePath, loraScale, loraTargetDims } from './lora';
+import type { BaseGrads, LoraGrads, StepResult, TokenBatch } from './step-types';
+import { type AnyModel, isLlamaConfig, type ModelConfig, modelDims } from './family';
+import {
+  type LlamaBlocksCache,
+  type LlamaModel,
+  llamaBlocksBackward,
+  llamaBlocksForward,
+  llamaEmbedForward,
+  llamaForwardBackward,
+  llamaHeadLogits,
+  llamaHeadLossStep,
+  llamaLoss,
+} from './llama';
+import {
+  asLlamaLoraAdapter,
+  type LoraAdapter,
+  type LoraTarget,
+  loraModulePath,
+  loraScale,
+  loraTargetDims,
+} from './lora';
 import { causalAttentionBackward, causalAttentionForward, type AttentionCache } from './ops/attention';
 import { softmaxCrossEntropyBackward, softmaxCrossEntropyForward, type CrossEntropyCache } from './ops/cross-entropy';
 import { embeddingBackward, embeddingForward } from './ops/embedding';
@@ -31,18 +51,7 @@ export interface Gpt2Model {
   weights: Gpt2Weights;
 }
 
-/** A batch of B rows of T positions; targets[b,t] is the token after inputIds[b,t] or IGNORE_INDEX. */
-export interface TokenBatch {
-  B: number;
-  T: number;
-  inputIds: Int32Array;
-  targets: Int32Array;
-}
-
-/** Gradients of LoRA pairs, keyed like LoraAdapter.layers. */
-export type LoraGrads = Map<string, { A: Float32Array; B: Float32Array }>;
-/** Gradients of base weights, keyed like Gpt2Weights (pre-training only). */
-export type BaseGrads = Map<string, Float32Array>;
+export type { BaseGrads, LoraGrads, StepResult, TokenBatch } from './step-types';
 
 export interface SplitPlan {
   /** user runs the embedding and blocks [0, k) */
@@ -68,8 +77,9 @@ export function validateSplitPlan(c: { nLayer: number }, p: SplitPlan): void {
   }
 }
 
-function checkBatch(c: Gpt2Config, b: TokenBatch): void {
-  if (b.T > c.nPositions) throw new Error(`sequence length ${b.T} exceeds the model's n_positions ${c.nPositions}`);
+function checkBatch(c: ModelConfig, b: TokenBatch): void {
+  const { positions } = modelDims(c);
+  if (b.T > positions) throw new Error(`sequence length ${b.T} exceeds the model's ${positions} positions`);
   if (b.inputIds.length !== b.B * b.T || b.targets.length !== b.B * b.T) {
     throw new Error(`batch arrays must hold B*T = ${b.B * b.T} entries`);
   }
@@ -111,7 +121,7 @@ interface BlockCache {
   mlpProj: LoraLinearCache;
 }
 
-export interface BlocksCache {
+export interface Gpt2BlocksCache {
   B: number;
   T: number;
   from: number;
@@ -208,7 +218,7 @@ function blockBackward(
 }
 
 /** Blocks [from, to) forward; x is [B*T, D]. */
-export function blocksForward(
+function gpt2BlocksForward(
   model: Gpt2Model,
   adapter: LoraAdapter | undefined,
   x: Float32Array,
@@ -216,7 +226,7 @@ export function blocksForward(
   T: number,
   from: number,
   to: number,
-): { y: Float32Array; cache: BlocksCache } {
+): { y: Float32Array; cache: Gpt2BlocksCache } {
   const blocks: BlockCache[] = [];
   let h = x;
   for (let i = from; i < to; i++) {
@@ -228,10 +238,10 @@ export function blocksForward(
 }
 
 /** Blocks backward: gradient of the segment input, LoRA gradients (and base gradients when asked). */
-export function blocksBackward(
+function gpt2BlocksBackward(
   model: Gpt2Model,
   adapter: LoraAdapter | undefined,
-  cache: BlocksCache,
+  cache: Gpt2BlocksCache,
   dy: Float32Array,
   baseGrads?: BaseGrads,
 ): { dx: Float32Array; loraGrads: LoraGrads } {
@@ -244,9 +254,103 @@ export function blocksBackward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// embedding and head
+// any family: what the segments, the engines' oracles and the trainers call. A LLaMA-family model
+// goes to llama.ts (its adapter's targets checked to be that family's), GPT-2 to the code above.
 
-export function embedForward(model: Gpt2Model, inputIds: Int32Array, B: number, T: number): Float32Array {
+/** What a blocks forward keeps for its backward, of either family. */
+export type BlocksCache = Gpt2BlocksCache | LlamaBlocksCache;
+
+function asLlama(model: AnyModel, adapter: LoraAdapter | undefined) {
+  const m = model as LlamaModel;
+  return { model: m, adapter: adapter && asLlamaLoraAdapter(m.config, adapter) };
+}
+
+/** Blocks [from, to) forward; x is [B*T, D]. */
+export function blocksForward(
+  model: AnyModel,
+  adapter: LoraAdapter | undefined,
+  x: Float32Array,
+  B: number,
+  T: number,
+  from: number,
+  to: number,
+): { y: Float32Array; cache: BlocksCache } {
+  if (!isLlamaConfig(model.config)) return gpt2BlocksForward(model as Gpt2Model, adapter, x, B, T, from, to);
+  const l = asLlama(model, adapter);
+  return llamaBlocksForward(l.model, l.adapter, x, B, T, from, to);
+}
+
+/** Blocks backward: gradient of the segment input, LoRA gradients (and base gradients when asked). */
+export function blocksBackward(
+  model: AnyModel,
+  adapter: LoraAdapter | undefined,
+  cache: BlocksCache,
+  dy: Float32Array,
+  baseGrads?: BaseGrads,
+): { dx: Float32Array; loraGrads: LoraGrads } {
+  if (!isLlamaConfig(model.config)) {
+    return gpt2BlocksBackward(model as Gpt2Model, adapter, cache as Gpt2BlocksCache, dy, baseGrads);
+  }
+  const l = asLlama(model, adapter);
+  return llamaBlocksBackward(l.model, l.adapter, cache as LlamaBlocksCache, dy, baseGrads);
+}
+
+/** h0 [B*T, D]: the token (and, for GPT-2, position) embedding. */
+export function embedForward(model: AnyModel, inputIds: Int32Array, B: number, T: number): Float32Array {
+  return isLlamaConfig(model.config)
+    ? llamaEmbedForward(model as LlamaModel, inputIds, B, T)
+    : gpt2EmbedForward(model as Gpt2Model, inputIds, B, T);
+}
+
+/**
+ * Labels on the device: the step the tab runs on the last hidden state hL [B*T, D] the cloud
+ * sends back: the final norm, the head, the mean cross-entropy over counted targets, and its
+ * gradient dL/dhL, which goes back to the cloud. The oracle of the engines' head kernels.
+ */
+export function headLossStep(
+  model: AnyModel,
+  hL: Float32Array,
+  targets: Int32Array,
+  B: number,
+  T: number,
+): { loss: number; count: number; dh: Float32Array } {
+  return isLlamaConfig(model.config)
+    ? llamaHeadLossStep(model as LlamaModel, hL, targets, B, T)
+    : gpt2HeadLossStep(model as Gpt2Model, hL, targets, B, T);
+}
+
+/** Generation with labels on the device: the next-token logits [V] from one position's last hidden state [D]. */
+export function headLogits(model: AnyModel, h: Float32Array): Float32Array {
+  return isLlamaConfig(model.config) ? llamaHeadLogits(model as LlamaModel, h) : gpt2HeadLogits(model as Gpt2Model, h);
+}
+
+/** Loss only (evaluation), of either family. */
+export function modelLoss(
+  model: AnyModel,
+  adapter: LoraAdapter | undefined,
+  batch: TokenBatch,
+): { loss: number; count: number } {
+  if (!isLlamaConfig(model.config)) return gpt2Loss(model as Gpt2Model, adapter, batch);
+  const l = asLlama(model, adapter);
+  return llamaLoss(l.model, l.adapter, batch);
+}
+
+/** One centralized forward + backward of the whole model, of either family (see gpt2ForwardBackward). */
+export function modelForwardBackward(
+  model: AnyModel,
+  adapter: LoraAdapter | undefined,
+  batch: TokenBatch,
+  opts: { weightGrads?: boolean } = {},
+): StepResult {
+  if (!isLlamaConfig(model.config)) return gpt2ForwardBackward(model as Gpt2Model, adapter, batch, opts);
+  const l = asLlama(model, adapter);
+  return llamaForwardBackward(l.model, l.adapter, batch, opts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2's embedding and head
+
+function gpt2EmbedForward(model: Gpt2Model, inputIds: Int32Array, B: number, T: number): Float32Array {
   const c = model.config;
   return embeddingForward(
     inputIds,
@@ -307,12 +411,8 @@ export function headBackward(model: Gpt2Model, cache: HeadCache, baseGrads?: Bas
   return g.dx;
 }
 
-/**
- * Labels on the device: the step the tab runs on the last hidden state hL [B*T, D] the cloud
- * sends back: ln_f, the tied head, the mean cross-entropy over counted targets, and its gradient
- * dL/dhL, which goes back to the cloud. The oracle of the engines' head kernels.
- */
-export function headLossStep(
+/** GPT-2's headLossStep: ln_f, the tied head, the mean cross-entropy and dL/dhL. */
+function gpt2HeadLossStep(
   model: Gpt2Model,
   hL: Float32Array,
   targets: Int32Array,
@@ -324,7 +424,7 @@ export function headLossStep(
 }
 
 /** Generation with labels on the device: the next-token logits [V] from one position's last hidden state [D]. */
-export function headLogits(model: Gpt2Model, h: Float32Array): Float32Array {
+function gpt2HeadLogits(model: Gpt2Model, h: Float32Array): Float32Array {
   const c = model.config;
   if (h.length !== c.nEmbd) throw new Error(`headLogits: h has ${h.length} values, expected n_embd ${c.nEmbd}`);
   const lnf = layerNormForward(
@@ -357,7 +457,7 @@ export interface UserSegmentState {
 
 /** User tier: embedding + blocks [0, k). Returns the activation h1 [B*T, D] sent to the edge. */
 export function userSegmentForward(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   batch: TokenBatch,
   plan: SplitPlan,
@@ -369,7 +469,7 @@ export function userSegmentForward(
 }
 
 export function userSegmentBackward(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   state: UserSegmentState,
   dh1: Float32Array,
@@ -379,7 +479,7 @@ export function userSegmentBackward(
 
 /** Edge tier: blocks [k, m). */
 export function edgeSegmentForward(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   h1: Float32Array,
   B: number,
@@ -391,7 +491,7 @@ export function edgeSegmentForward(
 }
 
 export function edgeSegmentBackward(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   state: BlocksCache,
   dh2: Float32Array,
@@ -402,7 +502,7 @@ export function edgeSegmentBackward(
 
 /** Cloud tier: blocks [m, L), head and loss, forward and backward in one call. */
 export function cloudSegmentStep(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   h2: Float32Array,
   targets: Int32Array,
@@ -411,22 +511,13 @@ export function cloudSegmentStep(
   plan: SplitPlan,
 ) {
   const blocks = blocksForward(model, adapter, h2, B, T, plan.m, model.config.nLayer);
-  const head = headForward(model, blocks.y, targets, B, T);
-  const dhL = headBackward(model, head.cache);
-  const back = blocksBackward(model, adapter, blocks.cache, dhL);
+  const head = headLossStep(model, blocks.y, targets, B, T);
+  const back = blocksBackward(model, adapter, blocks.cache, head.dh);
   return { loss: head.loss, count: head.count, dh2: back.dx, loraGrads: back.loraGrads };
 }
 
 // ---------------------------------------------------------------------------------------------
 // the whole model
-
-export interface StepResult {
-  loss: number;
-  /** number of counted (non-ignored) targets */
-  count: number;
-  loraGrads: LoraGrads;
-  baseGrads?: BaseGrads;
-}
 
 /** Loss only (evaluation). */
 export function gpt2Loss(
@@ -435,8 +526,8 @@ export function gpt2Loss(
   batch: TokenBatch,
 ): { loss: number; count: number } {
   checkBatch(model.config, batch);
-  const h0 = embedForward(model, batch.inputIds, batch.B, batch.T);
-  const blocks = blocksForward(model, adapter, h0, batch.B, batch.T, 0, model.config.nLayer);
+  const h0 = gpt2EmbedForward(model, batch.inputIds, batch.B, batch.T);
+  const blocks = gpt2BlocksForward(model, adapter, h0, batch.B, batch.T, 0, model.config.nLayer);
   const head = headForward(model, blocks.y, batch.targets, batch.B, batch.T);
   return { loss: head.loss, count: head.count };
 }
@@ -455,11 +546,11 @@ export function gpt2ForwardBackward(
   const { B, T } = batch;
   const c = model.config;
   const baseGrads: BaseGrads | undefined = opts.weightGrads ? new Map() : undefined;
-  const h0 = embedForward(model, batch.inputIds, B, T);
-  const blocks = blocksForward(model, adapter, h0, B, T, 0, c.nLayer);
+  const h0 = gpt2EmbedForward(model, batch.inputIds, B, T);
+  const blocks = gpt2BlocksForward(model, adapter, h0, B, T, 0, c.nLayer);
   const head = headForward(model, blocks.y, batch.targets, B, T);
   const dh = headBackward(model, head.cache, baseGrads);
-  const back = blocksBackward(model, adapter, blocks.cache, dh, baseGrads);
+  const back = gpt2BlocksBackward(model, adapter, blocks.cache, dh, baseGrads);
   if (baseGrads) {
     const e = embeddingBackward(batch.inputIds, back.dx, B, T, c.nEmbd, c.vocabSize, c.nPositions);
     addInto(baseGrads, 'wte.weight', e.dwte);

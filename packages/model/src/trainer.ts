@@ -3,10 +3,10 @@
  * (the centralized baseline every split run is compared with) and full pre-training.
  * Parameters are handled as named flat arrays so one AdamW serves both.
  */
-import type { Gpt2Config } from './config';
 import { sampleBatch } from './data';
+import { type AnyModel, modelDims } from './family';
 import { type LoraAdapter, type LoraConfig, initLoraAdapter } from './lora';
-import { type Gpt2Model, type LoraGrads, type TokenBatch, gpt2ForwardBackward, gpt2Loss } from './model';
+import { type LoraGrads, type TokenBatch, modelForwardBackward, modelLoss } from './model';
 import { adamwInit, adamwStep, type AdamWOptions, type AdamWState } from './ops/adamw';
 import { Rng } from './rng';
 
@@ -143,21 +143,21 @@ export interface StepReport {
  * drawn from Rng(seed + 1), so a split run with the same seed sees the same adapters and data.
  */
 export function trainLoraCentral(
-  model: Gpt2Model,
+  model: AnyModel,
   tokens: ArrayLike<number>,
   o: LoraTrainOptions,
   onStep?: (r: StepReport) => void,
 ): LoraAdapter {
-  const c: Gpt2Config = model.config;
-  if (o.seqLen > c.nPositions)
-    throw new Error(`sequence length ${o.seqLen} exceeds the model's n_positions ${c.nPositions}`);
+  const c = model.config;
+  const { positions, padId } = modelDims(c);
+  if (o.seqLen > positions) throw new Error(`sequence length ${o.seqLen} exceeds the model's ${positions} positions`);
   const adapter = initLoraAdapter(c, o.lora, o.seed);
   const opt = new AdamW(loraParameters(adapter), o.adamw);
   const rng = new Rng(o.seed + 1);
   for (let step = 1; step <= o.steps; step++) {
     const t0 = performance.now();
-    const batch = sampleBatch(tokens, o.batchSize, o.seqLen, rng, c.eosTokenId);
-    const r = gpt2ForwardBackward(model, adapter, batch);
+    const batch = sampleBatch(tokens, o.batchSize, o.seqLen, rng, padId);
+    const r = modelForwardBackward(model, adapter, batch);
     opt.step(loraGradArrays(r.loraGrads));
     onStep?.({ step, loss: r.loss, tokens: r.count, ms: performance.now() - t0 });
   }
@@ -166,7 +166,7 @@ export function trainLoraCentral(
 
 /** Token-weighted mean loss over batches (evaluation); onBatch reports progress. */
 export function meanLoss(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter | undefined,
   batches: TokenBatch[],
   onBatch?: () => void,
@@ -174,7 +174,7 @@ export function meanLoss(
   let nll = 0;
   let tokens = 0;
   for (const b of batches) {
-    const r = gpt2Loss(model, adapter, b);
+    const r = modelLoss(model, adapter, b);
     nll += r.loss * r.count;
     tokens += r.count;
     onBatch?.();

@@ -30,14 +30,14 @@ describe('model families', () => {
     const c = parseModelConfig(JSON.parse(readFileSync(SHIPPED, 'utf8')));
     expect(isLlamaConfig(c)).toBe(false);
     expect(modelFamily(c)).toBe('gpt2');
-    expect(modelDims(c)).toEqual({ width: 128, vocab: 1024, layers: 4, positions: 128 });
+    expect(modelDims(c)).toEqual({ width: 128, vocab: 1024, layers: 4, positions: 128, padId: 1023, eosIds: [1023] });
     expect(parseModelConfig(modelConfigToJson(c))).toEqual(c);
   });
 
   it('reads llama and qwen2 configs as the LLaMA family, with their dimensions', () => {
     const c = parseModelConfig(llamaJson);
     expect(modelFamily(c)).toBe('llama');
-    expect(modelDims(c)).toEqual({ width: 64, vocab: 300, layers: 3, positions: 256 });
+    expect(modelDims(c)).toEqual({ width: 64, vocab: 300, layers: 3, positions: 256, padId: 2, eosIds: [2] });
     expect(parseModelConfig(modelConfigToJson(c))).toEqual(c);
     const q = parseModelConfig({ ...llamaJson, model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'] });
     expect(modelFamily(q)).toBe('qwen2');

@@ -18,6 +18,7 @@
  */
 import type { LlamaConfig } from '../llama-config';
 import {
+  isLlamaLoraTarget,
   LLAMA_LORA_TARGETS,
   type LlamaLoraAdapter,
   type LlamaLoraTarget,
@@ -25,9 +26,10 @@ import {
   llamaLoraTargetDims,
   parseLlamaLoraModulePath,
 } from '../llama-lora';
-import type { LoraPair } from '../lora';
+import type { LoraAdapter, LoraPair } from '../lora';
 import type { Tensor } from '../tensor';
 import {
+  adapterToPeft,
   PEFT_CONFIG_FILE,
   PEFT_WEIGHTS_FILE,
   type PeftModule,
@@ -373,4 +375,16 @@ export function llamaAdapterFromPeft(
     layersOut.set(llamaLoraModulePath(h.layer, h.target), { A: transpose2d(A), B: transpose2d(B) });
   }
   return { config: { r, alpha, targets: selection.targets }, layers: layersOut };
+}
+
+/**
+ * The PEFT form of an adapter of either family, by its targets (the two families' names are
+ * disjoint): llamaAdapterToPeft for q_proj ... down_proj, adapterToPeft (peft.ts) for GPT-2's.
+ */
+export function modelAdapterToPeft(
+  adapter: LoraAdapter,
+  opts: { baseModel?: string; nLayer?: number } = {},
+): { config: Record<string, unknown>; safetensors: Uint8Array } {
+  if (adapter.config.targets.some(isLlamaLoraTarget)) return llamaAdapterToPeft(adapter as LlamaLoraAdapter, opts);
+  return adapterToPeft(adapter, opts);
 }

@@ -23,6 +23,8 @@ import {
   type LoraAdapter,
   type LoraPair,
   type LoraTarget,
+  type Gpt2LoraTarget,
+  isGpt2LoraTarget,
   LORA_TARGETS,
   loraScale,
   loraTargetDims,
@@ -65,10 +67,11 @@ export function transpose2d(t: Tensor): Tensor {
   return { shape: [cols, rows], data: out };
 }
 
-function parseModulePath(path: string): { layer: number; target: LoraTarget } {
+function parseModulePath(path: string): { layer: number; target: Gpt2LoraTarget } {
   const parsed = parseLoraModulePath(path);
-  if (!parsed) throw new PeftError(`LoRA adapter: module path "${path}" is not h.{i}.{${LORA_TARGETS.join('|')}}`);
-  return parsed;
+  if (!parsed || !isGpt2LoraTarget(parsed.target))
+    throw new PeftError(`LoRA adapter: module path "${path}" is not h.{i}.{${LORA_TARGETS.join('|')}}`);
+  return { layer: parsed.layer, target: parsed.target };
 }
 
 /** One module of a base model as PEFT names it (`named_modules()`), with the LoRA target it is, if any. */
@@ -408,13 +411,13 @@ export function adapterFromPeft(
     fail(`"layers_to_transform" must list block indices, got ${JSON.stringify(ltt)}`);
   }
 
-  const halves = new Map<string, { layer: number; target: LoraTarget; A?: Tensor; B?: Tensor }>();
+  const halves = new Map<string, { layer: number; target: Gpt2LoraTarget; A?: Tensor; B?: Tensor }>();
   for (const [key, t] of raw) {
     const m = PEFT_KEY_RE.exec(key);
     if (!m)
       fail(`unexpected tensor "${key}" (expected base_model.model.transformer.h.{i}.{target}.lora_A/lora_B.weight)`);
     const layer = Number(m[1]);
-    const target = m[2] as LoraTarget;
+    const target = m[2] as Gpt2LoraTarget;
     if (!allowed.has(target))
       fail(`tensor "${key}" is for ${target}, which target_modules ${JSON.stringify(targetModules)} does not select`);
     if (layerFilter && !layerFilter.has(layer))

@@ -1,2 +1,3 @@
 export * from './model-io';
 export * from './llama-io';
+export * from './family-io';
