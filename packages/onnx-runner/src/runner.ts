@@ -96,7 +96,9 @@ export type RunnerErrorCode =
   | 'RUNNER_DIED'
   | 'ONNX_LOAD_FAILED'
   | 'ONNX_RUN_FAILED'
-  | 'ONNX_RUNNER_ERROR';
+  | 'ONNX_RUNNER_ERROR'
+  /** an activation that does not fit the segment: its length, or a sequence past the model's positions */
+  | 'ONNX_BAD_SHAPE';
 
 export class RunnerError extends CodedError<RunnerErrorCode> {}
 

@@ -3,22 +3,26 @@
  * mapping between the graphs' named inputs/outputs and the reference's LoraAdapter/LoraGrads.
  *
  *   BlocksSegment  blocks [from, to): forward -> y (+ saved intermediates), backward -> dx, LoRA grads
- *   TailSegment    blocks [from, L) + ln_f + tied head + cross-entropy: loss, count, dx, LoRA grads;
+ *   TailSegment    blocks [from, L) + final norm + head + cross-entropy: loss, count, dx, LoRA grads;
  *                  and, from graphs loaded on first use, the loss alone (evaluation) and the next-token
  *                  logits at the last position (generation)
  *
  * keep vs recompute (`saveIntermediates`): keeping makes the backward cheaper but holds every
  * block's intermediates between forward and backward; recomputing holds only the segment input.
  *
+ * Either model family (GPT-2, LLaMA): the graphs come from @splitllm/onnx's family-graphs.ts, which
+ * gives both families' graphs the same inputs and outputs.
+ *
  * The runner's settings choose the graphs (runner.ts): with `blocksGraphs: 'one'` a BlocksSegment
  * is one step graph whose unwanted half is fed 0 rows; with `weights: 'shared'` the graphs take
  * the frozen weights as inputs, from one set the segment adds to the runner (dropped by close()).
  */
 import {
+  type AnyModel,
   getWeight,
   IGNORE_INDEX,
-  type Gpt2Config,
-  type Gpt2Model,
+  type ModelConfig,
+  modelDims,
   type LoraAdapter,
   type LoraConfig,
   type LoraGrads,
@@ -29,18 +33,18 @@ import {
   BACKWARD_BATCH_DIM,
   BACKWARD_PREFIX,
   BATCH_DIM,
-  buildBlocksBackwardGraph,
-  buildBlocksForwardGraph,
-  buildBlocksStepGraph,
+  blocksBackwardGraph,
+  blocksForwardGraph,
+  blocksStepGraph,
   GRAD_PREFIX,
   type GraphIO,
   SAVED_PREFIX,
-  buildTailGraph,
-  buildTailLogitsGraph,
-  buildTailLossGraph,
+  tailGraph,
+  tailLogitsGraph,
+  tailLossGraph,
   type SegmentGraph,
 } from '@splitllm/onnx';
-import type { RunnerTensor, SegmentRunner, WeightSet } from './runner';
+import { RunnerError, type RunnerTensor, type SegmentRunner, type WeightSet } from './runner';
 
 let graphSerial = 0;
 
@@ -49,7 +53,7 @@ let graphSerial = 0;
  * (its optimizer updates them in place).
  */
 function loraFeeds(
-  config: Gpt2Config,
+  config: ModelConfig,
   lora: LoraConfig,
   adapter: LoraAdapter,
   from: number,
@@ -63,7 +67,7 @@ function loraFeeds(
 
 function loraGradsOf(
   out: Record<string, RunnerTensor>,
-  config: Gpt2Config,
+  config: ModelConfig,
   lora: LoraConfig,
   from: number,
   to: number,
@@ -75,9 +79,17 @@ function loraGradsOf(
   });
 }
 
-function activation(data: Float32Array, B: number, T: number, D: number): RunnerTensor {
+/**
+ * x [B, T, D] of the model's width, for a sequence the model takes: a LLaMA graph's rotary table
+ * has max_position_embeddings rows, and GPT-2's positions end at n_positions, so a longer one is
+ * refused here by name rather than by onnxruntime's broadcast error.
+ */
+function activation(data: Float32Array, B: number, T: number, config: ModelConfig): RunnerTensor {
+  const { width: D, positions } = modelDims(config);
+  if (T > positions)
+    throw new RunnerError('ONNX_BAD_SHAPE', `a sequence of ${T} positions is past the model's ${positions}`);
   if (data.length !== B * T * D)
-    throw new Error(`activation has ${data.length} values, expected B*T*D = ${B}*${T}*${D}`);
+    throw new RunnerError('ONNX_BAD_SHAPE', `activation has ${data.length} values, expected B*T*D = ${B}*${T}*${D}`);
   return { data, dims: [B, T, D] };
 }
 
@@ -93,7 +105,7 @@ function weightsOption(runner: SegmentRunner): 'initializers' | 'inputs' {
 }
 
 /** The weights `graphs` take as inputs, added to the runner once, as one set for all of them. */
-async function shareWeights(runner: SegmentRunner, model: Gpt2Model, graphs: SegmentGraph[]): Promise<WeightSet> {
+async function shareWeights(runner: SegmentRunner, model: AnyModel, graphs: SegmentGraph[]): Promise<WeightSet> {
   const names = new Set(graphs.flatMap((g) => (g.weightInputs ?? []).map((w) => w.name)));
   const tensors = function* () {
     for (const name of names) {
@@ -131,7 +143,7 @@ function emptyFeed(io: GraphIO, T: number): RunnerTensor {
 export class BlocksSegment {
   private constructor(
     private readonly runner: SegmentRunner,
-    readonly config: Gpt2Config,
+    readonly config: ModelConfig,
     readonly lora: LoraConfig,
     readonly from: number,
     readonly to: number,
@@ -142,7 +154,7 @@ export class BlocksSegment {
 
   static async create(
     runner: SegmentRunner,
-    model: Gpt2Model,
+    model: AnyModel,
     lora: LoraConfig,
     from: number,
     to: number,
@@ -153,7 +165,7 @@ export class BlocksSegment {
       new BlocksSegment(runner, model.config, lora, from, to, opts.saveIntermediates, graphs, set);
     const kind = `blocks[${from},${to})`;
     if (runner.blocksGraphs === 'one') {
-      const g = buildBlocksStepGraph(model, lora, from, to, graphOpts);
+      const g = blocksStepGraph(model, lora, from, to, graphOpts);
       const set = graphOpts.weights === 'inputs' ? await shareWeights(runner, model, [g]) : undefined;
       const step = await load(runner, `${kind}.step`, g, set);
       const backwardInputs = g.inputs.filter((i) => i.name === 'dy' || i.name.startsWith(BACKWARD_PREFIX));
@@ -172,23 +184,23 @@ export class BlocksSegment {
     }
     if (graphOpts.weights === 'inputs') {
       // graphs without weight bytes: both built first, the weights they take shared once
-      const f = buildBlocksForwardGraph(model, lora, from, to, graphOpts);
-      const b = buildBlocksBackwardGraph(model, lora, from, to, graphOpts);
+      const f = blocksForwardGraph(model, lora, from, to, graphOpts);
+      const b = blocksBackwardGraph(model, lora, from, to, graphOpts);
       const set = await shareWeights(runner, model, [f, b]);
       const forward = await load(runner, `${kind}.forward`, f, set);
       const backward = await load(runner, `${kind}.backward`, b, set);
       return make({ kind: 'two', forward, backward }, set);
     }
     // built and loaded one after the other: each graph carries a copy of the segment's weights
-    const forward = await load(runner, `${kind}.forward`, buildBlocksForwardGraph(model, lora, from, to, graphOpts));
-    const backward = await load(runner, `${kind}.backward`, buildBlocksBackwardGraph(model, lora, from, to, graphOpts));
+    const forward = await load(runner, `${kind}.forward`, blocksForwardGraph(model, lora, from, to, graphOpts));
+    const backward = await load(runner, `${kind}.backward`, blocksBackwardGraph(model, lora, from, to, graphOpts));
     return make({ kind: 'two', forward, backward });
   }
 
   /** x is kept (copied to the worker) because the backward needs it again. */
   async forward(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<BlocksForwardResult> {
     const feeds = {
-      x: activation(x, B, T, this.config.nEmbd),
+      x: activation(x, B, T, this.config),
       ...loraFeeds(this.config, this.lora, adapter, this.from, this.to),
     };
     const gr = this.graphs;
@@ -214,14 +226,14 @@ export class BlocksSegment {
     B: number,
     T: number,
   ): Promise<{ dx: Float32Array; loraGrads: LoraGrads }> {
-    const D = this.config.nEmbd;
+    const D = modelDims(this.config).width;
     const lora = loraFeeds(this.config, this.lora, adapter, this.from, this.to);
     const gr = this.graphs;
     const out =
       gr.kind === 'two'
         ? await this.runner.run(gr.backward, {
-            x: activation(x, B, T, D),
-            dy: activation(dy, B, T, D),
+            x: activation(x, B, T, this.config),
+            dy: activation(dy, B, T, this.config),
             ...saved,
             ...lora,
           })
@@ -229,8 +241,8 @@ export class BlocksSegment {
             gr.step,
             {
               x: { data: new Float32Array(0), dims: [0, T, D] },
-              [`${BACKWARD_PREFIX}x`]: activation(x, B, T, D),
-              dy: activation(dy, B, T, D),
+              [`${BACKWARD_PREFIX}x`]: activation(x, B, T, this.config),
+              dy: activation(dy, B, T, this.config),
               ...Object.fromEntries(Object.entries(saved).map(([k, v]) => [BACKWARD_PREFIX + k, v])),
               ...lora,
             },
@@ -280,7 +292,7 @@ export class TailSegment {
 
   private constructor(
     private readonly runner: SegmentRunner,
-    readonly config: Gpt2Config,
+    readonly config: ModelConfig,
     readonly lora: LoraConfig,
     readonly from: number,
     private readonly stepGraph: string,
@@ -293,25 +305,25 @@ export class TailSegment {
     private readonly weightSet: WeightSet | undefined,
   ) {}
 
-  static async create(runner: SegmentRunner, model: Gpt2Model, lora: LoraConfig, from: number): Promise<TailSegment> {
+  static async create(runner: SegmentRunner, model: AnyModel, lora: LoraConfig, from: number): Promise<TailSegment> {
     const L = model.config.nLayer;
     const kind = `tail[${from},${L})`;
     const weights = weightsOption(runner);
     if (weights === 'inputs') {
       // without weight bytes the other graphs are small: built now, so that the segment keeps no
       // reference to the caller's weights (the worker holds the only copy it needs)
-      const s = buildTailGraph(model, lora, from, { weights });
-      const l = buildTailLossGraph(model, lora, from, { weights });
-      const g = buildTailLogitsGraph(model, lora, from, { weights });
+      const s = tailGraph(model, lora, from, { weights });
+      const l = tailLossGraph(model, lora, from, { weights });
+      const g = tailLogitsGraph(model, lora, from, { weights });
       const set = await shareWeights(runner, model, [s, l, g]);
       const step = await load(runner, `${kind}.step`, s, set);
       const loss = new LazyGraph(runner, `${kind}.loss`, () => l, set);
       const logits = new LazyGraph(runner, `${kind}.logits`, () => g, set);
       return new TailSegment(runner, model.config, lora, from, step, loss, logits, set);
     }
-    const step = await load(runner, `${kind}.step`, buildTailGraph(model, lora, from));
-    const loss = new LazyGraph(runner, `${kind}.loss`, () => buildTailLossGraph(model, lora, from), undefined);
-    const logits = new LazyGraph(runner, `${kind}.logits`, () => buildTailLogitsGraph(model, lora, from), undefined);
+    const step = await load(runner, `${kind}.step`, tailGraph(model, lora, from));
+    const loss = new LazyGraph(runner, `${kind}.loss`, () => tailLossGraph(model, lora, from), undefined);
+    const logits = new LazyGraph(runner, `${kind}.logits`, () => tailLogitsGraph(model, lora, from), undefined);
     return new TailSegment(runner, model.config, lora, from, step, loss, logits, undefined);
   }
 
@@ -331,7 +343,7 @@ export class TailSegment {
         throw new Error(`target ${t} at position ${i} is outside the vocabulary [0, ${V}) and is not ${IGNORE_INDEX}`);
     }
     return {
-      x: activation(x, B, T, this.config.nEmbd),
+      x: activation(x, B, T, this.config),
       targets: { data: targets, dims: [B, T] },
       ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer),
     };
@@ -368,7 +380,7 @@ export class TailSegment {
   async logits(adapter: LoraAdapter, x: Float32Array, B: number, T: number): Promise<Float32Array> {
     if (this.closed) throw new Error('tail segment: logits() after close()');
     const feeds = {
-      x: activation(x, B, T, this.config.nEmbd),
+      x: activation(x, B, T, this.config),
       ...loraFeeds(this.config, this.lora, adapter, this.from, this.config.nLayer),
     };
     const out = await this.runner.run(await this.logitsGraph.get(), feeds, { keep: ['x'] });

@@ -12,3 +12,4 @@ export * from './ops/rope';
 export * from './ops/swiglu';
 export * from './ops/gqa-attention';
 export * from './llama-graphs';
+export * from './family-graphs';

@@ -40,6 +40,8 @@ import {
   type LoraConfig,
   type LoraTarget,
   isLoraTarget,
+  checkLoraTargetsFit,
+  type ModelConfig,
   loraModulePath,
   loraScale,
   loraTargetDims,
@@ -127,8 +129,9 @@ function checkLora(lora: LoraConfig): LoraTarget[] {
 }
 
 /** The LoRA pairs of blocks [from, to), in the order their inputs (and gradient outputs) appear. */
-export function loraSlots(config: Gpt2Config, lora: LoraConfig, from: number, to: number): LoraSlot[] {
+export function loraSlots(config: ModelConfig, lora: LoraConfig, from: number, to: number): LoraSlot[] {
   const targets = checkLora(lora);
+  checkLoraTargetsFit(config, lora);
   const out: LoraSlot[] = [];
   for (let layer = from; layer < to; layer++) {
     for (const target of targets) {
@@ -144,7 +147,7 @@ export function loraSlots(config: Gpt2Config, lora: LoraConfig, from: number, to
  * when the adapter lacks a pair for one of lora.targets in [from, to), or a pair is mis-shaped.
  */
 export function loraGraphFeeds(
-  config: Gpt2Config,
+  config: ModelConfig,
   lora: LoraConfig,
   adapter: LoraAdapter,
   from: number,
@@ -176,7 +179,7 @@ export function loraGraphFeeds(
 
 /** LoRA gradients (keyed like LoraAdapter.layers, as the reference returns them) from a graph's grad.* outputs. */
 export function loraGradsFromGraph(
-  config: Gpt2Config,
+  config: ModelConfig,
   lora: LoraConfig,
   from: number,
   to: number,
