@@ -15,3 +15,5 @@ export * from './kernels/rmsnorm';
 export * from './kernels/rope';
 export * from './kernels/swiglu';
 export * from './kernels/gqa-attention';
+export * from './llama-engine';
+export * from './family-engine';

@@ -17,14 +17,9 @@
 import {
   adamwInit,
   adamwStep,
-  cloudSegmentStep,
   DEFAULT_ADAMW,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  IGNORE_INDEX,
   initLoraAdapter,
   LORA_TARGETS,
-  Rng,
   userSegmentBackward,
   userSegmentForward,
   type AdamWOptions,
@@ -33,7 +28,6 @@ import {
   type LoraAdapter,
   type LoraConfig,
   type SplitPlan,
-  type TokenBatch,
 } from '@splitllm/model';
 import { loadGpt2Dir } from '@splitllm/model/node';
 import { fileURLToPath } from 'node:url';
@@ -42,7 +36,15 @@ import { GpuContext, GpuError } from '../src/gpu';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
 import { chooseKernelVariants, engineMatmulShapes, GPU_DEFAULT_VARIANTS, isSoftwareAdapter } from '../src/variants';
 import { MATMUL_VARIANTS } from '../src/kernels/matmul';
-import { adapterWithRandomB, maxRelErr, scaledRandomModel, testDevice } from './harness';
+import {
+  adapterWithRandomB,
+  batchOf,
+  continuation,
+  expectEngineContract,
+  maxRelErr,
+  scaledRandomModel,
+  testDevice,
+} from './harness';
 
 const shipped: Gpt2Model = loadGpt2Dir(fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url)));
 
@@ -69,32 +71,6 @@ function cloneAdapter(a: LoraAdapter): LoraAdapter {
       B: { shape: [...p.B.shape], data: p.B.data.slice() },
     });
   return { config: { ...a.config }, layers };
-}
-
-/** Two rows of T tokens; the second is right-padded (eos ids, ignored targets) after 2T/3. */
-function batchOf(c: Gpt2Config, T: number, seed: number): TokenBatch {
-  const rng = new Rng(seed);
-  const B = 2;
-  const ids = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(c.vocabSize));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      ids[b * T + t] = pad ? c.eosTokenId : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds: ids, targets };
-}
-
-/** The reference's edge and cloud on h1: loss and dL/dh1. */
-function continuation(model: Gpt2Model, a: LoraAdapter, h1: Float32Array, batch: TokenBatch, plan: SplitPlan) {
-  const e = edgeSegmentForward(model, a, h1, batch.B, batch.T, plan);
-  const cl = cloudSegmentStep(model, a, e.h2, batch.targets, batch.B, batch.T, plan);
-  const back = edgeSegmentBackward(model, a, e.state, cl.dh2);
-  return { loss: cl.loss, dh1: back.dh1 };
 }
 
 const adamw: AdamWOptions = { ...DEFAULT_ADAMW, lr: 5e-3, weightDecay: 0.01 };
@@ -255,34 +231,12 @@ describe('UserSegmentEngine: limits and bad input', () => {
     const engine = await UserSegmentEngine.create(gpu, shipped, adapter, { k: 1, lora, batch: 2, seq: 8, adamw });
     try {
       const batch = batchOf(shipped.config, 8, 51);
-      expect(() => engine.backward(new Float32Array(2 * 8 * 128))).toThrow(/backward needs a forward first/);
-      expect(() => engine.step()).toThrow(/step needs a backward first/);
-      await expect(engine.forward(new Int32Array(15))).rejects.toThrow(/batches of 2 x 8 tokens, got 15/);
-      const bad = batch.inputIds.slice();
-      bad[5] = 1024;
-      await expect(engine.forward(bad)).rejects.toThrow(
-        /token id 1024 at position 5 is outside the vocabulary \[0, 1024\)/,
-      );
-      const first = await engine.forward(batch.inputIds);
-      const nan = new Float32Array(first.length);
-      nan[7] = NaN;
-      expect(() => engine.backward(nan)).toThrow(/non-finite value at 7/);
-      expect(() => engine.backward(new Float32Array(3))).toThrow(/expected 2048/);
-      engine.backward(new Rng(1).fillNormal(new Float32Array(first.length), 1e-2));
-      engine.step();
-      const moved = await engine.forward(batch.inputIds);
-      expect(maxRelErr(moved, first)).toBeGreaterThan(1e-6); // training changed the output
-      engine.setAdapter(adapter);
-      expect(engine.steps).toBe(0);
-      expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
-      // a foreign adapter is refused before anything is written
-      expect(() => engine.setAdapter(adapterWithRandomB(shipped.config, { ...lora, r: 4 }, 52))).toThrow(
-        /another LoRA config/,
-      );
-      const missing = adapterWithRandomB(shipped.config, lora, 53);
-      missing.layers.delete('h.0.attn.c_proj');
-      expect(() => engine.setAdapter(missing)).toThrow(/no LoRA pair for h\.0\.attn\.c_proj/);
-      expect(Array.from(await engine.forward(batch.inputIds))).toEqual(Array.from(first));
+      await expectEngineContract(engine, batch.inputIds, 1e-2, {
+        own: adapter,
+        foreign: adapterWithRandomB(shipped.config, { ...lora, r: 4 }, 52),
+        missing: adapterWithRandomB(shipped.config, lora, 53),
+        missingName: 'h.0.attn.c_proj',
+      });
     } finally {
       engine.destroy();
     }

@@ -1,7 +1,8 @@
 /**
  * LoRA linear forward (y, xa) and backward (dx, dA, dB) against ops/lora-linear.ts, every matmul
- * variant, on sizes that are not multiples of any tile; plus 'no adapter' and the accumulate
- * options.
+ * variant, on sizes that are not multiples of any tile; plus 'no adapter', the accumulate
+ * options, and W stored [out, in] (nn.Linear, the LLaMA family: weightLayout 'out-in') with and
+ * without a bias.
  */
 import { describe, expect, it } from 'vitest';
 import {
@@ -12,7 +13,7 @@ import {
 } from '@splitllm/model';
 import type { GpuContext } from '../src/gpu';
 import { MATMUL_VARIANTS, type MatmulVariant } from '../src/kernels/matmul';
-import { loraLinearBackward, loraLinearForward } from '../src/kernels/lora-linear';
+import { loraLinearBackward, loraLinearForward, type LinearWeightLayout } from '../src/kernels/lora-linear';
 import { maxRelErr, randn, testDevice } from './harness';
 
 // Every output is a float32 sum of at most max(K, N, M) + r <= 100 products, compared with a
@@ -48,13 +49,16 @@ async function runGpu(
   variant: MatmulVariant | undefined,
   init?: { dx: Float32Array; dA: Float32Array; dB: Float32Array },
   lowRankVariant?: MatmulVariant,
+  weightLayout?: LinearWeightLayout,
 ) {
   const { M, K, N, r } = c;
   const { p, x, dy } = s;
+  // 'out-in': the same W uploaded transposed, [N, K]
+  const W = weightLayout === 'out-in' ? p.W.map((_, i) => p.W[(i % K) * N + Math.floor(i / K)]) : p.W;
   const b = {
     x: gpu.storage(x),
-    W: gpu.storage(p.W),
-    b: gpu.storage(p.b!),
+    W: gpu.storage(W),
+    b: p.b ? gpu.storage(p.b) : undefined,
     y: gpu.storage(M * N * 4),
     A: p.lora ? gpu.storage(p.lora.A) : undefined,
     B: p.lora ? gpu.storage(p.lora.B) : undefined,
@@ -67,10 +71,11 @@ async function runGpu(
   const dims = { M, K, N, r, scale: p.lora?.scale };
   const accumulate = !!init;
   gpu.run([
-    ...loraLinearForward(gpu, b, dims, { variant, lowRankVariant }),
+    ...loraLinearForward(gpu, b, dims, { variant, lowRankVariant, weightLayout }),
     ...loraLinearBackward(gpu, b, dims, {
       variant,
       lowRankVariant,
+      weightLayout,
       accumulateDx: accumulate,
       accumulateGrads: accumulate,
     }),
@@ -93,6 +98,29 @@ describe('lora-linear kernels', () => {
   const C1: Case = { M: 13, K: 37, N: 29, r: 3 };
   const C2: Case = { M: 20, K: 48, N: 68, r: 8 }; // multiples of 4: the vec4 paths
 
+  /** Every output of an adapted linear within TOL of the reference; the errors recorded under `label`. */
+  function expectAdapted(
+    label: string,
+    got: Awaited<ReturnType<typeof runGpu>>,
+    f: ReturnType<typeof refForward>,
+    g: ReturnType<typeof refBackward>,
+  ): void {
+    const e = {
+      y: maxRelErr(got.y, f.y),
+      xa: maxRelErr(got.xa!, f.cache.xa!),
+      dx: maxRelErr(got.dx, g.dx),
+      dA: maxRelErr(got.dA!, g.dA!),
+      dB: maxRelErr(got.dB!, g.dB!),
+    };
+    errors.push(
+      `${label}: ` +
+        Object.entries(e)
+          .map(([k, v]) => `${k} ${v.toExponential(2)}`)
+          .join(', '),
+    );
+    for (const [k, v] of Object.entries(e)) expect(v, `${label} ${k}`).toBeLessThan(TOL);
+  }
+
   MATMUL_VARIANTS.forEach((variant, i) => {
     // the rank-r products run another variant than the full-size ones, so both settings are used
     const lowRank = MATMUL_VARIANTS[(i + 1) % MATMUL_VARIANTS.length];
@@ -103,20 +131,7 @@ describe('lora-linear kernels', () => {
         const f = refForward(s.p, s.x, c.M);
         const g = refBackward(s.p, f.cache, s.dy, c.M);
         const got = await runGpu(gpu, c, s, variant, undefined, lowRank);
-        const e = {
-          y: maxRelErr(got.y, f.y),
-          xa: maxRelErr(got.xa!, f.cache.xa!),
-          dx: maxRelErr(got.dx, g.dx),
-          dA: maxRelErr(got.dA!, g.dA!),
-          dB: maxRelErr(got.dB!, g.dB!),
-        };
-        errors.push(
-          `${variant} ${c.M}x${c.K}x${c.N} r${c.r}: ` +
-            Object.entries(e)
-              .map(([k, v]) => `${k} ${v.toExponential(2)}`)
-              .join(', '),
-        );
-        for (const [k, v] of Object.entries(e)) expect(v, `${variant} ${k}`).toBeLessThan(TOL);
+        expectAdapted(`${variant} ${c.M}x${c.K}x${c.N} r${c.r}`, got, f, g);
       }
     });
   });
@@ -155,6 +170,21 @@ describe('lora-linear kernels', () => {
           .join(', '),
     );
     for (const [k, v] of Object.entries(e)) expect(v, k).toBeLessThan(TOL);
+  });
+
+  it("W stored [out, in] ('out-in', nn.Linear), with and without a bias", async () => {
+    const gpu = await testDevice();
+    for (const [c, bias] of [
+      [C1, true],
+      [C2, false],
+    ] as const) {
+      const s = setup(c, 40 + c.M);
+      if (!bias) s.p.b = undefined;
+      const f = refForward(s.p, s.x, c.M);
+      const g = refBackward(s.p, f.cache, s.dy, c.M);
+      const got = await runGpu(gpu, c, s, 'registers', undefined, 'tiled', 'out-in');
+      expectAdapted(`out-in ${c.M}x${c.K}x${c.N} r${c.r}${bias ? '' : ' no bias'}`, got, f, g);
+    }
   });
 
   it('an adapter needs its scale and buffers', async () => {

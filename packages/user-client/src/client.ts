@@ -19,11 +19,14 @@ import {
   adapterToNamedTensors,
   codeOf,
   decodeSegment,
-  gpt2ModelOf,
-  Gpt2Tokenizer,
+  modelDims,
+  type AnyTokenizer,
+  type TokenizerWireFiles,
+  tokenizerFromWireFiles,
+  tokenizerWireSize,
   Rng,
   sampleBatch,
-  type Gpt2Config,
+  type ModelConfig,
   type LoraAdapter,
   type TokenBatch,
 } from '@splitllm/model';
@@ -181,7 +184,7 @@ export type UserEvent =
 export interface UserClientOptions {
   credentials: JoinCredentials;
   /** training batches: the client asks for one per step */
-  batches: (B: number, T: number, config: Gpt2Config) => TokenBatch;
+  batches: (B: number, T: number, config: ModelConfig) => TokenBatch;
   engine: UserEngineKind | 'auto';
   getGpu?: () => Promise<GpuContext>;
   /** a WebSocket constructor (the browser's, or `ws` in Node) */
@@ -237,9 +240,9 @@ function cryptoNormal(): () => number {
 export function tokenBatches(
   tokens: ArrayLike<number>,
   seed: number,
-): (B: number, T: number, c: Gpt2Config) => TokenBatch {
+): (B: number, T: number, c: ModelConfig) => TokenBatch {
   const rng = new Rng(seed + 1);
-  return (B, T, c) => sampleBatch(tokens, B, T, rng, c.eosTokenId);
+  return (B, T, c) => sampleBatch(tokens, B, T, rng, modelDims(c).padId);
 }
 
 type FromEdge = MessageOn<'edgeToUser'>;
@@ -247,7 +250,7 @@ type Turn = Incoming<'edgeToUser', 'turn'>;
 
 export class UserClient {
   manifest?: RunManifest;
-  config?: Gpt2Config;
+  config?: ModelConfig;
   trainer?: UserTrainer;
   private ws?: WebSocketLike;
   /** the edge's replies a turn waits for (backward, turn-end) */
@@ -318,7 +321,8 @@ export class UserClient {
     const c = this.config;
     if (!manifest || !c) throw new ClientError('NOT_STARTED', 'generation needs a started client');
     const { batch: B, seq: T, activationNoise, labels } = manifest.train;
-    const padded = paddedForward((batch) => trainer.forward(batch), B, T, c.nEmbd, c.eosTokenId);
+    const { width, padId } = modelDims(c);
+    const padded = paddedForward((batch) => trainer.forward(batch), B, T, width, padId);
     const forward = async (ids: Int32Array) => {
       const h1 = await padded(ids);
       if (activationNoise > 0) addGaussianNoise(h1, activationNoise, this.noiseNormal);
@@ -343,11 +347,12 @@ export class UserClient {
   }
 
   /** The run's tokenizer, from the edge (the text is encoded here, never sent). */
-  async tokenizer(): Promise<Gpt2Tokenizer> {
+  async tokenizer(): Promise<AnyTokenizer> {
     const res = await this.get('/api/tokenizer');
-    const files = (await res.json()) as { vocabJson: string; mergesTxt: string };
-    this.emit({ type: 'download', what: 'tokenizer', bytes: files.vocabJson.length + files.mergesTxt.length });
-    return Gpt2Tokenizer.fromFiles(files.vocabJson, files.mergesTxt);
+    const files = (await res.json()) as TokenizerWireFiles;
+    const tokenizer = tokenizerFromWireFiles(files);
+    this.emit({ type: 'download', what: 'tokenizer', bytes: tokenizerWireSize(files) });
+    return tokenizer;
   }
 
   /**
@@ -418,8 +423,7 @@ export class UserClient {
     const { adapter } = await this.currentAdapter(manifest.version);
     const t = manifest.train;
     const options = { plan: manifest.plan, lora: manifest.lora, batch: t.batch, seq: t.seq, adamw: t.adamw };
-    const model = gpt2ModelOf(seg.model, 'this client');
-    const { trainer, reason } = await createUserTrainer(this.o.engine, model, adapter, options, this.o.getGpu);
+    const { trainer, reason } = await createUserTrainer(this.o.engine, seg.model, adapter, options, this.o.getGpu);
     this.trainer = trainer;
     this.emit({ type: 'engine', kind: trainer.kind, reason });
     await this.connect();
@@ -562,7 +566,7 @@ export class UserClient {
     const { round, version, steps, codec } = turn;
     const trainer = this.trainer!;
     const { batch: B, seq: T } = this.manifest!.train;
-    const D = this.config!.nEmbd;
+    const D = modelDims(this.config!).width;
     try {
       if (turn.batch !== B || turn.seq !== T) {
         throw new ProtocolError('BAD_FIELD', `the turn's batch shape is not the manifest's ${B} x ${T}`);

@@ -7,7 +7,7 @@
  * Browser-safe (no Node API): the default device comes from navigator.gpu; Node passes
  * `nodeGpu` from ./node/gpu.
  */
-import type { Gpt2Config, Gpt2Model, LoraAdapter, TokenBatch } from '@splitllm/model';
+import { type AnyModel, type LoraAdapter, type ModelConfig, modelDims, type TokenBatch } from '@splitllm/model';
 import { GpuError, isSoftwareAdapter, type GpuContext } from '@splitllm/lora-kernels';
 import type { OnnxWasmOptions, OnnxWasmUserTrainer } from './engines/wasm';
 import { ReferenceUserTrainer } from './engines/reference';
@@ -20,7 +20,7 @@ function messageOf(e: unknown): string {
 
 /** The wasm engine, loaded on first use. */
 async function startWasm(
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter,
   o: UserTrainerOptions,
   wasm: OnnxWasmOptions | undefined,
@@ -41,7 +41,7 @@ function msText(ms: number): string {
  */
 async function timeOneStep(
   trainer: UserTrainer,
-  c: Gpt2Config,
+  c: ModelConfig,
   o: UserTrainerOptions,
   adapter: LoraAdapter,
 ): Promise<number> {
@@ -49,7 +49,7 @@ async function timeOneStep(
   const inputIds = new Int32Array(n);
   for (let i = 0; i < n; i++) inputIds[i] = (i * 7919 + 13) % c.vocabSize;
   const batch: TokenBatch = { B: o.batch, T: o.seq, inputIds, targets: inputIds.slice() };
-  const dh1 = new Float32Array(n * c.nEmbd);
+  const dh1 = new Float32Array(n * modelDims(c).width);
   for (let i = 0; i < dh1.length; i++) dh1[i] = ((i % 13) - 6) * 1e-4;
   const step = async (): Promise<number> => {
     const t0 = performance.now();
@@ -97,7 +97,7 @@ async function tryEngine<T extends UserTrainer>(
  */
 export async function createUserTrainer(
   kind: UserEngineKind | 'auto',
-  model: Gpt2Model,
+  model: AnyModel,
   adapter: LoraAdapter,
   o: UserTrainerOptions,
   getGpu: () => Promise<GpuContext> = browserGpu,

@@ -26,7 +26,7 @@ import {
   ProtocolError,
   responseError,
 } from '@splitllm/wire';
-import { IGNORE_INDEX, Rng, type Gpt2Config, type TokenBatch } from '@splitllm/model';
+import { IGNORE_INDEX, type ModelConfig, modelDims, Rng, type TokenBatch } from '@splitllm/model';
 import { ClientError } from './errors';
 
 export interface SamplingOptions {
@@ -46,17 +46,18 @@ export interface GenerateOptions extends Partial<SamplingOptions> {
    * (the trainer's headLogits). Needed when the edge answers with a `hidden` message.
    */
   head?: (h: Float32Array) => Promise<Float32Array>;
-  config: Pick<Gpt2Config, 'nPositions' | 'nEmbd' | 'vocabSize' | 'eosTokenId'>;
+  /** the model's config, of either family (what is read of it: modelDims) */
+  config: ModelConfig;
   promptIds: ArrayLike<number>;
   maxNewTokens: number;
   /** default 0 (the sampler's Rng) */
   seed?: number;
   /**
    * the longest context sent, older tokens dropped from the left (default and at most
-   * config.nPositions; paddedForward's T for a fixed-shape engine)
+   * the model's positions; paddedForward's T for a fixed-shape engine)
    */
   maxContext?: number;
-  /** stop after sampling the end-of-text token (config.eosTokenId), which is returned (default true) */
+  /** stop after sampling an end-of-text token (modelDims(config).eosIds), which is returned (default true) */
   stopAtEos?: boolean;
   onToken?: (id: number) => void;
   /** a `503 NOT_READY` (edge starting, global version changing) is retried this many times (default 3) */
@@ -75,11 +76,12 @@ export async function nextTokenLogits(
   h1: Float32Array,
   T: number,
 ): Promise<{ logits: Float32Array; version: number }> {
-  const { config: c } = o;
-  if (h1.length !== T * c.nEmbd) {
-    throw new ClientError('BAD_SHAPE', `h1 has ${h1.length} values, a context of ${T} needs ${T * c.nEmbd}`);
+  const c = o.config;
+  const D = modelDims(c).width;
+  if (h1.length !== T * D) {
+    throw new ClientError('BAD_SHAPE', `h1 has ${h1.length} values, a context of ${T} needs ${T * D}`);
   }
-  const body = encodeMessage('userGenerate', 'generate', { h: { data: h1, shape: [1, T, c.nEmbd] } });
+  const body = encodeMessage('userGenerate', 'generate', { h: { data: h1, shape: [1, T, D] } });
   const doFetch = o.fetch ?? globalThis.fetch.bind(globalThis);
   const retries = o.retries ?? 3;
   for (let attempt = 0; ; attempt++) {
@@ -105,7 +107,7 @@ export async function nextTokenLogits(
       const bytes = new Uint8Array(await res.arrayBuffer());
       const m = decodeMessage('logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
       if (m.type === 'logits') return { logits: expectShape(m.logits, 'logits', [c.vocabSize]), version: m.version };
-      const h = expectShape(m.h, 'the last hidden state', [c.nEmbd]);
+      const h = expectShape(m.h, 'the last hidden state', [D]);
       if (!o.head) throw new ClientError('BAD_OPTION', 'generate: the run keeps labels on the device: pass `head`');
       return { logits: await o.head(h), version: m.version };
     } catch (e) {
@@ -159,21 +161,21 @@ export function sampleToken(logits: ArrayLike<number>, s: SamplingOptions, rng: 
  * prompt), calling onToken for each as it comes.
  */
 export async function generateContinuation(o: GenerateOptions): Promise<number[]> {
-  const c = o.config;
+  const c = modelDims(o.config);
   const sampling: SamplingOptions = { temperature: o.temperature ?? 0, topK: o.topK ?? 0 };
   checkSampling(sampling);
   if (!(Number.isInteger(o.maxNewTokens) && o.maxNewTokens >= 0)) {
     throw new ClientError('BAD_OPTION', `maxNewTokens must be an integer >= 0, got ${o.maxNewTokens}`);
   }
-  const maxContext = Math.min(o.maxContext ?? c.nPositions, c.nPositions);
+  const maxContext = Math.min(o.maxContext ?? c.positions, c.positions);
   if (!(Number.isInteger(maxContext) && maxContext >= 1)) {
     throw new ClientError('BAD_OPTION', `maxContext must be a positive integer, got ${o.maxContext}`);
   }
   const context = Array.from(o.promptIds);
   if (context.length === 0) throw new ClientError('BAD_OPTION', 'the prompt is empty');
   for (const id of context) {
-    if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) {
-      throw new ClientError('BAD_OPTION', `prompt token id ${id} is outside the vocabulary [0, ${c.vocabSize})`);
+    if (!(Number.isInteger(id) && id >= 0 && id < c.vocab)) {
+      throw new ClientError('BAD_OPTION', `prompt token id ${id} is outside the vocabulary [0, ${c.vocab})`);
     }
   }
   const rng = new Rng(o.seed ?? 0);
@@ -188,7 +190,7 @@ export async function generateContinuation(o: GenerateOptions): Promise<number[]
     out.push(next);
     context.push(next);
     o.onToken?.(next);
-    if (stopAtEos && next === c.eosTokenId) break;
+    if (stopAtEos && c.eosIds.includes(next)) break;
   }
   return out;
 }

@@ -13,15 +13,16 @@
 import {
   checkAdapterCovers,
   cloneTensor,
-  gpt2ParameterShapes,
   IGNORE_INDEX,
   loraModulePath,
+  modelDims,
   numel,
   sameShape,
+  segmentParameterShapes,
   validateSplitPlan,
   type AdamWOptions,
-  type Gpt2Config,
-  type Gpt2Model,
+  type AnyModel,
+  type ModelConfig,
   type LoraAdapter,
   type LoraConfig,
   type SplitPlan,
@@ -75,13 +76,14 @@ export interface UserTrainer {
 // callers)
 
 /** @internal */
-export function checkOptions(c: Gpt2Config, o: UserTrainerOptions): void {
+export function checkOptions(c: ModelConfig, o: UserTrainerOptions): void {
   validateSplitPlan(c, o.plan);
   if (!(Number.isInteger(o.batch) && o.batch >= 1 && Number.isInteger(o.seq) && o.seq >= 1)) {
     throw new Error(`user trainer: batch ${o.batch} x seq ${o.seq} must be positive integers`);
   }
-  if (o.seq > c.nPositions) {
-    throw new Error(`user trainer: sequence length ${o.seq} exceeds the model's n_positions ${c.nPositions}`);
+  const { positions } = modelDims(c);
+  if (o.seq > positions) {
+    throw new Error(`user trainer: sequence length ${o.seq} exceeds the model's ${positions} positions`);
   }
 }
 
@@ -89,15 +91,10 @@ export function checkOptions(c: Gpt2Config, o: UserTrainerOptions): void {
  * The user segment's weights are there with the config's shapes (a decoded user segment has
  * exactly these). @internal
  */
-export function checkUserWeights(model: Gpt2Model, k: number): void {
-  for (const [name, shape] of gpt2ParameterShapes(model.config)) {
-    const layer = /^h\.(\d+)\./.exec(name);
-    const needed =
-      name === 'wte.weight' ||
-      name === 'wpe.weight' ||
-      name.startsWith('ln_f.') ||
-      (layer !== null && Number(layer[1]) < k);
-    if (!needed) continue;
+export function checkUserWeights(model: AnyModel, k: number): void {
+  // the user segment of a plan with this k (m does not change what the user holds)
+  const plan = { k, m: model.config.nLayer };
+  for (const [name, shape] of segmentParameterShapes(model.config, plan, 'user')) {
     const t = model.weights.get(name);
     if (!t) throw new Error(`user trainer: the user segment has no tensor "${name}"`);
     if (!sameShape(t.shape, shape) || t.data.length !== numel(shape)) {
@@ -110,19 +107,19 @@ export function checkUserWeights(model: Gpt2Model, k: number): void {
  * Same rules as the WGSL engine's: the trainer's LoRA config, shapes that fit, a pair for every
  * target of [0, k). @internal
  */
-export function checkUserAdapter(c: Gpt2Config, o: UserTrainerOptions, adapter: LoraAdapter): void {
+export function checkUserAdapter(c: ModelConfig, o: UserTrainerOptions, adapter: LoraAdapter): void {
   checkAdapterCovers(c, o.lora, adapter, 0, o.plan.k, 'user trainer');
 }
 
 /** The segment, options and adapter an engine is built with; throws on the caller's bug. @internal */
-export function checkTrainerInputs(model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions): void {
+export function checkTrainerInputs(model: AnyModel, adapter: LoraAdapter, o: UserTrainerOptions): void {
   checkOptions(model.config, o);
   checkUserWeights(model, o.plan.k);
   checkUserAdapter(model.config, o, adapter);
 }
 
 /** @internal */
-export function checkBatch(c: Gpt2Config, o: UserTrainerOptions, b: TokenBatch): void {
+export function checkBatch(c: ModelConfig, o: UserTrainerOptions, b: TokenBatch): void {
   if (b.B !== o.batch || b.T !== o.seq) {
     throw new Error(`user trainer: this trainer takes batches of ${o.batch} x ${o.seq} tokens, got ${b.B} x ${b.T}`);
   }
@@ -142,10 +139,11 @@ export function checkBatch(c: Gpt2Config, o: UserTrainerOptions, b: TokenBatch):
 }
 
 /** @internal */
-export function checkDh1(c: Gpt2Config, o: UserTrainerOptions, dh1: Float32Array): void {
-  const n = o.batch * o.seq * c.nEmbd;
+export function checkDh1(c: ModelConfig, o: UserTrainerOptions, dh1: Float32Array): void {
+  const D = modelDims(c).width;
+  const n = o.batch * o.seq * D;
   if (dh1.length !== n) {
-    const shape = `${o.batch} x ${o.seq} x ${c.nEmbd}`;
+    const shape = `${o.batch} x ${o.seq} x ${D}`;
     throw new Error(`user trainer: dL/dh1 has ${dh1.length} values, expected ${n} (${shape})`);
   }
   for (let i = 0; i < n; i++) {
@@ -158,11 +156,12 @@ export function checkDh1(c: Gpt2Config, o: UserTrainerOptions, dh1: Float32Array
  * them: the shapes of the trainer's batch, finite values, and targets in the vocabulary or the
  * ignore index. @internal
  */
-export function checkHeadInputs(c: Gpt2Config, o: UserTrainerOptions, hL: Float32Array, targets: Int32Array): void {
+export function checkHeadInputs(c: ModelConfig, o: UserTrainerOptions, hL: Float32Array, targets: Int32Array): void {
   const n = o.batch * o.seq;
-  if (hL.length !== n * c.nEmbd) {
-    const shape = `${o.batch} x ${o.seq} x ${c.nEmbd}`;
-    throw new Error(`user trainer: the last hidden state has ${hL.length} values, expected ${n * c.nEmbd} (${shape})`);
+  const D = modelDims(c).width;
+  if (hL.length !== n * D) {
+    const shape = `${o.batch} x ${o.seq} x ${D}`;
+    throw new Error(`user trainer: the last hidden state has ${hL.length} values, expected ${n * D} (${shape})`);
   }
   for (let i = 0; i < hL.length; i++) {
     if (!Number.isFinite(hL[i]))
@@ -180,9 +179,9 @@ export function checkHeadInputs(c: Gpt2Config, o: UserTrainerOptions, hL: Float3
 }
 
 /** One position's last hidden state for generation: D finite values. @internal */
-export function checkLastHidden(c: Gpt2Config, h: Float32Array): void {
-  if (h.length !== c.nEmbd)
-    throw new Error(`user trainer: a last hidden state has ${h.length} values, expected ${c.nEmbd}`);
+export function checkLastHidden(c: ModelConfig, h: Float32Array): void {
+  const D = modelDims(c).width;
+  if (h.length !== D) throw new Error(`user trainer: a last hidden state has ${h.length} values, expected ${D}`);
   for (let i = 0; i < h.length; i++) {
     if (!Number.isFinite(h[i])) throw new Error(`user trainer: the last hidden state holds a non-finite value at ${i}`);
   }

@@ -303,7 +303,7 @@ like the other engines`, async () => {
       OnnxWasmUserTrainer.create(userModel, userInit, { ...options, plan: { k: 3, m: 3 } }, wasm),
     ).rejects.toThrow(/split plan k=3, m=3 is invalid/);
     await expect(OnnxWasmUserTrainer.create(userModel, userInit, { ...options, seq: 129 }, wasm)).rejects.toThrow(
-      /sequence length 129 exceeds the model's n_positions 128/,
+      /sequence length 129 exceeds the model's 128 positions/,
     );
     const noBlock: Gpt2Model = {
       config: c,

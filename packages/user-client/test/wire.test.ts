@@ -4,7 +4,7 @@
  * against a fake fetch that answers as an edge does. The client against real servers is tested
  * in packages/cli/test (system, generate, admin).
  */
-import { CodedError } from '@splitllm/model';
+import { CodedError, type Gpt2Config } from '@splitllm/model';
 import { decodeExpected, encodeMessage, GENERATE_USER_HEADER } from '@splitllm/wire';
 import { describe, expect, it } from 'vitest';
 import { ClientError, isClientErrorCode } from '../src/errors';
@@ -39,7 +39,17 @@ describe('ClientError', () => {
 });
 
 describe('nextTokenLogits', () => {
-  const config = { nPositions: 8, nEmbd: 4, vocabSize: 5, eosTokenId: 0 };
+  const config: Gpt2Config = {
+    nPositions: 8,
+    nEmbd: 4,
+    vocabSize: 5,
+    eosTokenId: 0,
+    bosTokenId: 0,
+    nLayer: 2,
+    nHead: 1,
+    nInner: 16,
+    layerNormEpsilon: 1e-5,
+  };
   const credentials = { userId: 'u-1', userToken: 'tok' };
   const h1 = Float32Array.from({ length: 3 * config.nEmbd }, (_, i) => i / 10);
   type Answer = (body: Uint8Array, headers: Record<string, string>) => Response;

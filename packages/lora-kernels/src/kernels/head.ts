@@ -15,6 +15,8 @@
  * between the passes move the chunk's rows of hL and targets in and its rows of dL/dhL and loss
  * terms out. The count is taken from the targets on the CPU before any chunk runs, so 1/count
  * scales dlogits inside each chunk; the per-row loss terms are summed on the CPU in float64.
+ * ChunkedHead is that flow for either model family; the final norm is the one part it leaves to
+ * its caller (LmHead here: ln_f; LlamaLmHead in llama-head.ts: RMSNorm, and lm_head for wte).
  *
  * Kernel versions (the fused cross-entropy; `CrossEntropyVariant`, a setting that follows the
  * engine's layer-norm one: both are row reductions, and barriers are what separates them):
@@ -242,10 +244,26 @@ export function headChunkRows(adapter: AdapterSummary, rows: number, V: number, 
   return Math.max(1, Math.min(r, rows, cap ?? Number.POSITIVE_INFINITY));
 }
 
-/** Floats the head allocates for `rows` rows in chunks of R (the full-size in/out and the chunk scratch). */
+/**
+ * Chunk rows at the budget alone, i.e. headChunkRows on an adapter whose binding limit is over
+ * the budget (for an engine's size estimate, made before any adapter is at hand).
+ */
+export function budgetChunkRows(rows: number, V: number): number {
+  return Math.max(1, Math.min(rows, Math.floor(HEAD_LOGITS_BUDGET_BYTES / (4 * V))));
+}
+
+/**
+ * Floats a head allocates for `rows` rows in chunks of R: the full-size in/out (hL, targets,
+ * dL/dhL, loss terms) and the chunk scratch (h, targets, y, logits, dy, dh, loss terms and the
+ * norm's `normStats` floats per row).
+ */
+export function chunkedHeadFloats(D: number, V: number, rows: number, R: number, normStats: number): number {
+  return rows * (2 * D + 2) + R * (4 * D + 2 + normStats + V);
+}
+
+/** Floats the GPT-2 head allocates for `rows` rows in chunks of R (ln_f keeps mean and rstd). */
 export function headFloats(c: Gpt2Config, rows: number, R: number): number {
-  const D = c.nEmbd;
-  return rows * (2 * D + 2) + R * (4 * D + 4 + c.vocabSize);
+  return chunkedHeadFloats(c.nEmbd, c.vocabSize, rows, R, 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,7 +283,7 @@ export interface LmHeadOptions {
   /** at most this many rows per chunk (default: headChunkRows' rule alone) */
   chunkRows?: number;
   matmul?: MatmulVariant;
-  /** layer norm and cross-entropy (both row reductions) */
+  /** the final norm and cross-entropy (both row reductions) */
   rowVariant?: LayerNormVariant;
 }
 
@@ -276,17 +294,49 @@ export interface HeadStepResult {
   dh: Float32Array;
 }
 
+/** The chunk scratch a head's final norm works on (R = chunk rows), and where its own scratch comes from. */
+export interface HeadNormBuffers {
+  /** [R, D] the chunk's rows of hL: the norm's input */
+  h: GPUBuffer;
+  /** [R, D] out: the normed rows, which the logits are taken of */
+  y: GPUBuffer;
+  /** [R, D] dL/dy */
+  dy: GPUBuffer;
+  /** [R, D] out: dL/dh */
+  dh: GPUBuffer;
+  chunkRows: number;
+  /** a buffer of `floats` floats that the head owns (and destroys) */
+  scratch(floats: number, label: string): GPUBuffer;
+}
+
+/** A head's final norm over the first `rows` rows of the chunk: the one part the families' heads differ in. */
+export interface HeadNorm {
+  forward(rows: number): Dispatch[];
+  backward(rows: number): Dispatch[];
+}
+
+export interface ChunkedHeadShape {
+  V: number;
+  D: number;
+  /** [V, D]: the output embedding, logits = y head^T */
+  head: GPUBuffer;
+  /** the command encoder's label */
+  label: string;
+}
+
 /**
- * The head of one engine: chunk scratch and dispatch lists built once (a full chunk, the last
- * partial chunk, and one row for generation); per step the hidden states and targets go up and
- * dL/dhL and the per-row loss terms come down.
+ * A head of one engine, whatever its final norm: chunk scratch and dispatch lists built once (a
+ * full chunk, the last partial chunk, and one row for generation); per step the hidden states and
+ * targets go up and dL/dhL and the per-row loss terms come down. `norm` builds the norm's
+ * dispatches on the chunk scratch (LmHead: ln_f; kernels/llama-head.ts: RMSNorm).
  */
-export class LmHead {
+export class ChunkedHead {
   readonly rows: number;
   /** rows per chunk */
   readonly chunkRows: number;
   private readonly V: number;
   private readonly D: number;
+  private readonly label: string;
   private readonly hAll: GPUBuffer;
   private readonly tAll: GPUBuffer;
   private readonly dhAll: GPUBuffer;
@@ -304,15 +354,15 @@ export class LmHead {
 
   constructor(
     private readonly gpu: GpuContext,
-    c: Gpt2Config,
-    w: LmHeadWeights,
+    shape: ChunkedHeadShape,
     o: LmHeadOptions,
+    norm: (buffers: HeadNormBuffers) => HeadNorm,
   ) {
-    const V = c.vocabSize;
-    const D = c.nEmbd;
+    const { V, D } = shape;
     const M = o.rows;
     this.V = V;
     this.D = D;
+    this.label = shape.label;
     this.rows = M;
     const R = headChunkRows(gpu.adapter, M, V, o.chunkRows);
     this.chunkRows = R;
@@ -328,28 +378,19 @@ export class LmHead {
     this.h = buf(R * D, 'head-chunk-h');
     this.t = buf(R, 'head-chunk-targets');
     const y = buf(R * D, 'head-chunk-y');
-    const mean = buf(R, 'head-chunk-mean');
-    const rstd = buf(R, 'head-chunk-rstd');
     this.logits = buf(R * V, 'head-chunk-logits');
     const dy = buf(R * D, 'head-chunk-dy');
     this.dh = buf(R * D, 'head-chunk-dh');
     this.lossTerms = buf(R, 'head-chunk-loss');
     this.scale = createCrossEntropyScale(gpu);
     this.owned.push(this.scale);
+    const n = norm({ h: this.h, y, dy, dh: this.dh, chunkRows: R, scratch: buf });
 
     const mm = o.matmul ?? DEFAULT_MATMUL_VARIANT;
-    const ln = { variant: o.rowVariant };
-    const lnForward = (rows: number) =>
-      layerNormForward(
-        gpu,
-        { x: this.h, gamma: w.gamma, beta: w.beta, y, mean, rstd },
-        { M: rows, D, eps: c.layerNormEpsilon },
-        ln,
-      );
     const logitsOf = (rows: number) =>
-      matmul(gpu, { a: y, b: w.wte, c: this.logits }, { M: rows, K: D, N: V }, { layout: 'nt', variant: mm });
+      matmul(gpu, { a: y, b: shape.head, c: this.logits }, { M: rows, K: D, N: V }, { layout: 'nt', variant: mm });
     const chunk = (rows: number): Dispatch[] => [
-      ...lnForward(rows),
+      ...n.forward(rows),
       ...logitsOf(rows),
       ...softmaxCrossEntropyForwardBackward(
         gpu,
@@ -357,13 +398,13 @@ export class LmHead {
         { rows, V },
         { variant: o.rowVariant },
       ),
-      ...matmul(gpu, { a: this.logits, b: w.wte, c: dy }, { M: rows, K: V, N: D }, { layout: 'nn', variant: mm }),
-      ...layerNormBackward(gpu, { x: this.h, gamma: w.gamma, mean, rstd, dy, dx: this.dh }, { M: rows, D }, ln),
+      ...matmul(gpu, { a: this.logits, b: shape.head, c: dy }, { M: rows, K: V, N: D }, { layout: 'nn', variant: mm }),
+      ...n.backward(rows),
     ];
     this.full = chunk(R);
     const tailRows = M % R;
     this.tail = tailRows ? chunk(tailRows) : [];
-    this.oneRow = [...lnForward(1), ...logitsOf(1)];
+    this.oneRow = [...n.forward(1), ...logitsOf(1)];
   }
 
   /** Loss, count and dL/dhL for hL [rows, D] and targets [rows]. */
@@ -383,7 +424,7 @@ export class LmHead {
     setCrossEntropyCount(this.gpu, this.scale, count);
     this.gpu.write(this.hAll, hL);
     this.gpu.write(this.tAll, targets);
-    const enc = this.gpu.device.createCommandEncoder({ label: 'head-step' });
+    const enc = this.gpu.device.createCommandEncoder({ label: this.label });
     const R = this.chunkRows;
     for (let r0 = 0; r0 < M; r0 += R) {
       const n = Math.min(R, M - r0);
@@ -400,7 +441,7 @@ export class LmHead {
     return { loss: count > 0 ? total / count : 0, count, dh };
   }
 
-  /** Next-token logits [V] from one last hidden state [D] (ln_f and the tied head). */
+  /** Next-token logits [V] from one last hidden state [D] (the final norm and the head). */
   async logitsOf(h: Float32Array): Promise<Float32Array> {
     if (h.length !== this.D) throw new Error(`head: h has ${h.length} values, expected ${this.D}`);
     for (let i = 0; i < h.length; i++)
@@ -413,5 +454,28 @@ export class LmHead {
   destroy(): void {
     for (const b of this.owned) b.destroy();
     this.owned.length = 0;
+  }
+}
+
+/** GPT-2's head: ln_f (a layer norm with a bias) and the tied embedding wte. */
+export class LmHead extends ChunkedHead {
+  constructor(gpu: GpuContext, c: Gpt2Config, w: LmHeadWeights, o: LmHeadOptions) {
+    const D = c.nEmbd;
+    super(gpu, { V: c.vocabSize, D, head: w.wte, label: 'head-step' }, o, (b) => {
+      const mean = b.scratch(b.chunkRows, 'head-chunk-mean');
+      const rstd = b.scratch(b.chunkRows, 'head-chunk-rstd');
+      const ln = { variant: o.rowVariant };
+      return {
+        forward: (rows) =>
+          layerNormForward(
+            gpu,
+            { x: b.h, gamma: w.gamma, beta: w.beta, y: b.y, mean, rstd },
+            { M: rows, D, eps: c.layerNormEpsilon },
+            ln,
+          ),
+        backward: (rows) =>
+          layerNormBackward(gpu, { x: b.h, gamma: w.gamma, mean, rstd, dy: b.dy, dx: b.dh }, { M: rows, D }, ln),
+      };
+    });
   }
 }

@@ -14,6 +14,12 @@
  *   dB  = s xa^T dy       'tn' alpha = s  (or dB += ...)
  * Without an adapter (r = 0) it is a plain linear: y = x W + b, dx = dy W^T.
  *
+ * The base weight's layout is the one thing the model families store differently: GPT-2's
+ * Conv1D keeps W as [in, out] = [K,N] (`weightLayout` 'in-out', the default, as above), nn.Linear
+ * (the LLaMA family, llama-engine.ts) as [out, in] = [N,K] ('out-in': x W^T is 'nt' and
+ * dy W is 'nn'). The LoRA products are the same for both, so this one file serves both; the bias
+ * is optional (Qwen2 has q/k/v biases, Llama none unless attention_bias / mlp_bias).
+ *
  * Kernel versions: those of matmul.ts; `variant` picks one for the full-size products and
  * `lowRankVariant` for the rank-r ones (a different shape of problem: one side is r wide).
  * The 'nt'/'tn' layouts read W, A, B and the activations in place: no transpose is stored.
@@ -36,7 +42,7 @@ export interface LoraLinearDims {
 
 export interface LoraLinearForwardBuffers {
   x: GPUBuffer; // [M,K]
-  W: GPUBuffer; // [K,N]
+  W: GPUBuffer; // [K,N] ('in-out') or [N,K] ('out-in')
   b?: GPUBuffer; // [N]
   y: GPUBuffer; // [M,N] out
   A?: GPUBuffer; // [K,r]
@@ -48,7 +54,7 @@ export interface LoraLinearForwardBuffers {
 export interface LoraLinearBackwardBuffers {
   dy: GPUBuffer; // [M,N]
   x: GPUBuffer; // [M,K], the forward input
-  W: GPUBuffer; // [K,N]
+  W: GPUBuffer; // [K,N] ('in-out') or [N,K] ('out-in')
   /** [M,K] out; absent: dx is not computed (nothing upstream needs it) */
   dx?: GPUBuffer;
   A?: GPUBuffer;
@@ -61,7 +67,12 @@ export interface LoraLinearBackwardBuffers {
   dB?: GPUBuffer; // [r,N] out
 }
 
+/** How the base weight W is stored: [in, out] = [K,N] (GPT-2's Conv1D) or [out, in] = [N,K] (nn.Linear). */
+export type LinearWeightLayout = 'in-out' | 'out-in';
+
 export interface LoraLinearOptions {
+  /** W's layout (default 'in-out') */
+  weightLayout?: LinearWeightLayout;
   /** the variant of the full-size products (x W, dy W^T) */
   variant?: MatmulVariant;
   /**
@@ -102,7 +113,9 @@ export function loraLinearForward(
   const r = adapterRank(dims);
   const variant = options.variant;
   const low = options.lowRankVariant ?? variant;
-  const out = matmul(gpu, { a: buf.x, b: buf.W, c: buf.y, bias: buf.b }, { M, K, N }, { variant });
+  // 'in-out': x W ('nn'); 'out-in': W read in place as [N,K], C[m,n] = sum_k x[m,k] W[n,k] ('nt')
+  const layout = options.weightLayout === 'out-in' ? 'nt' : 'nn';
+  const out = matmul(gpu, { a: buf.x, b: buf.W, c: buf.y, bias: buf.b }, { M, K, N }, { layout, variant });
   if (r === 0) return out;
   const A = need(buf.A, 'A');
   const B = need(buf.B, 'B');
@@ -140,13 +153,13 @@ export function loraLinearBackward(
     );
   }
   if (buf.dx) {
-    // dx = dy W^T   (W [K,N])
+    // dx = dy W^T: 'nt' for W [K,N]; 'nn' for W [N,K] (contraction over N)
     out.push(
       ...matmul(
         gpu,
         { a: buf.dy, b: buf.W, c: buf.dx },
         { M, K: N, N: K },
-        { layout: 'nt', variant, accumulate: options.accumulateDx },
+        { layout: options.weightLayout === 'out-in' ? 'nn' : 'nt', variant, accumulate: options.accumulateDx },
       ),
     );
     // dx += g A^T   (A [K,r])

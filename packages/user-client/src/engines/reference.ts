@@ -10,7 +10,7 @@ import {
   loraParameters,
   userSegmentBackward,
   userSegmentForward,
-  type Gpt2Model,
+  type AnyModel,
   type LoraAdapter,
   type TokenBatch,
   type UserSegmentState,
@@ -38,7 +38,7 @@ export class ReferenceUserTrainer implements UserTrainer {
   private destroyed = false;
 
   private constructor(
-    private readonly model: Gpt2Model,
+    private readonly model: AnyModel,
     adapter: LoraAdapter,
     private readonly options: UserTrainerOptions,
   ) {
@@ -46,7 +46,7 @@ export class ReferenceUserTrainer implements UserTrainer {
     this.optimizer = new AdamW(loraParameters(this.adapter), options.adamw);
   }
 
-  static create(model: Gpt2Model, adapter: LoraAdapter, o: UserTrainerOptions): ReferenceUserTrainer {
+  static create(model: AnyModel, adapter: LoraAdapter, o: UserTrainerOptions): ReferenceUserTrainer {
     checkTrainerInputs(model, adapter, o);
     return new ReferenceUserTrainer(model, adapter, o);
   }

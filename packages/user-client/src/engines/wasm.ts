@@ -1,13 +1,13 @@
 /**
- * The 'wasm' engine: the embedding (wte[id] + wpe[pos], frozen) in
+ * The 'wasm' engine, for either model family: the embedding (frozen) in
  * TypeScript, blocks [0, k) forward and backward as the project's own ONNX graphs
- * (buildBlocksForwardGraph / buildBlocksBackwardGraph, the ones the edge runs with
+ * (blocksForwardGraph / blocksBackwardGraph of family-graphs.ts, the ones the edge runs with
  * onnxruntime-node) run by onnxruntime-web's wasm execution provider, and AdamW on the LoRA
  * pairs in TypeScript (LoraTrainState, the same optimizer as the other tiers). For browsers
  * without WebGPU, and for software WebGPU adapters, where it beats WGSL by a wide margin.
- * With the labels on the device it runs the head too (ln_f, the tied LM head, the cross-entropy
+ * With the labels on the device it runs the head too (the final norm, the LM head, the cross-entropy
  * and its backward to dL/dhL; next-token logits for generation) as @splitllm/onnx's head graphs
- * (buildHeadStepGraph, one run per chunk of rows; buildHeadLogitsGraph).
+ * (headStepGraph, one run per chunk of rows; headLogitsGraph).
  *
  * Browser-safe: no Node API. The import is 'onnxruntime-web/wasm' (wasm EP only, no WebGPU/
  * WebGL code): in Node and in a bundler both it resolves to dist/ort.wasm.bundle.min.mjs, whose
@@ -17,20 +17,21 @@
  */
 import * as ort from 'onnxruntime-web/wasm';
 import {
-  buildBlocksBackwardGraph,
-  buildBlocksForwardGraph,
-  buildHeadLogitsGraph,
-  buildHeadStepGraph,
+  blocksBackwardGraph,
+  blocksForwardGraph,
+  headLogitsGraph,
+  headStepGraph,
   headChunkRows,
   loraGradsFromGraph,
   loraGraphFeeds,
   SAVED_PREFIX,
 } from '@splitllm/onnx';
 import {
+  type AnyModel,
   embedForward,
   IGNORE_INDEX,
-  type Gpt2Config,
-  type Gpt2Model,
+  type ModelConfig,
+  modelDims,
   type LoraAdapter,
   type TokenBatch,
 } from '@splitllm/model';
@@ -154,7 +155,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
   private readonly head: { step?: Promise<ort.InferenceSession>; logits?: Promise<ort.InferenceSession> } = {};
 
   private constructor(
-    private readonly model: Gpt2Model,
+    private readonly model: AnyModel,
     adapter: LoraAdapter,
     private readonly options: UserTrainerOptions,
     private readonly forwardSession: ort.InferenceSession,
@@ -172,7 +173,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
    * the .wasm file is not served where wasmPaths says).
    */
   static async create(
-    model: Gpt2Model,
+    model: AnyModel,
     adapter: LoraAdapter,
     o: UserTrainerOptions,
     wasm: OnnxWasmOptions = {},
@@ -182,10 +183,10 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     const opts = { saveIntermediates: SAVE_INTERMEDIATES };
     const lora = { ...o.lora, targets: [...o.lora.targets] };
     // built and loaded one after the other, so only one serialized graph is alive at a time
-    const forward = await createSession('forward', buildBlocksForwardGraph(model, lora, 0, o.plan.k, opts).model);
+    const forward = await createSession('forward', blocksForwardGraph(model, lora, 0, o.plan.k, opts).model);
     let backward: ort.InferenceSession;
     try {
-      backward = await createSession('backward', buildBlocksBackwardGraph(model, lora, 0, o.plan.k, opts).model);
+      backward = await createSession('backward', blocksBackwardGraph(model, lora, 0, o.plan.k, opts).model);
     } catch (e) {
       void forward.release().catch(() => undefined);
       throw e;
@@ -198,7 +199,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     return new OnnxWasmUserTrainer(model, adapter, o, forward, backward, description);
   }
 
-  private get config(): Gpt2Config {
+  private get config(): ModelConfig {
     return this.model.config;
   }
 
@@ -222,7 +223,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     this.pending = undefined;
     const { batch: B, seq: T } = this.options;
     const h0 = embedForward(this.model, batch.inputIds, B, T);
-    const x = new ort.Tensor('float32', h0, [B, T, this.config.nEmbd]);
+    const x = new ort.Tensor('float32', h0, [B, T, modelDims(this.config).width]);
     const out = await this.forwardSession.run({ x, ...this.loraFeeds() });
     this.alive();
     const saved: Record<string, ort.Tensor> = {};
@@ -237,7 +238,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     if (!p) throw new Error('user trainer: backwardAndStep needs a forward first (one backward per forward)');
     checkDh1(this.config, this.options, dh1);
     const { batch: B, seq: T, plan, lora } = this.options;
-    const dy = new ort.Tensor('float32', dh1, [B, T, this.config.nEmbd]);
+    const dy = new ort.Tensor('float32', dh1, [B, T, modelDims(this.config).width]);
     // dx is computed by the graph but not read: the embedding is frozen
     const out = await this.backwardSession.run({ x: p.x, dy, ...p.saved, ...this.loraFeeds() });
     this.alive();
@@ -259,7 +260,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
   async headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
     this.alive();
     checkHeadInputs(this.config, this.options, hL, targets);
-    const D = this.config.nEmbd;
+    const D = modelDims(this.config).width;
     const rows = this.options.batch * this.options.seq;
     let count = 0;
     for (let i = 0; i < rows; i++) if (targets[i] !== IGNORE_INDEX) count++;
@@ -295,7 +296,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
     checkLastHidden(this.config, h);
     const session = await this.headSession('logits');
     this.alive();
-    const out = await session.run({ h: new ort.Tensor('float32', h, [1, this.config.nEmbd]) });
+    const out = await session.run({ h: new ort.Tensor('float32', h, [1, modelDims(this.config).width]) });
     this.alive();
     return f32(out, 'logits');
   }
@@ -308,7 +309,7 @@ export class OnnxWasmUserTrainer implements UserTrainer {
   private headSession(which: 'step' | 'logits'): Promise<ort.InferenceSession> {
     let p = this.head[which];
     if (!p) {
-      const build = which === 'step' ? buildHeadStepGraph : buildHeadLogitsGraph;
+      const build = which === 'step' ? headStepGraph : headLogitsGraph;
       // one that is still loading at destroy() is released by destroy() once it has loaded
       p = createSession(`head ${which}`, build(this.model).model).catch((e: unknown) => {
         if (this.head[which] === p) this.head[which] = undefined;

@@ -1,18 +1,20 @@
 /**
- * The 'wgsl' engine: UserSegmentEngine, hand-written WGSL on WebGPU (weights, activations, LoRA
- * and the AdamW moments stay on the GPU). Browser-safe: the default device comes from
- * navigator.gpu (browserGpu); Node passes `nodeGpu` from ../node/gpu.
+ * The 'wgsl' engine: hand-written WGSL on WebGPU (weights, activations, LoRA and the AdamW
+ * moments stay on the GPU), for either model family: UserSegmentEngine for GPT-2,
+ * LlamaUserSegmentEngine for the LLaMA family (createUserSegmentEngine picks). Browser-safe: the
+ * default device comes from navigator.gpu (browserGpu); Node passes `nodeGpu` from ../node/gpu.
  */
-import type { Gpt2Config, Gpt2Model, LoraAdapter, TokenBatch } from '@splitllm/model';
+import { isLlamaConfig, type AnyModel, type LoraAdapter, type ModelConfig, type TokenBatch } from '@splitllm/model';
 import {
   chooseKernelVariants,
-  engineMatmulShapes,
+  createUserSegmentEngine,
+  engineMatmulShapesOf,
   GpuError,
   isSoftwareAdapter,
   requestKernelDevice,
-  UserSegmentEngine,
   type GpuContext,
   type KernelVariants,
+  type UserEngine,
 } from '@splitllm/lora-kernels';
 import {
   checkBatch,
@@ -43,10 +45,10 @@ export class WgslUserTrainer implements UserTrainer {
     /** the device: it belongs to whoever created it (destroy() leaves it alone) */
     readonly gpu: GpuContext,
     /** the engine itself, for tests and benchmarks (readGrads, finish) */
-    readonly engine: UserSegmentEngine,
+    readonly engine: UserEngine,
     readonly variants: Required<KernelVariants>,
     readonly description: string,
-    private readonly config: Gpt2Config,
+    private readonly config: ModelConfig,
     private readonly options: UserTrainerOptions,
   ) {}
 
@@ -57,14 +59,14 @@ export class WgslUserTrainer implements UserTrainer {
    */
   static async create(
     gpu: GpuContext,
-    model: Gpt2Model,
+    model: AnyModel,
     adapter: LoraAdapter,
     o: UserTrainerOptions,
   ): Promise<WgslUserTrainer> {
     const c = model.config;
     checkTrainerInputs(model, adapter, o);
-    const choice = await chooseKernelVariants(gpu, engineMatmulShapes(c, o.batch, o.seq, o.lora.r));
-    const engine = await UserSegmentEngine.create(gpu, model, adapter, {
+    const choice = await chooseKernelVariants(gpu, engineMatmulShapesOf(c, o.batch, o.seq, o.lora.r));
+    const engine = await createUserSegmentEngine(gpu, model, adapter, {
       k: o.plan.k,
       lora: { ...o.lora, targets: [...o.lora.targets] },
       batch: o.batch,
@@ -74,9 +76,12 @@ export class WgslUserTrainer implements UserTrainer {
     });
     const v = choice.variants;
     const kind = isSoftwareAdapter(gpu.adapter) ? 'software adapter' : 'GPU';
-    const description =
-      `wgsl on ${gpu.adapter.name} (${kind}): kernels matmul ${v.matmul}, low-rank ${v.lowRank}, ` +
-      `layernorm ${v.layernorm}, attention ${v.attention}`;
+    // the row-norm and attention settings drive rmsnorm and grouped-query attention on the LLaMA family
+    const rows = isLlamaConfig(c)
+      ? `rmsnorm ${v.layernorm}, gqa-attention ${v.attention}`
+      : `layernorm ${v.layernorm}, attention ${v.attention}`;
+    const matmuls = `matmul ${v.matmul}, low-rank ${v.lowRank}`;
+    const description = `wgsl on ${gpu.adapter.name} (${kind}): kernels ${matmuls}, ${rows}`;
     return new WgslUserTrainer(gpu, engine, choice.variants, description, c, o);
   }
 
@@ -106,7 +111,10 @@ export class WgslUserTrainer implements UserTrainer {
     this.pending = false;
   }
 
-  /** Labels on the device: ln_f, the tied head and the cross-entropy as WGSL (kernels/head.ts). */
+  /**
+   * Labels on the device: the final norm, the head and the cross-entropy as WGSL (GPT-2:
+   * kernels/head.ts; LLaMA: kernels/llama-head.ts).
+   */
   async headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult> {
     this.alive();
     checkHeadInputs(this.config, this.options, hL, targets);

@@ -1,0 +1,95 @@
+/**
+ * The user-segment engine of any model family, so callers need not care which: GPT-2 models get
+ * engine.ts's UserSegmentEngine, LLaMA-family ones (Llama, Qwen2) llama-engine.ts's
+ * LlamaUserSegmentEngine. Both satisfy `UserEngine`, the surface a trainer uses. Also the matmul
+ * shapes of each family's step, for chooseKernelVariants to time the variants at.
+ *
+ * Browser-safe (no Node API).
+ */
+import {
+  gpt2ModelOf,
+  isLlamaConfig,
+  type AnyModel,
+  type LoraAdapter,
+  type LoraGrads,
+  type ModelConfig,
+} from '@splitllm/model';
+import { UserSegmentEngine, type UserEngineOptions } from './engine';
+import type { GpuContext } from './gpu';
+import type { HeadStepResult } from './kernels/head';
+import type { MatmulDims } from './kernels/matmul';
+import { LlamaUserSegmentEngine } from './llama-engine';
+import { engineMatmulShapes, type EngineShapes } from './variants';
+
+/** What both families' engines offer (see UserSegmentEngine for each method's contract). */
+export interface UserEngine {
+  readonly config: ModelConfig;
+  readonly options: UserEngineOptions;
+  /** h1 = x_k [batch*seq, D] of a batch of token ids [batch*seq] */
+  forward(inputIds: Int32Array): Promise<Float32Array>;
+  /** LoRA gradients of the last forward from dL/dh1; they stay on the GPU */
+  backward(dh1: Float32Array): void;
+  /** one AdamW update from the last backward's gradients */
+  step(lr?: number): void;
+  /** labels on the device: loss, count and dL/dhL */
+  headStep(hL: Float32Array, targets: Int32Array): Promise<HeadStepResult>;
+  /** next-token logits [V] from one position's last hidden state [D] */
+  headLogits(h: Float32Array): Promise<Float32Array>;
+  readGrads(): Promise<LoraGrads>;
+  readAdapter(): Promise<LoraAdapter>;
+  setAdapter(adapter: LoraAdapter): void;
+  finish(): Promise<void>;
+  destroy(): void;
+  readonly steps: number;
+  readonly headChunkRows: number;
+}
+
+/** The engine of the model's family (GPT-2 or LLaMA); errors as that engine's create() throws them. */
+export async function createUserSegmentEngine(
+  gpu: GpuContext,
+  model: AnyModel,
+  adapter: LoraAdapter,
+  o: UserEngineOptions,
+): Promise<UserEngine> {
+  if (isLlamaConfig(model.config)) return LlamaUserSegmentEngine.create(gpu, model, adapter, o);
+  return UserSegmentEngine.create(gpu, gpt2ModelOf(model, 'the GPT-2 user-segment engine'), adapter, o);
+}
+
+/** Distinct shapes only: timing the same problem twice would only double its weight. */
+function distinct(shapes: MatmulDims[]): MatmulDims[] {
+  const seen = new Set<string>();
+  return shapes.filter((s) => {
+    const key = `${s.M}x${s.K}x${s.N}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/**
+ * The matmul shapes of one user-segment step of this config's family (what chooseKernelVariants
+ * times). LLaMA: the projections q (D -> H hd), k and v (D -> Hkv hd), o (H hd -> D), gate and up
+ * (D -> F), down (F -> D); the rank-r ones x A, xa B at the widest output, and dA = x^T g.
+ */
+export function engineMatmulShapesOf(c: ModelConfig, batch: number, seq: number, r = 8): EngineShapes {
+  if (!isLlamaConfig(c)) return engineMatmulShapes(c, batch, seq, r);
+  const M = batch * seq;
+  const D = c.hiddenSize;
+  const F = c.intermediateSize;
+  const Q = c.nHead * c.headDim;
+  const KV = c.nKvHead * c.headDim;
+  return {
+    full: distinct([
+      { M, K: D, N: Q },
+      { M, K: D, N: KV },
+      { M, K: Q, N: D },
+      { M, K: D, N: F },
+      { M, K: F, N: D },
+    ]),
+    lowRank: distinct([
+      { M, K: D, N: r },
+      { M, K: r, N: Math.max(Q, F) },
+      { M: D, K: M, N: r },
+    ]),
+  };
+}
