@@ -40,6 +40,8 @@ export interface SystemOptions {
   lr?: number;
   /** where the run's labels are (the cloud's --labels; default its own: device) */
   labels?: 'device' | 'cloud';
+  /** the model directory the cloud serves (the cloud's --model; default the shipped moby-tiny) */
+  modelDir?: string;
 }
 
 export async function startSystem(o: SystemOptions): Promise<System> {
@@ -59,7 +61,7 @@ export async function startSystem(o: SystemOptions): Promise<System> {
     const cloudArgs = [
       'cloud',
       '--model',
-      SHIPPED_MODEL_DIR,
+      o.modelDir ?? SHIPPED_MODEL_DIR,
       '--state',
       state,
       '--port',

@@ -17,19 +17,23 @@ import {
 import {
   AdapterCheckError,
   codeOf,
-  DEFAULT_LORA_CONFIG,
+  type AnyModel,
+  checkLoraTargetsFit,
+  defaultLoraConfig,
   DEFAULT_LORA_TRAIN,
   defaultSplitPlan,
   encodeSegment,
-  type Gpt2Model,
-  gpt2ConfigToJson,
   initLoraAdapter,
+  isLlamaConfig,
+  modelConfigToJson,
+  modelDims,
+  tokenizerWireFiles,
   type LoraConfig,
   loraParameterCount,
   type SplitPlan,
   validateSplitPlan,
 } from '@splitllm/model';
-import { loadGpt2Dir } from '@splitllm/model/node';
+import { loadModelDir } from '@splitllm/model/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner, TailSegment } from '@splitllm/onnx-runner';
 import {
   isLabelPlacement,
@@ -83,7 +87,8 @@ export interface CloudServerOptions {
   /** the initial adapter's seed (a resumed state keeps its own) */
   seed: number;
   plan?: SplitPlan;
-  lora?: LoraConfig;
+  /** rank, alpha, targets; what is left out is the model family's default (defaultLoraConfig) */
+  lora?: Partial<LoraConfig>;
   train?: Partial<TrainSettings>;
   minEdges?: number;
   minUsers?: number;
@@ -151,9 +156,9 @@ export interface CloudServer {
  * labels), or an edge's update (its adapter of blocks [k, m) and usersPerEdge user adapters of
  * blocks [0, k), as float32).
  */
-function maxFrameBytes(model: Gpt2Model, lora: LoraConfig, plan: SplitPlan, t: TrainSettings): number {
+function maxFrameBytes(model: AnyModel, lora: LoraConfig, plan: SplitPlan, t: TrainSettings): number {
   const c = model.config;
-  const step = t.batch * t.seq * (c.nEmbd + 1) * 4;
+  const step = t.batch * t.seq * (modelDims(c).width + 1) * 4;
   const edgePart = loraParameterCount(c, lora, plan.k, plan.m);
   const update = (edgePart + t.usersPerEdge * loraParameterCount(c, lora, 0, plan.k)) * 4;
   return Math.max(step, update) + (1 << 20);
@@ -171,7 +176,7 @@ function refusal(err: FastifyError | Error): { status: number; code: string } {
 /** Opens the state directory: a new one records this run and its initial adapter. */
 function openState(
   o: CloudServerOptions,
-  model: Gpt2Model,
+  model: AnyModel,
   plan: SplitPlan,
   train: TrainSettings,
   aggregation: string,
@@ -179,7 +184,13 @@ function openState(
   const c = model.config;
   const store = RoundStore.open(o.stateDir, { baseModel: resolve(o.modelDir), nLayer: c.nLayer });
   // a state directory belongs to one run: resuming it with other settings would mix two runs
-  const lora = o.lora ?? DEFAULT_LORA_CONFIG;
+  const lora: LoraConfig = { ...defaultLoraConfig(c), ...o.lora };
+  try {
+    checkLoraTargetsFit(c, lora);
+  } catch (e) {
+    store.close();
+    throw new CloudConfigError('BAD_SETTINGS', (e as Error).message);
+  }
   const runKey = JSON.stringify({ model: resolve(o.modelDir), plan, train, lora, seed: o.seed });
   const recorded = store.getMeta('run');
   if (recorded === undefined) {
@@ -209,8 +220,8 @@ function openState(
 }
 
 export async function startCloudServer(o: CloudServerOptions): Promise<CloudServer> {
-  const loaded = loadGpt2Dir(o.modelDir);
-  const model: Gpt2Model = { config: loaded.config, weights: loaded.weights };
+  const loaded = loadModelDir(o.modelDir);
+  const { model } = loaded;
   const c = model.config;
   const plan = o.plan ?? defaultSplitPlan(c);
   validateSplitPlan(c, plan);
@@ -219,8 +230,9 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     ...o.train,
     adamw: { ...DEFAULT_TRAIN_SETTINGS.adamw, ...o.train?.adamw },
   };
-  if (train.seq > c.nPositions) {
-    throw new CloudConfigError('BAD_SETTINGS', `seq ${train.seq} exceeds the model's n_positions ${c.nPositions}`);
+  const { positions } = modelDims(c);
+  if (train.seq > positions) {
+    throw new CloudConfigError('BAD_SETTINGS', `seq ${train.seq} exceeds the model's ${positions} positions`);
   }
   if (!isTrainingScheme(train.scheme)) {
     const known = TRAINING_SCHEMES.join(', ');
@@ -330,7 +342,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     manifest: () => ({
       modelName: basename(resolve(o.modelDir)),
       model: modelInfo,
-      config: gpt2ConfigToJson(c),
+      config: modelConfigToJson(c),
       plan,
       lora,
       train,
@@ -340,7 +352,7 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
     }),
     segments,
     segmentInfo,
-    tokenizer: loaded.tokenizer.toFiles(),
+    tokenizer: tokenizerWireFiles(loaded.tokenizer),
     frameLimit: maxFrameBytes(model, lora, plan, train),
     edgeSecret: o.edgeSecret,
     operatorToken: o.operatorToken,
@@ -394,10 +406,14 @@ export async function startCloudServer(o: CloudServerOptions): Promise<CloudServ
   );
   if (privacy.recovery === null) {
     // the page then tells each contributor that the leak was not measured for this run
+    // the attacks measure GPT-2 models only (docs/design.md, section 9)
+    const how = isLlamaConfig(c)
+      ? '`splitllm attack` measures GPT-2 models only, so none can be measured for this LLaMA-family model'
+      : 'measure them with ' +
+        `splitllm attack --model ${resolve(o.modelDir)} --k ${privacy.k} --sigma ${privacy.noiseSigma} --write`;
     app.log.warn(
       { k: privacy.k, sigma: privacy.noiseSigma },
-      'no measured recovery figures for this split and noise: the page will say so; measure them with ' +
-        `splitllm attack --model ${resolve(o.modelDir)} --k ${privacy.k} --sigma ${privacy.noiseSigma} --write`,
+      `no measured recovery figures for this split and noise: the page will say so; ${how}`,
     );
   }
   if (store.migratedTokens > 0) {

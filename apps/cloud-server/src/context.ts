@@ -4,7 +4,7 @@
  * declarations merge into Fastify's types for the whole TypeScript program, the edge server's
  * included.
  */
-import type { Gpt2Config, LoraConfig, SplitPlan } from '@splitllm/model';
+import type { LoraConfig, ModelConfig, SplitPlan, TokenizerWireFiles } from '@splitllm/model';
 import type { BlocksSegment, TailSegment } from '@splitllm/onnx-runner';
 import type { RunManifest, SegmentInfo, TrainSettings } from '@splitllm/wire';
 import type { EdgeInfo, EdgeRegistry } from './edge-registry';
@@ -25,7 +25,7 @@ export interface RateLimits {
 
 /** The run: the model and its cut, the settings, what the cloud hands out, and its secrets. */
 export interface CloudRun {
-  config: Gpt2Config;
+  config: ModelConfig;
   plan: SplitPlan;
   lora: LoraConfig;
   train: TrainSettings;
@@ -36,7 +36,7 @@ export interface CloudRun {
   manifest(): RunManifest;
   segments: Record<Tier, Uint8Array>;
   segmentInfo: Record<Tier, SegmentInfo>;
-  tokenizer: { vocabJson: string; mergesTxt: string };
+  tokenizer: TokenizerWireFiles;
   /** the largest frame an edge may send (a step, or its round upload) */
   frameLimit: number;
   /** edges prove this to register; user tokens are made with it */

@@ -5,7 +5,7 @@
  * own process, not through the tail segment: a candidate is a whole adapter, the tail holds only
  * blocks [m, L).
  */
-import { evalBatches, type Gpt2Model, type Gpt2Tokenizer, type LoraAdapter, meanLoss } from '@splitllm/model';
+import { type AnyModel, type AnyTokenizer, evalBatches, type LoraAdapter, meanLoss, modelDims } from '@splitllm/model';
 import { readFileSync } from 'node:fs';
 import { CloudConfigError } from './errors';
 
@@ -26,8 +26,8 @@ export interface HeldoutScorer {
 }
 
 export function heldoutScorer(
-  model: Gpt2Model,
-  tokenizer: Gpt2Tokenizer,
+  model: AnyModel,
+  tokenizer: AnyTokenizer,
   file: string,
   batch: number,
   seq: number,
@@ -42,7 +42,7 @@ export function heldoutScorer(
       `held-out text ${file} for the validation gate: ${(e as Error).message}`,
     );
   }
-  const batches = evalBatches(tokenizer.encode(text), batch, seq, model.config.eosTokenId).slice(0, nBatches);
+  const batches = evalBatches(tokenizer.encode(text), batch, seq, modelDims(model.config).padId).slice(0, nBatches);
   const tokens = batches.reduce((n, b) => n + b.B * b.T, 0);
   if (batches.length === 0 || tokens < 2) {
     throw new CloudConfigError('BAD_SETTINGS', `held-out text ${file} is too short to score the gate on`);

@@ -5,7 +5,7 @@
  * `splitllm attack --write`); a run whose k and sigma were never measured says so (null) rather
  * than borrow another setting's figures.
  */
-import type { Gpt2Model, SplitPlan } from '@splitllm/model';
+import type { AnyModel, SplitPlan } from '@splitllm/model';
 import type { ModelInfo, RecoveryFigure, RunPrivacy, TrainSettings } from '@splitllm/wire';
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
@@ -14,7 +14,7 @@ import { basename, join, resolve } from 'node:path';
 export const MODEL_CARD_FILE = 'model-card.json';
 
 /** The model's name, one-line description and size, from its card (when there is one) and its weights. */
-export function readModelInfo(modelDir: string, model: Gpt2Model): ModelInfo {
+export function readModelInfo(modelDir: string, model: AnyModel): ModelInfo {
   let parameters = 0;
   for (const t of model.weights.values()) parameters += t.data.length;
   const path = join(modelDir, MODEL_CARD_FILE);

@@ -7,7 +7,13 @@
  * An edge leaves a running round when its connection closes, its upload is refused, or the
  * round's deadline passes before it uploaded; the others finish without it.
  */
-import { adapterFromNamedTensors, adapterToNamedTensors, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
+import {
+  adapterFromNamedTensors,
+  adapterToNamedTensors,
+  type LoraAdapter,
+  type ModelConfig,
+  modelDims,
+} from '@splitllm/model';
 import {
   aggregateWithReport,
   checkAdamWUpdate,
@@ -28,7 +34,7 @@ import {
   type TrainingScheme,
   type TrainSettings,
 } from '@splitllm/wire';
-import { peakRssBytes } from '@splitllm/onnx-runner';
+import { peakRssBytes, resetPeakRss } from '@splitllm/onnx-runner';
 import type { Registry } from 'prom-client';
 import type { EdgePort, Logger } from './edge-registry';
 import { CloudConfigError } from './errors';
@@ -88,7 +94,7 @@ export interface RoundStatus {
 }
 
 export interface RoundsOptions {
-  config: Gpt2Config;
+  config: ModelConfig;
   train: TrainSettings;
   /** the tail step, by where the labels are */
   steps: CloudSteps;
@@ -115,6 +121,11 @@ export class Rounds {
   /** what the cloud holds per user: its copies, their snapshots and the steps' saved activations */
   readonly held = new HeldBytes();
   private active?: ActiveRound;
+  /**
+   * `${round}/${edgeId}/${userId}` of the turns an edge's upload ended (acceptUpdate): their
+   * user-dropped, when it comes after, has nothing left to roll back. Kept for the last two rounds.
+   */
+  private readonly droppedAtUpload = new Set<string>();
   private stopping = false;
   private startTimer?: ReturnType<typeof setTimeout>;
 
@@ -190,12 +201,16 @@ export class Rounds {
     const shape = {
       batch: this.o.train.batch,
       seq: this.o.train.seq,
-      nEmbd: this.o.config.nEmbd,
+      nEmbd: modelDims(this.o.config).width,
       vocabSize: this.o.config.vocabSize,
       codec: this.o.train.codec,
     };
     const edges = new Map<string, EdgeTail>();
     this.held.resetPeak();
+    for (const key of this.droppedAtUpload) if (Number(key.split('/')[0]) < round - 1) this.droppedAtUpload.delete(key);
+    // the round's own peak: start-up (loading the sessions) sets the lifetime one, which hides what
+    // a round holds per user (docs/bench-sweep.md)
+    resetPeakRss();
     const { adamw, scheme } = this.o.train;
     for (const id of chosen) {
       edges.set(id, new EdgeTail(id, round, cloudPart, adamw, config, shape, this.o.steps, scheme, this.held));
@@ -246,6 +261,8 @@ export class Rounds {
   }
 
   userDropped(edgeId: string, m: Incoming<'edgeToCloud', 'user-dropped'>): void {
+    // already rolled back when the edge's upload came first (acceptUpdate): nothing left to do
+    if (this.droppedAtUpload.has(`${m.round}/${edgeId}/${m.userId}`)) return;
     const turn = this.edgeTail(edgeId, m).drop(m);
     this.o.log.warn({ edgeId, userId: turn.userId, steps: turn.steps }, 'user dropped: its steps are rolled back');
   }
@@ -314,6 +331,20 @@ export class Rounds {
       throw new ProtocolError('ROUND_UPLOADED', `edge "${edgeId}" already uploaded its round ${r.round} result`);
     }
     if (m.edgeId !== edgeId) throw new ProtocolError('BAD_FIELD', 'update.edgeId is not the uploading edge');
+    // The edge's upload says which users completed. A turn still open here whose user it does not
+    // list was dropped at the edge: its `user-dropped` travels on the WebSocket and can arrive after
+    // this HTTP upload, so it is rolled back now (as that frame would) rather than costing the edge
+    // the round and its other users' work.
+    const listed = new Set(m.users.map((u) => u.userId));
+    for (const turn of [...t.turns.values()]) {
+      if (listed.has(turn.userId)) continue;
+      t.drop({ userId: turn.userId });
+      this.droppedAtUpload.add(`${r.round}/${edgeId}/${turn.userId}`);
+      this.o.log.warn(
+        { edgeId, userId: turn.userId, steps: turn.steps },
+        'user dropped (the upload came before its user-dropped): its steps are rolled back',
+      );
+    }
     const open = t.turns.values().next().value;
     if (open) throw new ProtocolError('TURN_OPEN', `user "${open.userId}"'s turn has not ended`);
     r.bytes += frameBytes + m.userBytes;

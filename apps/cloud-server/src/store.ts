@@ -28,7 +28,7 @@ import {
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { LoraAdapter } from '@splitllm/model';
-import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
+import { loadModelAdapterDir, saveModelAdapterDir } from '@splitllm/model/node';
 
 export interface RoundRecord {
   /** 1-based round that produced this version (0: the initial adapter). */
@@ -339,7 +339,7 @@ export class RoundStore {
 
   loadAdapter(rec: RoundRecord): LoraAdapter {
     if (rec.evictedAt) throw new Error(`version ${rec.version}'s adapter was deleted by the retention policy`);
-    return loadAdapterDir(rec.adapterDir);
+    return loadModelAdapterDir(rec.adapterDir);
   }
 
   /**
@@ -370,7 +370,7 @@ export class RoundStore {
     const tmpDir = join(this.adaptersDir, `${TMP_PREFIX}${name}-${process.pid}-${randomBytes(4).toString('hex')}`);
     // the slow part (serializing, fsyncs) happens before taking the write lock
     try {
-      saveAdapterDir(tmpDir, adapter, { baseModel: this.baseModel, nLayer: this.nLayer });
+      saveModelAdapterDir(tmpDir, adapter, { baseModel: this.baseModel, nLayer: this.nLayer });
       restrictTree(tmpDir);
     } catch (e) {
       rmSync(tmpDir, { recursive: true, force: true });

@@ -178,7 +178,7 @@ export class EdgeTail {
   }
 
   /** The user left: its steps are rolled back (its own copy dropped with 'sfl') and its loss leaves the mean. */
-  drop(m: Incoming<'edgeToCloud', 'user-dropped'>): UserTurn {
+  drop(m: Pick<Incoming<'edgeToCloud', 'user-dropped'>, 'userId'>): UserTurn {
     const { userId } = m;
     let turn = this.turns.get(userId);
     if (turn) this.turns.delete(userId);

@@ -329,7 +329,25 @@ describe('the round lifecycle', () => {
     await expect(begin(2, 'a')).rejects.toMatchObject({ code: 'WRONG_ROUND' });
     await begin(1, 'a');
     await expect(begin(1, 'b')).rejects.toMatchObject({ code: 'TURN_OPEN' });
-    await expect(upload(s, 'e1', [])).rejects.toMatchObject({ code: 'TURN_OPEN' });
+    // an upload that lists the user whose turn is still open: that turn has not ended
+    await expect(upload(s, 'e1', ['a'])).rejects.toMatchObject({ code: 'TURN_OPEN' });
+  });
+
+  it("rolls back a turn the edge's upload leaves out, when its user-dropped has not arrived yet", async () => {
+    // the edge sends user-dropped on its WebSocket and then POSTs its upload: the two can cross
+    const s = setup({ waiting: { e1: 2 }, usersPerEdge: 2 });
+    await started(s);
+    await turn(s, 'e1', 'stays', 2, 2);
+    await turn(s, 'e1', 'gone', 1, 50);
+    await upload(s, 'e1', ['stays']);
+    const rec = s.store.latest();
+    expect(rec.version).toBe(1);
+    expect(rec.participants.sort()).toEqual(['edge:e1', 'user:stays']);
+    expect(rec.loss).toBeCloseTo(2, 6);
+    expect(s.warnings).toContain('user dropped (the upload came before its user-dropped): its steps are rolled back');
+    // the user-dropped that comes after finds nothing left to do, and is not an error
+    const late = { type: 'user-dropped' as const, round: 1, userId: 'gone' };
+    await expect(s.rounds.enqueue('e1', () => s.rounds.userDropped('e1', late))).resolves.toBeUndefined();
   });
 
   it("records the strategy's refusals with the round and logs each one", async () => {

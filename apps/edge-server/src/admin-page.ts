@@ -294,7 +294,8 @@ export const ADMIN_SCRIPT = `
     text('bytes-in', bytes(s.bytesIn));
     text('bytes-out', bytes(s.bytesOut));
     var mem = s.memory || {};
-    text('memory', 'rss ' + mib(mem.rss) + ' · heap used ' + mib(mem.heapUsed) + ' · peak rss ' + mib(mem.peakRss));
+    text('memory', 'rss ' + mib(mem.rss) + ' · heap used ' + mib(mem.heapUsed) +
+      ' · peak rss this round ' + mib(mem.peakRss));
     var r = s.restarts;
     $('restarts-card').hidden = !r;
     text('restarts', r ? 'restarted ' + r.count + (r.count === 1 ? ' time' : ' times') +

@@ -11,7 +11,7 @@
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
 import websocket from '@fastify/websocket';
-import { codeOf, decodeSegment, gpt2ModelOf } from '@splitllm/model';
+import { codeOf, decodeSegment } from '@splitllm/model';
 import { GENERATE_USER_HEADER } from '@splitllm/wire';
 import { randomToken, redactedRequest } from '@splitllm/wire/node';
 import { BlocksSegment, type ExecutionProvider, SegmentRunner } from '@splitllm/onnx-runner';
@@ -185,7 +185,7 @@ export async function startEdgeServer(o: EdgeServerOptions): Promise<EdgeServer>
     downloadSegment(o.cloudUrl, edgeToken, 'user', manifest.segments.user.sha256),
   ]);
   const segment = decodeSegment(edgeBytes, 'edge');
-  const edgeModel = gpt2ModelOf(segment.model, 'this edge');
+  const edgeModel = segment.model;
   decodeSegment(userSegment, 'user'); // refuse to serve a segment users could not load
   const tokenizer = await fetchJson<unknown>(`${o.cloudUrl}/api/tokenizer`);
   const runner = await SegmentRunner.start({

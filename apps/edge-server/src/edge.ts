@@ -6,7 +6,7 @@
  * worker), h2 goes to the cloud, dL/dh2 comes back, the backward gives dL/dh1 and the edge LoRA's
  * gradients, AdamW steps the edge LoRA, dL/dh1 goes back to the user.
  */
-import { type Gpt2Config, type LoraAdapter, loraParameterCount } from '@splitllm/model';
+import { type LoraAdapter, loraParameterCount, type ModelConfig, modelDims } from '@splitllm/model';
 import { decodeMessage, encodeErrorMessage, type RunManifest } from '@splitllm/wire';
 import { checkUserToken } from '@splitllm/wire/node';
 import { peakRssBytes } from '@splitllm/onnx-runner';
@@ -29,7 +29,7 @@ export interface EdgeOptions {
   url: string;
   cloudUrl: string;
   registration: Registration;
-  config: Gpt2Config;
+  config: ModelConfig;
   blocks: TurnBlocks;
   /** the frozen user segment, served to users as is */
   userSegment: Uint8Array;
@@ -61,7 +61,7 @@ export class Edge {
   /** the execution provider blocks [k, m) run on */
   readonly provider: string;
   readonly manifest: RunManifest;
-  readonly config: Gpt2Config;
+  readonly config: ModelConfig;
   readonly userSegment: Uint8Array;
   readonly tokenizer: unknown;
   /** blocks [k, m) on the edge's runner */
@@ -103,7 +103,7 @@ export class Edge {
     const c = o.config;
     const t = manifest.train;
     const adapterBytes = loraParameterCount(c, manifest.lora, 0, manifest.plan.k) * 4;
-    this.frameLimit = Math.max(t.batch * t.seq * (c.nEmbd + 1) * 4, adapterBytes) + 64 * 1024;
+    this.frameLimit = Math.max(t.batch * t.seq * (modelDims(c).width + 1) * 4, adapterBytes) + 64 * 1024;
     const { metrics, log } = o;
     this.activity = new Activity(metrics, log);
     this.queue = new UserQueue({

@@ -10,9 +10,9 @@
  *   activations in flight; the upload carries the token-weighted mean of the copies.
  * `held` counts what the edge holds for its users (HeldBytes); its peak goes with the upload.
  */
-import { adapterFromNamedTensors, codeOf, type Gpt2Config, type LoraAdapter } from '@splitllm/model';
+import { adapterFromNamedTensors, codeOf, type LoraAdapter, type ModelConfig, modelDims } from '@splitllm/model';
 import { checkAdamWUpdate, FedAvg, type HeldBytes, LoraTrainState, trainStateBytes } from '@splitllm/federation';
-import { peakRssBytes } from '@splitllm/onnx-runner';
+import { peakRssBytes, resetPeakRss } from '@splitllm/onnx-runner';
 import type { Incoming, RunManifest } from '@splitllm/wire';
 import type { AdapterVersion, CloudLink, CompletedUser } from './cloud-link';
 import { EdgeError } from './errors';
@@ -22,7 +22,7 @@ import type { UserConn, UserQueue } from './user-queue';
 
 export interface RoundRunnerOptions {
   manifest: RunManifest;
-  config: Gpt2Config;
+  config: ModelConfig;
   blocks: TurnBlocks;
   queue: UserQueue;
   link: CloudLink;
@@ -89,6 +89,8 @@ export class RoundRunner {
     const { link, manifest, held } = this.o;
     const { scheme } = manifest.train;
     held.resetPeak();
+    // the round's own peak RSS, not the lifetime one start-up sets (see the cloud's rounds.ts)
+    resetPeakRss();
     const memory = () => ({ heldPeak: held.peak, peakRss: peakRssBytes() ?? null });
     let releaseShared: () => void = () => undefined;
     let state: RoundState | undefined;
@@ -232,7 +234,7 @@ export class RoundRunner {
           seq: manifest.train.seq,
           codec: manifest.train.codec,
           labels: manifest.train.labels,
-          nEmbd: config.nEmbd,
+          nEmbd: modelDims(config).width,
           vocabSize: config.vocabSize,
           userTimeoutMs: this.o.stepTimeoutMs,
           turnBudgetMs: (steps + 1) * this.o.stepBudgetMs,

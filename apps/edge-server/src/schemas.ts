@@ -4,6 +4,8 @@
  * manifest, the operator's status) are closed: a field that is not declared here is not sent.
  */
 
+import { TOKENIZER_WIRE_SCHEMA } from '@splitllm/model';
+
 const nullable = (type: string) => ({ type: [type, 'null'] });
 
 /** Every refusal: a code from a closed list and a sentence. */
@@ -155,13 +157,11 @@ export const manifestSchema = {
   additionalProperties: false,
 } as const;
 
-/** The tokenizer files as the cloud serves them. */
-export const tokenizerSchema = {
-  $id: 'tokenizer',
-  type: 'object',
-  properties: { vocabJson: { type: 'string' }, mergesTxt: { type: 'string' } },
-  additionalProperties: false,
-} as const;
+/**
+ * The tokenizer files as the cloud serves them (TokenizerWireFiles, packages/model): GPT-2's
+ * vocab.json and merges.txt, or the LLaMA family's tokenizer.json with its BOS / EOS ids.
+ */
+export const tokenizerSchema = { $id: 'tokenizer', ...TOKENIZER_WIRE_SCHEMA } as const;
 
 /** GET /api/status: a summary with counts only, never a user id. */
 export const publicStatusSchema = {

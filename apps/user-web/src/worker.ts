@@ -14,9 +14,10 @@ import { zipSync } from 'fflate';
 import {
   adapterFromNamedTensors,
   adapterToNamedTensors,
-  adapterToPeft,
+  type AnyTokenizer,
   CodedError,
-  Gpt2Tokenizer,
+  modelAdapterToPeft,
+  tokenizerFromWireFiles,
   codeOf,
   PEFT_CONFIG_FILE,
   PEFT_WEIGHTS_FILE,
@@ -85,10 +86,11 @@ function storedAdapter(a: store.StoredAdapter): LoraAdapter {
 }
 
 /** The token ids of `docs`, each followed by the end-of-text token (so no window joins two unmarked). */
-function tokenize(tok: Gpt2Tokenizer, docs: store.StoredDoc[]): number[] {
+function tokenize(tok: AnyTokenizer, docs: store.StoredDoc[]): number[] {
   const eos = tok.eotId;
   if (eos === undefined) {
-    throw new PageError('BAD_TOKENIZER', "the run's tokenizer has no <|endoftext|> token to separate documents with");
+    // either family's end of text: GPT-2's <|endoftext|>, a LLaMA-family model's eos_token_id
+    throw new PageError('BAD_TOKENIZER', "the run's tokenizer has no end-of-text token to separate documents with");
   }
   const tokens: number[] = [];
   for (const d of docs) {
@@ -107,9 +109,9 @@ function errorOf(e: unknown): { code: string; message: string } {
 
 class TrainingWorker {
   private client?: UserClient;
-  private tokenizer?: Gpt2Tokenizer;
+  private tokenizer?: AnyTokenizer;
   /** the tokenizer countTokens uses before a start, and the cloud it came from */
-  private counter?: { cloudUrl: string; tokenizer: Promise<Gpt2Tokenizer> };
+  private counter?: { cloudUrl: string; tokenizer: Promise<AnyTokenizer> };
   private onEvent: (e: PageEvent) => void = () => {};
   private progress: store.StoredProgress = store.emptyProgress();
   private session?: store.StoredSession;
@@ -307,8 +309,7 @@ class TrainingWorker {
     if (counter?.cloudUrl !== cloudUrl) {
       const tokenizer = fetch(new URL('/api/tokenizer', cloudUrl)).then(async (res) => {
         if (!res.ok) throw new Error(`the run answered ${res.status} for its tokenizer`);
-        const files = (await res.json()) as { vocabJson: string; mergesTxt: string };
-        return Gpt2Tokenizer.fromFiles(files.vocabJson, files.mergesTxt);
+        return tokenizerFromWireFiles(await res.json());
       });
       counter = { cloudUrl, tokenizer };
       this.counter = counter;
@@ -368,7 +369,7 @@ class TrainingWorker {
   async exportAdapter(): Promise<{ filename: string; bytes: Uint8Array }> {
     const a = await store.loadAdapter();
     if (!a) throw new PageError('NO_ADAPTER', 'no adapter yet: it is saved after your first completed turn');
-    const peft = adapterToPeft(storedAdapter(a), { baseModel: a.modelName, nLayer: a.nLayer });
+    const peft = modelAdapterToPeft(storedAdapter(a), { baseModel: a.modelName, nLayer: a.nLayer });
     // stored (level 0), as before: float32 weights barely deflate, and the download stays instant
     const bytes = zipSync(
       {

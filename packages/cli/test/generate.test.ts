@@ -25,6 +25,7 @@ import {
   type LoraAdapter,
   Rng,
   gpt2ModelOf,
+  modelDims,
 } from '@splitllm/model';
 import { encodeMessage, maxGenerateFrameBytes } from '@splitllm/wire';
 import { loadAdapterDir, loadGpt2Dir } from '@splitllm/model/node';
@@ -309,7 +310,10 @@ describe('generation through user, edge and cloud', () => {
     const nan = frame(h(5), [1, 5, D]);
     nan.set(new Uint8Array(Float32Array.of(NaN).buffer), nan.length - 8);
     expect(await post(nan)).toEqual({ status: 400, code: 'NOT_FINITE' });
-    expect(await post(new Uint8Array(maxGenerateFrameBytes(c) + 1))).toEqual({ status: 413, code: 'FRAME_TOO_LARGE' });
+    expect(await post(new Uint8Array(maxGenerateFrameBytes(modelDims(c)) + 1))).toEqual({
+      status: 413,
+      code: 'FRAME_TOO_LARGE',
+    });
     // the same without a content-length (chunked): refused once read, by the frame limit
     const chunked = await fetch(`${edge.url}/api/generate`, {
       method: 'POST',
@@ -318,7 +322,7 @@ describe('generation through user, edge and cloud', () => {
         authorization: `Bearer ${creds.userToken}`,
         'x-splitllm-user': creds.userId,
       },
-      body: new Blob([new Uint8Array(maxGenerateFrameBytes(c) + 1)]).stream(),
+      body: new Blob([new Uint8Array(maxGenerateFrameBytes(modelDims(c)) + 1)]).stream(),
       duplex: 'half',
     } as RequestInit);
     expect(chunked.status).toBe(413);

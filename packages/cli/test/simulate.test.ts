@@ -21,10 +21,13 @@
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadAdapterDir } from '@splitllm/model/node';
+import { loadModelAdapterDir } from '@splitllm/model/node';
 import { maxRelErr } from '@splitllm/model';
 import { describe, expect, it } from 'vitest';
-import { DATA, cli, jsonLines } from './run-cli';
+import { DATA, REPO, cli, jsonLines } from './run-cli';
+
+/** The shipped LLaMA-architecture model (issue 17): the same equivalence must hold for its family. */
+const LLAMA_MODEL = join(REPO, 'packages/assets/models/moby-llama-tiny');
 
 const tmp = mkdtempSync(join(tmpdir(), 'splitllm-sim-test-'));
 
@@ -50,10 +53,16 @@ function simulate(out: string, extra: string[]) {
 }
 
 describe('simulate', () => {
-  function equivalence(eps: string | undefined, labels: 'device' | 'cloud' = 'device', scheme = 'hierarchical') {
+  function equivalence(
+    eps: string | undefined,
+    labels: 'device' | 'cloud' = 'device',
+    scheme = 'hierarchical',
+    model?: string,
+  ) {
     const N = 8;
     const text = join(DATA, 'sotu/train/user-2.txt');
-    const tag = `${eps ?? 'default'}-${labels}-${scheme}`;
+    const tag = `${eps ?? 'default'}-${labels}-${scheme}${model ? '-llama' : ''}`;
+    const modelArgs = model ? ['--model', model] : [];
     const simOut = join(tmp, `equiv-sim-${tag}`);
     const centralOut = join(tmp, `equiv-central-${tag}`);
     const epsArgs = eps ? ['--adam-eps', eps] : [];
@@ -77,6 +86,7 @@ describe('simulate', () => {
       '--scheme',
       scheme,
       ...epsArgs,
+      ...modelArgs,
     ]);
     expect(lines.map((l) => l.round)).toEqual([1]);
     const central = cli([
@@ -91,6 +101,7 @@ describe('simulate', () => {
       centralOut,
       '--json',
       ...epsArgs,
+      ...modelArgs,
     ]);
     expect(central.code).toBe(0);
     const centralLosses = jsonLines(central.stdout).map((s) => s.loss as number);
@@ -98,8 +109,8 @@ describe('simulate', () => {
     expect(splitLosses).toHaveLength(N);
     for (let i = 0; i < N; i++)
       expect(Math.abs(splitLosses[i] - centralLosses[i]) / centralLosses[i]).toBeLessThan(1e-5);
-    const split = loadAdapterDir(simOut);
-    const want = loadAdapterDir(centralOut);
+    const split = loadModelAdapterDir(simOut);
+    const want = loadModelAdapterDir(centralOut);
     expect([...split.layers.keys()].sort()).toEqual([...want.layers.keys()].sort());
     return { split, want };
   }
@@ -108,6 +119,20 @@ describe('simulate', () => {
   for (const labels of ['device', 'cloud'] as const) {
     it(`with 1 edge and 1 user equals train-central for the same data, seed and split (f32, labels ${labels})`, () => {
       const { split, want } = equivalence('1e-5', labels);
+      for (const [path, w] of want.layers) {
+        const s = split.layers.get(path)!;
+        expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);
+        expect(maxRelErr(s.B.data, w.B.data), `${path}.B`).toBeLessThan(1e-4);
+      }
+    });
+  }
+
+  // the LLaMA family through the same three tiers: RMSNorm, RoPE, SwiGLU and grouped-query attention as
+  // ONNX graphs at the edge and the cloud, the reference in the tab; the same tolerances (see the header)
+  for (const labels of ['device', 'cloud'] as const) {
+    it(`on the shipped LLaMA-architecture model, 1 edge and 1 user equal train-central too (labels ${labels})`, () => {
+      const { split, want } = equivalence('1e-5', labels, 'hierarchical', LLAMA_MODEL);
+      expect([...want.layers.keys()].some((p) => p.includes('self_attn.q_proj'))).toBe(true);
       for (const [path, w] of want.layers) {
         const s = split.layers.get(path)!;
         expect(maxRelErr(s.A.data, w.A.data), `${path}.A`).toBeLessThan(1e-4);

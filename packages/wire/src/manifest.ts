@@ -4,8 +4,10 @@
  * frames it receives against it.
  */
 import {
-  parseGpt2Config,
-  type Gpt2Config,
+  checkLoraTargetsFit,
+  parseModelConfig,
+  modelDims,
+  type ModelConfig,
   isLoraTarget,
   type LoraConfig,
   type LoraTarget,
@@ -140,10 +142,11 @@ function num(v: unknown, what: string): number {
 }
 
 /** Validates a manifest received over the network; returns it with the parsed model config. */
-export function parseRunManifest(json: unknown): { manifest: RunManifest; config: Gpt2Config } {
+export function parseRunManifest(json: unknown): { manifest: RunManifest; config: ModelConfig } {
   if (typeof json !== 'object' || json === null) throw new ManifestError('manifest: expected a JSON object');
   const j = json as Record<string, unknown>;
-  const config = parseGpt2Config(j.config);
+  // either family, by config.json's model_type
+  const config = parseModelConfig(j.config, 'manifest config');
   const plan = j.plan as SplitPlan;
   if (typeof plan !== 'object' || plan === null) throw new ManifestError('manifest: plan missing');
   validateSplitPlan(config, { k: posInt(plan.k, 'plan.k'), m: posInt(plan.m, 'plan.m') });
@@ -156,14 +159,20 @@ export function parseRunManifest(json: unknown): { manifest: RunManifest; config
   ) {
     throw new ManifestError('manifest: lora must have r, alpha and known targets');
   }
+  try {
+    checkLoraTargetsFit(config, lora);
+  } catch (e) {
+    throw new ManifestError(`manifest: ${(e as Error).message}`);
+  }
   posInt(lora.r, 'lora.r');
   num(lora.alpha, 'lora.alpha');
   const t = j.train as TrainSettings;
   if (typeof t !== 'object' || t === null) throw new ManifestError('manifest: train missing');
   posInt(t.batch, 'train.batch');
   posInt(t.seq, 'train.seq');
-  if (t.seq > config.nPositions)
-    throw new ManifestError(`manifest: train.seq ${t.seq} exceeds n_positions ${config.nPositions}`);
+  const { positions } = modelDims(config);
+  if (t.seq > positions)
+    throw new ManifestError(`manifest: train.seq ${t.seq} exceeds the model's ${positions} positions`);
   posInt(t.stepsPerUser, 'train.stepsPerUser');
   posInt(t.usersPerEdge, 'train.usersPerEdge');
   if (!isCodec(t.codec)) throw new ManifestError(`manifest: unknown codec ${JSON.stringify(t.codec)}`);

@@ -33,9 +33,9 @@ export const GENERATION_HEADER_BYTES = 64 * 1024;
 /** The request header that names the user of a generation request (its token is the bearer token). */
 export const GENERATE_USER_HEADER = 'x-splitllm-user';
 
-/** The size limit of a `generate` frame: h [1, T <= nPositions, D] as f32, and its header. */
-export function maxGenerateFrameBytes(c: { nPositions: number; nEmbd: number }): number {
-  return c.nPositions * c.nEmbd * 4 + GENERATION_HEADER_BYTES;
+/** The size limit of a `generate` frame: h [1, T <= positions, D = width] as f32, and its header (modelDims). */
+export function maxGenerateFrameBytes(c: { positions: number; width: number }): number {
+  return c.positions * c.width * 4 + GENERATION_HEADER_BYTES;
 }
 
 /** The size limit of a `logits` frame: logits [V] as f32, and its header. */

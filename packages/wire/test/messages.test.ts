@@ -453,12 +453,12 @@ describe('messages: checks on decoded messages', () => {
   });
 
   it('generation frames fit their size limits', () => {
-    const c = { nPositions: 64, nEmbd: 32, vocabSize: 500 };
+    const c = { positions: 64, width: 32, vocabSize: 500 };
     expect(maxGenerateFrameBytes(c)).toBe(64 * 32 * 4 + GENERATION_HEADER_BYTES);
     expect(maxLogitsFrameBytes(c)).toBe(500 * 4 + GENERATION_HEADER_BYTES);
     expect(GENERATE_USER_HEADER).toBe('x-splitllm-user');
     const rng = new Rng(11);
-    const h = { data: randn(rng, c.nPositions * c.nEmbd), shape: [1, c.nPositions, c.nEmbd] };
+    const h = { data: randn(rng, c.positions * c.width), shape: [1, c.positions, c.width] };
     const limit = { maxBytes: maxGenerateFrameBytes(c) };
     const fromUser = decodeExpected(
       'userGenerate',
@@ -466,7 +466,7 @@ describe('messages: checks on decoded messages', () => {
       encodeMessage('userGenerate', 'generate', { h }),
       limit,
     );
-    expect(expectShape(fromUser.h, 'h', [1, null, c.nEmbd])).toHaveLength(c.nPositions * c.nEmbd);
+    expect(expectShape(fromUser.h, 'h', [1, null, c.width])).toHaveLength(c.positions * c.width);
     const fromEdge = encodeMessage('edgeGenerate', 'generate', { userId: 'u-0123456789ab', version: 12, h });
     expect(decodeExpected('edgeGenerate', 'generate', fromEdge, limit)).toMatchObject({
       userId: 'u-0123456789ab',

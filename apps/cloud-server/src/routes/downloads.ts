@@ -3,7 +3,7 @@
  * global adapter's parts of a recorded version (registered edges only; an edge serves the
  * user's on to its users). Both downloads are immutable for their name, so they are cached for good.
  */
-import { adapterToNamedTensors } from '@splitllm/model';
+import { adapterToNamedTensors, TOKENIZER_WIRE_SCHEMA } from '@splitllm/model';
 import { encodeMessage } from '@splitllm/wire';
 import type { FastifyPluginAsync } from 'fastify';
 import { requireEdge } from '../auth';
@@ -26,12 +26,8 @@ export const downloadRoutes: FastifyPluginAsync = async (app) => {
     {
       schema: {
         response: {
-          200: {
-            type: 'object',
-            properties: { vocabJson: { type: 'string' }, mergesTxt: { type: 'string' } },
-            required: ['vocabJson', 'mergesTxt'],
-            additionalProperties: false,
-          },
+          // TokenizerWireFiles: GPT-2's two files, or the LLaMA family's tokenizer.json and its BOS / EOS ids
+          200: TOKENIZER_WIRE_SCHEMA,
         },
       },
     },

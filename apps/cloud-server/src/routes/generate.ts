@@ -14,6 +14,7 @@ import {
   maxGenerateFrameBytes,
   ProtocolError,
 } from '@splitllm/wire';
+import { modelDims } from '@splitllm/model';
 import type { FastifyPluginAsync } from 'fastify';
 import { edgeOf, requireEdge } from '../auth';
 import { CloudRequestError } from '../errors';
@@ -21,9 +22,9 @@ import { ref } from '../schemas';
 import { USER_REMOVED_MESSAGE } from './join';
 
 export const generateRoutes: FastifyPluginAsync = async (app) => {
-  const c = app.cloudRun.config;
+  const c = modelDims(app.cloudRun.config);
   const limit = maxGenerateFrameBytes(c);
-  const V = c.vocabSize;
+  const V = c.vocab;
   const { generateRefused: refused, generateServed: served } = app.cloudMetrics;
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: unknown }, req, reply) => {
@@ -55,10 +56,10 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
           maxBytes: limit,
         },
       );
-      const h = expectShape(m.h, 'h', [1, null, c.nEmbd]);
+      const h = expectShape(m.h, 'h', [1, null, c.width]);
       const T = m.h.shape[1];
-      if (T < 1 || T > c.nPositions)
-        throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+      if (T < 1 || T > c.positions)
+        throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.positions}`);
       const { userId, version } = m;
       const refuse = (
         status: number,
@@ -92,7 +93,7 @@ export const generateRoutes: FastifyPluginAsync = async (app) => {
         }
         answer = encodeMessage('logits', 'logits', { version, logits: { data: logits, shape: [V] } });
       } else {
-        const D = c.nEmbd;
+        const D = c.width;
         const { y } = await segment.blocks.forward(adapter, h, 1, T);
         const last = y.slice((T - 1) * D, T * D);
         for (let i = 0; i < D; i++) {

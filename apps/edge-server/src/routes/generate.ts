@@ -14,7 +14,7 @@
  * registry), 413 FRAME_TOO_LARGE, 503 NOT_READY (starting, or the global version is changing:
  * retry), 502/504 when the cloud fails or is late.
  */
-import { CodedError } from '@splitllm/model';
+import { CodedError, modelDims } from '@splitllm/model';
 import {
   DEFAULT_MAX_FRAME_BYTES,
   decodeMessage,
@@ -114,7 +114,7 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
             );
           }
           const declared = Number(req.headers['content-length']);
-          const limit = maxGenerateFrameBytes(edge.config);
+          const limit = maxGenerateFrameBytes(modelDims(edge.config));
           if (declared > limit) {
             // the client sends the body anyway: close the connection rather than read it
             reply.header('connection', 'close');
@@ -131,7 +131,7 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
     },
     async (req, reply) => {
       const edge = app.edge;
-      const c = edge.config;
+      const c = modelDims(edge.config);
       const userId = headerValue(req.headers[GENERATE_USER_HEADER]);
       // checked on request; here for the type only
       if (!userId) throw new GenerateError(401, 'UNAUTHORIZED', `no "${GENERATE_USER_HEADER}" header`);
@@ -141,10 +141,10 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
       const asked = decodeMessage('userGenerate', new Uint8Array(body.buffer, body.byteOffset, body.byteLength), {
         maxBytes: maxGenerateFrameBytes(c),
       });
-      const h1 = expectShape(asked.h, 'h', [1, null, c.nEmbd]);
+      const h1 = expectShape(asked.h, 'h', [1, null, c.width]);
       const T = asked.h.shape[1];
-      if (T < 1 || T > c.nPositions)
-        throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.nPositions}`);
+      if (T < 1 || T > c.positions)
+        throw new ProtocolError('BAD_SHAPE', `h has ${T} positions; a context has 1 to ${c.positions}`);
 
       const version = edge.version;
       const adapter = await edge.edgeAdapterAt(version).catch((e: unknown) => {
@@ -163,7 +163,7 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
       const frame = encodeMessage('edgeGenerate', 'generate', {
         userId,
         version,
-        h: { data: h2, shape: [1, T, c.nEmbd] },
+        h: { data: h2, shape: [1, T, c.width] },
       });
       let res: Response;
       try {
@@ -191,12 +191,12 @@ export const generateRoutes: FastifyPluginAsync<GenerateRoutesOptions> = async (
       }
       const bytes = new Uint8Array(await res.arrayBuffer());
       try {
-        const answer = decodeMessage('logits', bytes, { maxBytes: maxLogitsFrameBytes(c) });
+        const answer = decodeMessage('logits', bytes, { maxBytes: maxLogitsFrameBytes(edge.config) });
         // labels in the cloud: the logits; on the device: the last hidden state (the tab runs the head)
         const want = edge.manifest.train.labels === 'cloud' ? 'logits' : 'hidden';
         if (answer.type !== want) throw new Error(`expected a "${want}" message, got "${answer.type}"`);
-        if (answer.type === 'logits') expectShape(answer.logits, 'logits', [c.vocabSize]);
-        else expectShape(answer.h, 'h', [c.nEmbd]);
+        if (answer.type === 'logits') expectShape(answer.logits, 'logits', [c.vocab]);
+        else expectShape(answer.h, 'h', [c.width]);
       } catch (e) {
         throw new GenerateError(502, 'CLOUD_ERROR', `the cloud's answer is unusable: ${(e as Error).message}`);
       }

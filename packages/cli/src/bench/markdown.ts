@@ -101,8 +101,8 @@ export function writeResultsMd(out: string, results: BenchResults, plots: PlotOu
     '',
     'Memory is each process\'s peak over the rounds: "held" is the per-user training state the process held ' +
       '(LoRA copies, AdamW moments, saved activations; exact bytes, the quantity the schemes differ in), ' +
-      '"RSS" the process\'s high-water resident set over its life (VmHWM: start-up included, so per-user ' +
-      'state shows there only once it outgrows the start-up peak). Round time is the median over ' +
+      '"RSS" the process\'s high-water resident set during a round (VmHWM, which the edges and the cloud reset ' +
+      'when a round starts, so start-up does not set it; the largest over the rounds). Round time is the median over ' +
       'the rounds; bytes are per round, means over the rounds.',
     '',
     `## Headline: hierarchical vs sfl`,

@@ -15,7 +15,7 @@ import type { BenchPlan, BenchPoint } from './plan';
 
 /** One process's memory over a round (or, in a summary, over all rounds). */
 export interface ProcessPeak {
-  /** the process's high-water RSS (VmHWM) in bytes; null where the platform does not say */
+  /** the process's high-water RSS (VmHWM) during the round, in bytes; null where the platform does not say */
   peakRss: number | null;
   /** the high-water bytes of per-user training state it held: LoRA copies, AdamW moments, saved activations */
   heldPeak: number;

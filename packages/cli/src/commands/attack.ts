@@ -10,6 +10,7 @@
 import { join } from 'node:path';
 import {
   DEFAULT_LORA_CONFIG,
+  FamilyError,
   GPT2_SMALL_CONFIG,
   type Gpt2Config,
   type Gpt2Model,
@@ -17,11 +18,11 @@ import {
   initLoraAdapter,
   randomGpt2Weights,
 } from '@splitllm/model';
-import { loadGpt2Dir, writeFileAtomic } from '@splitllm/model/node';
+import { isLlamaModelDir, loadGpt2Dir, writeFileAtomic } from '@splitllm/model/node';
 import { type MeasuredFigure, type Observer, type RecoveryFigures, measure, measureSteps } from '@splitllm/privacy';
 import { Args, UsageError } from '../args';
 import { mobyDickSplit } from '../corpus';
-import { REPO_ROOT, SHIPPED_MODEL_DIR, loadAdapterFor, readText } from '../io';
+import { REPO_ROOT, SHIPPED_MODEL_DIR, loadAdapterFor, modelDirOf, readText } from '../io';
 import { Progress } from '../progress';
 
 /** A GPT-2-small-shaped model with random weights instead of a directory. */
@@ -59,6 +60,10 @@ function parseList(raw: string, what: string, parse: (s: string) => number): num
 
 function loadTarget(modelArg: string, seed: number) {
   if (modelArg !== RANDOM_GPT2_SMALL) {
+    // the attacks and their stored figures are GPT-2's (docs/design.md, section 9)
+    if (isLlamaModelDir(modelArg)) {
+      throw new FamilyError(`attack measures GPT-2 models only; ${modelArg} is of the LLaMA family`);
+    }
     const loaded = loadGpt2Dir(modelArg);
     const model: Gpt2Model = { config: loaded.config, weights: loaded.weights };
     const name = modelArg === SHIPPED_MODEL_DIR ? 'the shipped model moby-tiny' : modelArg;
@@ -92,7 +97,7 @@ export async function attackCommand(argv: string[]): Promise<void> {
     json: { type: 'string' },
     write: { type: 'boolean' },
   });
-  const modelArg = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const modelArg = modelDirOf(args.optionalString('model'));
   const seed = args.int('seed', 1);
   const tokens = args.int('tokens', 256, 2);
   const write = args.flag('write');

@@ -15,7 +15,7 @@ import {
 } from '@splitllm/cloud-server';
 import { startEdgeServer } from '@splitllm/edge-server';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
-import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets } from '@splitllm/model';
+import { DEFAULT_LORA_TRAIN, parseAnyLoraTargets } from '@splitllm/model';
 import {
   CODECS,
   type Codec,
@@ -30,7 +30,7 @@ import {
 import { randomToken } from '@splitllm/wire/node';
 import { LinkError, parseLinkSpec, startHeadlessUser, userLink } from '@splitllm/user-client/node';
 import { Args, UsageError } from '../args';
-import { SHIPPED_HELDOUT, SHIPPED_MODEL_DIR } from '../io';
+import { SHIPPED_HELDOUT, modelDirOf } from '../io';
 import { untilSignal } from '../launcher';
 
 const print = (j: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(j)}\n`);
@@ -80,7 +80,7 @@ export function schemeOf(v: string | undefined): TrainingScheme {
   return s;
 }
 
-export const cloudHelp = `splitllm cloud --state DIR [--model DIR] [--port P] [--seed S] [--steps-per-user N]
+export const cloudHelp = `splitllm cloud --state DIR [--model NAME|DIR] [--port P] [--seed S] [--steps-per-user N]
     [--users-per-edge N] [--min-edges N] [--min-users N] [--max-rounds R] [--codec ${CODECS.join('|')}]
     [--labels ${LABEL_PLACEMENTS.join('|')}] [--noise SIGMA] [--scheme ${TRAINING_SCHEMES.join('|')}]
     [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS] [--rank R] [--alpha A] [--targets LIST]
@@ -166,16 +166,17 @@ export async function cloudCommand(argv: string[]): Promise<void> {
       keepLast: args.int('keep-versions', DEFAULT_RETENTION.keepLast, 0),
       keepHourly: keepHourly === 'true',
     },
-    modelDir: args.optionalString('model') ?? SHIPPED_MODEL_DIR,
+    modelDir: modelDirOf(args.optionalString('model')),
     stateDir: args.string('state'),
     port: args.int('port', 0),
     seed: args.int('seed', 0),
     edgeSecret: envSecret('SPLITLLM_EDGE_SECRET', 'cloud'),
     operatorToken: envSecret('SPLITLLM_OPERATOR_TOKEN', 'cloud'),
+    // what is left out is the model family's default (r 8, alpha 16, its default targets)
     lora: {
-      r: args.int('rank', DEFAULT_LORA_CONFIG.r, 1),
-      alpha: args.float('alpha', DEFAULT_LORA_CONFIG.alpha),
-      targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets')) : DEFAULT_LORA_CONFIG.targets,
+      ...(args.optionalString('rank') !== undefined ? { r: args.int('rank', undefined, 1) } : {}),
+      ...(args.optionalString('alpha') !== undefined ? { alpha: args.float('alpha', 16) } : {}),
+      ...(args.optionalString('targets') ? { targets: parseAnyLoraTargets(args.string('targets')) } : {}),
     },
     train: {
       stepsPerUser: args.int('steps-per-user', 20, 1),

@@ -45,7 +45,6 @@ import { Args, UsageError } from '../args';
 import { mobyDickSplit, sotuUsers } from '../corpus';
 import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
 import { Progress } from '../progress';
-import { llamaMeanLoss } from './eval';
 
 /** The shipped model's recipe. */
 export const SHIPPED_RECIPE = {
@@ -257,7 +256,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
       {
         params: new Map([...weights].map(([name, t]) => [name, t.data])),
         forwardBackward: (batch) => llamaForwardBackward(model, undefined, batch, { weightGrads: true }),
-        meanLoss: (batches) => llamaMeanLoss(model, undefined, batches).loss,
+        meanLoss: (batches) => meanLoss(model, undefined, batches).loss,
       },
       trainTokens,
       heldTokens,
@@ -275,7 +274,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
       tokenizer: "moby-tiny's byte-level BPE (the same ids), as tokenizer.json",
       trainTokens: trainTokens.length,
       finalTrainLoss: run.loss,
-      heldoutLoss: llamaMeanLoss(model, undefined, evalBatches(heldTokens, 8, L.seqLen, eot)).loss,
+      heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, L.seqLen, eot)).loss,
       heldoutUnigramLoss: unigramLoss(heldTokens, config.vocabSize),
       curve: run.curve,
       trainSeconds,

@@ -13,7 +13,7 @@ import { randomToken } from '@splitllm/wire/node';
 import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Args } from '../args';
-import { REPO_ROOT, SHIPPED_MODEL_DIR } from '../io';
+import { REPO_ROOT, modelDirOf } from '../io';
 import { issueJoinToken, supervisePart, untilSignal, type SupervisedPart } from '../launcher';
 import { codecOf, labelsOf, noiseOf, schemeOf } from './parts';
 
@@ -24,10 +24,12 @@ const PLAIN_STATUS_MS = 60_000;
 /** Between two redraws of the status line on a terminal (the connected count changes between rounds). */
 const TTY_STATUS_MS = 5_000;
 
-export const serveHelp = `splitllm serve [--model DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N]
+export const serveHelp = `splitllm serve [--model NAME|DIR] [--state DIR] [--port P] [--edge-port P] [--demo-users N]
     [--demo-pause-s S] [--rounds R] [--steps-per-user N] [--codec ${CODECS.join('|')}]
     [--labels device|cloud] [--noise SIGMA] [--scheme hierarchical|sfl|sequential]
     [--engine auto|wgsl|wasm|reference] [--provider cpu|cuda|webgpu] [--web DIR]
+  --model: moby-tiny (the shipped GPT-2, default), moby-llama-tiny (the shipped LLaMA-architecture
+  model) or a model directory of either family.
   Starts the cloud (on --port, default 8700) and one edge (--edge-port, default 8701) as processes
   on loopback, and N headless demo users (default 1) training on the shipped demo data. The cloud
   serves the user page (--web, default apps/user-web/dist, built by \`npm start\`) at /. A demo user
@@ -155,7 +157,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
         `run \`pnpm --filter @splitllm/user-web build\` (npm start does)`,
     );
   }
-  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const modelDir = modelDirOf(args.optionalString('model'));
   const stateDir = resolve(args.optionalString('state') ?? join(REPO_ROOT, 'out/serve-state'));
   const demoUsers = args.int('demo-users', 1);
   const rounds = args.int('rounds', 0);

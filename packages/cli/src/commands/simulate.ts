@@ -6,23 +6,25 @@
 import { AGGREGATION_NAMES } from '@splitllm/federation';
 import { CODECS, TRAINING_SCHEMES } from '@splitllm/wire';
 import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
-import { loadAdapterDir, saveAdapterDir } from '@splitllm/model/node';
+import { loadModelAdapterDir, saveModelAdapterDir } from '@splitllm/model/node';
 import { randomToken } from '@splitllm/wire/node';
 import { LinkError, parseLinkSpec } from '@splitllm/user-client/node';
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Args, UsageError } from '../args';
-import { SHIPPED_MODEL_DIR } from '../io';
+import { modelDirOf } from '../io';
 import { issueJoinToken, logTail, startPart, untilSignal, type Part } from '../launcher';
 import { codecOf, schemeOf } from './parts';
 
 export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --steps-per-user N --data DIR_OR_FILE
-    --seed S --out DIR [--model DIR] [--codec ${CODECS.join('|')}] [--labels device|cloud] [--noise SIGMA]
+    --seed S --out DIR [--model NAME|DIR] [--codec ${CODECS.join('|')}] [--labels device|cloud] [--noise SIGMA]
     [--scheme ${TRAINING_SCHEMES.join('|')}] [--users-per-edge N] [--aggregation NAME]
     [--links none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS]]
     [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
     [--state DIR] [--keep-versions N] [--threads N] [--json]
+  --model: moby-tiny (the shipped GPT-2, default), moby-llama-tiny (the shipped LLaMA-architecture
+  model) or a model directory of either family.
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
   from seed S+i. Prints one line per round (--json: one JSON object with round, loss, users,
@@ -115,7 +117,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     if (e instanceof LinkError) throw new UsageError(`--links: ${e.message}`);
     throw e;
   }
-  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
+  const modelDir = modelDirOf(args.optionalString('model'));
   const threads = String(args.int('threads', 1));
   const tmpState = args.optionalString('state') ? undefined : mkdtempSync(join(tmpdir(), 'splitllm-sim-'));
   const stateDir = args.optionalString('state') ?? join(tmpState!, 'state');
@@ -242,7 +244,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     await Promise.race([allDone, signal]);
     const last = rounds[rounds.length - 1];
     const version = Number(last.version);
-    saveAdapterDir(outDir, loadAdapterDir(String(last.adapterDir)), { baseModel: modelDir });
+    saveModelAdapterDir(outDir, loadModelAdapterDir(String(last.adapterDir)), { baseModel: modelDir });
     writeFileSync(join(outDir, 'rounds.json'), `${JSON.stringify(rounds, null, 2)}\n`);
     if (!json) console.log(`final adapter (version ${version}) written to ${outDir} (PEFT layout); logs in ${logDir}`);
   } catch (e) {

@@ -1,17 +1,27 @@
 /** `splitllm train-central`: LoRA fine-tuning of the whole model in one process (the baseline). */
-import { DEFAULT_LORA_CONFIG, DEFAULT_LORA_TRAIN, parseLoraTargets, trainLoraCentral } from '@splitllm/model';
-import { saveAdapterDir } from '@splitllm/model/node';
+import {
+  DEFAULT_LLAMA_LORA_TARGETS,
+  DEFAULT_LORA_CONFIG,
+  DEFAULT_LORA_TRAIN,
+  defaultLoraConfig,
+  parseLoraTargets,
+  trainLoraCentral,
+} from '@splitllm/model';
+import { saveModelAdapterDir } from '@splitllm/model/node';
 import { Args } from '../args';
-import { SHIPPED_MODEL_DIR, loadModel, readText } from '../io';
+import { modelDirOf, loadModel, readText } from '../io';
 import { Progress } from '../progress';
 
-export const trainCentralHelp = `splitllm train-central --text FILE --steps N --seed S --out DIR [--model DIR] [--json]
-    [--rank R] [--alpha A] [--targets attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj]
+export const trainCentralHelp = `splitllm train-central --text FILE --steps N --seed S --out DIR [--model NAME|DIR]
+    [--json] [--rank R] [--alpha A] [--targets T,...]
     [--lr LR] [--adam-eps EPS] [--batch-size B] [--seq-len T]
-  LoRA fine-tuning of the whole model on FILE; writes the adapter to DIR in PEFT layout.
-  Defaults: the shipped model, rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha},
-  targets ${DEFAULT_LORA_CONFIG.targets.join(',')}, lr ${DEFAULT_LORA_TRAIN.adamw.lr},
-  batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens. --json prints one object per step.`;
+  LoRA fine-tuning of the whole model (GPT-2 or LLaMA family) on FILE; writes the adapter to DIR in
+  PEFT layout. Targets: GPT-2 attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (default
+  ${DEFAULT_LORA_CONFIG.targets.join(',')}); LLaMA q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+  down_proj (default ${DEFAULT_LLAMA_LORA_TARGETS.join(',')}).
+  Defaults: the shipped model (moby-tiny), rank ${DEFAULT_LORA_CONFIG.r}, alpha ${DEFAULT_LORA_CONFIG.alpha},
+  lr ${DEFAULT_LORA_TRAIN.adamw.lr}, batch ${DEFAULT_LORA_TRAIN.batchSize} x ${DEFAULT_LORA_TRAIN.seqLen} tokens.
+  --json prints one object per step.`;
 
 export async function trainCentralCommand(argv: string[]): Promise<void> {
   const args = Args.parse('train-central', argv, {
@@ -33,12 +43,13 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
   const steps = args.int('steps', undefined, 1);
   const seed = args.int('seed');
   const outDir = args.string('out');
-  const modelDir = args.optionalString('model') ?? SHIPPED_MODEL_DIR;
-  const r = args.int('rank', DEFAULT_LORA_CONFIG.r, 1);
+  const modelDir = modelDirOf(args.optionalString('model'));
+  const { model, tokenizer } = loadModel(modelDir);
+  const defaults = defaultLoraConfig(model.config);
   const lora = {
-    r,
-    alpha: args.float('alpha', DEFAULT_LORA_CONFIG.alpha),
-    targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets')) : DEFAULT_LORA_CONFIG.targets,
+    r: args.int('rank', defaults.r, 1),
+    alpha: args.float('alpha', defaults.alpha),
+    targets: args.optionalString('targets') ? parseLoraTargets(args.string('targets'), model.config) : defaults.targets,
   };
   const lr = args.float('lr', DEFAULT_LORA_TRAIN.adamw.lr);
   const eps = args.float('adam-eps', DEFAULT_LORA_TRAIN.adamw.eps);
@@ -46,7 +57,6 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
   const seqLen = args.int('seq-len', DEFAULT_LORA_TRAIN.seqLen, 2);
   const json = args.flag('json');
 
-  const { model, tokenizer } = loadModel(modelDir);
   const tokens = tokenizer.encode(readText(textPath, '--text'));
   const progress = new Progress('train-central', steps);
   const adapter = trainLoraCentral(
@@ -61,6 +71,6 @@ export async function trainCentralCommand(argv: string[]): Promise<void> {
     },
   );
   progress.done();
-  saveAdapterDir(outDir, adapter, { baseModel: modelDir, nLayer: model.config.nLayer });
+  saveModelAdapterDir(outDir, adapter, { baseModel: modelDir, nLayer: model.config.nLayer });
   if (!json) console.log(`adapter written to ${outDir} (PEFT layout)`);
 }
