@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { AnyTokenizer } from '../formats/any-tokenizer';
 import { PEFT_WEIGHTS_FILE } from '../formats/peft';
 import { parseSafetensors } from '../formats/safetensors';
-import { type AnyModel, isLlamaConfig, type ModelConfig } from '../family';
+import { type AnyModel, FamilyError, isLlamaConfig, type ModelConfig, modelFamily } from '../family';
 import { isLlamaLoraTarget } from '../llama-lora';
 import { checkAdapterFits, type LoraAdapter } from '../lora';
 import { loadLlamaAdapterDir, loadLlamaDir, saveLlamaAdapterDir } from './llama-io';
@@ -78,12 +78,14 @@ function peftDirIsLlama(dir: string): boolean {
  */
 export function loadModelAdapterDir(dir: string, config?: ModelConfig): LoraAdapter {
   const llama = config ? isLlamaConfig(config) : peftDirIsLlama(dir);
-  if (config && isLlamaConfig(config)) {
-    const adapter = loadLlamaAdapterDir(dir, config);
-    checkAdapterFits(config, adapter);
-    return adapter;
+  if (config && llama !== peftDirIsLlama(dir) && existsSync(join(dir, PEFT_WEIGHTS_FILE))) {
+    const [holds, model] = llama ? ['GPT-2', `${modelFamily(config)}-family`] : ['LLaMA-family', 'GPT-2'];
+    throw new FamilyError(`adapter directory ${dir} holds a ${holds} adapter; the model is ${model}`);
   }
-  const adapter = llama ? loadLlamaAdapterDir(dir) : loadAdapterDir(dir);
+  // the LLaMA reader checks every tensor against the config itself when it has one
+  const adapter = llama
+    ? loadLlamaAdapterDir(dir, config && isLlamaConfig(config) ? config : undefined)
+    : loadAdapterDir(dir);
   if (config) checkAdapterFits(config, adapter);
   return adapter;
 }
