@@ -17,9 +17,8 @@ import {
   defaultLoraConfig,
   DEFAULT_LORA_TRAIN,
   initLoraAdapter,
-  type LlamaConfig,
   modelDims,
-  parseLlamaConfig,
+  SMOLLM2_135M_CONFIG,
   randomLlamaWeights,
   Rng,
 } from '@splitllm/model';
@@ -37,30 +36,6 @@ const ENGINES = opt.engines.split(',').map((s) => s.trim()) as UserEngineKind[];
 for (const e of ENGINES) {
   if (!['reference', 'wasm', 'wgsl'].includes(e)) throw new Error(`unknown engine "${e}" (reference, wasm, wgsl)`);
 }
-
-/** SmolLM2-135M's published config.json (as in llama-sizes.ts). */
-const SMOLLM2_135M: LlamaConfig = parseLlamaConfig(
-  {
-    architectures: ['LlamaForCausalLM'],
-    attention_bias: false,
-    bos_token_id: 0,
-    eos_token_id: 0,
-    hidden_act: 'silu',
-    hidden_size: 576,
-    intermediate_size: 1536,
-    max_position_embeddings: 8192,
-    model_type: 'llama',
-    num_attention_heads: 9,
-    num_hidden_layers: 30,
-    num_key_value_heads: 3,
-    rms_norm_eps: 1e-5,
-    rope_scaling: null,
-    rope_theta: 100000,
-    tie_word_embeddings: true,
-    vocab_size: 49152,
-  },
-  'SmolLM2-135M config.json',
-);
 
 interface Case {
   name: string;
@@ -127,7 +102,7 @@ async function timeEngine(kind: UserEngineKind, c: Case): Promise<{ step: number
 }
 
 const shipped = loadModelDir(SHIPPED_MODELS['moby-llama-tiny']).model;
-const smol: AnyModel = { config: SMOLLM2_135M, weights: randomLlamaWeights(SMOLLM2_135M, 1) };
+const smol: AnyModel = { config: SMOLLM2_135M_CONFIG, weights: randomLlamaWeights(SMOLLM2_135M_CONFIG, 1) };
 const CASES: Case[] = [
   { name: 'moby-llama-tiny', model: shipped, k: 1, batch: 4, seq: 64 },
   { name: 'SmolLM2-135M shape', model: smol, k: 1, batch: 1, seq: 64 },

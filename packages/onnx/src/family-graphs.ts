@@ -14,6 +14,7 @@ import {
   asLlamaLoraConfig,
   type Gpt2Model,
   isLlamaConfig,
+  type LlamaLoraConfig,
   type LlamaModel,
   type LoraConfig,
 } from '@splitllm/model';
@@ -47,96 +48,42 @@ export interface FamilyGraphOptions extends SegmentWeightsOptions {
 
 export interface FamilyBlocksGraphOptions extends FamilyGraphOptions, BlocksGraphOptions {}
 
-type Build<O> = {
-  gpt2: (m: Gpt2Model, lora: LoraConfig, o: O) => SegmentGraph;
-  llama: (m: LlamaModel, lora: ReturnType<typeof asLlamaLoraConfig>, o: O) => SegmentGraph;
-};
+type BlocksBuilder<M, L> = (model: M, lora: L, from: number, to: number, o: FamilyBlocksGraphOptions) => SegmentGraph;
+type TailBuilder<M, L> = (model: M, lora: L, from: number, o: FamilyGraphOptions) => SegmentGraph;
 
-function byFamily<O>(model: AnyModel, lora: LoraConfig, o: O, build: Build<O>): SegmentGraph {
-  if (!isLlamaConfig(model.config)) return build.gpt2(model as Gpt2Model, lora, o);
-  return build.llama(model as LlamaModel, asLlamaLoraConfig(model.config, lora), o);
+/** A blocks graph of either family from its two builders (same contract, see the header). */
+function blocksGraphOf(gpt2: BlocksBuilder<Gpt2Model, LoraConfig>, llama: BlocksBuilder<LlamaModel, LlamaLoraConfig>) {
+  return (model: AnyModel, lora: LoraConfig, from: number, to: number, opts: FamilyBlocksGraphOptions) =>
+    isLlamaConfig(model.config)
+      ? llama(model as LlamaModel, asLlamaLoraConfig(model.config, lora), from, to, opts)
+      : gpt2(model as Gpt2Model, lora, from, to, opts);
+}
+
+/** A tail graph (blocks [from, L) and the head) of either family from its two builders. */
+function tailGraphOf(gpt2: TailBuilder<Gpt2Model, LoraConfig>, llama: TailBuilder<LlamaModel, LlamaLoraConfig>) {
+  return (model: AnyModel, lora: LoraConfig, from: number, opts: FamilyGraphOptions = {}) =>
+    isLlamaConfig(model.config)
+      ? llama(model as LlamaModel, asLlamaLoraConfig(model.config, lora), from, opts)
+      : gpt2(model as Gpt2Model, lora, from, opts);
 }
 
 /** Forward of blocks [from, to): see buildBlocksForwardGraph / llamaBlocksForwardGraph. */
-export function blocksForwardGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  to: number,
-  opts: FamilyBlocksGraphOptions,
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildBlocksForwardGraph(m, l, from, to, o),
-    llama: (m, l, o) => llamaBlocksForwardGraph(m, l, from, to, o),
-  });
-}
+export const blocksForwardGraph = blocksGraphOf(buildBlocksForwardGraph, llamaBlocksForwardGraph);
 
 /** Backward of blocks [from, to): see buildBlocksBackwardGraph / llamaBlocksBackwardGraph. */
-export function blocksBackwardGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  to: number,
-  opts: FamilyBlocksGraphOptions,
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildBlocksBackwardGraph(m, l, from, to, o),
-    llama: (m, l, o) => llamaBlocksBackwardGraph(m, l, from, to, o),
-  });
-}
+export const blocksBackwardGraph = blocksGraphOf(buildBlocksBackwardGraph, llamaBlocksBackwardGraph);
 
 /** Forward and backward of blocks [from, to) in one graph: see buildBlocksStepGraph / llamaBlocksStepGraph. */
-export function blocksStepGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  to: number,
-  opts: FamilyBlocksGraphOptions,
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildBlocksStepGraph(m, l, from, to, o),
-    llama: (m, l, o) => llamaBlocksStepGraph(m, l, from, to, o),
-  });
-}
+export const blocksStepGraph = blocksGraphOf(buildBlocksStepGraph, llamaBlocksStepGraph);
 
 /** The cloud tail, forward and backward: blocks [from, L), final norm, head, mean cross-entropy. */
-export function tailGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  opts: FamilyGraphOptions = {},
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildTailGraph(m, l, from, o),
-    llama: (m, l, o) => llamaTailGraph(m, l, from, o),
-  });
-}
+export const tailGraph = tailGraphOf(buildTailGraph, llamaTailGraph);
 
 /** The tail's loss only (evaluation). */
-export function tailLossGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  opts: FamilyGraphOptions = {},
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildTailLossGraph(m, l, from, o),
-    llama: (m, l, o) => llamaTailLossGraph(m, l, from, o),
-  });
-}
+export const tailLossGraph = tailGraphOf(buildTailLossGraph, llamaTailLossGraph);
 
 /** The tail's next-token logits at the last position (generation). */
-export function tailLogitsGraph(
-  model: AnyModel,
-  lora: LoraConfig,
-  from: number,
-  opts: FamilyGraphOptions = {},
-): SegmentGraph {
-  return byFamily(model, lora, opts, {
-    gpt2: (m, l, o) => buildTailLogitsGraph(m, l, from, o),
-    llama: (m, l, o) => llamaTailLogitsGraph(m, l, from, o),
-  });
-}
+export const tailLogitsGraph = tailGraphOf(buildTailLogitsGraph, llamaTailLogitsGraph);
 
 /** One chunk of the head step with labels on the device (the tab's wasm engine). */
 export function headStepGraph(model: AnyModel): SegmentGraph {
