@@ -169,3 +169,43 @@ describe('errors are one line and a non-zero exit, never a stack trace', () => {
     expect(r.stderr).toMatch(/adapter: "h\.0\.attn\.c_attn" has A \[64,8\].*needs A \[128,8\]/);
   });
 });
+
+describe('the shipped LLaMA-architecture model, by name', () => {
+  it('eval scores it on held-out Moby Dick far below a unigram model', () => {
+    const r = cli(['eval', '--model', 'moby-llama-tiny', '--text', join(DATA, 'moby-dick/heldout.txt'), '--json']);
+    expect(r.code).toBe(0);
+    const [o] = jsonLines(r.stdout);
+    expect(String(o.model)).toMatch(/moby-llama-tiny$/);
+    expect(o.loss as number).toBeLessThan((o.unigramLoss as number) - 1);
+  });
+
+  it("train-central and the cloud refuse GPT-2's LoRA targets for it, naming the valid ones", () => {
+    const text = join(DATA, 'sotu/train/user-1.txt');
+    const out = join(tmp, 'llama-wrong-targets');
+    const central = cli(
+      ['train-central', '--model', 'moby-llama-tiny', '--targets', 'attn.c_attn', '--text', text].concat([
+        '--steps',
+        '1',
+        '--seed',
+        '1',
+        '--out',
+        out,
+      ]),
+    );
+    expect(central.code).toBe(1);
+    expect(central.stderr).toMatch(/unknown LoRA target "attn\.c_attn" for a LLaMA-family model \(choose from q_proj/);
+    expect(existsSync(out)).toBe(false);
+    const state = join(tmp, 'llama-wrong-targets-state');
+    // the cloud's secrets come from the environment, which cli() hands on
+    const secrets = { SPLITLLM_EDGE_SECRET: 'e'.repeat(32), SPLITLLM_OPERATOR_TOKEN: 'o'.repeat(32) };
+    Object.assign(process.env, secrets);
+    let cloud: ReturnType<typeof cli>;
+    try {
+      cloud = cli(['cloud', '--model', 'moby-llama-tiny', '--targets', 'attn.c_attn', '--state', state], 60_000);
+    } finally {
+      for (const k of Object.keys(secrets)) delete process.env[k];
+    }
+    expect(cloud.code).toBe(1);
+    expect(cloud.stderr).toMatch(/LoRA target "attn\.c_attn" is not one a llama-family model has/);
+  });
+});
