@@ -56,8 +56,9 @@ const fs = require('node:fs');
 const path = require('node:path');
 const [root, listFile] = process.argv.slice(2);
 const pnpmDir = path.join(root, 'node_modules/.pnpm');
-// lazily imported by the wasm user engine only; the device run uses the wgsl engine
-const EXCLUDE = new Set(['onnxruntime-web']);
+// lazily imported, by the wasm user engine (onnxruntime-web) and by `bench`'s plots (vega, vega-lite);
+// the device run uses the wgsl engine and draws no plot
+const EXCLUDE = new Set(['onnxruntime-web', 'vega', 'vega-lite']);
 // devDependencies that the device run needs at run time
 const EXTRA = { 'packages/model': ['gpt-3-encoder'] };
 

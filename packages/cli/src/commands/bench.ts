@@ -21,7 +21,6 @@ import {
   RATE_LINK_LATENCY_MS,
   USER_ENGINES,
 } from '../bench/plan';
-import { writePlots } from '../bench/plots';
 import { heldOutLoss, type RunningChild, runPoint } from '../bench/point';
 import { type BenchResults, pendingResult, settingsOf, writeResultsJson } from '../bench/results';
 import { bytesText } from '../bench/markdown';
@@ -199,6 +198,8 @@ export async function benchCommand(argv: string[]): Promise<void> {
     rmSync(workDir, { recursive: true, force: true });
   }
   const json = writeResultsJson(plan.out, results);
+  // loaded here only: vega and vega-lite are large, and no other command (no server process) needs them
+  const { writePlots } = await import('../bench/plots');
   const plots = await writePlots(plan.out, results);
   const md = writeResultsMd(plan.out, results, plots);
   console.log(`results: ${json}`);
