@@ -8,10 +8,10 @@ import {
   cloudSegmentStep,
   edgeSegmentBackward,
   edgeSegmentForward,
-  IGNORE_INDEX,
   initLoraAdapter,
   maxRelErr,
   modelDims,
+  paddedRandomBatch,
   randomGpt2Weights,
   Rng,
   type AnyModel,
@@ -22,6 +22,7 @@ import {
   type ModelConfig,
   type SplitPlan,
   type TokenBatch,
+  withRandomLoraB,
 } from '@splitllm/model';
 import { expect } from 'vitest';
 import type { UserEngine } from '../src/family-engine';
@@ -71,29 +72,12 @@ export function scaledRandomModel(config: Gpt2Config, seed: number): Gpt2Model {
 
 /** An adapter with B random too: a fresh B = 0 would make every dA vanish and weaken the test. */
 export function adapterWithRandomB(config: Gpt2Config, lora: LoraConfig, seed: number): LoraAdapter {
-  const a = initLoraAdapter(config, lora, seed);
-  const rng = new Rng(seed + 1);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05);
-  return a;
+  return withRandomLoraB(initLoraAdapter(config, lora, seed), seed + 1, 0.05);
 }
 
 /** Two rows of T tokens; the second is right-padded (the pad id, ignored targets) after 2T/3. */
 export function batchOf(c: ModelConfig, T: number, seed: number): TokenBatch {
-  const { vocab, padId } = modelDims(c);
-  const rng = new Rng(seed);
-  const B = 2;
-  const ids = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(vocab));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      ids[b * T + t] = pad ? padId : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds: ids, targets };
+  return paddedRandomBatch(c, seed, 2, T);
 }
 
 /** The reference's edge and cloud on h1: loss and dL/dh1. */

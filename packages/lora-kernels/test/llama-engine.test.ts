@@ -33,17 +33,19 @@ import {
   LLAMA_LORA_TARGETS,
   loraGradArrays,
   loraParameters,
-  randomLlamaWeights,
+  llama3ScaledConfig,
+  perturbedLlamaModel,
   Rng,
   userSegmentBackward,
   userSegmentForward,
   type AdamWOptions,
   type Gpt2Config,
   type LlamaConfig,
-  type LlamaModel,
   type LoraAdapter,
   type LoraConfig,
   type SplitPlan,
+  tinyLlamaConfig,
+  withRandomLoraB,
 } from '@splitllm/model';
 import { describe, expect, it } from 'vitest';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
@@ -65,56 +67,13 @@ const TOL_FORWARD = 1e-5;
 const TOL_GRAD = 1e-4;
 const TOL_ADAMW = 1e-6;
 
-const base: LlamaConfig = {
-  family: 'llama',
-  vocabSize: 64,
-  hiddenSize: 32,
-  intermediateSize: 48,
-  nLayer: 3,
-  nHead: 4,
-  nKvHead: 2,
-  headDim: 8,
-  rmsNormEps: 1e-6,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 16,
-  tieWordEmbeddings: true,
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
+const base: LlamaConfig = tinyLlamaConfig();
 const qwen2: LlamaConfig = { ...base, family: 'qwen2', qkvBias: true, tieWordEmbeddings: false };
-const llama3: LlamaConfig = {
-  ...base,
-  ropeTheta: 100,
-  ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8 },
-  oBias: true,
-  mlpBias: true,
-  tieWordEmbeddings: false,
-};
-
-/**
- * Weights at std 0.2 (HF's 0.02 would leave the blocks near the identity) with norms and biases
- * moved off 1 and 0, so every path carries gradient (as packages/model's llama tests do).
- */
-function randomModel(config: LlamaConfig, seed: number): LlamaModel {
-  const weights = randomLlamaWeights(config, seed, 0.2);
-  const rng = new Rng(seed + 7);
-  for (const [name, t] of weights) {
-    if (name.endsWith('norm.weight') || name.endsWith('.bias'))
-      for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config, weights };
-}
+const llama3: LlamaConfig = llama3ScaledConfig(base, 8);
 
 /** Blocks [0, k) of a fresh init with B random too (a fresh B = 0 would make every dA vanish). */
 function userAdapter(c: LlamaConfig, lora: LoraConfig, k: number, seed: number): LoraAdapter {
-  const a = initLoraAdapter(c, lora, seed, 0, k);
-  const rng = new Rng(seed + 1);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.1);
-  return a;
+  return withRandomLoraB(initLoraAdapter(c, lora, seed, 0, k), seed + 1, 0.1);
 }
 
 /** A small GPT-2 config, for the family checks. */
@@ -184,7 +143,7 @@ describe('LlamaUserSegmentEngine: one split step and the head against the refere
   cases.forEach((tc, i) => {
     it(tc.name, async () => {
       const gpu = await testDevice();
-      const model = randomModel(tc.config, 10 + i);
+      const model = perturbedLlamaModel(tc.config, 10 + i);
       const plan: SplitPlan = { k: tc.k, m: tc.k + 1 };
       const adapter = userAdapter(tc.config, tc.lora, tc.k, 20 + i);
       const batch = batchOf(tc.config, T, 30 + i);
@@ -250,7 +209,7 @@ describe('LlamaUserSegmentEngine: one split step and the head against the refere
 describe('LlamaUserSegmentEngine: limits and bad input', () => {
   const lora: LoraConfig = { r: 2, alpha: 4, targets: ['q_proj', 'v_proj'] };
   const opts = { k: 1, lora, batch: 2, seq: T, adamw, variants: SOFTWARE_ADAPTER_VARIANTS };
-  const model = randomModel(base, 50);
+  const model = perturbedLlamaModel(base, 50);
 
   it('refuses adapters that miss a pair or are of the other family, and a GPT-2 model', async () => {
     const gpu = await testDevice();
@@ -316,7 +275,7 @@ describe('either family', () => {
   it('createUserSegmentEngine builds the engine of the model family', async () => {
     const gpu = await testDevice();
     const lora: LoraConfig = { r: 2, alpha: 4, targets: ['v_proj'] };
-    const llama = await createUserSegmentEngine(gpu, randomModel(base, 60), userAdapter(base, lora, 1, 61), {
+    const llama = await createUserSegmentEngine(gpu, perturbedLlamaModel(base, 60), userAdapter(base, lora, 1, 61), {
       k: 1,
       lora,
       batch: 1,

@@ -36,3 +36,4 @@ export * from './formats/hf-tokenizer';
 export * from './formats/any-tokenizer';
 export * from './family';
 export * from './formats/peft-llama';
+export * from './llama-fixtures';

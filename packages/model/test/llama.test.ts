@@ -21,7 +21,6 @@ import {
   llamaLoss,
   type LlamaLinearParams,
   type LlamaModel,
-  randomLlamaWeights,
 } from '../src/llama';
 import {
   DEFAULT_LLAMA_LORA_TARGETS,
@@ -37,6 +36,7 @@ import {
   parseLlamaLoraModulePath,
   parseLlamaLoraTargets,
 } from '../src/llama-lora';
+import { llama3ScaledConfig, perturbedLlamaModel, tinyLlamaConfig, withRandomLoraB } from '../src/llama-fixtures';
 import { llamaParameterShapes } from '../src/llama-weights';
 import type { TokenBatch } from '../src/model';
 import { IGNORE_INDEX } from '../src/ops/cross-entropy';
@@ -44,26 +44,13 @@ import { Rng } from '../src/rng';
 import { FD_TOLERANCE, fdRelativeError, randomArray, sampleIndices, weightedSum } from './gradcheck';
 
 /** D=16, 4 query heads sharing 2 kv heads of width 4, SwiGLU width 24, 2 layers, 40 tokens. */
-const tiny: LlamaConfig = {
-  family: 'llama',
+const tiny: LlamaConfig = tinyLlamaConfig({
   vocabSize: 40,
   hiddenSize: 16,
   intermediateSize: 24,
   nLayer: 2,
-  nHead: 4,
-  nKvHead: 2,
   headDim: 4,
-  rmsNormEps: 1e-6,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 16,
-  tieWordEmbeddings: true,
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
+});
 
 /** Qwen2-like: q/k/v biases and a separate lm_head. */
 const qwenLike: LlamaConfig = { ...tiny, family: 'qwen2', qkvBias: true, tieWordEmbeddings: false };
@@ -73,36 +60,11 @@ const qwenLike: LlamaConfig = { ...tiny, family: 'qwen2', qkvBias: true, tieWord
  * 63, which with L = 128 and factors 1 / 4 fall in the high band (< 32, kept) and the medium band
  * (32..128, smoothed); plus every other bias Llama's config can ask for.
  */
-const llama3Like: LlamaConfig = {
-  ...tiny,
-  ropeTheta: 100,
-  ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 128 },
-  qkvBias: true,
-  oBias: true,
-  mlpBias: true,
-  tieWordEmbeddings: false,
-};
-
-/**
- * Random model; weights at std 0.2 instead of HF's 0.02 (as model.test.ts scales GPT-2's) and
- * norms and biases moved off 1 and 0, so every path carries a gradient well above FD noise.
- */
-function tinyModel(config: LlamaConfig, seed: number): LlamaModel {
-  const weights = randomLlamaWeights(config, seed, 0.2);
-  const rng = new Rng(seed + 7);
-  for (const [name, t] of weights) {
-    if (name.endsWith('norm.weight') || name.endsWith('.bias'))
-      for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config, weights };
-}
+const llama3Like: LlamaConfig = { ...llama3ScaledConfig(tiny, 128), qkvBias: true };
 
 /** Adapter whose B is random too (a fresh B = 0 would make every dA vanish). */
 function randomAdapter(config: LlamaConfig, targets: LlamaLoraTarget[], seed: number): LlamaLoraAdapter {
-  const a = initLlamaLoraAdapter(config, { r: 3, alpha: 6, targets }, seed);
-  const rng = new Rng(seed + 99);
-  for (const pair of a.layers.values()) rng.fillNormal(pair.B.data, 0.3);
-  return a;
+  return withRandomLoraB(initLlamaLoraAdapter(config, { r: 3, alpha: 6, targets }, seed), seed + 99, 0.3);
 }
 
 /** Two rows; the second is shorter and right-padded with ignored targets. */
@@ -127,7 +89,7 @@ const cases: Array<[string, LlamaConfig]> = [
 // formula is far above it: a 1% error in one bias gradient or a missing RoPE in the k backward fails.
 describe('llamaForwardBackward', () => {
   it.each(cases)('%s: LoRA gradients on all seven targets match finite differences', (_name, config) => {
-    const model = tinyModel(config, 1);
+    const model = perturbedLlamaModel(config, 1);
     const adapter = randomAdapter(config, [...LLAMA_LORA_TARGETS], 2);
     const b = batch();
     const r = llamaForwardBackward(model, adapter, b);
@@ -146,7 +108,7 @@ describe('llamaForwardBackward', () => {
   });
 
   it.each(cases)('%s: base-weight gradients (pre-training) match finite differences for every tensor', (_n, config) => {
-    const model = tinyModel(config, 4);
+    const model = perturbedLlamaModel(config, 4);
     const b = batch();
     const r = llamaForwardBackward(model, undefined, b, { weightGrads: true });
     const f = () => llamaLoss(model, undefined, b).loss;
@@ -160,7 +122,7 @@ describe('llamaForwardBackward', () => {
   });
 
   it('a fresh adapter (B = 0) leaves the model unchanged; a trained one changes it', () => {
-    const model = tinyModel(tiny, 6);
+    const model = perturbedLlamaModel(tiny, 6);
     const b = batch();
     const fresh = initLlamaLoraAdapter(tiny, { r: 4, alpha: 8, targets: ['q_proj', 'down_proj'] }, 1);
     expect(llamaLoss(model, fresh, b).loss).toBe(llamaLoss(model, undefined, b).loss);
@@ -169,7 +131,7 @@ describe('llamaForwardBackward', () => {
   });
 
   it('an untied head holding a copy of embed_tokens gives the tied model exactly', () => {
-    const tied = tinyModel(tiny, 12);
+    const tied = perturbedLlamaModel(tiny, 12);
     const untiedConfig = { ...tiny, tieWordEmbeddings: false };
     const weights = new Map(tied.weights);
     const embed = tied.weights.get('embed_tokens.weight')!;
@@ -189,7 +151,7 @@ describe('llamaForwardBackward', () => {
   });
 
   it('padded positions do not change the loss of real ones (right padding, causal mask)', () => {
-    const model = tinyModel(qwenLike, 7);
+    const model = perturbedLlamaModel(qwenLike, 7);
     const b = batch();
     const other = { ...b, inputIds: b.inputIds.slice() };
     other.inputIds[12] = 33; // a padded input position in row 2
@@ -197,7 +159,7 @@ describe('llamaForwardBackward', () => {
   });
 
   it('refuses what it cannot run, naming it', () => {
-    const model = tinyModel(tiny, 8);
+    const model = perturbedLlamaModel(tiny, 8);
     const b = batch();
     const long: TokenBatch = { B: 1, T: 17, inputIds: new Int32Array(17), targets: new Int32Array(17) };
     expect(() => llamaLoss(model, undefined, long)).toThrow(/max_position_embeddings 16/);
@@ -250,7 +212,7 @@ describe('llamaLinear (nn.Linear layout with LoRA)', () => {
 
 describe('blocks as split segments', () => {
   it.each(cases)('%s: blocks [0,1) then [1,2) equal blocks [0,2), forward and backward', (_name, config) => {
-    const model = tinyModel(config, 20);
+    const model = perturbedLlamaModel(config, 20);
     const adapter = randomAdapter(config, ['q_proj', 'k_proj', 'o_proj', 'up_proj'], 21);
     const b = batch();
     const h0 = llamaEmbedForward(model, b.inputIds, b.B, b.T);
@@ -281,7 +243,7 @@ describe('blocks as split segments', () => {
   });
 
   it('headLogits on one position equals that row of the full head', () => {
-    const model = tinyModel(qwenLike, 22);
+    const model = perturbedLlamaModel(qwenLike, 22);
     const b = batch();
     const h0 = llamaEmbedForward(model, b.inputIds, b.B, b.T);
     const hL = llamaBlocksForward(model, undefined, h0, b.B, b.T, 0, 2).y;

@@ -13,6 +13,7 @@ import { PeftError, adapterFromPeft, adapterToPeft } from '../src/formats/peft';
 import { LLAMA_PEFT_KEY_PREFIX, llamaAdapterFromPeft, llamaAdapterToPeft } from '../src/formats/peft-llama';
 import { parseSafetensors, readSafetensors, writeSafetensors } from '../src/formats/safetensors';
 import type { LlamaConfig } from '../src/llama-config';
+import { tinyLlamaConfig, withRandomLoraB } from '../src/llama-fixtures';
 import {
   LLAMA_LORA_TARGETS,
   type LlamaLoraAdapter,
@@ -27,26 +28,13 @@ import { Rng } from '../src/rng';
 import type { Tensor } from '../src/tensor';
 
 /** GQA (4 query heads of width 4, 2 kv heads), SwiGLU width 24, 3 layers: every target has its own shape. */
-const cfg: LlamaConfig = {
-  family: 'llama',
+const cfg: LlamaConfig = tinyLlamaConfig({
   vocabSize: 40,
   hiddenSize: 16,
   intermediateSize: 24,
-  nLayer: 3,
-  nHead: 4,
-  nKvHead: 2,
   headDim: 4,
-  rmsNormEps: 1e-6,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 16,
   tieWordEmbeddings: false,
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
+});
 
 /** An adapter with non-zero A and B (a fresh one has B = 0, which would hide a transposition). */
 function adapterFor(
@@ -55,10 +43,7 @@ function adapterFor(
   to = cfg.nLayer,
   seed = 5,
 ): LlamaLoraAdapter {
-  const a = initLlamaLoraAdapter(cfg, { r: 4, alpha: 8, targets }, seed, from, to);
-  const rng = new Rng(seed + 100);
-  for (const { B } of a.layers.values()) rng.fillNormal(B.data, 0.1);
-  return a;
+  return withRandomLoraB(initLlamaLoraAdapter(cfg, { r: 4, alpha: 8, targets }, seed, from, to), seed + 100, 0.1);
 }
 
 function expectSameAdapter(a: LlamaLoraAdapter, b: LlamaLoraAdapter): void {

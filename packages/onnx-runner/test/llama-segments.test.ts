@@ -33,7 +33,6 @@ import {
   cloudSegmentStep,
   embedForward,
   headLogits,
-  IGNORE_INDEX,
   initLoraAdapter,
   type LlamaConfig,
   type LoraAdapter,
@@ -44,13 +43,17 @@ import {
   modelForwardBackward,
   modelLoss,
   randomGpt2Weights,
-  randomLlamaWeights,
+  paddedRandomBatch,
+  perturbedLlamaModel,
   Rng,
+  tinyLlamaConfig,
   type TokenBatch,
+  withRandomLoraB,
 } from '@splitllm/model';
 import { loadLlamaDir } from '@splitllm/model/node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlocksSegment, type RunnerOptions, SegmentRunner, TailSegment } from '../src/index';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlocksSegment, type RunnerOptions, TailSegment } from '../src/index';
+import { runnersPerLayout } from './layouts';
 
 const FWD_TOL = 1e-5;
 const GRAD_TOL = 1e-4;
@@ -66,41 +69,8 @@ afterAll(() => {
   console.log(`worst relative errors vs the reference: ${line}`);
 });
 
-const tiny: LlamaConfig = {
-  family: 'llama',
-  vocabSize: 64,
-  hiddenSize: 32,
-  intermediateSize: 48,
-  nLayer: 4,
-  nHead: 4,
-  nKvHead: 2,
-  headDim: 8,
-  rmsNormEps: 1e-6,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 16,
-  tieWordEmbeddings: false,
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
+const tiny: LlamaConfig = tinyLlamaConfig({ nLayer: 4, tieWordEmbeddings: false });
 const qwen2: LlamaConfig = { ...tiny, family: 'qwen2', qkvBias: true, tieWordEmbeddings: true };
-
-/**
- * Weights at std 0.2 instead of Hugging Face's 0.02 (as llama-graphs.test.ts), norms and biases
- * moved off 1 and 0: attention far from uniform, and a bias the graphs dropped would show.
- */
-function randomModel(config: LlamaConfig, seed: number): AnyModel {
-  const weights = randomLlamaWeights(config, seed, 0.2);
-  const rng = new Rng(seed + 7);
-  for (const [name, t] of weights) {
-    if (name.endsWith('norm.weight') || name.endsWith('.bias'))
-      for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config, weights };
-}
 
 const shippedDir = loadLlamaDir(fileURLToPath(new URL('../../assets/models/moby-llama-tiny', import.meta.url)));
 const shipped: AnyModel = { config: shippedDir.config, weights: shippedDir.weights };
@@ -120,7 +90,7 @@ interface Case {
 const CASES: Case[] = [
   {
     name: 'llama, untied head, all seven targets',
-    model: randomModel(tiny, 3),
+    model: perturbedLlamaModel(tiny, 3),
     lora: {
       r: 4,
       alpha: 8,
@@ -133,7 +103,7 @@ const CASES: Case[] = [
   },
   {
     name: 'qwen2, q/k/v biases, tied head',
-    model: randomModel(qwen2, 4),
+    model: perturbedLlamaModel(qwen2, 4),
     lora: { r: 4, alpha: 16, targets: ['q_proj', 'k_proj', 'o_proj', 'up_proj'] },
     // the whole stack: the first block's input is the segment's x
     blocks: [0, 4],
@@ -156,30 +126,11 @@ const widthOf = (m: AnyModel) => (m.config as LlamaConfig).hiddenSize;
 
 /** An adapter of every block with B nonzero (a fresh one has B = 0, so dA would be 0). */
 function adapterOf(cs: Case, seed: number): LoraAdapter {
-  const a = initLoraAdapter(cs.model.config, cs.lora, seed);
-  const rng = new Rng(seed + 1);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05);
-  return a;
+  return withRandomLoraB(initLoraAdapter(cs.model.config, cs.lora, seed), seed + 1, 0.05);
 }
 
 /** B rows of T random tokens; row 1 is right-padded (eos ids, ignored targets) after 2T/3. */
-function paddedBatch(cs: Case, seed: number): TokenBatch {
-  const { B, T } = cs;
-  const c = cs.model.config as LlamaConfig;
-  const rng = new Rng(seed);
-  const inputIds = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(c.vocabSize));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      inputIds[b * T + t] = pad ? c.eosTokenIds[0] : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds, targets };
-}
+const paddedBatch = (cs: Case, seed: number): TokenBatch => paddedRandomBatch(cs.model.config, seed, cs.B, cs.T);
 
 /** The hidden state entering block `from` for `batch`: what the segment receives in a run. */
 function hiddenAt(cs: Case, a: LoraAdapter, batch: TokenBatch, from: number): Float32Array {
@@ -202,14 +153,7 @@ const LAYOUTS: Record<string, Partial<RunnerOptions>> = {
   'one graph, shared weights': { blocksGraphs: 'one', weights: 'shared' },
   'two graphs, shared weights': { blocksGraphs: 'two', weights: 'shared' },
 };
-const runners = new Map<string, SegmentRunner>();
-beforeAll(async () => {
-  for (const [name, o] of Object.entries(LAYOUTS))
-    runners.set(name, await SegmentRunner.start({ provider: 'cpu', threads: 1, ...o }));
-});
-afterAll(async () => {
-  for (const r of runners.values()) await r.close();
-});
+const runners = runnersPerLayout(LAYOUTS);
 const runnerOf = (layout: string) => runners.get(layout)!;
 const DEFAULT_LAYOUT = 'one graph, per-session weights';
 

@@ -26,6 +26,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBlocksBackwardGraph, buildBlocksForwardGraph, buildTailGraph } from '@splitllm/onnx';
 import { BlocksSegment, RunnerError, type RunnerOptions, SegmentRunner, TailSegment } from '../src/index';
+import { runnersPerLayout } from './layouts';
 
 const config: Gpt2Config = {
   vocabSize: 97,
@@ -65,14 +66,7 @@ const layouts: Record<string, Partial<RunnerOptions>> = {
   'shared weights, one graph': { weights: 'shared' },
   'shared weights, two graphs': { weights: 'shared', blocksGraphs: 'two' },
 };
-const layoutRunners = new Map<string, SegmentRunner>();
-beforeAll(async () => {
-  for (const [name, o] of Object.entries(layouts))
-    layoutRunners.set(name, await SegmentRunner.start({ provider: 'cpu', threads: 1, ...o }));
-});
-afterAll(async () => {
-  for (const r of layoutRunners.values()) await r.close();
-});
+const layoutRunners = runnersPerLayout(layouts);
 
 describe('BlocksSegment (edge)', () => {
   // Tolerances: the graphs compute in float32 like the reference's activations; the reference

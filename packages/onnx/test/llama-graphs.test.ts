@@ -29,7 +29,6 @@ import {
   type LlamaLoraAdapter,
   type LlamaLoraConfig,
   type LlamaLoraTarget,
-  type LlamaModel,
   llamaBlocksBackward,
   llamaBlocksForward,
   llamaEmbedForward,
@@ -38,7 +37,10 @@ import {
   llamaHeadLogits,
   llamaHeadLossStep,
   type LoraGrads,
-  randomLlamaWeights,
+  llama3ScaledConfig,
+  perturbedLlamaModel,
+  tinyLlamaConfig,
+  withRandomLoraB,
   Rng,
   type TokenBatch,
 } from '@splitllm/model';
@@ -67,41 +69,14 @@ const SAME_TOL = 1e-6;
 const log = new ErrorLog('ONNX LLaMA graphs vs reference');
 afterAll(() => log.print());
 
-const tiny: LlamaConfig = {
-  family: 'llama',
-  vocabSize: 64,
-  hiddenSize: 32,
-  intermediateSize: 48,
-  nLayer: 3,
-  nHead: 4,
-  nKvHead: 2,
-  headDim: 8,
-  rmsNormEps: 1e-6,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  maxPositionEmbeddings: 32,
-  tieWordEmbeddings: true,
-  qkvBias: false,
-  oBias: false,
-  mlpBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
+const tiny: LlamaConfig = tinyLlamaConfig({ maxPositionEmbeddings: 32 });
 
 /**
  * Llama 3 scaling with theta 100 and head_dim 8: inv_freq 1, 0.32, 0.1, 0.032 are wavelengths 6.3,
  * 20, 63 and 200; with L = 128 and factors 1 / 4 the first two are kept (< 32), the third smoothed
  * (32..128), the last divided by the factor (> 128), so every band is in the table.
  */
-const llama3Like: LlamaConfig = {
-  ...tiny,
-  ropeTheta: 100,
-  ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 128 },
-  qkvBias: true,
-  oBias: true,
-  mlpBias: true,
-  tieWordEmbeddings: false,
-};
+const llama3Like: LlamaConfig = { ...llama3ScaledConfig(tiny, 128), qkvBias: true };
 
 const CONFIGS: Array<[string, LlamaConfig]> = [
   ['tied, no biases', tiny],
@@ -113,25 +88,9 @@ const CONFIGS: Array<[string, LlamaConfig]> = [
 const ALL: LlamaLoraTarget[] = [...LLAMA_LORA_TARGETS];
 const QV: LlamaLoraTarget[] = ['q_proj', 'v_proj'];
 
-/**
- * Weights at std 0.2 instead of HF's 0.02 (as the reference's own tests do), norms and biases
- * moved off 1 and 0: attention far from uniform and every path carrying a gradient.
- */
-function tinyModel(config: LlamaConfig, seed: number): LlamaModel {
-  const weights = randomLlamaWeights(config, seed, 0.2);
-  const rng = new Rng(seed + 7);
-  for (const [name, t] of weights) {
-    if (name.endsWith('norm.weight') || name.endsWith('.bias'))
-      for (let i = 0; i < t.data.length; i++) t.data[i] += 0.1 * rng.normal();
-  }
-  return { config, weights };
-}
-
+/** LoRA B random (0.3 std), so every dA counts; the model: perturbedLlamaModel (every path carries a gradient). */
 function randomAdapter(config: LlamaConfig, lora: LlamaLoraConfig, seed: number): LlamaLoraAdapter {
-  const a = initLlamaLoraAdapter(config, lora, seed);
-  const rng = new Rng(seed + 99);
-  for (const pair of a.layers.values()) rng.fillNormal(pair.B.data, 0.3);
-  return a;
+  return withRandomLoraB(initLlamaLoraAdapter(config, lora, seed), seed + 99, 0.3);
 }
 
 /** B rows of T tokens; every row but the first right-padded (ignored targets at its end). */
@@ -204,7 +163,7 @@ async function runBlocks(
 }
 
 describe.each(CONFIGS)('LLaMA blocks graphs, %s', (name, config) => {
-  const model = tinyModel(config, 3);
+  const model = perturbedLlamaModel(config, 3);
   const D = config.hiddenSize;
 
   it.each([
@@ -243,7 +202,7 @@ describe.each(CONFIGS)('LLaMA blocks graphs, %s', (name, config) => {
 
 describe('LLaMA blocks graphs: split and step', () => {
   const config = llama3Like;
-  const model = tinyModel(config, 5);
+  const model = perturbedLlamaModel(config, 5);
   const D = config.hiddenSize;
   const lora: LlamaLoraConfig = { r: 2, alpha: 4, targets: ALL };
   const adapter = randomAdapter(config, lora, 31);
@@ -333,7 +292,7 @@ describe('LLaMA blocks graphs: split and step', () => {
 });
 
 describe.each(CONFIGS.slice(0, 3))('LLaMA tail graphs, %s', (name, config) => {
-  const model = tinyModel(config, 4);
+  const model = perturbedLlamaModel(config, 4);
   const L = config.nLayer;
   const D = config.hiddenSize;
 
@@ -421,7 +380,7 @@ async function chunkedHeadStep(
 }
 
 describe.each(CONFIGS.slice(0, 3))('LLaMA head graphs (labels on the device), %s', (_name, config) => {
-  const model = tinyModel(config, 6);
+  const model = perturbedLlamaModel(config, 6);
   const D = config.hiddenSize;
   const [b3, t13] = [3, 13];
   const rows = b3 * t13;
@@ -471,7 +430,7 @@ describe.each(CONFIGS.slice(0, 3))('LLaMA head graphs (labels on the device), %s
 
 describe('LLaMA graphs: contract', () => {
   const config = { ...tiny, qkvBias: true, tieWordEmbeddings: false };
-  const model = tinyModel(config, 8);
+  const model = perturbedLlamaModel(config, 8);
   const lora: LlamaLoraConfig = { r: 2, alpha: 4, targets: ['v_proj', 'down_proj'] };
 
   it('declares inputs and outputs in the GPT-2 graphs’ order, with LLaMA module paths', () => {

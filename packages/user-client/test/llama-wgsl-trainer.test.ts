@@ -24,138 +24,49 @@
  */
 import {
   AdamW,
-  blocksForward,
   cloneAdapter,
-  cloudSegmentStep,
-  decodeSegment,
   DEFAULT_LORA_TRAIN,
   defaultLoraConfig,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  embedForward,
-  encodeSegment,
   headLogits,
   headLossStep,
-  IGNORE_INDEX,
   initLoraAdapter,
   loraGradArrays,
   loraParameters,
   maxRelErr,
-  modelForwardBackward,
-  Rng,
-  type AnyModel,
-  type LlamaConfig,
-  type LoraAdapter,
-  type LoraConfig,
-  type LoraGrads,
-  type SplitPlan,
-  type TokenBatch,
+  paddedRandomBatch,
 } from '@splitllm/model';
-import { loadLlamaDir } from '@splitllm/model/node';
-import type { GpuContext } from '@splitllm/lora-kernels';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { WgslUserTrainer } from '../src/engines/wgsl';
-import { nodeGpu } from '../src/node/gpu';
-import type { UserTrainerOptions } from '../src/trainer';
+import {
+  adapterErr,
+  centralRun,
+  expectLlamaCreateRefusals,
+  lastHiddenState,
+  relErrs,
+  shippedLlama,
+  splitSetup,
+  splitSteps,
+  testGpu,
+} from './split-harness';
 
-const dir = loadLlamaDir(fileURLToPath(new URL('../../assets/models/moby-llama-tiny', import.meta.url)));
-const shipped: AnyModel = { config: dir.config, weights: dir.weights };
-const c: LlamaConfig = dir.config;
-const plan: SplitPlan = { k: 1, m: 3 };
-const lora: LoraConfig = defaultLoraConfig(c);
+const shipped = shippedLlama();
+const c = shipped.config;
 const B = 2;
 const T = 16;
 const D = c.hiddenSize;
 const adamw = DEFAULT_LORA_TRAIN.adamw;
-const options: UserTrainerOptions = { plan, lora, batch: B, seq: T, adamw };
 const SEED = 11;
 const STEPS = 3;
+const setup = splitSetup(shipped, { plan: { k: 1, m: 3 }, lora: defaultLoraConfig(c), batch: B, seq: T, adamw }, SEED);
+const { options, user: userModel } = setup;
+const { plan, lora } = options;
 
-const tierModel = (tier: 'user' | 'edge' | 'cloud'): AnyModel =>
-  decodeSegment(encodeSegment(shipped, plan, tier), tier).model;
-const userModel = tierModel('user');
-const edgeModel = tierModel('edge');
-const cloudModel = tierModel('cloud');
-
-let gpuPromise: Promise<GpuContext> | undefined;
-const testGpu = () => (gpuPromise ??= nodeGpu());
-
-/** B rows of T random tokens; row 1 is right-padded (eos ids, ignored targets) after 2T/3. */
-function paddedBatch(seed: number): TokenBatch {
-  const rng = new Rng(seed);
-  const ids = new Int32Array(B * T);
-  const targets = new Int32Array(B * T);
-  const real = Math.floor((2 * T) / 3);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: T + 1 }, () => rng.int(c.vocabSize));
-    for (let t = 0; t < T; t++) {
-      const pad = b === 1 && t >= real;
-      ids[b * T + t] = pad ? c.eosTokenIds[0] : row[t];
-      targets[b * T + t] = pad ? IGNORE_INDEX : row[t + 1];
-    }
-  }
-  return { B, T, inputIds: ids, targets };
-}
-
-const batches = Array.from({ length: STEPS }, (_, i) => paddedBatch(100 + i));
+const batches = Array.from({ length: STEPS }, (_, i) => paddedRandomBatch(c, 100 + i, B, T));
 /** the user's initial adapter: blocks [0, k) of the same init the central run uses */
 const userInit = initLoraAdapter(c, lora, SEED, 0, plan.k);
 
-const userPaths = (g: LoraGrads) => new Map([...g].filter(([path]) => /^layers\.0\./.test(path)));
-
 /** The centralized run: whole model, one AdamW over the whole adapter. */
-const central = (() => {
-  const adapter = initLoraAdapter(c, lora, SEED);
-  const opt = new AdamW(loraParameters(adapter), adamw);
-  const losses: number[] = [];
-  const userGrads: LoraGrads[] = [];
-  for (const batch of batches) {
-    const r = modelForwardBackward(shipped, adapter, batch);
-    losses.push(r.loss);
-    userGrads.push(userPaths(r.loraGrads));
-    opt.step(loraGradArrays(r.loraGrads));
-  }
-  return { losses, userGrads };
-})();
-
-/** Split steps with the trainer as the user, the reference as edge and cloud (fresh adapters and optimizers). */
-async function splitChain(
-  trainer: WgslUserTrainer,
-  steps: number,
-  afterStep?: (step: number) => Promise<void>,
-): Promise<number[]> {
-  const edgeA = initLoraAdapter(c, lora, SEED, plan.k, plan.m);
-  const cloudA = initLoraAdapter(c, lora, SEED, plan.m, c.nLayer);
-  const edgeOpt = new AdamW(loraParameters(edgeA), adamw);
-  const cloudOpt = new AdamW(loraParameters(cloudA), adamw);
-  const losses: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const batch = batches[s];
-    const h1 = await trainer.forward(batch);
-    const e = edgeSegmentForward(edgeModel, edgeA, h1, B, T, plan);
-    const cl = cloudSegmentStep(cloudModel, cloudA, e.h2, batch.targets, B, T, plan);
-    cloudOpt.step(loraGradArrays(cl.loraGrads));
-    const eb = edgeSegmentBackward(edgeModel, edgeA, e.state, cl.dh2);
-    edgeOpt.step(loraGradArrays(eb.loraGrads));
-    await trainer.backwardAndStep(eb.dh1);
-    losses.push(cl.loss);
-    await afterStep?.(s);
-  }
-  return losses;
-}
-
-const relErrs = (got: number[], want: number[]) => got.map((g, i) => Math.abs(g - want[i]) / Math.abs(want[i]));
-
-function adapterErr(got: LoraAdapter, want: LoraAdapter): number {
-  expect([...got.layers.keys()].sort()).toEqual([...want.layers.keys()].sort());
-  let worst = 0;
-  for (const [path, w] of want.layers) {
-    const g = got.layers.get(path)!;
-    worst = Math.max(worst, maxRelErr(g.A.data, w.A.data), maxRelErr(g.B.data, w.B.data));
-  }
-  return worst;
-}
+const central = centralRun(setup, batches);
 
 describe('the wgsl user trainer on a LLaMA-family model', () => {
   it('three split steps follow the central run; setAdapter restarts the optimizer', async () => {
@@ -170,7 +81,7 @@ describe('the wgsl user trainer on a LLaMA-family model', () => {
       );
       const shadow = cloneAdapter(userInit); // reference AdamW on the engine's own gradients
       const shadowOpt = new AdamW(loraParameters(shadow), adamw);
-      const losses = await splitChain(trainer, STEPS, async (s) => {
+      const losses = await splitSteps(setup, trainer, batches, async (s) => {
         const grads = await trainer.engine.readGrads(); // the step leaves the gradients in place
         expect([...grads.keys()].sort()).toEqual(['layers.0.self_attn.q_proj', 'layers.0.self_attn.v_proj']);
         for (const [path, g] of central.userGrads[s]) {
@@ -187,7 +98,7 @@ describe('the wgsl user trainer on a LLaMA-family model', () => {
 
       // a new turn: the initial adapter again, fresh AdamW: the same losses (t restarts at 1)
       await trainer.setAdapter(userInit);
-      const again = await splitChain(trainer, 2);
+      const again = await splitSteps(setup, trainer, batches.slice(0, 2));
       expect(Math.max(...relErrs(again, losses.slice(0, 2)))).toBeLessThan(1e-4);
     } finally {
       trainer.destroy();
@@ -198,8 +109,7 @@ describe('the wgsl user trainer on a LLaMA-family model', () => {
     const trainer = await WgslUserTrainer.create(await testGpu(), userModel, userInit, options);
     try {
       const batch = batches[0];
-      const h0 = embedForward(shipped, batch.inputIds, B, T);
-      const hL = blocksForward(shipped, undefined, h0, B, T, 0, c.nLayer).y;
+      const hL = lastHiddenState(shipped, batch);
       const got = await trainer.headStep(hL, batch.targets);
       const want = headLossStep(shipped, hL, batch.targets, B, T);
       expect(got.count).toBe(want.count);
@@ -217,21 +127,12 @@ describe('the wgsl user trainer on a LLaMA-family model', () => {
 
   it("refuses the other family's LoRA targets, a missing pair and a segment without its weights", async () => {
     const gpu = await testGpu();
-    const gpt2Lora: LoraConfig = { r: 8, alpha: 16, targets: ['attn.c_attn'] };
-    await expect(
-      WgslUserTrainer.create(gpu, userModel, { config: gpt2Lora, layers: new Map() }, { ...options, lora: gpt2Lora }),
-    ).rejects.toThrow(/LoRA target "attn\.c_attn" is not one a llama-family model has/);
-    const missing = cloneAdapter(userInit);
-    missing.layers.delete('layers.0.self_attn.v_proj');
-    await expect(WgslUserTrainer.create(gpu, userModel, missing, options)).rejects.toThrow(
-      /no LoRA pair for layers\.0\.self_attn\.v_proj/,
-    );
-    const noHead: AnyModel = {
-      config: c,
-      weights: new Map([...userModel.weights].filter(([n]) => n !== 'lm_head.weight')),
-    };
-    await expect(WgslUserTrainer.create(gpu, noHead, userInit, options)).rejects.toThrow(
-      /user segment has no tensor "lm_head\.weight"/,
+    await expectLlamaCreateRefusals(
+      setup,
+      userInit,
+      'layers.0.self_attn.v_proj',
+      'lm_head.weight',
+      (model, adapter, o) => WgslUserTrainer.create(gpu, model, adapter, o),
     );
   });
 });

@@ -26,117 +26,48 @@
  */
 import {
   cloneAdapter,
-  cloudSegmentStep,
   DEFAULT_LORA_TARGETS,
   DEFAULT_LORA_TRAIN,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  AdamW,
   initLoraAdapter,
-  loraGradArrays,
-  loraParameters,
   maxRelErr,
   Rng,
-  userSegmentBackward,
   userSegmentForward,
-  type AdamWOptions,
-  type Gpt2Config,
+  withRandomLoraB,
   type Gpt2Model,
-  type LoraAdapter,
   type LoraConfig,
-  type LoraGrads,
-  type SplitPlan,
   type TokenBatch,
 } from '@splitllm/model';
-import { paddedRandomBatch, shipped, tierModel } from './fixtures';
-import { GpuError, type GpuContext } from '@splitllm/lora-kernels';
-import { createRequire } from 'node:module';
-import { dirname } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { paddedRandomBatch, shipped } from './fixtures';
 import { describe, expect, it } from 'vitest';
-import { OnnxWasmUserTrainer, type OnnxWasmOptions } from '../src/engines/wasm';
+import { OnnxWasmUserTrainer } from '../src/engines/wasm';
 import { createUserTrainer } from '../src/create-trainer';
 import { ReferenceUserTrainer } from '../src/engines/reference';
-import type { UserTrainer, UserTrainerOptions } from '../src/trainer';
+import {
+  adapterErr,
+  asArrays,
+  expectGradientsThroughAdamW,
+  noAdapter,
+  ortWasm as wasm,
+  referenceDh1,
+  relErrs,
+  splitSetup,
+  splitSteps,
+} from './split-harness';
 
 const c = shipped.config;
-const plan: SplitPlan = { k: 2, m: 3 };
 const lora: LoraConfig = { r: 8, alpha: 16, targets: [...DEFAULT_LORA_TARGETS] };
 const B = 2;
 const T = 32;
-const adamw = DEFAULT_LORA_TRAIN.adamw;
-const options: UserTrainerOptions = { plan, lora, batch: B, seq: T, adamw };
 const D = c.nEmbd;
+const setup = splitSetup(shipped, { plan: { k: 2, m: 3 }, lora, batch: B, seq: T, adamw: DEFAULT_LORA_TRAIN.adamw }, 7);
+const { options, user: userModel } = setup;
+const { plan } = options;
 
-/** what a page does: serve onnxruntime-web's dist/ and point wasmPaths at it (here a file: URL) */
-const ortDist = dirname(createRequire(import.meta.url).resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm'));
-const wasm: OnnxWasmOptions = { wasmPaths: `${pathToFileURL(ortDist).href}/`, numThreads: 1 };
-
-const segment = (tier: 'user' | 'edge' | 'cloud') => tierModel(plan, tier);
-const userModel = segment('user');
-const edgeModel = segment('edge');
-const cloudModel = segment('cloud');
-
-const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
-
-const batches = [0, 1, 2].map((i) => batchOf(c, 200 + i));
+const batches = [0, 1, 2].map((i) => paddedRandomBatch(c, 200 + i, B, T));
 /** the initial adapter (B = 0, as a run starts) */
 const userInit = initLoraAdapter(c, lora, 7, 0, plan.k);
 /** an adapter as after some training: B non-zero, so that dA is not zero */
-const trained = (() => {
-  const a = cloneAdapter(userInit);
-  const rng = new Rng(99);
-  for (const p of a.layers.values()) rng.fillNormal(p.B.data, 0.05);
-  return a;
-})();
-
-const asArrays = (a: LoraAdapter) => new Map([...a.layers].map(([k, p]) => [k, { A: p.A.data, B: p.B.data }]));
-
-function adapterErr(got: LoraAdapter, want: Map<string, { A: Float32Array; B: Float32Array }>): number {
-  expect([...got.layers.keys()].sort()).toEqual([...want.keys()].sort());
-  let worst = 0;
-  for (const [path, w] of want) {
-    const g = got.layers.get(path)!;
-    worst = Math.max(worst, maxRelErr(g.A.data, w.A), maxRelErr(g.B.data, w.B));
-  }
-  return worst;
-}
-
-/** dL/dh1 from the reference edge and cloud (fresh adapters) for the reference h1 of `adapter` on `batch`. */
-function realDh1(adapter: LoraAdapter, batch: TokenBatch): Float32Array {
-  const h1 = userSegmentForward(userModel, adapter, batch, plan).h1;
-  const edgeA = initLoraAdapter(c, lora, 7, plan.k, plan.m);
-  const cloudA = initLoraAdapter(c, lora, 7, plan.m, c.nLayer);
-  const e = edgeSegmentForward(edgeModel, edgeA, h1, B, T, plan);
-  const cl = cloudSegmentStep(cloudModel, cloudA, e.h2, batch.targets, B, T, plan);
-  return edgeSegmentBackward(edgeModel, edgeA, e.state, cl.dh2).dh1;
-}
-
-/**
- * Split steps with `trainer` as the user, the reference as edge and cloud (fresh adapters and optimizers each
- * call).
- */
-async function splitChain(trainer: UserTrainer, steps: number): Promise<number[]> {
-  const edgeA = initLoraAdapter(c, lora, 7, plan.k, plan.m);
-  const cloudA = initLoraAdapter(c, lora, 7, plan.m, c.nLayer);
-  const edgeOpt = new AdamW(loraParameters(edgeA), adamw);
-  const cloudOpt = new AdamW(loraParameters(cloudA), adamw);
-  const losses: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const batch = batches[s];
-    const h1 = await trainer.forward(batch);
-    const e = edgeSegmentForward(edgeModel, edgeA, h1, B, T, plan);
-    const cl = cloudSegmentStep(cloudModel, cloudA, e.h2, batch.targets, B, T, plan);
-    cloudOpt.step(loraGradArrays(cl.loraGrads));
-    const eb = edgeSegmentBackward(edgeModel, edgeA, e.state, cl.dh2);
-    edgeOpt.step(loraGradArrays(eb.loraGrads));
-    await trainer.backwardAndStep(eb.dh1);
-    losses.push(cl.loss);
-  }
-  return losses;
-}
-
-const relErrs = (got: number[], want: number[]) => got.map((g, i) => Math.abs(g - want[i]) / Math.abs(want[i]));
+const trained = withRandomLoraB(cloneAdapter(userInit), 99, 0.05);
 
 describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', () => {
   it('h1 of the forward matches the reference within 1e-5', async () => {
@@ -156,59 +87,14 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
   });
 
   it('LoRA gradients (read through one AdamW step, see the header) match the reference within 1e-4', async () => {
-    const batch = batches[0];
-    const dh1 = realDh1(trained, batch);
-    const want: LoraGrads = userSegmentBackward(
-      userModel,
-      trained,
-      userSegmentForward(userModel, trained, batch, plan).state,
-      dh1,
+    await expectGradientsThroughAdamW(setup, trained, batches[0], (o) =>
+      OnnxWasmUserTrainer.create(userModel, trained, o, wasm),
     );
-    // s: every tensor's step at least O(1) (its largest element), far above the parameters (< 0.1)
-    let smallest = Infinity;
-    for (const g of want.values())
-      for (const a of [g.A, g.B])
-        smallest = Math.min(
-          smallest,
-          a.reduce((m, v) => Math.max(m, Math.abs(v)), 0),
-        );
-    expect(smallest).toBeGreaterThan(0);
-    const s = 1 / smallest;
-    const sgd: AdamWOptions = { lr: 1e8 * s, beta1: 0.9, beta2: 0.999, eps: 1e8, weightDecay: 0 };
-    const gradsOf = async (trainer: UserTrainer) => {
-      await trainer.forward(batch);
-      await trainer.backwardAndStep(dh1);
-      const after = await trainer.readAdapter();
-      const grads = new Map<string, { A: Float32Array; B: Float32Array }>();
-      for (const [path, p] of trained.layers) {
-        const q = after.layers.get(path)!;
-        const g = (x: Float32Array, y: Float32Array) => x.map((v, i) => (v - y[i]) / -s);
-        grads.set(path, { A: g(q.A.data, p.A.data), B: g(q.B.data, p.B.data) });
-      }
-      return grads;
-    };
-    const ref = ReferenceUserTrainer.create(userModel, trained, { ...options, adamw: sgd });
-    const refGrads = await gradsOf(ref);
-    ref.destroy();
-    const trainer = await OnnxWasmUserTrainer.create(userModel, trained, { ...options, adamw: sgd }, wasm);
-    try {
-      const got = await gradsOf(trainer);
-      expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
-      for (const [path, w] of want) {
-        // the trick itself, on the reference engine: exact to float32 rounding
-        expect(maxRelErr(refGrads.get(path)!.A, w.A), `${path} dA (reference)`).toBeLessThan(1e-6);
-        expect(maxRelErr(refGrads.get(path)!.B, w.B), `${path} dB (reference)`).toBeLessThan(1e-6);
-        expect(maxRelErr(got.get(path)!.A, w.A), `${path} dA`).toBeLessThan(1e-4);
-        expect(maxRelErr(got.get(path)!.B, w.B), `${path} dB`).toBeLessThan(1e-4);
-      }
-    } finally {
-      trainer.destroy();
-    }
   });
 
   it("with the run's AdamW: the adapter and h1 after a step, three split steps, setAdapter restarts", async () => {
     const batch = batches[0];
-    const dh1 = realDh1(trained, batch);
+    const dh1 = referenceDh1(setup, trained, batch);
     const ref = ReferenceUserTrainer.create(userModel, trained, options);
     const pristine = cloneAdapter(trained);
     const trainer = await OnnxWasmUserTrainer.create(userModel, trained, options, wasm);
@@ -229,19 +115,19 @@ describe('wasm user engine (onnxruntime-web, wasm EP) against the reference', ()
       // the forward after the step, and a second step
       const h1 = await trainer.forward(batches[1]);
       expect(maxRelErr(h1, await ref.forward(batches[1]))).toBeLessThan(1e-5);
-      await trainer.backwardAndStep(realDh1(trained, batches[1]));
+      await trainer.backwardAndStep(referenceDh1(setup, trained, batches[1]));
 
       // a new turn: fresh adapter, fresh AdamW; three split steps follow the reference engine
       await trainer.setAdapter(userInit);
       await ref.setAdapter(userInit);
       expect(adapterErr(await trainer.readAdapter(), asArrays(userInit))).toBe(0);
-      const losses = await splitChain(trainer, 3);
-      const refLosses = await splitChain(ref, 3);
+      const losses = await splitSteps(setup, trainer, batches);
+      const refLosses = await splitSteps(setup, ref, batches);
       expect(losses[2]).toBeLessThan(losses[0]); // it trains
       expect(Math.max(...relErrs(losses, refLosses)), `losses ${losses} vs ${refLosses}`).toBeLessThan(1e-4);
       // setAdapter again: t restarts at 1, the same steps give the same losses (one thread: deterministic)
       await trainer.setAdapter(userInit);
-      expect(await splitChain(trainer, 2)).toEqual(losses.slice(0, 2));
+      expect(await splitSteps(setup, trainer, batches.slice(0, 2))).toEqual(losses.slice(0, 2));
     } finally {
       ref.destroy();
       trainer.destroy();
@@ -322,10 +208,6 @@ like the other engines`, async () => {
 });
 
 describe("createUserTrainer and 'wasm'", () => {
-  const noGpu = async (): Promise<GpuContext> => {
-    throw new GpuError('NO_ADAPTER', 'no WebGPU adapter (featureLevel core); no Vulkan driver found');
-  };
-
   it("'wasm' builds the wasm engine without asking for a GPU", async () => {
     let asked = false;
     const r = await createUserTrainer(
@@ -335,7 +217,7 @@ describe("createUserTrainer and 'wasm'", () => {
       options,
       async () => {
         asked = true;
-        return noGpu();
+        return noAdapter();
       },
       wasm,
     );
@@ -351,7 +233,7 @@ describe("createUserTrainer and 'wasm'", () => {
   });
 
   it("'auto' without a WebGPU adapter takes wasm and says why", async () => {
-    const r = await createUserTrainer('auto', userModel, userInit, options, noGpu, wasm);
+    const r = await createUserTrainer('auto', userModel, userInit, options, noAdapter, wasm);
     try {
       expect(r.trainer.kind).toBe('wasm');
       expect(r.reason).toBe(
@@ -372,14 +254,14 @@ describe("createUserTrainer and 'wasm'", () => {
   it("a wasm engine that cannot start: an Error for 'wasm', the reference with the reason for 'auto'", async () => {
     // the runtime runs with 1 thread in this worker (started here if no test did yet): asking for 3 cannot be honoured
     (await OnnxWasmUserTrainer.create(userModel, userInit, options, wasm)).destroy();
-    await expect(createUserTrainer('wasm', userModel, userInit, options, noGpu, { numThreads: 3 })).rejects.toThrow(
+    await expect(createUserTrainer('wasm', userModel, userInit, options, noAdapter, { numThreads: 3 })).rejects.toThrow(
       new RegExp(
         /the wasm engine was asked for but could not start: wasm engine: /.source +
           /onnxruntime-web already runs with 1 thread\(s\) in this page\/worker; /.source +
           /it cannot switch to 3/.source,
       ),
     );
-    const r = await createUserTrainer('auto', userModel, userInit, options, noGpu, { numThreads: 3 });
+    const r = await createUserTrainer('auto', userModel, userInit, options, noAdapter, { numThreads: 3 });
     expect(r.trainer.kind).toBe('reference');
     expect(r.reason).toMatch(
       new RegExp(
@@ -390,8 +272,8 @@ describe("createUserTrainer and 'wasm'", () => {
     );
     r.trainer.destroy();
     // bad options stay the caller's error, whatever the engine
-    await expect(createUserTrainer('wasm', userModel, userInit, { ...options, batch: 0 }, noGpu, wasm)).rejects.toThrow(
-      /batch 0 x seq 32 must be positive integers/,
-    );
+    await expect(
+      createUserTrainer('wasm', userModel, userInit, { ...options, batch: 0 }, noAdapter, wasm),
+    ).rejects.toThrow(/batch 0 x seq 32 must be positive integers/);
   });
 });

@@ -30,119 +30,47 @@
 import {
   cloneAdapter,
   AdamW,
-  cloudSegmentStep,
   DEFAULT_LORA_TRAIN,
   DEFAULT_LORA_TARGETS,
-  edgeSegmentBackward,
-  edgeSegmentForward,
-  gpt2ForwardBackward,
   initLoraAdapter,
   loraGradArrays,
   loraParameters,
   maxRelErr,
+  paddedRandomBatch,
   Rng,
-  type Gpt2Config,
   type Gpt2Model,
   type LoraAdapter,
   type LoraConfig,
-  type LoraGrads,
-  type SplitPlan,
   type TokenBatch,
 } from '@splitllm/model';
-import { paddedRandomBatch, shipped, tierModel } from './fixtures';
+import { shipped } from './fixtures';
 import { GpuContext, GpuError } from '@splitllm/lora-kernels';
 import { describe, expect, it } from 'vitest';
-import { nodeGpu } from '../src/node/gpu';
 import { createUserTrainer } from '../src/create-trainer';
 import { ReferenceUserTrainer } from '../src/engines/reference';
 import { WgslUserTrainer } from '../src/engines/wgsl';
-import type { UserTrainer, UserTrainerOptions } from '../src/trainer';
+import type { UserTrainer } from '../src/trainer';
+import { adapterErr, asArrays, centralRun, noAdapter, relErrs, splitSetup, splitSteps, testGpu } from './split-harness';
 
 const c = shipped.config;
-const plan: SplitPlan = { k: 1, m: 3 };
 const lora: LoraConfig = { r: 8, alpha: 16, targets: [...DEFAULT_LORA_TARGETS] };
 const B = 2;
 const T = 32;
 const adamw = DEFAULT_LORA_TRAIN.adamw;
-const options: UserTrainerOptions = { plan, lora, batch: B, seq: T, adamw };
 const SEED = 11;
 const STEPS = 3;
 
 // each tier as it would receive its segment: the trainers see only wte, wpe and h.0
-const segment = (tier: 'user' | 'edge' | 'cloud') => tierModel(plan, tier);
-const userModel = segment('user');
-const edgeModel = segment('edge');
-const cloudModel = segment('cloud');
+const setup = splitSetup(shipped, { plan: { k: 1, m: 3 }, lora, batch: B, seq: T, adamw }, SEED);
+const { options, user: userModel } = setup;
+const { plan } = options;
 
-let gpuPromise: Promise<GpuContext> | undefined;
-const testGpu = () => (gpuPromise ??= nodeGpu());
-
-const batchOf = (cfg: Gpt2Config, seed: number): TokenBatch => paddedRandomBatch(cfg, seed, B, T);
-
-const batches = Array.from({ length: STEPS }, (_, i) => batchOf(c, 100 + i));
+const batches = Array.from({ length: STEPS }, (_, i) => paddedRandomBatch(c, 100 + i, B, T));
 /** the user's initial adapter: blocks [0, k) of the same init the central run uses */
 const userInit = initLoraAdapter(c, lora, SEED, 0, plan.k);
 
-const asArrays = (a: LoraAdapter) => new Map([...a.layers].map(([k, p]) => [k, { A: p.A.data, B: p.B.data }]));
-const userPaths = (g: LoraGrads) => new Map([...g].filter(([path]) => /^h\.0\./.test(path)));
-
 /** The centralized run: whole model, one AdamW over the whole adapter. */
-const central = (() => {
-  const adapter = initLoraAdapter(c, lora, SEED);
-  const opt = new AdamW(loraParameters(adapter), adamw);
-  const losses: number[] = [];
-  const userGrads: LoraGrads[] = [];
-  for (const batch of batches) {
-    const r = gpt2ForwardBackward(shipped, adapter, batch);
-    losses.push(r.loss);
-    userGrads.push(userPaths(r.loraGrads));
-    opt.step(loraGradArrays(r.loraGrads));
-  }
-  return { losses, userGrads, userAdapter: userPaths(asArrays(adapter)) };
-})();
-
-/**
- * Split steps with the trainer as the user, the reference as edge and cloud (fresh adapters
- * and optimizers for those two each time this runs).
- */
-async function splitChain(
-  trainer: UserTrainer,
-  steps: number,
-  afterStep?: (step: number) => Promise<void>,
-): Promise<number[]> {
-  const edgeA = initLoraAdapter(c, lora, SEED, plan.k, plan.m);
-  const cloudA = initLoraAdapter(c, lora, SEED, plan.m, c.nLayer);
-  const edgeOpt = new AdamW(loraParameters(edgeA), adamw);
-  const cloudOpt = new AdamW(loraParameters(cloudA), adamw);
-  const losses: number[] = [];
-  for (let s = 0; s < steps; s++) {
-    const batch = batches[s];
-    const h1 = await trainer.forward(batch);
-    const e = edgeSegmentForward(edgeModel, edgeA, h1, B, T, plan);
-    const cl = cloudSegmentStep(cloudModel, cloudA, e.h2, batch.targets, B, T, plan);
-    cloudOpt.step(loraGradArrays(cl.loraGrads));
-    const eb = edgeSegmentBackward(edgeModel, edgeA, e.state, cl.dh2);
-    edgeOpt.step(loraGradArrays(eb.loraGrads));
-    await trainer.backwardAndStep(eb.dh1);
-    losses.push(cl.loss);
-    await afterStep?.(s);
-  }
-  return losses;
-}
-
-function relErrs(got: number[], want: number[]): number[] {
-  return got.map((g, i) => Math.abs(g - want[i]) / Math.abs(want[i]));
-}
-
-function adapterErr(got: LoraAdapter, want: Map<string, { A: Float32Array; B: Float32Array }>): number {
-  expect([...got.layers.keys()].sort()).toEqual([...want.keys()].sort());
-  let worst = 0;
-  for (const [path, w] of want) {
-    const g = got.layers.get(path)!;
-    worst = Math.max(worst, maxRelErr(g.A.data, w.A), maxRelErr(g.B.data, w.B));
-  }
-  return worst;
-}
+const central = centralRun(setup, batches);
 
 interface EngineCase {
   kind: 'reference' | 'wgsl';
@@ -164,7 +92,7 @@ describe('user trainers: three split steps against the central reference run', (
         expect(trainer.kind).toBe(eng.kind);
         const shadow = cloneAdapter(userInit); // wgsl: reference AdamW on the engine's own gradients
         const shadowOpt = new AdamW(loraParameters(shadow), adamw);
-        const losses = await splitChain(trainer, STEPS, async (s) => {
+        const losses = await splitSteps(setup, trainer, batches, async (s) => {
           if (!(trainer instanceof WgslUserTrainer)) return;
           const grads = await trainer.engine.readGrads(); // the step leaves the gradients in place
           for (const [path, g] of central.userGrads[s]) {
@@ -198,7 +126,7 @@ describe('user trainers: three split steps against the central reference run', (
 
         // a new turn: the initial adapter again, fresh AdamW: the same losses (t restarts at 1)
         await trainer.setAdapter(userInit);
-        const again = await splitChain(trainer, 2);
+        const again = await splitSteps(setup, trainer, batches.slice(0, 2));
         if (eng.kind === 'reference') expect(again).toEqual(losses.slice(0, 2));
         else expect(Math.max(...relErrs(again, losses.slice(0, 2)))).toBeLessThan(1e-4);
       } finally {
@@ -301,7 +229,7 @@ and the trial leaves no trace`, async () => {
       }
       // the timed steps were undone: the given adapter, a fresh AdamW (the central run's losses)
       expect(adapterErr(await trainer.readAdapter(), asArrays(userInit))).toBe(0);
-      const losses = await splitChain(trainer, STEPS);
+      const losses = await splitSteps(setup, trainer, batches);
       expect(Math.max(...relErrs(losses, central.losses)), `losses ${losses} vs ${central.losses}`).toBeLessThan(1e-4);
     } finally {
       trainer.destroy();
@@ -327,10 +255,7 @@ and the trial leaves no trace`, async () => {
   });
 
   it("'auto' takes wasm without a device, or when the segment does not fit the device, and says why", async () => {
-    const noGpu = async (): Promise<GpuContext> => {
-      throw new GpuError('NO_ADAPTER', 'no WebGPU adapter (featureLevel core); no Vulkan driver found');
-    };
-    const a = await createUserTrainer('auto', userModel, userInit, options, noGpu);
+    const a = await createUserTrainer('auto', userModel, userInit, options, noAdapter);
     expect(a.trainer.kind).toBe('wasm');
     expect(a.reason).toBe(
       `no WebGPU device (no WebGPU adapter (featureLevel core); no Vulkan driver found): ${a.trainer.description}`,
