@@ -87,11 +87,12 @@ describe('model directories of either family', () => {
   it("refuses an adapter of the other family against a model's config", () => {
     const llama = loadModelDir(LLAMA_DIR).model;
     const gpt2 = loadModelDir(GPT2_DIR).model;
+    // each refusal names the file and the first tensor of the other family
     expect(() => loadModelAdapterDir(join(tmp, 'gpt2'), llama.config)).toThrow(
-      /holds a GPT-2 adapter; the model is llama-family/,
+      /adapter_model\.safetensors: tensor "base_model\.model\.transformer\.h\.0\.attn\.c_attn\.lora_A\.weight" is not/,
     );
     expect(() => loadModelAdapterDir(join(tmp, 'llama'), gpt2.config)).toThrow(
-      /holds a LLaMA-family adapter; the model is GPT-2/,
+      /adapter_model\.safetensors: tensor "base_model\.model\.model\.layers\.0\..*" is a LLaMA-family LoRA weight/,
     );
     expect(() => loadModelAdapterDir(join(tmp, 'missing'))).toThrow(/has no adapter_config\.json/);
   });

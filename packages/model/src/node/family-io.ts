@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { AnyTokenizer } from '../formats/any-tokenizer';
 import { PEFT_WEIGHTS_FILE } from '../formats/peft';
 import { parseSafetensors } from '../formats/safetensors';
-import { type AnyModel, FamilyError, isLlamaConfig, type ModelConfig, modelFamily } from '../family';
+import { type AnyModel, FamilyError, isLlamaConfig, type ModelConfig } from '../family';
 import { isLlamaLoraTarget } from '../llama-lora';
 import { checkAdapterFits, type LoraAdapter } from '../lora';
 import { loadLlamaAdapterDir, loadLlamaDir, saveLlamaAdapterDir } from './llama-io';
@@ -61,14 +61,17 @@ export function saveModelAdapterDir(dir: string, adapter: LoraAdapter, opts: Sav
   }
 }
 
-/** A PEFT directory's family, from its tensor names (`...model.layers.{i}...` is the LLaMA family's). */
-function peftDirIsLlama(dir: string): boolean {
+/**
+ * The first tensor of a PEFT directory that is a LLaMA-family module's (`...model.layers.{i}...`),
+ * or undefined: which family the adapter is for.
+ */
+function llamaTensorOf(dir: string): string | undefined {
   const path = join(dir, PEFT_WEIGHTS_FILE);
-  if (!existsSync(path)) return false; // the loader says what is missing
+  if (!existsSync(path)) return undefined; // the loader says what is missing
   try {
-    return [...parseSafetensors(readFileBytes(path)).tensors.keys()].some((k) => /\.layers\.\d+\./.test(k));
+    return [...parseSafetensors(readFileBytes(path)).tensors.keys()].find((k) => /\.layers\.\d+\./.test(k));
   } catch {
-    return false; // the loader reports the broken file
+    return undefined; // the loader reports the broken file
   }
 }
 
@@ -77,10 +80,14 @@ function peftDirIsLlama(dir: string): boolean {
  * adapter must be of that model's family and fit its shapes (checkAdapterFits).
  */
 export function loadModelAdapterDir(dir: string, config?: ModelConfig): LoraAdapter {
-  const llama = config ? isLlamaConfig(config) : peftDirIsLlama(dir);
-  if (config && llama !== peftDirIsLlama(dir) && existsSync(join(dir, PEFT_WEIGHTS_FILE))) {
-    const [holds, model] = llama ? ['GPT-2', `${modelFamily(config)}-family`] : ['LLaMA-family', 'GPT-2'];
-    throw new FamilyError(`adapter directory ${dir} holds a ${holds} adapter; the model is ${model}`);
+  const llamaTensor = llamaTensorOf(dir);
+  const llama = config ? isLlamaConfig(config) : llamaTensor !== undefined;
+  // a LLaMA-family adapter for a GPT-2 model: said by file and tensor (GPT-2's reader would complain
+  // about its PEFT settings instead); the LLaMA reader names the first GPT-2 tensor itself
+  if (config && !llama && llamaTensor !== undefined) {
+    throw new FamilyError(
+      `${join(dir, PEFT_WEIGHTS_FILE)}: tensor "${llamaTensor}" is a LLaMA-family LoRA weight; the model is GPT-2`,
+    );
   }
   // the LLaMA reader checks every tensor against the config itself when it has one
   const adapter = llama
