@@ -80,7 +80,9 @@ function llamaTensorOf(dir: string): string | undefined {
  * adapter must be of that model's family and fit its shapes (checkAdapterFits).
  */
 export function loadModelAdapterDir(dir: string, config?: ModelConfig): LoraAdapter {
-  const llamaTensor = llamaTensorOf(dir);
+  // the file's own family is read only where the config does not settle it (a LLaMA model's reader
+  // checks every tensor itself)
+  const llamaTensor = config && isLlamaConfig(config) ? undefined : llamaTensorOf(dir);
   const llama = config ? isLlamaConfig(config) : llamaTensor !== undefined;
   // a LLaMA-family adapter for a GPT-2 model: said by file and tensor (GPT-2's reader would complain
   // about its PEFT settings instead); the LLaMA reader names the first GPT-2 tensor itself
