@@ -2,9 +2,10 @@
  * Benchmark (not a test): milliseconds per user-segment training step of the engine.
  *
  *   pnpm exec tsx packages/lora-kernels/scripts/bench-engine.ts [--batch 4] [--seq 64]
- *       [--steps 5] [--variants auto|gpu|software] [--matmul V] [--low-rank V] [--gpt2-small]
+ *       [--steps 5] [--variants auto|gpu|software] [--matmul V] [--low-rank V] [--gpt2-small] [--profile]
  *
- * --matmul / --low-rank override the variant of the full-size / rank-r products.
+ * --matmul / --low-rank override the variant of the full-size / rank-r products. --profile times
+ * every dispatch of the step alone and prints the kernels that take the most time.
  *
  * Runs on the shipped model's user segment (default split: embedding + block 0) and with
  * --gpt2-small also on a GPT-2 small-shaped one (random weights, embedding + blocks [0, 3)).
@@ -24,6 +25,7 @@ const { values: opt } = parseArgs({
     'gpt2-small': { type: 'boolean', default: false },
     matmul: { type: 'string' },
     'low-rank': { type: 'string' },
+    profile: { type: 'boolean', default: false },
   },
 });
 if (!['auto', 'gpu', 'software'].includes(opt.variants)) throw new Error(`--variants must be auto, gpu or software`);
@@ -43,6 +45,7 @@ const o = {
   steps: Number(opt.steps),
   variants: opt.variants as VariantSetting,
   override,
+  profile: opt.profile,
 };
 await benchUserSegmentStep(gpu, 'moby-tiny', loadShippedModel(), o);
 if (opt['gpt2-small'])

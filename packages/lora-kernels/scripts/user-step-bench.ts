@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
 import type { GpuContext } from '../src/gpu';
 import { chooseKernelVariants, engineMatmulShapes, GPU_DEFAULT_VARIANTS } from '../src/variants';
+import type { Dispatch } from '../src/gpu';
 
 export const SHIPPED_MODEL_DIR = fileURLToPath(new URL('../../assets/models/moby-tiny', import.meta.url));
 
@@ -29,7 +30,15 @@ export async function benchUserSegmentStep(
   gpu: GpuContext,
   label: string,
   model: Gpt2Model,
-  o: { batch: number; seq: number; steps: number; variants: VariantSetting; override?: KernelVariants },
+  o: {
+    batch: number;
+    seq: number;
+    steps: number;
+    variants: VariantSetting;
+    override?: KernelVariants;
+    /** also time every dispatch of the step alone and print the kernels by time (profileStep) */
+    profile?: boolean;
+  },
 ): Promise<{ msPerStep: number }> {
   const { batch: B, seq: T, steps } = o;
   const { k } = defaultSplitPlan(model.config);
@@ -38,7 +47,7 @@ export async function benchUserSegmentStep(
   if (o.variants === 'gpu') variants = GPU_DEFAULT_VARIANTS;
   else if (o.variants === 'software') variants = SOFTWARE_ADAPTER_VARIANTS;
   else {
-    const choice = await chooseKernelVariants(gpu, engineMatmulShapes(model.config, B, T));
+    const choice = await chooseKernelVariants(gpu, engineMatmulShapes(model.config, B, T, DEFAULT_LORA_CONFIG.r, k));
     variants = choice.variants;
     why = `auto: ${choice.reason}` as VariantSetting;
   }
@@ -70,6 +79,7 @@ export async function benchUserSegmentStep(
     const t2 = performance.now();
     if (s >= WARMUP) times.push({ fwd: t1 - t0, bwd: t2 - t1, total: t2 - t0 });
   }
+  if (o.profile) await profileStep(gpu, engine, med3(times.map((t) => t.total)));
   engine.destroy();
   const med = (f: (t: (typeof times)[0]) => number) => times.map(f).sort((a, b) => a - b)[Math.floor(times.length / 2)];
   console.log(
@@ -82,4 +92,51 @@ export async function benchUserSegmentStep(
       `layernorm ${variants.layernorm}, attention ${variants.attention} [${why}]; median of ${steps}`,
   );
   return { msPerStep: med((t) => t.total) };
+}
+
+const med3 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * Where the user step's GPU time goes: every dispatch of the forward, backward and AdamW lists
+ * run alone (submit, wait), median of 5, less the median of an empty submit-and-wait (the fixed
+ * cost of one round trip to the GPU); summed per kernel configuration (the pipeline's key). The
+ * sum is the step's kernel time without overlap; `step - kernels` is what the step spends
+ * elsewhere: uploads, the read-back of h1, the finite check of dL/dh1, submits and waits.
+ */
+async function profileStep(gpu: GpuContext, engine: UserSegmentEngine, stepMs: number): Promise<void> {
+  const lists = engine.stepDispatches();
+  const alone = async (ds: Dispatch[]) => {
+    const ms: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const t0 = performance.now();
+      gpu.run(ds);
+      await gpu.finish();
+      if (i > 0) ms.push(performance.now() - t0);
+    }
+    return med3(ms);
+  };
+  const empty = await alone([]);
+  const byKernel = new Map<string, { ms: number; n: number }>();
+  const byPhase: Record<string, number> = {};
+  for (const [phase, ds] of Object.entries(lists)) {
+    byPhase[phase] = 0;
+    for (const d of ds) {
+      const ms = Math.max(0, (await alone([d])) - empty);
+      const key = `${phase} ${gpu.keyOf(d.pipeline)}`;
+      const k = byKernel.get(key) ?? { ms: 0, n: 0 };
+      byKernel.set(key, { ms: k.ms + ms, n: k.n + 1 });
+      byPhase[phase] += ms;
+    }
+  }
+  const kernels = Object.values(byPhase).reduce((a, b) => a + b, 0);
+  const count = Object.values(lists).reduce((a, l) => a + l.length, 0);
+  console.log(
+    `  profile: ${count} dispatches; kernels alone ${kernels.toFixed(2)} ms of a ${stepMs.toFixed(2)} ms step ` +
+      `(${Object.entries(byPhase)
+        .map(([p, ms]) => `${p} ${ms.toFixed(2)}`)
+        .join(', ')}); one empty submit-and-wait ${empty.toFixed(3)} ms`,
+  );
+  const top = [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12);
+  for (const [key, { ms, n }] of top)
+    console.log(`    ${ms.toFixed(3).padStart(8)} ms  ${String(n).padStart(3)} x  ${key}`);
 }

@@ -361,6 +361,11 @@ export abstract class UserEngineBase {
     this.gpu.write(this.ids, inputIds);
   }
 
+  /** The step's dispatch lists, in order (for a benchmark's per-kernel profile; not for running). */
+  stepDispatches(): { forward: readonly Dispatch[]; backward: readonly Dispatch[]; optimizer: readonly Dispatch[] } {
+    return { forward: this.forwardDispatches, backward: this.backwardDispatches, optimizer: this.optimizerDispatches };
+  }
+
   /** Forward: returns h1 = x_k [batch*seq, D]; keeps what the backward needs on the GPU. */
   async forward(inputIds: Int32Array): Promise<Float32Array> {
     this.uploadIds(inputIds);

@@ -17,9 +17,8 @@ import {
 import { UserSegmentEngine, type UserEngineOptions } from './engine';
 import type { GpuContext } from './gpu';
 import type { HeadStepResult } from './kernels/head';
-import type { MatmulDims } from './kernels/matmul';
 import { LlamaUserSegmentEngine } from './llama-engine';
-import { engineMatmulShapes, type EngineShapes } from './variants';
+import { engineMatmulShapes, type EngineShapes, stepMatmulShapes } from './variants';
 
 /** What both families' engines offer (see UserSegmentEngine for each method's contract). */
 export interface UserEngine {
@@ -55,41 +54,32 @@ export async function createUserSegmentEngine(
   return UserSegmentEngine.create(gpu, gpt2ModelOf(model, 'the GPT-2 user-segment engine'), adapter, o);
 }
 
-/** Distinct shapes only: timing the same problem twice would only double its weight. */
-function distinct(shapes: MatmulDims[]): MatmulDims[] {
-  const seen = new Set<string>();
-  return shapes.filter((s) => {
-    const key = `${s.M}x${s.K}x${s.N}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
-}
-
 /**
- * The matmul shapes of one user-segment step of this config's family (what chooseKernelVariants
- * times). LLaMA: the projections q (D -> H hd), k and v (D -> Hkv hd), o (H hd -> D), gate and up
- * (D -> F), down (F -> D); the rank-r ones x A, xa B at the widest output, and dA = x^T g.
+ * The matmul products of one user-segment step of this config's family (what chooseKernelVariants
+ * times; see stepMatmulShapes). LLaMA: q (D -> H hd), k and v (D -> Hkv hd), o (H hd -> D), gate
+ * and up (D -> F), down (F -> D); LoRA's widest adapted output is max(H hd, F).
  */
-export function engineMatmulShapesOf(c: ModelConfig, batch: number, seq: number, r = 8): EngineShapes {
-  if (!isLlamaConfig(c)) return engineMatmulShapes(c, batch, seq, r);
-  const M = batch * seq;
+export function engineMatmulShapesOf(c: ModelConfig, batch: number, seq: number, r = 8, blocks = 1): EngineShapes {
+  if (!isLlamaConfig(c)) return engineMatmulShapes(c, batch, seq, r, blocks);
   const D = c.hiddenSize;
   const F = c.intermediateSize;
   const Q = c.nHead * c.headDim;
   const KV = c.nKvHead * c.headDim;
-  return {
-    full: distinct([
-      { M, K: D, N: Q },
-      { M, K: D, N: KV },
-      { M, K: Q, N: D },
-      { M, K: D, N: F },
-      { M, K: F, N: D },
-    ]),
-    lowRank: distinct([
-      { M, K: D, N: r },
-      { M, K: r, N: Math.max(Q, F) },
-      { M: D, K: M, N: r },
-    ]),
-  };
+  return stepMatmulShapes({
+    M: batch * seq,
+    D,
+    V: c.vocabSize,
+    r,
+    blocks,
+    weights: [
+      [D, Q],
+      [D, KV],
+      [D, KV],
+      [Q, D],
+      [D, F],
+      [D, F],
+      [F, D],
+    ],
+    loraOut: Math.max(Q, F),
+  });
 }

@@ -83,6 +83,7 @@ export interface Dispatch {
 
 export class GpuContext {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly keys = new WeakMap<GPUComputePipeline, string>();
   private lost: string | undefined;
 
   constructor(
@@ -101,7 +102,13 @@ export class GpuContext {
     const module = this.device.createShaderModule({ code, label: key });
     const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint }, label: key });
     this.pipelines.set(key, pipeline);
+    this.keys.set(pipeline, key);
     return pipeline;
+  }
+
+  /** The key a pipeline was compiled under (its kernel and configuration), for profiles. */
+  keyOf(pipeline: GPUComputePipeline): string {
+    return this.keys.get(pipeline) ?? 'unknown';
   }
 
   /** Compiles and awaits validation, so a bad shader throws here instead of failing silently later. */
@@ -122,6 +129,7 @@ export class GpuContext {
     const err = await this.device.popErrorScope();
     if (err) throw new GpuError('GPU_VALIDATION', `pipeline ${key}: ${err.message}`);
     this.pipelines.set(key, pipeline);
+    this.keys.set(pipeline, key);
     return pipeline;
   }
 

@@ -8,9 +8,10 @@
 import type { Gpt2Config } from '@splitllm/model';
 import { DEFAULT_LOW_RANK_VARIANT, SOFTWARE_ADAPTER_VARIANTS, type KernelVariants } from './engine';
 import type { AdapterSummary, GpuContext } from './gpu';
+import { budgetChunkRows } from './kernels/head';
 import { DEFAULT_LAYERNORM_VARIANT } from './kernels/layernorm';
 import { DEFAULT_ATTENTION_VARIANT } from './kernels/attention';
-import { DEFAULT_MATMUL_VARIANT, timeMatmulVariants, type MatmulDims } from './kernels/matmul';
+import { DEFAULT_MATMUL_VARIANT, timeMatmulVariants, type TimedMatmul } from './kernels/matmul';
 
 export const GPU_DEFAULT_VARIANTS: Required<KernelVariants> = {
   matmul: DEFAULT_MATMUL_VARIANT,
@@ -25,27 +26,88 @@ export function isSoftwareAdapter(a: AdapterSummary): boolean {
 }
 
 export interface EngineShapes {
-  /** the full-size products (x W; the backward's dy W^T has the same sizes) */
-  full: MatmulDims[];
-  /** LoRA's rank-r products: x A, xa B, and dA = x^T g */
-  lowRank: MatmulDims[];
+  /** the full-size products: the blocks' frozen weights and the LM head, in the layouts they run */
+  full: TimedMatmul[];
+  /** LoRA's rank-r products */
+  lowRank: TimedMatmul[];
 }
 
-/** The matmul shapes of one user-segment step (forward and backward use all three layouts). */
-export function engineMatmulShapes(c: Gpt2Config, batch: number, seq: number, r = 8): EngineShapes {
-  const M = batch * seq;
-  return {
-    full: [
-      { M, K: c.nEmbd, N: 3 * c.nEmbd },
-      { M, K: c.nEmbd, N: c.nInner },
-      { M, K: c.nInner, N: c.nEmbd },
+/** One step's products, as the engine runs them (what stepMatmulShapes builds the timing list from). */
+export interface StepProducts {
+  /** rows: batch * seq */
+  M: number;
+  /** hidden width */
+  D: number;
+  /** vocabulary: the LM head's rows (labels on the device, the default) */
+  V: number;
+  r: number;
+  /** the blocks the user segment runs */
+  blocks: number;
+  /** one block's frozen weights, [K, N] each (x W is [M, K] x [K, N]) */
+  weights: Array<[number, number]>;
+  /** the widest output a LoRA pair adapts (its B is [r, N]) */
+  loraOut: number;
+}
+
+/**
+ * The products one user-segment step runs, each in its own layouts and weighted by how often a step
+ * runs it (LoRA trains adapters only: no frozen weight gets a gradient, so no full-size 'tn'):
+ *  - a block's frozen weight [K, N]: x W forward ('nn'), dy W^T backward ('nt'), once per block;
+ *  - the LM head [V, D]: logits = y W^T ('nt') and dy = dlogits W ('nn'), once per chunk of rows;
+ *  - LoRA's rank-r products at the widest adapted output N: x A, xa B ('nn'); g = s dy B^T,
+ *    g A^T ('nt'); dA = x^T g, dB = s xa^T dy ('tn').
+ * Equal products are merged with their counts added.
+ */
+export function stepMatmulShapes(p: StepProducts): EngineShapes {
+  const { M, D, V, r, blocks, loraOut: N } = p;
+  const full: TimedMatmul[] = [];
+  for (const [K, n] of p.weights) {
+    full.push({ M, K, N: n, layouts: ['nn'], count: blocks }, { M, K: n, N: K, layouts: ['nt'], count: blocks });
+  }
+  // the head runs its rows in chunks (kernels/head.ts): the chunk's products, once per chunk
+  const R = budgetChunkRows(M, V);
+  const chunks = Math.ceil(M / R);
+  full.push({ M: R, K: D, N: V, layouts: ['nt'], count: chunks }, { M: R, K: V, N: D, layouts: ['nn'], count: chunks });
+  const lowRank: TimedMatmul[] = [
+    { M, K: D, N: r, layouts: ['nn'] },
+    { M, K: r, N, layouts: ['nn'] },
+    { M, K: N, N: r, layouts: ['nt'] },
+    { M, K: r, N: D, layouts: ['nt'] },
+    { M: D, K: M, N: r, layouts: ['tn'] },
+    { M: r, K: M, N, layouts: ['tn'] },
+  ];
+  return { full: merged(full), lowRank: merged(lowRank) };
+}
+
+/** Equal products (same sizes and layouts) as one, with their counts added. */
+function merged(list: TimedMatmul[]): TimedMatmul[] {
+  const byKey = new Map<string, TimedMatmul>();
+  for (const t of list) {
+    const key = `${t.M}x${t.K}x${t.N} ${(t.layouts ?? []).join(',')}`;
+    const seen = byKey.get(key);
+    if (seen) seen.count = (seen.count ?? 1) + (t.count ?? 1);
+    else byKey.set(key, { ...t });
+  }
+  return [...byKey.values()];
+}
+
+/** The products of one GPT-2 user-segment step (embedding + `blocks` blocks; see stepMatmulShapes). */
+export function engineMatmulShapes(c: Gpt2Config, batch: number, seq: number, r = 8, blocks = 1): EngineShapes {
+  const D = c.nEmbd;
+  return stepMatmulShapes({
+    M: batch * seq,
+    D,
+    V: c.vocabSize,
+    r,
+    blocks,
+    weights: [
+      [D, 3 * D],
+      [D, D],
+      [D, c.nInner],
+      [c.nInner, D],
     ],
-    lowRank: [
-      { M, K: c.nEmbd, N: r },
-      { M, K: r, N: 3 * c.nEmbd },
-      { M: c.nEmbd, K: M, N: r },
-    ],
-  };
+    loraOut: 3 * D,
+  });
 }
 
 export interface VariantChoice {

@@ -301,20 +301,34 @@ describe('either family', () => {
 
   it('engineMatmulShapesOf gives each family its products; the size estimate counts an untied head', () => {
     const q = base.nHead * base.headDim; // 32 = D: q_proj and o_proj share their shape
-    expect(engineMatmulShapesOf(base, 2, 8, 4)).toEqual({
+    // each frozen weight forward ('nn') and backward ('nt') once per block (2 here), equal products
+    // merged with their counts added (q and o are both 32 x 32; k and v both 32 -> 16; gate and up
+    // both 32 -> 48); the LM head [64, 32] once; LoRA's rank-r products at the widest output (48)
+    const nn = ['nn'];
+    const nt = ['nt'];
+    expect(engineMatmulShapesOf(base, 2, 8, 4, 2)).toEqual({
       full: [
-        { M: 16, K: 32, N: q },
-        { M: 16, K: 32, N: 16 },
-        { M: 16, K: 32, N: 48 },
-        { M: 16, K: 48, N: 32 },
+        { M: 16, K: 32, N: q, layouts: nn, count: 4 },
+        { M: 16, K: q, N: 32, layouts: nt, count: 4 },
+        { M: 16, K: 32, N: 16, layouts: nn, count: 4 },
+        { M: 16, K: 16, N: 32, layouts: nt, count: 4 },
+        { M: 16, K: 32, N: 48, layouts: nn, count: 4 },
+        { M: 16, K: 48, N: 32, layouts: nt, count: 4 },
+        { M: 16, K: 48, N: 32, layouts: nn, count: 2 },
+        { M: 16, K: 32, N: 48, layouts: nt, count: 2 },
+        { M: 16, K: 32, N: 64, layouts: nt, count: 1 },
+        { M: 16, K: 64, N: 32, layouts: nn, count: 1 },
       ],
       lowRank: [
-        { M: 16, K: 32, N: 4 },
-        { M: 16, K: 4, N: 48 },
-        { M: 32, K: 16, N: 4 },
+        { M: 16, K: 32, N: 4, layouts: nn },
+        { M: 16, K: 4, N: 48, layouts: nn },
+        { M: 16, K: 48, N: 4, layouts: nt },
+        { M: 16, K: 4, N: 32, layouts: nt },
+        { M: 32, K: 16, N: 4, layouts: ['tn'] },
+        { M: 4, K: 16, N: 48, layouts: ['tn'] },
       ],
     });
-    expect(engineMatmulShapesOf(gpt2Config, 2, 8, 4)).toEqual(engineMatmulShapes(gpt2Config, 2, 8, 4));
+    expect(engineMatmulShapesOf(gpt2Config, 2, 8, 4, 3)).toEqual(engineMatmulShapes(gpt2Config, 2, 8, 4, 3));
     const o = { k: 2, lora: { r: 4, alpha: 8, targets: [...LLAMA_LORA_TARGETS] }, batch: 2, seq: 8 };
     const tied = llamaUserEngineBytes(base, o);
     expect(llamaUserEngineBytes({ ...base, tieWordEmbeddings: false }, o) - tied).toBe(64 * 32 * 4);

@@ -21,6 +21,12 @@
  *               neighbouring workgroup-memory words and write coalesced rows). 16x the
  *               arithmetic per workgroup-memory read of 'tiled'. The default: tuned for real
  *               GPUs. (64x32 or 32x32 blocks where the workgroup limit is 128 or 64.)
+ *   'blocked8x8' 128x128 output block per workgroup, an 8x8 register micro-tile per invocation
+ *               (4x the arithmetic per workgroup-memory read of 'blocked'), K-slabs of 8 in two
+ *               workgroup buffers with the next slab prefetched into registers (one barrier per
+ *               slab), vec4 loads from global and workgroup memory. The classic large-tile SGEMM
+ *               shape, for large products on GPUs. (128x64 or 64x64 blocks where the workgroup
+ *               limit is 128 or 64.)
  *   'registers' no workgroup memory and no barriers: each invocation computes a 4x4 tile of C
  *               from 4x4 tiles of A and B loaded as vec4 (vec4 bindings where the contiguous
  *               dimension is a multiple of 4, four scalar loads otherwise), multiplied as
@@ -31,6 +37,8 @@
  *   SwiftShader, 2 CPU cores:  naive ~0.2, tiled ~0.1, blocked 0.8-1.4, registers ~2.2
  *   NVIDIA H200 (Vulkan):      naive 2731/907/1584, tiled ~6000, blocked 15658/15281/16382,
  *                              registers 18431/6895/14392
+ *   the same at 4096^3 (2026-11-28): blocked 17610/17367/17626, blocked8x8 32728/34758/33306
+ *                              (49-52% of its 67 TFLOPS fp32 peak), registers 18865/7076/15237
  * Every variant handles sizes that are not multiples of its tile (guarded loads and stores).
  * `pickFastestMatmul` times the variants on the device and returns the fastest (on the H200,
  * 'tiled' wins the skinny LoRA products with N = r = 8, 'blocked' the 512x768x2304 one).
@@ -44,9 +52,9 @@
 import { GpuError, ceilDiv, type Dispatch, type GpuContext } from '../gpu';
 
 export type MatmulLayout = 'nn' | 'nt' | 'tn';
-export type MatmulVariant = 'naive' | 'tiled' | 'blocked' | 'registers';
+export type MatmulVariant = 'naive' | 'tiled' | 'blocked' | 'blocked8x8' | 'registers';
 
-export const MATMUL_VARIANTS: readonly MatmulVariant[] = ['naive', 'tiled', 'blocked', 'registers'];
+export const MATMUL_VARIANTS: readonly MatmulVariant[] = ['naive', 'tiled', 'blocked', 'blocked8x8', 'registers'];
 export const MATMUL_LAYOUTS: readonly MatmulLayout[] = ['nn', 'nt', 'tn'];
 
 /** The default choice, tuned for real GPUs; CPU drivers want 'registers' (see pickFastestMatmul). */
@@ -92,6 +100,7 @@ export interface MatmulShaderConfig {
 // WGSL
 
 const BK = 16; // 'blocked': K-slab staged per barrier pair
+const BK8 = 8; // 'blocked8x8': K-slab per workgroup buffer (two buffers)
 
 function header(c: MatmulShaderConfig): string {
   const t = (v: boolean | undefined) => (v ? 'vec4<f32>' : 'f32');
@@ -245,6 +254,156 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 /**
+ * 'blocked8x8': an 8x8 register micro-tile per invocation (4x the arithmetic per workgroup-memory
+ * read of 'blocked'), a (8 TY) x (8 TX) output block per workgroup (128x128 at 16x16), K-slabs of
+ * 8 held in two workgroup buffers (ping-pong), and the next slab loaded from global memory into
+ * registers while the current one is multiplied: one barrier per slab instead of two. Global
+ * loads are vec4 along the stored matrix's contiguous dimension where it is a multiple of 4 (the
+ * same test as 'registers'), four guarded scalar loads otherwise; workgroup memory is read as vec4.
+ * An invocation owns rows {4 ty + i, BM/2 + 4 ty + i} and columns {4 tx + j, BN/2 + 4 tx + j}
+ * (i, j < 4): neighbouring invocations read neighbouring vec4s, and its stores are vec4 rows.
+ * The code is generated unrolled (16 vec4 accumulators as plain variables): dynamic indexing of a
+ * private array can put it in local memory on some drivers.
+ */
+function blocked8x8Wgsl(c: MatmulShaderConfig): string {
+  const [TX, TY] = c.wg;
+  const NT = TX * TY;
+  const BM = 8 * TY;
+  const BN = 8 * TX;
+  const K8 = BK8;
+  const AQ = BM / 4; // vec4s per k-row of As
+  const BQ = BN / 4;
+  const aSlab = K8 * AQ; // vec4s of one As buffer
+  const bSlab = K8 * BQ;
+  const L = c.layout;
+  const aAlongK = L !== 'tn'; // A stored [M,K]: contiguous over k
+  const bAlongK = L === 'nt'; // B stored [N,K]: contiguous over k
+  // a vec4 of global memory at (row r, col c4..c4+3) of the stored matrix (rows x cols), zero
+  // outside; `vec` when bound as vec4 (cols % 4 == 0: a vec4 is all in or all out)
+  const load = (buf: string, vec: boolean | undefined, rows: string, cols: string, r: string, c4: string) =>
+    vec
+      ? `select(vec4<f32>(0.0), ${buf}[(${r} * ${cols} + ${c4}) / 4u], ${r} < ${rows} && ${c4} < ${cols})`
+      : `vec4<f32>(${[0, 1, 2, 3]
+          .map((q) => `ld_${buf}(${r} < ${rows} && ${c4} + ${q}u < ${cols}, ${r} * ${cols} + ${c4} + ${q}u)`)
+          .join(', ')})`;
+  const scalarLoader = (buf: string) => `
+fn ld_${buf}(ok: bool, i: u32) -> f32 { if (ok) { return ${buf}[i]; } return 0.0; }`;
+  // tile vec4 number p of this invocation (idx = li + p NT): where it comes from, where it goes
+  const aCount = (BM * K8) / 4 / NT;
+  const bCount = (BN * K8) / 4 / NT;
+  const fetch = (which: 'A' | 'B', p: number, k0: string) => {
+    const alongK = which === 'A' ? aAlongK : bAlongK;
+    const Q = which === 'A' ? AQ : BQ;
+    const o = which === 'A' ? 'm0' : 'n0';
+    const outer = which === 'A' ? 'd.M' : 'd.N';
+    const vec = which === 'A' ? c.vecA : c.vecB;
+    const idx = `(li + ${p * NT}u)`;
+    // along k: row = m (or n) = idx / 2, k = (idx % 2) * 4; else row = k = idx / Q, col = (idx % Q) * 4
+    return alongK
+      ? load(which, vec, outer, 'd.K', `(${o} + ${idx} / 2u)`, `(${k0} + (${idx} % 2u) * 4u)`)
+      : load(which, vec, 'd.K', outer, `(${k0} + ${idx} / ${Q}u)`, `(${o} + (${idx} % ${Q}u) * 4u)`);
+  };
+  const put = (which: 'A' | 'B', p: number, v: string, buf: string) => {
+    const alongK = which === 'A' ? aAlongK : bAlongK;
+    const Q = which === 'A' ? AQ : BQ;
+    const S = which === 'A' ? 'As' : 'Bs';
+    const base = `${buf} * ${which === 'A' ? aSlab : bSlab}u`;
+    const idx = `(li + ${p * NT}u)`;
+    if (!alongK) return `${S}[${base} + ${idx}] = ${v};`;
+    // transposed: the 4 k's of this vec4 go to 4 k-rows, at column (row / 4), lane (row % 4)
+    return [0, 1, 2, 3]
+      .map(
+        (q) =>
+          `${S}[${base} + ((${idx} % 2u) * 4u + ${q}u) * ${Q}u + (${idx} / 2u) / 4u][(${idx} / 2u) % 4u] = ${v}[${q}];`,
+      )
+      .join('\n      ');
+  };
+  const acc: string[] = [];
+  for (let i = 0; i < 8; i++) for (let h = 0; h < 2; h++) acc.push(`c${i}${h}`);
+  const fma: string[] = [];
+  for (let k = 0; k < K8; k++) {
+    fma.push(
+      `{ let a0 = As[ab + ${k * AQ}u + lid.y]; let a1 = As[ab + ${k * AQ + TY}u + lid.y];` +
+        ` let b0 = Bs[bb + ${k * BQ}u + lid.x]; let b1 = Bs[bb + ${k * BQ + TX}u + lid.x];`,
+    );
+    for (let i = 0; i < 8; i++) {
+      const a = `a${i >> 2}.${'xyzw'[i & 3]}`;
+      fma.push(`  c${i}0 += ${a} * b0; c${i}1 += ${a} * b1;`);
+    }
+    fma.push('}');
+  }
+  // C row of accumulator i: m0 + (i < 4 ? 4 ty + i : BM/2 + 4 ty + i - 4); column group h: n0 + h BN/2 + 4 tx
+  const stores: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const m = `m0 + ${i < 4 ? 0 : BM / 2}u + 4u * lid.y + ${i & 3}u`;
+    for (let h = 0; h < 2; h++) {
+      const n = `n0 + ${h * (BN / 2)}u + 4u * lid.x`;
+      stores.push(`put4(${m}, ${n}, c${i}${h});`);
+    }
+  }
+  const put4 = c.vecC
+    ? `
+fn put4(m: u32, n: u32, acc: vec4<f32>) {
+  if (m >= d.M || n >= d.N) { return; }
+  let i = (m * d.N + n) / 4u;
+  var o = d.alpha * acc;
+  if ((d.flags & 1u) != 0u) { o += vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]); }
+  if ((d.flags & 2u) != 0u) { o += C[i]; }
+  C[i] = o;
+}`
+    : `${scalarStore}
+fn put4(m: u32, n: u32, acc: vec4<f32>) {
+  if (m >= d.M) { return; }
+  for (var j = 0u; j < 4u; j++) { if (n + j < d.N) { store(m, n + j, acc[j]); } }
+}`;
+  const loaders = `${c.vecA ? '' : scalarLoader('A')}${c.vecB ? '' : scalarLoader('B')}`;
+  const fetchAll = (k0: string, prefix: string) =>
+    [
+      ...Array.from({ length: aCount }, (_, p) => `${prefix}a${p} = ${fetch('A', p, k0)};`),
+      ...Array.from({ length: bCount }, (_, p) => `${prefix}b${p} = ${fetch('B', p, k0)};`),
+    ].join('\n    ');
+  const putAll = (buf: string) =>
+    [
+      ...Array.from({ length: aCount }, (_, p) => put('A', p, `na${p}`, buf)),
+      ...Array.from({ length: bCount }, (_, p) => put('B', p, `nb${p}`, buf)),
+    ].join('\n      ');
+  const decl = [
+    ...Array.from({ length: aCount }, (_, p) => `var na${p} = vec4<f32>(0.0);`),
+    ...Array.from({ length: bCount }, (_, p) => `var nb${p} = vec4<f32>(0.0);`),
+  ].join(' ');
+  return `${header(c)}${loaders}${put4}
+var<workgroup> As: array<vec4<f32>, ${2 * aSlab}>; // [buffer][k][m / 4]
+var<workgroup> Bs: array<vec4<f32>, ${2 * bSlab}>; // [buffer][k][n / 4]
+@compute @workgroup_size(${TX}, ${TY})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let m0 = wid.y * ${BM}u;
+  let n0 = wid.x * ${BN}u;
+  ${acc.map((a) => `var ${a} = vec4<f32>(0.0);`).join(' ')}
+  ${decl}
+  ${fetchAll('0u', 'n')}
+  ${putAll('0u')}
+  workgroupBarrier();
+  var buf = 0u;
+  for (var k0 = 0u; k0 < d.K; k0 += ${K8}u) {
+    let more = k0 + ${K8}u < d.K;
+    if (more) {
+    ${fetchAll(`(k0 + ${K8}u)`, 'n')}
+    }
+    let ab = buf * ${aSlab}u;
+    let bb = buf * ${bSlab}u;
+    ${fma.join('\n    ')}
+    if (more) {
+      ${putAll('(1u - buf)')}
+    }
+    workgroupBarrier();
+    buf = 1u - buf;
+  }
+  ${stores.join('\n  ')}
+}`;
+}
+
+/**
  * 'registers': each invocation owns C[m0..m0+3, n0..n0+3]. Per k-step of 4 it loads the 4x4
  * tiles op(A)[m0.., k..] and op(B)[k.., n0..] as four vec4 each, in whichever orientation is
  * contiguous in memory, and accumulates with one mat4x4 product:
@@ -353,6 +512,8 @@ export function matmulWgsl(c: MatmulShaderConfig): string {
       return tiledWgsl(c);
     case 'blocked':
       return blockedWgsl(c);
+    case 'blocked8x8':
+      return blocked8x8Wgsl(c);
     case 'registers':
       return registersWgsl(c);
   }
@@ -371,6 +532,11 @@ export function matmulWorkgroup(gpu: GpuContext, variant: MatmulVariant): [numbe
     if (limit >= 64) return [8, 8];
   } else if (variant === 'tiled') {
     if (limit >= 256) return [16, 16];
+    if (limit >= 64) return [8, 8];
+  } else if (variant === 'blocked8x8') {
+    // 128x128, 128x64 or 64x64 blocks: the tile loads need 16 / TX and 16 / TY whole
+    if (limit >= 256) return [16, 16];
+    if (limit >= 128) return [16, 8];
     if (limit >= 64) return [8, 8];
   } else {
     // naive and blocked: 16x16, else 16x8 (blocked: 32x64 block), else 8x8 (32x32 block)
@@ -392,13 +558,18 @@ function shaderConfig(
 ): MatmulShaderConfig {
   const wg = matmulWorkgroup(gpu, variant);
   const c: MatmulShaderConfig = { variant, layout, wg };
-  if (variant === 'registers') {
+  if (variant === 'registers' || variant === 'blocked8x8') {
     c.vecA = (layout === 'tn' ? dims.M : dims.K) % 4 === 0;
     c.vecB = (layout === 'nt' ? dims.K : dims.N) % 4 === 0;
     c.vecC = dims.N % 4 === 0;
   }
-  if (variant === 'blocked' || variant === 'tiled') {
-    const words = variant === 'blocked' ? BK * (4 * wg[1] + 1) + BK * (4 * wg[0] + 1) : 2 * wg[0] * (wg[0] + 1);
+  if (variant === 'blocked' || variant === 'tiled' || variant === 'blocked8x8') {
+    const words =
+      variant === 'blocked'
+        ? BK * (4 * wg[1] + 1) + BK * (4 * wg[0] + 1)
+        : variant === 'blocked8x8'
+          ? 2 * BK8 * (8 * wg[1] + 8 * wg[0])
+          : 2 * wg[0] * (wg[0] + 1);
     if (words * 4 > gpu.adapter.maxComputeWorkgroupStorageSize) {
       throw new GpuError(
         'DOES_NOT_FIT',
@@ -411,7 +582,7 @@ function shaderConfig(
 }
 
 function configKey(c: MatmulShaderConfig): string {
-  const v = c.variant === 'registers' ? `-v${+!!c.vecA}${+!!c.vecB}${+!!c.vecC}` : '';
+  const v = c.variant === 'registers' || c.variant === 'blocked8x8' ? `-v${+!!c.vecA}${+!!c.vecB}${+!!c.vecC}` : '';
   return `matmul-${c.variant}-${c.layout}-${c.wg[0]}x${c.wg[1]}${v}`;
 }
 
@@ -423,6 +594,8 @@ function workgroups(c: MatmulShaderConfig, dims: MatmulDims): [number, number] {
       return [ceilDiv(dims.N, wx), ceilDiv(dims.M, wy)];
     case 'blocked':
       return [ceilDiv(dims.N, 4 * wx), ceilDiv(dims.M, 4 * wy)];
+    case 'blocked8x8':
+      return [ceilDiv(dims.N, 8 * wx), ceilDiv(dims.M, 8 * wy)];
     case 'registers':
       return [ceilDiv(ceilDiv(dims.N, 4), wx), ceilDiv(ceilDiv(dims.M, 4), wy)];
   }
@@ -498,10 +671,18 @@ export async function timeDispatches(gpu: GpuContext, dispatches: Dispatch[], ru
   return ms[Math.floor(ms.length / 2)];
 }
 
+/** One product of a step, as timeMatmulVariants weighs it. */
+export interface TimedMatmul extends MatmulDims {
+  /** the layouts the step runs it in (default: PickMatmulOptions.layouts) */
+  layouts?: readonly MatmulLayout[];
+  /** how many times a step runs it in each of those layouts (default 1): its time is weighted by it */
+  count?: number;
+}
+
 export interface PickMatmulOptions {
   /** candidates (default: every variant but 'naive', the baseline) */
   variants?: readonly MatmulVariant[];
-  /** layouts timed per size (default: all three; the backward uses each) */
+  /** layouts timed per size where the size names none (default: all three; the backward uses each) */
   layouts?: readonly MatmulLayout[];
   /** timed runs per (variant, layout, size) after one warm-up (default 2) */
   runs?: number;
@@ -509,21 +690,24 @@ export interface PickMatmulOptions {
 
 export interface MatmulTiming {
   variant: MatmulVariant;
-  /** summed median ms over the sizes and layouts timed */
+  /** summed median ms over the sizes and layouts timed, each weighted by its count */
   ms: number;
 }
 
 /**
  * Times the variants on this device for the given problem sizes (the shapes the engine runs,
- * e.g. {M: batch*seq, K: 768, N: 2304}) and returns them fastest first. Inputs are zeros: speed
- * does not depend on the values. A few runs each: keep sizes modest on software adapters.
+ * e.g. {M: batch*seq, K: 768, N: 2304}, in the layouts it runs them) and returns them fastest
+ * first. Every dispatch runs once untimed first: that compiles the pipelines and lifts a GPU's
+ * clocks from idle (345 MHz on the H200) before the first variant is timed, which would otherwise
+ * pay for both. Inputs are zeros: speed does not depend on the values. A few runs each: keep
+ * sizes modest on software adapters.
  */
 export async function timeMatmulVariants(
   gpu: GpuContext,
-  sizes: MatmulDims | readonly MatmulDims[],
+  sizes: TimedMatmul | readonly TimedMatmul[],
   options: PickMatmulOptions = {},
 ): Promise<MatmulTiming[]> {
-  const list = Array.isArray(sizes) ? (sizes as readonly MatmulDims[]) : [sizes as MatmulDims];
+  const list = Array.isArray(sizes) ? (sizes as readonly TimedMatmul[]) : [sizes as TimedMatmul];
   const variants = options.variants ?? MATMUL_VARIANTS.filter((v) => v !== 'naive');
   const layouts = options.layouts ?? MATMUL_LAYOUTS;
   const runs = options.runs ?? 2;
@@ -537,14 +721,20 @@ export async function timeMatmulVariants(
       temps.push(a, b, c);
       return { d, a, b, c };
     });
-    for (const variant of variants) {
+    const runsOf = (variant: MatmulVariant) =>
+      jobs.flatMap(({ d, a, b, c }) =>
+        (d.layouts ?? layouts).map((layout) => ({
+          dispatches: matmul(gpu, { a, b, c }, d, { layout, variant }),
+          count: d.count ?? 1,
+        })),
+      );
+    const planned = variants.map((variant) => ({ variant, runs: runsOf(variant) }));
+    for (const p of planned) for (const r of p.runs) gpu.run(r.dispatches);
+    await gpu.finish();
+    for (const p of planned) {
       let ms = 0;
-      for (const { d, a, b, c } of jobs) {
-        for (const layout of layouts) {
-          ms += await timeDispatches(gpu, matmul(gpu, { a, b, c }, d, { layout, variant }), runs);
-        }
-      }
-      results.push({ variant, ms });
+      for (const r of p.runs) ms += r.count * (await timeDispatches(gpu, r.dispatches, runs, 0));
+      results.push({ variant: p.variant, ms });
     }
   } finally {
     for (const t of temps) t.destroy();
@@ -555,7 +745,7 @@ export async function timeMatmulVariants(
 /** The fastest variant on this device for these sizes (see timeMatmulVariants). */
 export async function pickFastestMatmul(
   gpu: GpuContext,
-  sizes: MatmulDims | readonly MatmulDims[],
+  sizes: TimedMatmul | readonly TimedMatmul[],
   options: PickMatmulOptions = {},
 ): Promise<MatmulVariant> {
   return (await timeMatmulVariants(gpu, sizes, options))[0].variant;

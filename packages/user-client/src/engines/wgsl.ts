@@ -65,7 +65,7 @@ export class WgslUserTrainer implements UserTrainer {
   ): Promise<WgslUserTrainer> {
     const c = model.config;
     checkTrainerInputs(model, adapter, o);
-    const choice = await chooseKernelVariants(gpu, engineMatmulShapesOf(c, o.batch, o.seq, o.lora.r));
+    const choice = await chooseKernelVariants(gpu, engineMatmulShapesOf(c, o.batch, o.seq, o.lora.r, o.plan.k));
     const engine = await createUserSegmentEngine(gpu, model, adapter, {
       k: o.plan.k,
       lora: { ...o.lora, targets: [...o.lora.targets] },
