@@ -193,6 +193,14 @@ const lossPointProperties = {
   at: { type: 'string' },
 };
 const lossPointRequired = ['userId', 'step', 'loss', 'ms', 'tokens', 'at'];
+/** where a recent step's time went (telemetry.ts StepTimes); the loss series leaves these out */
+const stepTimesProperties = {
+  forwardMs: { type: 'number' },
+  backwardMs: { type: 'number' },
+  cloudMs: { type: 'number' },
+  userMs: { type: 'number' },
+};
+const stepTimesRequired = ['forwardMs', 'backwardMs', 'cloudMs', 'userMs'];
 
 /** GET /api/admin/status: everything the operator's dashboard shows (routes/admin.ts dashboardStatus). */
 export const adminStatusSchema = {
@@ -301,8 +309,13 @@ export const adminStatusSchema = {
       type: 'array',
       items: {
         type: 'object',
-        properties: { round: { type: 'integer' }, n: { type: 'integer' }, ...lossPointProperties },
-        required: ['round', 'n', ...lossPointRequired],
+        properties: {
+          round: { type: 'integer' },
+          n: { type: 'integer' },
+          ...lossPointProperties,
+          ...stepTimesProperties,
+        },
+        required: ['round', 'n', ...lossPointRequired, ...stepTimesRequired],
         additionalProperties: false,
       },
     },

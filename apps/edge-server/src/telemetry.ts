@@ -88,7 +88,25 @@ export interface LossPoint {
   at: string;
 }
 
-export interface StepRecord extends LossPoint {
+/**
+ * Where a step's time went on the edge, in ms (turn.ts): parts of LossPoint.ms, which also holds
+ * the edge's decoding, checks and bookkeeping, so their sum never exceeds it.
+ */
+export interface StepTimes {
+  /** blocks [k, m) forward */
+  forwardMs: number;
+  /** blocks [k, m) backward and the AdamW step on the edge LoRA */
+  backwardMs: number;
+  /** waiting for the cloud's answers (one with labels in the cloud, two with labels on the device) */
+  cloudMs: number;
+  /** waiting for the user's head-grad (labels on the device; 0 with labels in the cloud) */
+  userMs: number;
+}
+
+/** A finished step as a turn reports it: the loss point and its times. */
+export type StepPoint = LossPoint & StepTimes;
+
+export interface StepRecord extends StepPoint {
   round: number;
   /** this step's number among all the steps this edge ran since it started (the chart's x) */
   n: number;
@@ -193,13 +211,15 @@ export class Activity {
     this.lossSeries = { round, points: [] };
   }
 
-  step(round: number, point: LossPoint): void {
+  step(round: number, point: StepPoint): void {
     this.metrics.steps.inc();
     this.metrics.tokens.inc(point.tokens);
     this.metrics.lastStepMs.set(point.ms);
     this.recentSteps.push({ round, n: ++this.stepCount, ...point });
     if (this.recentSteps.length > RECENT) this.recentSteps.shift();
+    // the chart's series keeps the loss point only: up to MAX_LOSS_POINTS of them go out on every poll
+    const { userId, step, loss, tokens, ms, at } = point;
     if (this.lossSeries?.round === round && this.lossSeries.points.length < MAX_LOSS_POINTS)
-      this.lossSeries.points.push(point);
+      this.lossSeries.points.push({ userId, step, loss, tokens, ms, at });
   }
 }

@@ -22,6 +22,11 @@
  * Every wait for a peer's next message is installed before the frame that prompts it is sent
  * (MessageWaiter.request): when encoding or sending throws, the wait is withdrawn with its
  * timer, so nothing outlives the turn.
+ *
+ * Each step's record also says where its time went (StepTimes): the edge's forward, its backward
+ * with AdamW, the waits for the cloud's answers, and (labels on the device) the wait for the
+ * user's head-grad. The waits include the encoding of the frame that prompts the answer, since
+ * the request sends it; the rest of `ms` is the edge's own decoding, checks and bookkeeping.
  */
 import { adapterToNamedTensors, codeOf, IGNORE_INDEX, type LoraAdapter } from '@splitllm/model';
 import { arraysBytes, type HeldBytes, type LoraTrainState, trainStateBytes } from '@splitllm/federation';
@@ -40,7 +45,7 @@ import {
   type WireTensor,
 } from '@splitllm/wire';
 import { EdgeError } from './errors';
-import type { LossPoint, Logger } from './telemetry';
+import type { Logger, StepPoint } from './telemetry';
 import type { ExpectOptions } from './user-queue';
 
 /** The user's side of a turn (UserConn, or a fake in tests). */
@@ -115,8 +120,8 @@ export interface TurnDeps {
   log: Logger;
   /** the step now in progress (for the status) */
   onProgress?: (step: number) => void;
-  /** a step is done: its gradient went back to the user */
-  onStep?: (point: LossPoint) => void;
+  /** a step is done: its gradient went back to the user (with where its time went) */
+  onStep?: (point: StepPoint) => void;
   /** the user was dropped from the round; everything was rolled back */
   onDropped?: (code: string, message: string) => void;
 }
@@ -149,6 +154,15 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
           : new EdgeError('USER_TIMEOUT', `no "${type}" frame within ${spec.userTimeoutMs} ms`),
       check,
     };
+  };
+  /** Runs `fn` and adds its duration to `into.ms` (a step's phase times), even when it throws. */
+  const timed = async <R>(into: { ms: number }, fn: () => Promise<R>): Promise<R> => {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      into.ms += performance.now() - t0;
+    }
   };
   /** Waits for the user's frame as `user.expect` does, adding the wait to the user's time. */
   const fromUserTimed = async <R>(wait: () => Promise<R>): Promise<R> => {
@@ -203,23 +217,27 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
       let out: BlocksForwardResult;
       let back: Incoming<'cloudToEdge', 'backward'>;
       let t0: number;
+      // this step's phases (StepTimes), each summed over its parts
+      const [fwdTime, bwdTime, cloudTime, userTime] = [{ ms: 0 }, { ms: 0 }, { ms: 0 }, { ms: 0 }];
       if (spec.labels === 'cloud') {
         const fwd = await fromUserTimed(() => user.expect(prompt, 'forward', fromUser('forward', forwardCheck(step))));
         h = fwd.h.data;
         t0 = performance.now();
-        out = await blocks.forward(train.adapter, h, B, T);
+        out = await timed(fwdTime, () => blocks.forward(train.adapter, h, B, T));
         releaseStep = deps.held.hold(arraysBytes([h, out.y, ...Object.values(out.saved)]));
-        back = await waiter.request(
-          () =>
-            cloud.send('forward', {
-              round,
-              step,
-              userId,
-              h: { data: out.y, shape: [B, T, D], codec },
-              targets: { data: fwd.targets.data, shape: [B, T] },
-            }),
-          'backward',
-          fromCloud(step, backwardOf),
+        back = await timed(cloudTime, () =>
+          waiter.request(
+            () =>
+              cloud.send('forward', {
+                round,
+                step,
+                userId,
+                h: { data: out.y, shape: [B, T, D], codec },
+                targets: { data: fwd.targets.data, shape: [B, T] },
+              }),
+            'backward',
+            fromCloud(step, backwardOf),
+          ),
         );
       } else {
         const fwd = await fromUserTimed(() =>
@@ -227,35 +245,42 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
         );
         h = fwd.h.data;
         t0 = performance.now();
-        out = await blocks.forward(train.adapter, h, B, T);
+        out = await timed(fwdTime, () => blocks.forward(train.adapter, h, B, T));
         releaseStep = deps.held.hold(arraysBytes([h, out.y, ...Object.values(out.saved)]));
-        const hidden = await waiter.request(
-          () => cloud.send('activations', { round, step, userId, h: { data: out.y, shape: [B, T, D], codec } }),
-          'hidden',
-          fromCloud(step, (m: Incoming<'cloudToEdge', 'hidden'>) => m.h),
-        );
-        const grad = await fromUserTimed(() =>
-          user.expect(
-            () => user.send('hidden', { round, step, h: { data: hidden.h.data, shape: [B, T, D], codec } }),
-            'head-grad',
-            fromUser('head-grad', headGradCheck(step)),
+        const hidden = await timed(cloudTime, () =>
+          waiter.request(
+            () => cloud.send('activations', { round, step, userId, h: { data: out.y, shape: [B, T, D], codec } }),
+            'hidden',
+            fromCloud(step, (m: Incoming<'cloudToEdge', 'hidden'>) => m.h),
           ),
         );
-        back = await waiter.request(
-          () =>
-            cloud.send('head-grad', {
-              round,
-              step,
-              userId,
-              loss: grad.loss,
-              count: grad.count,
-              dh: { data: grad.dh.data, shape: [B, T, D], codec },
-            }),
-          'backward',
-          fromCloud(step, backwardOf),
+        const grad = await timed(userTime, () =>
+          fromUserTimed(() =>
+            user.expect(
+              () => user.send('hidden', { round, step, h: { data: hidden.h.data, shape: [B, T, D], codec } }),
+              'head-grad',
+              fromUser('head-grad', headGradCheck(step)),
+            ),
+          ),
+        );
+        back = await timed(cloudTime, () =>
+          waiter.request(
+            () =>
+              cloud.send('head-grad', {
+                round,
+                step,
+                userId,
+                loss: grad.loss,
+                count: grad.count,
+                dh: { data: grad.dh.data, shape: [B, T, D], codec },
+              }),
+            'backward',
+            fromCloud(step, backwardOf),
+          ),
         );
       }
       let grads: Awaited<ReturnType<TurnBlocks['backward']>>;
+      const bwdStart = performance.now();
       try {
         grads = await blocks.backward(train.adapter, h, out.saved, back.dh.data, B, T);
       } finally {
@@ -263,6 +288,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
       }
       const { dx, loraGrads } = grads;
       train.step(loraGrads);
+      bwdTime.ms += performance.now() - bwdStart;
+      const times = { forwardMs: fwdTime.ms, backwardMs: bwdTime.ms, cloudMs: cloudTime.ms, userMs: userTime.ms };
       prompt = () => {
         user.send('backward', {
           round,
@@ -273,7 +300,8 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
         });
         tokens += back.count;
         const ms = performance.now() - t0;
-        deps.onStep?.({ userId, step, loss: back.loss, tokens: back.count, ms, at: new Date().toISOString() });
+        const at = new Date().toISOString();
+        deps.onStep?.({ userId, step, loss: back.loss, tokens: back.count, ms, at, ...times });
       };
     }
     // the adapter its check accepted, by the message that carried it

@@ -224,13 +224,18 @@ describe('the admin status', () => {
   it('numbers the recent steps in the order the edge ran them', async () => {
     const { app: a, edge } = await serving();
     const at = new Date().toISOString();
-    edge.activity.step(1, { userId: 'u1', step: 1, loss: 3, tokens: 4, ms: 5, at });
-    edge.activity.step(2, { userId: 'u1', step: 1, loss: 2.5, tokens: 4, ms: 5, at });
+    const times = { forwardMs: 1, backwardMs: 2, cloudMs: 1.5, userMs: 0.25 };
+    edge.activity.step(1, { userId: 'u1', step: 1, loss: 3, tokens: 4, ms: 5, at, ...times });
+    edge.activity.roundStarted(2);
+    edge.activity.step(2, { userId: 'u1', step: 1, loss: 2.5, tokens: 4, ms: 5, at, ...times });
     const s = await status(a);
     expect(s.steps.map((p: { round: number; n: number }) => [p.round, p.n])).toEqual([
       [1, 1],
       [2, 2],
     ]);
+    // the closed response schema lets each step's times through; the chart's loss series leaves them out
+    expect(s.steps[1]).toMatchObject(times);
+    expect(s.loss.points[0]).toEqual({ userId: 'u1', step: 1, loss: 2.5, tokens: 4, ms: 5, at });
   });
 });
 

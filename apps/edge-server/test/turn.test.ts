@@ -10,7 +10,7 @@ import { HeldBytes } from '@splitllm/federation';
 import type { Incoming, MessageOn } from '@splitllm/wire';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CloudError } from '../src/errors';
-import type { LossPoint } from '../src/telemetry';
+import type { StepPoint } from '../src/telemetry';
 import { relayTurn, type TurnSpec } from '../src/turn';
 import type { UserConn } from '../src/user-queue';
 import { FakeCloud, type FakeSocket, fakeBlocks, fakeTrainer, fakeUser, later, silentLog, wire } from './fakes';
@@ -103,13 +103,29 @@ function playDevice(conn: UserConn, socket: FakeSocket): void {
   };
 }
 
+/**
+ * Each step's times: finite, not negative, and parts of the step's `ms`, which the turn measures
+ * around all of them. The 1 ms slack is for rounding only (each part is its own difference of two
+ * clock readings); it is no timing budget.
+ */
+function expectStepTimes(steps: StepPoint[]): void {
+  for (const p of steps) {
+    const parts = [p.forwardMs, p.backwardMs, p.cloudMs, p.userMs];
+    for (const x of parts) {
+      expect(Number.isFinite(x), `step ${p.step}: ${parts}`).toBe(true);
+      expect(x).toBeGreaterThanOrEqual(0);
+    }
+    expect(parts.reduce((a, b) => a + b)).toBeLessThanOrEqual(p.ms + 1);
+  }
+}
+
 function setup(o: { poison?: boolean; spec?: TurnSpec; ownCopy?: boolean } = {}) {
   const { conn, socket } = fakeUser('u1');
   const cloud = new FakeCloud();
   const blocks = fakeBlocks(o);
   const train = fakeTrainer();
   const held = new HeldBytes();
-  const steps: LossPoint[] = [];
+  const steps: StepPoint[] = [];
   const drops: Array<{ code: string; message: string }> = [];
   const run = () =>
     relayTurn(o.spec ?? SPEC, {
@@ -152,6 +168,9 @@ describe('the turn relay', () => {
       ['u1', 1, 3, 3],
       ['u1', 2, 4, 3],
     ]);
+    expectStepTimes(t.steps);
+    // labels in the cloud: no head-grad to wait for within a step
+    expect(t.steps.map((p) => p.userMs)).toEqual([0, 0]);
     expect(t.train.taken).toBe(2);
     expect(t.train.restores).toBe(0);
     // the snapshot and each step's activations were held, and all given back when the turn ended
@@ -202,6 +221,8 @@ describe('the turn relay', () => {
       // identity blocks, a cloud that returns hL = h2 and dh2 = dhL: the tab's own values come back
       expect(Array.from(t.socket.last('hidden')!.h.data)).toEqual(Array(6).fill(0.5));
       expect(Array.from(backs[1].dh.data)).toEqual(Array(6).fill(-2));
+      expect(t.steps.map((p) => p.step)).toEqual([1, 2]);
+      expectStepTimes(t.steps);
       expect(t.train.taken).toBe(2);
       expect(t.conn.waitingFor).toBeUndefined();
     });

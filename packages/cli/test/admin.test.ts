@@ -51,6 +51,23 @@ interface AdminStatus {
     round: number | null;
     points: Array<{ userId: string; step: number; loss: number; ms: number; tokens: number; at: string }>;
   };
+  steps: Array<{ step: number; ms: number; forwardMs: number; backwardMs: number; cloudMs: number; userMs: number }>;
+}
+
+/**
+ * A step's phase times: each finite and not negative, and together no more than the step's `ms`,
+ * which is measured around all of them. The 1 ms slack is for rounding only (each part is its own
+ * difference of two clock readings); it is no timing budget.
+ */
+function expectParts(what: string, ms: number, parts: Array<number | undefined>): void {
+  for (const x of parts) {
+    expect(Number.isFinite(x), `${what}: ${parts}`).toBe(true);
+    expect(x).toBeGreaterThanOrEqual(0);
+  }
+  expect(
+    parts.reduce((a: number, b) => a + (b ?? 0), 0),
+    what,
+  ).toBeLessThanOrEqual(ms + 1);
 }
 
 describe('the edge operator dashboard', () => {
@@ -170,6 +187,13 @@ describe('the edge operator dashboard', () => {
     );
     const seen = events.flatMap((e) => (e.type === 'step' ? [[e.loss, e.tokens]] : []));
     expect(s.loss.points.map((p) => [p.loss, p.tokens])).toEqual(seen);
+    // where each step's time went, on the user's side (labels on the device: the head too) and the edge's
+    const userSteps = events.flatMap((e) => (e.type === 'step' ? [e] : []));
+    expect(userSteps).toHaveLength(STEPS);
+    for (const e of userSteps)
+      expectParts(`user step ${e.step}`, e.ms, [e.forwardMs, e.backwardMs, e.headMs, e.waitMs]);
+    expect(s.steps.map((p) => p.step)).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
+    for (const p of s.steps) expectParts(`edge step ${p.step}`, p.ms, [p.forwardMs, p.backwardMs, p.cloudMs, p.userMs]);
 
     const pub = await fetch(`${edge.url}/api/status`);
     expect(pub.status).toBe(200);

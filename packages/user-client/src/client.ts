@@ -12,6 +12,10 @@
  * Frames are the typed messages of @splitllm/wire: userToEdge out, edgeToUser in, adapterFile
  * for the adapter download. A reply the client waits for goes through one MessageWaiter, and
  * always with request(send, ...), so a failed send leaves no wait behind.
+ *
+ * Each `step` event says where the step's time went on this side (forward, head, backward with
+ * AdamW, and the wait for the edge's answers), so a run can set it against the edge's and the
+ * cloud's own records (scripts/device/system.ts).
  */
 import {
   addGaussianNoise,
@@ -168,7 +172,16 @@ export type UserEvent =
       steps: number;
       loss: number;
       tokens: number;
+      /** the whole step on this side, from the batch to the end of AdamW */
       ms: number;
+      /** parts of `ms`: the trainer's forward (with the activation noise on its copy) */
+      forwardMs: number;
+      /** the trainer's backward and AdamW */
+      backwardMs: number;
+      /** labels on the device: the head, the loss and dL/dhL on the edge's last hidden state */
+      headMs?: number;
+      /** awaiting the edge's answers ('hidden' and 'backward'), the encoding of the frame sent included */
+      waitMs: number;
       bytesOut: number;
       bytesIn: number;
     }
@@ -579,47 +592,64 @@ export class UserClient {
           : await this.adapter(version);
       await trainer.setAdapter(start);
       let tokens = 0;
+      /** awaits `fn`, adding its duration to `into.ms` (the step's phase times) */
+      const timed = async <R>(into: { ms: number }, fn: () => Promise<R>): Promise<R> => {
+        const start = performance.now();
+        try {
+          return await fn();
+        } finally {
+          into.ms += performance.now() - start;
+        }
+      };
       for (let step = 1; step <= steps; step++) {
         const t0 = performance.now();
+        const [fwdTime, bwdTime, headTime, waitTime] = [{ ms: 0 }, { ms: 0 }, { ms: 0 }, { ms: 0 }];
         const out0 = this.bytesOut;
         const in0 = this.bytesIn;
         const batch = this.o.batches(B, T, this.config!);
         const { labels, activationNoise } = this.manifest!.train;
         // additive noise: dL/dh1 at the noisy h1 is what the backward needs (d(h1 + n)/dh1 = 1). On a
         // copy: an engine may keep the array it returned for its own use
-        let h1 = await trainer.forward(batch);
-        if (activationNoise > 0) {
-          h1 = h1.slice();
-          addGaussianNoise(h1, activationNoise, this.noiseNormal);
-        }
+        const h1 = await timed(fwdTime, async () => {
+          const h = await trainer.forward(batch);
+          if (activationNoise <= 0) return h;
+          const noisy = h.slice();
+          addGaussianNoise(noisy, activationNoise, this.noiseNormal);
+          return noisy;
+        });
         const accept = (m: { type: string; round: number; step: number }) => expectRoundStep(m, round, step);
         let back: Incoming<'edgeToUser', 'backward'>;
         let loss: number;
         let count: number;
         if (labels === 'cloud') {
-          back = await this.waiter.request(
-            () =>
-              this.sendMessage('forward', {
-                round,
-                step,
-                h: { data: h1, shape: [B, T, D], codec },
-                targets: { data: batch.targets, shape: [B, T] },
-              }),
-            'backward',
-            { accept },
+          back = await timed(waitTime, () =>
+            this.waiter.request(
+              () =>
+                this.sendMessage('forward', {
+                  round,
+                  step,
+                  h: { data: h1, shape: [B, T, D], codec },
+                  targets: { data: batch.targets, shape: [B, T] },
+                }),
+              'backward',
+              { accept },
+            ),
           );
           loss = back.loss;
           count = back.count;
         } else {
           // the labels stay here: the cloud sends the last hidden state back, the head runs here
-          const hidden = await this.waiter.request(
-            () => this.sendMessage('activations', { round, step, h: { data: h1, shape: [B, T, D], codec } }),
-            'hidden',
-            { accept },
+          const hidden = await timed(waitTime, () =>
+            this.waiter.request(
+              () => this.sendMessage('activations', { round, step, h: { data: h1, shape: [B, T, D], codec } }),
+              'hidden',
+              { accept },
+            ),
           );
           let head: { loss: number; count: number; dh: Float32Array };
           try {
-            head = await trainer.headStep(expectShape(hidden.h, 'hL', [B, T, D]), batch.targets);
+            const hL = expectShape(hidden.h, 'hL', [B, T, D]);
+            head = await timed(headTime, () => trainer.headStep(hL, batch.targets));
           } catch (e) {
             if (e instanceof ProtocolError) throw e;
             throw new ClientError(
@@ -628,21 +658,18 @@ export class UserClient {
             );
           }
           ({ loss, count } = head);
-          back = await this.waiter.request(
-            () =>
-              this.sendMessage('head-grad', {
-                round,
-                step,
-                loss,
-                count,
-                dh: { data: head.dh, shape: [B, T, D], codec },
-              }),
-            'backward',
-            { accept },
+          const dh = head.dh;
+          back = await timed(waitTime, () =>
+            this.waiter.request(
+              () =>
+                this.sendMessage('head-grad', { round, step, loss, count, dh: { data: dh, shape: [B, T, D], codec } }),
+              'backward',
+              { accept },
+            ),
           );
         }
         const dh1 = expectShape(back.dh, 'dh', [B, T, D]);
-        await trainer.backwardAndStep(dh1);
+        await timed(bwdTime, () => trainer.backwardAndStep(dh1));
         tokens += count;
         this.emit({
           type: 'step',
@@ -652,6 +679,10 @@ export class UserClient {
           loss,
           tokens: count,
           ms: performance.now() - t0,
+          forwardMs: fwdTime.ms,
+          backwardMs: bwdTime.ms,
+          ...(labels === 'device' ? { headMs: headTime.ms } : {}),
+          waitMs: waitTime.ms,
           bytesOut: this.bytesOut - out0,
           bytesIn: this.bytesIn - in0,
         });
