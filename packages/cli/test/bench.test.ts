@@ -60,6 +60,8 @@ describe('splitllm bench', () => {
       expect(round.userEdgeBytes).toBeGreaterThan(0);
       expect(round.edgeCloudBytes).toBeGreaterThan(0);
       expect(round.memory.cloud.heldPeak).toBeGreaterThan(0);
+      expect(round.pids?.cloud).toBeGreaterThan(0);
+      expect(Object.keys(round.pids?.edges ?? {})).toEqual(['edge-0']);
       expect(Number.isFinite(round.heldOutLoss)).toBe(true);
       expect(p.summary!.finalHeldOutLoss).toBe(round.heldOutLoss);
     }
@@ -88,6 +90,54 @@ describe('splitllm bench', () => {
     expect(r.stdout).toContain('not drawn: round time vs link rate');
   }, 600_000);
 
+  it('passes --provider to every point, records it and what each part ran on, and the processes of each round', () => {
+    const out = join(tmp, 'provider');
+    // cuda: a provider other than the parts' default, so the logs show that it was passed on; where it cannot
+    // start (no CUDA on this machine) the runner falls back to cpu, and the results must say so
+    const r = cli([
+      'bench',
+      ...['--provider', 'cuda', '--schemes', 'hierarchical', '--users-per-edge', '1', '--edges', '1'],
+      ...['--rounds', '1', '--steps-per-user', '1', '--engine', 'reference', '--out', out],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const results = readResults(out);
+    expect(results.settings.provider).toBe('cuda');
+    const [point] = results.points;
+    expect(point.status).toBe('ok');
+    // the processes that ran the round: the cloud's and the edge's ids, integers > 0, each its own
+    const pids = point.rounds[0].pids!;
+    expect(Object.keys(pids.edges)).toEqual(['edge-0']);
+    const all = [pids.cloud, pids.edges['edge-0']];
+    for (const pid of all) expect(Number.isSafeInteger(pid) && pid > 0, String(pid)).toBe(true);
+    expect(new Set([...all, process.pid]).size).toBe(3);
+    // the ids are the parts' own (each part's structured log stamps its lines with its pid), and each
+    // part was asked for the sweep's provider
+    const logLines = (log: string) =>
+      readFileSync(join(out, point.logDir!, log), 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { pid?: number; msg?: string });
+    for (const [log, pid] of [
+      ['cloud.log', pids.cloud],
+      ['edge-0.log', pids.edges['edge-0']],
+    ] as const) {
+      expect(new Set(logLines(log).map((l) => l.pid)), log).toEqual(new Set([pid]));
+      expect(
+        logLines(log).some((l) => l.msg?.startsWith('onnx runner: provider cuda requested')),
+        log,
+      ).toBe(true);
+    }
+    // when the point ran, so that samples taken from outside can be joined within its time
+    expect(Number.isNaN(Date.parse(point.startedAt!))).toBe(false);
+    // what each part ran on, and a reader of the table sees it: the provider asked for, and any part not on it
+    expect(Object.keys(point.providers!).sort()).toEqual(['cloud', 'edge-0']);
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    expect(md).toContain("the edges and the cloud on onnxruntime's cuda provider");
+    for (const [part, ran] of Object.entries(point.providers!)) {
+      if (ran !== 'cuda') expect(md).toContain(`${part} ran on ${ran}`);
+    }
+  });
+
   it('records a point that fails with its reason and log, and goes on to the next point', () => {
     const out = join(tmp, 'failing');
     // 1 s cannot hold a point: simulate alone needs longer to compile and start its cloud, so both
@@ -115,6 +165,7 @@ describe('splitllm bench', () => {
       [['--links', '10,0'], /--links rate 0 Mbps: a link needs a rate > 0/],
       [['--schemes', 'hierarchical,ring'], /unknown scheme "ring"/],
       [['--model', 'random:gpt3'], /unknown --model "random:gpt3"/],
+      [['--provider', 'bogus'], /--provider must be one of cpu, cuda, webgpu, got "bogus"/],
       [['--model', join(tmp, 'no-such-model')], /is not shipped, random:gpt2-small or a model directory/],
     ];
     for (const [args, message] of cases) {

@@ -207,6 +207,50 @@ the adapter loads in eval`, () => {
     expect(afterLoss).toBeLessThan(before - 0.01);
   });
 
+  it('refuses an unknown --provider with one line and exit code 2 before anything starts', () => {
+    const out = join(tmp, 'provider-bogus');
+    const r = cli([
+      ...['simulate', '--provider', 'bogus', '--edges', '1', '--users', '1', '--rounds', '1'],
+      ...['--steps-per-user', '1', '--data', join(DATA, 'sotu/train'), '--seed', '1', '--out', out],
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual(['splitllm: --provider must be one of cpu, cuda, webgpu, got "bogus"']);
+    // nothing started: simulate creates --out (and the parts' logs in it) only after every check
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('passes --provider to the cloud and the edge, and names their process ids in every round line', () => {
+    const out = join(tmp, 'provider-pids');
+    // cuda: a provider other than the parts' default, so the logs show that it was passed on; where it cannot
+    // start (no CUDA here) the runner falls back to cpu and the run goes on (packages/onnx-runner)
+    const [line] = simulate(out, [
+      ...['--provider', 'cuda', '--edges', '1', '--users', '1', '--rounds', '1', '--steps-per-user', '1'],
+      ...['--data', join(DATA, 'sotu/train/user-1.txt'), '--seed', '1', '--engine', 'reference'],
+    ]);
+    const pids = (line as unknown as { pids: { cloud: number; edges: Record<string, number> } }).pids;
+    expect(Object.keys(pids.edges)).toEqual(['edge-0']);
+    const all = [pids.cloud, pids.edges['edge-0']];
+    for (const pid of all) expect(Number.isSafeInteger(pid) && pid > 0, String(pid)).toBe(true);
+    expect(new Set([...all, process.pid]).size).toBe(3);
+    // rounds.json carries the same
+    expect((rounds(out)[0] as unknown as { pids: unknown }).pids).toEqual(pids);
+    // the ids are the parts' own: each part's structured log stamps its lines with its pid
+    for (const [log, pid] of [
+      ['cloud.log', pids.cloud],
+      ['edge-0.log', pids.edges['edge-0']],
+    ] as const) {
+      const logged = readFileSync(join(out, 'logs', log), 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { pid?: number; msg?: string });
+      expect(new Set(logged.map((l) => l.pid).filter((p) => p !== undefined)), log).toEqual(new Set([pid]));
+      expect(
+        logged.some((l) => l.msg?.startsWith('onnx runner: provider cuda requested')),
+        log,
+      ).toBe(true);
+    }
+  });
+
   it('sends fewer bytes with f16 and int8, and trains alike', () => {
     const text = join(DATA, 'sotu/train/user-3.txt');
     const run = (codec: string) => {

@@ -58,6 +58,39 @@ function headline(results: BenchResults): string[] {
   return lines;
 }
 
+/**
+ * The edges' and the cloud's onnxruntime provider as the intro says it. Results written before the
+ * setting existed (no field) ran on cpu, as do those that left it to the parts (null).
+ */
+function providerText(provider: string | null | undefined): string {
+  return provider ? `the edges and the cloud on onnxruntime's ${provider} provider` : 'the edges and the cloud on cpu';
+}
+
+/** The title names a provider only when one was asked for, so a CPU sweep's title reads as it always did. */
+function providerTitle(provider: string | null | undefined): string {
+  return provider ? ` (edges and cloud on ${provider})` : '';
+}
+
+/**
+ * One line per point whose parts did not all run on the provider asked for (a GPU provider that could not
+ * start leaves a part on cpu), so that a table headed "webgpu" never silently holds cpu figures.
+ */
+function fallbackLines(results: BenchResults): string[] {
+  const asked = results.settings.provider || 'cpu';
+  const lines: string[] = [];
+  for (const p of results.points) {
+    const other = Object.entries(p.providers ?? {}).filter(([, v]) => v !== asked);
+    if (other.length > 0) lines.push(`- ${p.id}: ${other.map(([part, v]) => `${part} ran on ${v}`).join(', ')}`);
+  }
+  if (lines.length === 0) return [];
+  return [
+    '',
+    `**Not on ${asked}:** these points' parts fell back to another provider (their logs say why):`,
+    '',
+    ...lines,
+  ];
+}
+
 const peakCells = (p: ProcessPeak | undefined) => (p ? [bytesText(p.heldPeak), bytesText(p.peakRss)] : ['', '']);
 
 function row(p: PointResult): string {
@@ -87,7 +120,7 @@ export function writeResultsMd(out: string, results: BenchResults, plots: PlotOu
   const m = results.machine;
   const failed = results.points.filter((p) => p.status !== 'ok');
   const lines = [
-    `# splitllm bench: ${s.schemes.join(' / ')} on ${s.model}`,
+    `# splitllm bench: ${s.schemes.join(' / ')} on ${s.model}${providerTitle(s.provider)}`,
     '',
     `Run ${results.createdAt} with \`splitllm bench ${results.argv.join(' ')}\`.`,
     '',
@@ -96,8 +129,10 @@ export function writeResultsMd(out: string, results: BenchResults, plots: PlotOu
       `on loopback; ${s.rounds} round(s) of ${s.stepsPerUser} step(s) per user` +
       (s.batchSize !== null ? `, batch ${s.batchSize}` : '') +
       (s.seqLen !== null ? `, ${s.seqLen} tokens a row` : '') +
-      `, aggregation ${s.aggregation}, seed ${s.seed}, the users' engine ${s.engine}, the demo users' SOTU text; ` +
+      `, aggregation ${s.aggregation}, seed ${s.seed}, the users' engine ${s.engine}, ` +
+      `${providerText(s.provider)}, the demo users' SOTU text; ` +
       `at most ${s.timeoutS} s a point.`,
+    ...fallbackLines(results),
     '',
     'Memory is each process\'s peak over the rounds: "held" is the per-user training state the process held ' +
       '(LoRA copies, AdamW moments, saved activations; exact bytes, the quantity the schemes differ in), ' +

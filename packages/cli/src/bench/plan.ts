@@ -6,6 +6,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { AGGREGATION_NAMES } from '@splitllm/federation';
+import { EXECUTION_PROVIDERS, type ExecutionProvider } from '@splitllm/onnx-runner';
 import { LinkError, parseLinkSpec } from '@splitllm/user-client/node';
 import { TRAINING_SCHEMES, type TrainingScheme } from '@splitllm/wire';
 import { type Args, UsageError } from '../args';
@@ -41,6 +42,8 @@ export interface BenchPlan {
   aggregation: string;
   /** the headless users' engine (simulate --engine) */
   engine: string;
+  /** the edges' and the cloud's onnxruntime provider (simulate --provider); undefined: the parts' default, cpu */
+  provider?: ExecutionProvider;
   seed: number;
   /** the held-out text scored after each round, when --eval */
   evalText?: string;
@@ -172,6 +175,10 @@ export function parsePlan(args: Args): BenchPlan {
   const engine = args.optionalString('engine') ?? BENCH_DEFAULTS.engine;
   if (!USER_ENGINES.includes(engine))
     throw new UsageError(`bench: --engine must be one of ${USER_ENGINES.join(', ')}, got "${engine}"`);
+  const providerArg = args.optionalString('provider');
+  if (providerArg !== undefined && !(EXECUTION_PROVIDERS as readonly string[]).includes(providerArg))
+    throw new UsageError(`bench: --provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${providerArg}"`);
+  const provider = providerArg as ExecutionProvider | undefined;
   const timeoutS = args.float('timeout', BENCH_DEFAULTS.timeoutS, 1);
   const maxUsers = args.int('max-users', BENCH_DEFAULTS.maxUsers, 1);
 
@@ -205,6 +212,7 @@ export function parsePlan(args: Args): BenchPlan {
     seqLen,
     aggregation,
     engine,
+    provider,
     seed,
     evalText,
     timeoutS,

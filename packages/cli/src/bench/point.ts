@@ -6,7 +6,7 @@
  * never throws, so the sweep goes on.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { REPO_ROOT } from '../io';
@@ -151,9 +151,40 @@ function simulateArgs(point: BenchPoint, plan: BenchPlan, modelDir: string, dir:
   ];
   if (plan.batchSize !== undefined) args.push('--batch-size', String(plan.batchSize));
   if (plan.seqLen !== undefined) args.push('--seq-len', String(plan.seqLen));
+  if (plan.provider !== undefined) args.push('--provider', plan.provider);
   // --eval reads every round's adapter after the run: the cloud keeps them all, in a state that stays
   if (keepState) args.push('--state', join(dir, 'state'), '--keep-versions', '0');
   return args;
+}
+
+/**
+ * The onnxruntime provider each server part ran on, from its structured log: the cloud's "cloud server
+ * listening" line and each edge's "edge server ready" line name the provider after any fallback (a
+ * GPU provider that could not start leaves the runner on cpu), which --provider alone does not say.
+ * A part whose log has no such line is left out.
+ */
+export function partProviders(logDir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!existsSync(logDir)) return out;
+  const parts = readdirSync(logDir)
+    .filter((f) => f === 'cloud.log' || /^edge-\d+\.log$/.test(f))
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  for (const file of parts) {
+    for (const line of readFileSync(join(logDir, file), 'utf8').split('\n')) {
+      if (!line.startsWith('{')) continue;
+      let j: { msg?: unknown; provider?: unknown };
+      try {
+        j = JSON.parse(line) as typeof j;
+      } catch {
+        continue; // a line onnxruntime wrote into the log, not the part's
+      }
+      if ((j.msg === 'cloud server listening' || j.msg === 'edge server ready') && typeof j.provider === 'string') {
+        out[file.slice(0, -'.log'.length)] = j.provider;
+        break;
+      }
+    }
+  }
+  return out;
 }
 
 /** Runs one point (see the header); resolves with its result, never rejects. */
@@ -163,6 +194,8 @@ export async function runPoint(point: BenchPoint, plan: BenchPlan, ctx: PointCon
   result.logDir = join('points', point.id, 'logs');
   const rounds: RoundFigures[] = [];
   let lineError: Error | undefined;
+  // when the point's processes ran: samples taken from outside (device memory) are joined by pid within it
+  result.startedAt = new Date().toISOString();
   const t0 = performance.now();
   const o = await runCli(
     simulateArgs(point, plan, ctx.modelDir, dir, ctx.heldoutFile !== undefined),
@@ -181,6 +214,7 @@ export async function runPoint(point: BenchPoint, plan: BenchPlan, ctx: PointCon
   );
   result.wallMs = Math.round(performance.now() - t0);
   result.rounds = rounds;
+  result.providers = partProviders(join(dir, 'logs'));
   const fail = (reason: string, tail: string) => {
     result.status = 'failed';
     result.reason = reason;

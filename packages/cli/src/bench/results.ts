@@ -6,6 +6,8 @@
  *
  * The round lines are parsed strictly: a line without the scheme's figures (bytes per hop, each
  * process's memory) fails its point, since a figure that is silently missing would plot as nothing.
+ * The process ids (`pids`) are optional, so that results written before simulate printed them
+ * still parse; where present they are checked like the rest.
  */
 import { writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -19,6 +21,11 @@ export interface ProcessPeak {
   peakRss: number | null;
   /** the high-water bytes of per-user training state it held: LoRA copies, AdamW moments, saved activations */
   heldPeak: number;
+}
+
+export interface RoundPids {
+  cloud: number;
+  edges: Record<string, number>;
 }
 
 export interface RoundFigures {
@@ -35,6 +42,12 @@ export interface RoundFigures {
   userEdgeBytes: number;
   edgeCloudBytes: number;
   memory: { cloud: ProcessPeak; edges: Record<string, ProcessPeak> };
+  /**
+   * the process ids of the cloud and of each edge (keyed like memory.edges) that ran the round, so that
+   * figures sampled per process from outside (scripts/device/gpumem.py's device memory) join the point;
+   * absent in results written before simulate printed them
+   */
+  pids?: RoundPids;
   /** the held-out loss of the global adapter after this round (--eval) */
   heldOutLoss?: number;
 }
@@ -74,6 +87,13 @@ export interface PointResult {
   logDir?: string;
   /** the point's timeout ran out (the sweep skips its larger N) */
   timedOut?: boolean;
+  /**
+   * the onnxruntime provider each server part ran on ("cloud", "edge-0", ...), from its log: after a
+   * fallback it differs from settings.provider; absent in results written before it was recorded
+   */
+  providers?: Record<string, string>;
+  /** when simulate was started (ISO 8601); absent in results written before it was recorded */
+  startedAt?: string;
   /** the simulate process's wall time, start-up included */
   wallMs?: number;
   rounds: RoundFigures[];
@@ -98,6 +118,8 @@ export interface BenchResults {
     seqLen: number | null;
     aggregation: string;
     engine: string;
+    /** the edges' and the cloud's onnxruntime provider; null: the parts' default (cpu); absent in older results */
+    provider?: string | null;
     seed: number;
     evalText: string | null;
     timeoutS: number;
@@ -136,6 +158,25 @@ function processPeak(v: unknown, where: string): ProcessPeak {
   return { peakRss: rss as number | null, heldPeak: bytesField(j, 'heldPeak', where) };
 }
 
+/** A process id: an integer > 0. */
+function pidField(v: unknown, where: string): number {
+  if (!(typeof v === 'number' && Number.isSafeInteger(v) && v > 0))
+    throw new Error(`${where}: a process id must be an integer > 0, got ${String(v)}`);
+  return v;
+}
+
+/** The round line's `pids`, when it has them (see the header). */
+function roundPids(j: Record<string, unknown>, where: string): RoundPids | undefined {
+  if (j.pids === undefined) return undefined;
+  const p = j.pids as Record<string, unknown>;
+  if (typeof p !== 'object' || p === null) throw new Error(`${where}: "pids" is not an object`);
+  const edgesRaw = field(p, 'edges', `${where} pids`);
+  if (typeof edgesRaw !== 'object' || edgesRaw === null) throw new Error(`${where}: "pids.edges" is not an object`);
+  const edges: Record<string, number> = {};
+  for (const [id, v] of Object.entries(edgesRaw)) edges[id] = pidField(v, `${where} pids.edges.${id}`);
+  return { cloud: pidField(field(p, 'cloud', `${where} pids`), `${where} pids.cloud`), edges };
+}
+
 /**
  * One `simulate --json` line as RoundFigures; throws an Error naming the missing or malformed field
  * (a cloud without the scheme's figures, or with another scheme than the point asked for).
@@ -150,6 +191,7 @@ export function parseRoundLine(j: Record<string, unknown>, scheme: TrainingSchem
   if (typeof edgesRaw !== 'object' || edgesRaw === null) throw new Error(`${where}: "memory.edges" is not an object`);
   const edges: Record<string, ProcessPeak> = {};
   for (const [id, e] of Object.entries(edgesRaw)) edges[id] = processPeak(e, `${where} memory.edges.${id}`);
+  const pids = roundPids(j, where);
   return {
     round: num(j, 'round', where),
     version: num(j, 'version', where),
@@ -162,6 +204,7 @@ export function parseRoundLine(j: Record<string, unknown>, scheme: TrainingSchem
     userEdgeBytes: bytesField(j, 'userEdgeBytes', where),
     edgeCloudBytes: bytesField(j, 'edgeCloudBytes', where),
     memory: { cloud: processPeak(field(memory, 'cloud', `${where} memory`), `${where} memory.cloud`), edges },
+    ...(pids ? { pids } : {}),
   };
 }
 
@@ -250,6 +293,7 @@ export function settingsOf(plan: BenchPlan): BenchResults['settings'] {
     seqLen: plan.seqLen ?? null,
     aggregation: plan.aggregation,
     engine: plan.engine,
+    provider: plan.provider ?? null,
     seed: plan.seed,
     evalText: plan.evalText === undefined ? null : shownPath(plan.evalText),
     timeoutS: plan.timeoutS,

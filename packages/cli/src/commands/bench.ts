@@ -9,6 +9,7 @@
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
+import { EXECUTION_PROVIDERS } from '@splitllm/onnx-runner';
 import { TRAINING_SCHEMES } from '@splitllm/wire';
 import { Args } from '../args';
 import { writeResultsMd } from '../bench/markdown';
@@ -31,7 +32,7 @@ const D = BENCH_DEFAULTS;
 export const benchHelp = `splitllm bench [--schemes LIST] [--users-per-edge LIST] [--edges LIST]
     [--model shipped|${RANDOM_GPT2_SMALL}|DIR] [--rounds R] [--steps-per-user S] [--links LIST]
     [--batch-size B] [--seq-len T] [--aggregation NAME] [--engine E] [--seed S] [--eval] [--eval-text FILE_OR_DIR]
-    [--timeout SECONDS] [--max-users U] [--out DIR]
+    [--provider ${EXECUTION_PROVIDERS.join('|')}] [--timeout SECONDS] [--max-users U] [--out DIR]
   Sweeps scheme x users per edge N x edges E x link: each point is one \`splitllm simulate\` run with
   N x E headless users, and records each server's peak memory (the per-user training state it held,
   exactly, and its high-water RSS), the round wall time, the bytes on each hop and, with --eval, the
@@ -44,6 +45,10 @@ export const benchHelp = `splitllm bench [--schemes LIST] [--users-per-edge LIST
   --rounds R (default ${D.rounds}), --steps-per-user S (default ${D.stepsPerUser}); --batch-size and --seq-len go to
                     simulate (its defaults otherwise); --aggregation default ${D.aggregation}; --seed default ${D.seed};
                     --engine: the headless users' (${USER_ENGINES.join(', ')}; default ${D.engine})
+  --provider        the edges' and the cloud's onnxruntime provider (\`simulate --provider\`; default: theirs,
+                    cpu), recorded in results.json and named in results.md; --eval's \`splitllm eval\` stays on cpu.
+                    Every round in results.json names the cloud's and the edges' process ids (pids), so figures
+                    sampled per process join the points (scripts/device/bench-gpumem.ts: device memory)
   --links           comma-separated link settings, each a point of its own: none (default), a rate in
                     Mbps (every user that rate each way, ${RATE_LINK_LATENCY_MS} ms latency, no loss: two or more
                     rates draw round time vs link rate), or a \`simulate --links\` spec
@@ -80,6 +85,26 @@ function writeRateTables(plan: BenchPlan): void {
   }
 }
 
+/**
+ * The SVG plots, or, where vega or vega-lite is not installed (the GPU device run's packed node_modules
+ * leaves them out: scripts/device/pack.sh), none, each said not drawn and why, so that a sweep's
+ * measured points still get their results.md and exit status. Any other error is the plots' own.
+ */
+async function plotsIfInstalled(out: string, results: BenchResults, log: (line: string) => void) {
+  let plotsModule: typeof import('../bench/plots');
+  try {
+    // loaded here only: vega and vega-lite are large, and no other command (no server process) needs them
+    plotsModule = await import('../bench/plots');
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    if (code !== 'ERR_MODULE_NOT_FOUND' && code !== 'MODULE_NOT_FOUND') throw e;
+    const why = `vega or vega-lite is not installed (${(e as Error).message.split('\n')[0]})`;
+    log(`no plots: ${why}`);
+    return [{ title: 'plots', skipped: why }];
+  }
+  return plotsModule.writePlots(out, results);
+}
+
 export async function benchCommand(argv: string[]): Promise<void> {
   const args = Args.parse('bench', argv, {
     schemes: { type: 'string' },
@@ -93,6 +118,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
     'seq-len': { type: 'string' },
     aggregation: { type: 'string' },
     engine: { type: 'string' },
+    provider: { type: 'string' },
     seed: { type: 'string' },
     eval: { type: 'boolean' },
     'eval-text': { type: 'string' },
@@ -136,7 +162,8 @@ export async function benchCommand(argv: string[]): Promise<void> {
   try {
     log(
       `${n} points (${plan.schemes.length} schemes x N ${plan.usersPerEdge.join(',')} x E ${plan.edges.join(',')}` +
-        ` x ${plan.links.length} link setting(s)), model ${plan.model.label}; results in ${plan.out}`,
+        ` x ${plan.links.length} link setting(s)), model ${plan.model.label}, edges and cloud on ` +
+        `${plan.provider ?? 'cpu (their default)'}; results in ${plan.out}`,
     );
     const modelDir = modelDirFor(plan.model, workDir, log);
     const onChild = (c: RunningChild | undefined) => {
@@ -198,9 +225,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
     rmSync(workDir, { recursive: true, force: true });
   }
   const json = writeResultsJson(plan.out, results);
-  // loaded here only: vega and vega-lite are large, and no other command (no server process) needs them
-  const { writePlots } = await import('../bench/plots');
-  const plots = await writePlots(plan.out, results);
+  const plots = await plotsIfInstalled(plan.out, results, log);
   const md = writeResultsMd(plan.out, results, plots);
   console.log(`results: ${json}`);
   console.log(`table:   ${md}`);

@@ -4,6 +4,7 @@
  * final global adapter (PEFT layout) to --out.
  */
 import { AGGREGATION_NAMES } from '@splitllm/federation';
+import { EXECUTION_PROVIDERS } from '@splitllm/onnx-runner';
 import { CODECS, TRAINING_SCHEMES } from '@splitllm/wire';
 import { DEFAULT_LORA_TRAIN } from '@splitllm/model';
 import { loadModelAdapterDir, saveModelAdapterDir } from '@splitllm/model/node';
@@ -22,17 +23,20 @@ export const simulateHelp = `splitllm simulate --edges E --users U --rounds R --
     [--scheme ${TRAINING_SCHEMES.join('|')}] [--users-per-edge N] [--aggregation NAME]
     [--links none|table:FILE.json|random:SEED[:LO-HI]|shannon:SEED[:RADIUS]]
     [--engine auto|wgsl|wasm|reference] [--batch-size B] [--seq-len T] [--lr LR] [--adam-eps EPS]
-    [--state DIR] [--keep-versions N] [--threads N] [--json]
+    [--state DIR] [--keep-versions N] [--threads N] [--provider ${EXECUTION_PROVIDERS.join('|')}] [--json]
   --model: moby-tiny (the shipped GPT-2, default), moby-llama-tiny (the shipped LLaMA-architecture
   model) or a model directory of either family.
   Starts a cloud, E edges and U headless users as separate processes on loopback and runs R
   rounds. User i trains on the i-th .txt file of DIR (cycling), or all on FILE; its batches come
   from seed S+i. Prints one line per round (--json: one JSON object with round, loss, users,
   bytes, the scheme, the bytes of each hop and the peak memory of the cloud and each edge, as the
-  cloud reports them), writes the final global adapter to DIR in PEFT layout, logs to DIR/logs,
-  and every round's line with its adapter directory to DIR/rounds.json.
+  cloud reports them, and pids: the process id of the cloud and of each edge, to join with
+  per-process figures sampled from outside), writes the final global adapter to DIR in PEFT layout,
+  logs to DIR/logs, and every round's line with its adapter directory to DIR/rounds.json.
   --scheme, --aggregation, --keep-versions and the training settings go to the cloud (see
   \`splitllm cloud\`); --state DIR keeps the cloud's state (a temporary one is removed otherwise).
+  --provider goes to the cloud and to every edge (their onnxruntime execution provider; left out, theirs
+  is cpu); --threads too (their intra-op threads, default 1).
   A measurement run: a part that exits before round R fails the run with the tail of its log
   (nothing is restarted, so no figure mixes a restart in; \`serve\` restarts parts).
   --links gives user i the i-th link of the spec (see \`splitllm user --link\`), so round times include
@@ -54,6 +58,12 @@ function dataFiles(path: string): string[] {
     .map((f) => resolve(path, f));
   if (files.length === 0) throw new UsageError(`--data directory "${path}" has no .txt files`);
   return files;
+}
+
+/** A part's process id; a part that has been ready has one (spawn failed otherwise). */
+function pidOf(p: Part): number {
+  if (p.child.pid === undefined) throw new Error(`${p.name} has no process id (it did not start)`);
+  return p.child.pid;
 }
 
 /** ", training state held at peak: cloud X MiB, edges Y MiB": the round's memory for the human-readable line. */
@@ -91,6 +101,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     scheme: { type: 'string' },
     aggregation: { type: 'string' },
     'keep-versions': { type: 'string' },
+    provider: { type: 'string' },
   });
   const E = args.int('edges', undefined, 1);
   const U = args.int('users', undefined, 1);
@@ -110,6 +121,11 @@ export async function simulateCommand(argv: string[]): Promise<void> {
   if (aggregation !== undefined && !AGGREGATION_NAMES.includes(aggregation))
     throw new UsageError(`--aggregation must be one of ${AGGREGATION_NAMES.join(', ')}, got "${aggregation}"`);
   if (args.optionalString('keep-versions') !== undefined) args.int('keep-versions', undefined, 0);
+  const provider = args.optionalString('provider');
+  if (provider !== undefined && !(EXECUTION_PROVIDERS as readonly string[]).includes(provider))
+    throw new UsageError(`--provider must be one of ${EXECUTION_PROVIDERS.join(', ')}, got "${provider}"`);
+  // the cloud and the edges get it alike; left out, each part keeps its own default
+  const providerArgs = provider === undefined ? [] : ['--provider', provider];
   let links: ReturnType<typeof parseLinkSpec>;
   try {
     links = parseLinkSpec(args.optionalString('links') ?? 'none');
@@ -169,11 +185,14 @@ export async function simulateCommand(argv: string[]): Promise<void> {
         // a measurement run joins all its users at once from one address: no join rate limit
         '--join-rate',
         '0',
+        ...providerArgs,
         ...trainArgs,
       ],
       { logDir, env },
     );
     parts.push(cloud);
+    // each round's line says which processes ran it, so figures sampled per process (device memory) join it
+    const pids: { cloud: number; edges: Record<string, number> } = { cloud: pidOf(cloud), edges: {} };
     const url = String((await cloud.ready).url);
     const rounds: Array<Record<string, unknown>> = [];
     let watchExit: (p: Part) => void = () => undefined;
@@ -194,6 +213,7 @@ export async function simulateCommand(argv: string[]): Promise<void> {
           userEdgeBytes: j.userEdgeBytes,
           edgeCloudBytes: j.edgeCloudBytes,
           memory: j.memory,
+          pids: { cloud: pids.cloud, edges: { ...pids.edges } },
           adapterDir: j.adapterDir,
           turns: j.turns,
         };
@@ -215,9 +235,14 @@ export async function simulateCommand(argv: string[]): Promise<void> {
     });
     allDone.catch(() => undefined);
     const edges = Array.from({ length: E }, (_, i) =>
-      startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads], { logDir, env }),
+      startPart(`edge-${i}`, ['edge', '--cloud', url, '--id', `edge-${i}`, '--threads', threads, ...providerArgs], {
+        logDir,
+        env,
+      }),
     );
     parts.push(...edges);
+    // the edge's id (its name here) is the key the round's memory figures use too
+    for (const e of edges) pids.edges[e.name] = pidOf(e);
     for (const e of edges) watchExit(e);
     await Promise.all(edges.map((e) => e.ready));
     for (let i = 0; i < U; i++) {
