@@ -9,31 +9,34 @@
 #
 # Writes into $OUT (default /tmp/splitllm-device-out): run.log, gpu.txt, adapter.json,
 # gpumem.csv, torch.json, summary.json, logs.tar.gz. Prints the table last. Every step has a
-# time limit inside RUN_BUDGET_S (default 420 s) overall; a failed step prints FAILED, the steps
+# time limit inside RUN_BUDGET_S (default 540 s) overall; a failed step prints FAILED, the steps
 # that do not need it still run, and the exit status is 1.
 #
 # Settings (environment): PROVIDER (webgpu; cpu on --dry) for the edges and the cloud, or
 # EDGE_PROVIDER / CLOUD_PROVIDER apart; ENGINE (wgsl) for the users; THREADS (4), STEPS_A (10),
-# STEPS_B (5), ROUNDS (2), RUN_BUDGET_S (420), SKIP_TORCH=1. When the 1-edge run fails with the
-# cloud on a GPU provider it runs once more with the cloud on cpu (sim 1e1u-cloudcpu), and the
-# 2-edge run then keeps the cloud on cpu.
+# STEPS_B (5), ROUNDS (2), RUN_BUDGET_S (540), SKIP_TORCH=1, SKIP_KERNELS=1,
+# BENCH_N (1,2,8: the users per edge of the scheme sweep), ONLY_1E1U=1 (the 1-edge run alone).
+# When the 1-edge run fails with the cloud on a GPU provider it runs once more with the cloud on
+# cpu (sim 1e1u-cloudcpu), and the 2-edge run then keeps the cloud on cpu.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 DRY=0
 [[ ${1:-} == --dry ]] && DRY=1
 OUT=${OUT:-/tmp/splitllm-device-out}
-BUDGET_S=${RUN_BUDGET_S:-420}
+BUDGET_S=${RUN_BUDGET_S:-540}
 W=/tmp/splitllm-run
 D=/tmp/splitllm-device
 if [[ $DRY == 1 ]]; then
   PROVIDER=${PROVIDER:-cpu} THREADS=${THREADS:-1} MODEL=$W/tiny-random
-  B=2 T=32 ROUNDS_A=2 STEPS_A=2 ROUNDS_B=1 STEPS_B=2 SIM_LIMIT=150
+  B=2 T=32 ROUNDS_A=2 STEPS_A=2 ROUNDS_B=1 STEPS_B=2 SIM_LIMIT=150 KERNEL_SIZES=64,128 KERNEL_LIMIT=120
 else
   PROVIDER=${PROVIDER:-webgpu} THREADS=${THREADS:-4} MODEL=/tmp/splitllm-gpt2-small
   B=4 T=128 ROUNDS_A=${ROUNDS:-2} STEPS_A=${STEPS_A:-10} ROUNDS_B=${ROUNDS:-2} STEPS_B=${STEPS_B:-5} SIM_LIMIT=150
+  KERNEL_SIZES=1024,2048,4096 KERNEL_LIMIT=90
 fi
 ENGINE=${ENGINE:-wgsl}
+ONLY_1E1U=${ONLY_1E1U:-0}
 
 T0=$SECONDS
 FAILED=()
@@ -151,6 +154,13 @@ main() {
   echo "node: $(command -v node) $(node --version);" \
     "node_modules: $(find node_modules/.pnpm -maxdepth 1 | wc -l) entries"
 
+  # ws masks and unmasks every client frame: natively with bufferutil, in JavaScript without it
+  (cd apps/edge-server && node -e 'let how = "bufferutil (native)";
+    if (process.env.WS_NO_BUFFER_UTIL) how = "JavaScript (WS_NO_BUFFER_UTIL is set)";
+    else try { require(require.resolve("bufferutil", { paths: [require.resolve("ws")] })); }
+    catch (e) { how = "JavaScript (bufferutil: " + e.message.split("\n")[0] + ")"; }
+    console.log("ws frame masking: " + how);') || fail "ws frame masking check"
+
   step "Vulkan loader"
   if [[ $DRY == 1 ]]; then
     local x
@@ -192,6 +202,24 @@ main() {
     [[ $ENGINE == wgsl ]] && return
   fi
 
+  # issue 18, part 2: the WGSL matmul variants at n^3 (GFLOPS, checked against the reference at the first
+  # size), then the user segment's step at GPT-2 small shapes: the variants timed on this adapter, and
+  # the variant chosen before 'blocked8x8' existed, each with its per-kernel profile
+  if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
+    step "WGSL matmul variants and the engine's step: skipped (SKIP_KERNELS=1)"
+  else
+    step "WGSL matmul variants"
+    limited "$KERNEL_LIMIT" node --import tsx packages/lora-kernels/scripts/bench-kernels.ts --sizes="$KERNEL_SIZES" \
+      --variants=blocked,blocked8x8,registers --runs=10 --budget-ms=3000 || fail "matmul variants"
+    step "user segment step (engine)"
+    local small=()
+    [[ $DRY == 1 ]] || small=(--gpt2-small --seq "$T")
+    limited "$KERNEL_LIMIT" node --import tsx packages/lora-kernels/scripts/bench-engine.ts --steps 10 --profile \
+      "${small[@]}" || fail "engine step (variants timed)"
+    limited "$KERNEL_LIMIT" node --import tsx packages/lora-kernels/scripts/bench-engine.ts --steps 10 --profile \
+      --matmul blocked "${small[@]}" || fail "engine step (matmul blocked)"
+  fi
+
   step "checkpoint"
   local tiny=()
   [[ $DRY == 1 ]] && tiny=(--tiny)
@@ -226,8 +254,34 @@ main() {
       return
     }
   fi
+  if [[ $ONLY_1E1U == 1 ]]; then
+    step "2 edges, 4 users and the scheme sweep: skipped (ONLY_1E1U=1)"
+    return
+  fi
   sim 2e4u "2 edges, 4 users, 2 per edge per round, $ROUNDS_B rounds x $STEPS_B steps" "${b[@]}" ||
     fail "simulate 2 edges, 4 users (edges $edge_provider, cloud $cloud_provider)"
+
+  # issue 16, part 5: the scheme benchmark on the card, hierarchical vs sfl at GPT-2 small's shape, N 1,2,8,
+  # E 1, 1 round x 2 steps; then each point's device memory (gpumem.csv joined by pid and time)
+  local bench_model=random:gpt2-small bench_n=${BENCH_N:-1,2,8}
+  [[ $DRY == 1 ]] && bench_model=shipped bench_n=1,2
+  step "bench: hierarchical vs sfl, $bench_model, N $bench_n, E 1 (edges and cloud on $edge_provider, users $ENGINE)"
+  limited 200 node --import tsx packages/cli/src/main.ts bench --model "$bench_model" \
+    --schemes hierarchical,sfl --users-per-edge "$bench_n" --edges 1 --rounds 1 --steps-per-user 2 \
+    --provider "$edge_provider" --engine "$ENGINE" --max-users 8 --timeout 80 --out "$W/bench" ||
+    fail "bench sweep (hierarchical vs sfl)"
+  cp "$W/bench/results.json" "$OUT/bench-results.json" 2>/dev/null
+  for p in "$W"/bench/points/*/logs; do
+    [[ -d $p ]] && mkdir -p "$W/logs/bench" && cp -r "$p" "$W/logs/bench/$(basename "$(dirname "$p")")"
+  done
+  cp "$W/bench/results.md" "$W/logs/bench-results.md" 2>/dev/null
+  step "bench: device memory per point (gpumem.csv joined by pid)"
+  if [[ -s $OUT/gpumem.csv && -s $W/bench/results.json ]]; then
+    limited 30 node --import tsx scripts/device/bench-gpumem.ts --results "$W/bench/results.json" \
+      --mem "$OUT/gpumem.csv" --markdown "$W/logs/bench-gpumem.md" || fail "bench-gpumem"
+  else
+    echo "no gpumem.csv or no bench results.json: nothing to join"
+  fi
 }
 
 mkdir -p "$OUT"

@@ -18,8 +18,12 @@
  * edge and cloud, backward and AdamW), the edge's (a user frame in to its gradient out, the
  * cloud's part included; from the edge's /api/admin/status) and the cloud's (taken by a TCP
  * relay between each edge and the cloud: from the last byte of the edge's forward frame to the
- * first byte of the cloud's answer). `report` turns the records into ms per step per tier,
- * tokens per second, bytes per step and memory per process, and prints the table.
+ * first byte of the cloud's answer; with labels on the device a step has two such exchanges,
+ * summed). `report` turns the records into ms per step per tier, tokens per second, bytes per
+ * step and memory per process, and prints the table; then where a step's time goes: each tier's
+ * compute from the phase times the user's and the edge's records carry (forwardMs, backwardMs,
+ * headMs, waitMs; forwardMs, backwardMs, cloudMs, userMs), the cloud's from the relay, and the
+ * two hops (wire and codec) as what the waits hold beyond the next tier's own time.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -37,7 +41,9 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DATA = join(ROOT, 'packages/assets/data/sotu/train');
 const now = () => performance.now();
 const mib = (bytes: number) => bytes / 2 ** 20;
-const median = (xs: number[]) => {
+/** the median of the finite values (a record without a field gives NaN there, which is left out) */
+const median = (values: number[]) => {
+  const xs = values.filter(Number.isFinite);
   if (xs.length === 0) return Number.NaN;
   const s = [...xs].sort((a, b) => a - b);
   const h = Math.floor(s.length / 2);
@@ -263,7 +269,9 @@ async function simCommand(argv: string[]): Promise<void> {
   const userEvents: Array<Record<string, unknown>> = [];
   let failure: Error | undefined;
   try {
-    const trainArgs = ['--steps-per-user', String(N), '--codec', 'f32', '--seed', o.seed];
+    // FedAvg, not the default validation gate: the gate scores every candidate adapter with the
+    // TypeScript reference on the cloud's CPU, minutes per round at GPT-2 small (seen on the H200)
+    const trainArgs = ['--steps-per-user', String(N), '--codec', 'f32', '--seed', o.seed, '--aggregation', 'fedavg'];
     trainArgs.push('--users-per-edge', String(usersPerEdge), '--batch-size', String(B), '--seq-len', String(T));
     const cloud = startPart(
       'cloud',
@@ -486,40 +494,75 @@ type SimResult = {
 const fmt = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
 /**
+ * Each edge step's relay samples, summed: on an edge (one relay each, one turn at a time) a step's
+ * exchanges with the cloud all end after the previous step's record and before its own, which is
+ * written as its gradient goes back to the user. One exchange per step with labels in the cloud,
+ * two (activations, then head-grad) with labels on the device.
+ */
+function cloudPerStep(r: SimResult) {
+  const out: Array<{ round: number; step: number; ms: number; bytes: number; samples: number }> = [];
+  let unassigned = 0;
+  for (const e of new Set(r.edgeSteps.map((x) => String(x.edge)))) {
+    const steps = r.edgeSteps.filter((x) => x.edge === e).sort((a, b) => Number(a.n) - Number(b.n));
+    const samples = r.cloudSamples.filter((x) => x.edge === e);
+    let from = Number.NEGATIVE_INFINITY;
+    for (const x of steps) {
+      const to = Date.parse(String(x.at));
+      const mine = samples.filter((c) => c.at > from && c.at <= to);
+      out.push({
+        round: Number(x.round),
+        step: Number(x.step),
+        ms: mine.length ? mine.reduce((n, c) => n + c.ms, 0) : Number.NaN,
+        bytes: mine.length ? mine.reduce((n, c) => n + c.up + c.down, 0) : Number.NaN,
+        samples: mine.length,
+      });
+      from = to;
+    }
+    unassigned += samples.filter((c) => c.at > from).length;
+  }
+  return { steps: out, unassigned };
+}
+
+/** a record's number field; NaN where it has none (the median leaves those out) */
+const num = (x: Record<string, unknown>, key: string) => (typeof x[key] === 'number' ? (x[key] as number) : Number.NaN);
+
+/**
  * Medians over the measured steps: the rounds after the first when there are several (the first
- * compiles pipelines and loads sessions), else every step but each turn's first.
+ * compiles pipelines and loads sessions), else every step but each turn's first. The edge's turn
+ * leaves out its wait for the user's head-grad (labels on the device), which is the user's time.
  */
 function summarize(r: SimResult) {
   const warm = r.rounds.length >= 2;
-  const firstRoundAt = r.rounds.find((x) => Number(x.round) === 1)?.at ?? 0;
   const measured = (x: { round?: unknown; step?: unknown }) => (warm ? Number(x.round) >= 2 : Number(x.step) > 1);
   const user = r.userSteps.filter(measured);
   const edge = r.edgeSteps.filter(measured);
-  // each edge's cloud samples in order are its steps in order, when none was missed
-  let paired = true;
-  const cloudAll: Array<CloudSample & { round?: number; step?: number }> = [];
-  for (const e of new Set(r.cloudSamples.map((x) => x.edge))) {
-    const cs = r.cloudSamples.filter((x) => x.edge === e);
-    const es = r.edgeSteps.filter((x) => x.edge === e);
-    if (cs.length === es.length) {
-      for (const [i, c] of cs.entries()) cloudAll.push({ ...c, round: Number(es[i].round), step: Number(es[i].step) });
-    } else {
-      paired = false;
-      cloudAll.push(...cs);
-    }
-  }
-  const cloud = paired ? cloudAll.filter((x) => measured(x)) : cloudAll.filter((x) => !warm || x.at > firstRoundAt);
-  const stepMs = median(user.map((x) => Number(x.ms)));
-  const edgeTurnMs = median(edge.map((x) => Number(x.ms)));
+  const perStep = cloudPerStep(r);
+  const cloud = perStep.steps.filter(measured);
+  const sampleCounts = new Set(cloud.map((x) => x.samples));
+  const stepMs = median(user.map((x) => num(x, 'ms')));
+  const edgeTurnMs = median(edge.map((x) => num(x, 'ms') - (num(x, 'userMs') || 0)));
   const cloudMs = median(cloud.map((x) => x.ms));
   const rounds = warm ? r.rounds.filter((x) => Number(x.round) >= 2) : r.rounds;
   const tokens = rounds.reduce((n, x) => n + Number(x.tokens), 0);
   const roundMs = rounds.reduce((n, x) => n + Number(x.ms), 0);
   const { batch: B, seq: T, edges: E } = r.config;
+  // where a step's time goes: each tier's compute, its waits, and the hops as what a wait holds
+  // beyond the next tier's own time (medians of different steps: they need not add up exactly)
+  const userForwardMs = median(user.map((x) => num(x, 'forwardMs')));
+  const userBackwardHeadMs = median(user.map((x) => num(x, 'backwardMs') + (num(x, 'headMs') || 0)));
+  const userWaitMs = median(user.map((x) => num(x, 'waitMs')));
+  const edgeForwardMs = median(edge.map((x) => num(x, 'forwardMs')));
+  const edgeBackwardMs = median(edge.map((x) => num(x, 'backwardMs')));
+  const edgeCloudMs = median(edge.map((x) => num(x, 'cloudMs')));
+  const userEdgeWireMs = userWaitMs - edgeTurnMs;
+  const edgeCloudWireMs = edgeCloudMs - cloudMs;
+  const parts = [userForwardMs, userBackwardHeadMs, edgeForwardMs, edgeBackwardMs, cloudMs];
   return {
     measured: warm ? 'rounds >= 2' : "every step but each turn's first",
-    steps: { user: user.length, edge: edge.length, cloud: cloud.length },
-    cloudSamplesPaired: paired,
+    steps: { user: user.length, edge: edge.length, cloud: cloud.filter((x) => x.samples > 0).length },
+    // every measured edge step got the same number of relay samples (1 or 2), and none was left over
+    cloudSamplesPaired: sampleCounts.size === 1 && !sampleCounts.has(0) && perStep.unassigned === 0,
+    cloudSamplesPerStep: [...sampleCounts].sort(),
     stepMs,
     stepMinMs: Math.min(...user.map((x) => Number(x.ms))),
     userMs: stepMs - edgeTurnMs,
@@ -529,8 +572,20 @@ function summarize(r: SimResult) {
     tokensPerS: roundMs > 0 ? (tokens * 1000) / roundMs : Number.NaN,
     stepTokensPerS: (E * B * T * 1000) / stepMs,
     userEdgeBytes: median(user.map((x) => Number(x.bytesOut) + Number(x.bytesIn))),
-    edgeCloudBytes: median(cloud.map((x) => x.up + x.down)),
+    edgeCloudBytes: median(cloud.map((x) => x.bytes)),
     roundS: rounds.map((x) => Number(x.ms) / 1000),
+    userForwardMs,
+    userBackwardMs: median(user.map((x) => num(x, 'backwardMs'))),
+    userHeadMs: median(user.map((x) => num(x, 'headMs'))),
+    userBackwardHeadMs,
+    userWaitMs,
+    edgeForwardMs,
+    edgeBackwardMs,
+    edgeCloudMs,
+    edgeUserMs: median(edge.map((x) => num(x, 'userMs'))),
+    userEdgeWireMs,
+    edgeCloudWireMs,
+    otherMs: stepMs - [...parts, userEdgeWireMs, edgeCloudWireMs].reduce((n, x) => n + x, 0),
   };
 }
 
@@ -627,6 +682,10 @@ function reportCommand(argv: string[]): void {
     ['', '', '(median)', '', '', '', '(rounds)', '(steps)', 'user<>edge', 'edge<>cloud'],
   ];
   const summaries: Record<string, unknown> = {};
+  const timeRows: string[][] = [
+    ['config', 'user fwd', 'user bwd', 'edge fwd', 'edge bwd', 'cloud', 'user<>edge', 'edge<>cloud', 'other', 'step'],
+    ['', '', '+head', '', '', '(relay)', 'wire+codec', 'wire+codec', '', ''],
+  ];
   for (const r of sims) {
     const { edges: E, users: U } = r.config;
     const label = `${r.name}: ${E} edge${E > 1 ? 's' : ''}, ${U} user${U > 1 ? 's' : ''}`;
@@ -651,8 +710,16 @@ function reportCommand(argv: string[]): void {
       fmt(s.userEdgeBytes / 1024),
       fmt(s.edgeCloudBytes / 1024),
     ]);
+    timeRows.push([
+      label,
+      ...[s.userForwardMs, s.userBackwardHeadMs, s.edgeForwardMs, s.edgeBackwardMs, s.cloudMs].map((x) => fmt(x)),
+      ...[s.userEdgeWireMs, s.edgeCloudWireMs, s.otherMs, s.stepMs].map((x) => fmt(x)),
+    ]);
   }
   for (const l of table(simRows)) p(l);
+  p();
+  p("where a step's time goes (median ms)");
+  for (const l of table(timeRows)) p(l);
   p();
   const memRows: string[][] = [['process', 'pid', 'device MiB (peak)', 'RSS MiB (peak)']];
   for (const r of sims) {
