@@ -111,11 +111,20 @@ export interface RoundsOptions {
   maxRounds: number;
   /** an edge that has not uploaded this long after the round started is excluded from it */
   roundTimeoutMs: number;
+  /** an aggregation that takes at least this long is warned about (default SLOW_AGGREGATION_MS) */
+  slowAggregationMs?: number;
   onRound?: (s: RoundSummary) => void;
 }
 
 /** Pause before asking again after a round in which nobody trained (rather than spinning). */
 const EMPTY_ROUND_BACKOFF_MS = 1000;
+
+/**
+ * Aggregation runs on the cloud's event loop, which answers nothing while it runs. The gated
+ * strategies score every update with the TypeScript reference model: under 2 s a round on the
+ * shipped model, minutes at GPT-2 small's shape (seen on an H200). Past this, the operator is told.
+ */
+export const SLOW_AGGREGATION_MS = 10_000;
 
 export class Rounds {
   /** what the cloud holds per user: its copies, their snapshots and the steps' saved activations */
@@ -432,7 +441,24 @@ export class Rounds {
       return;
     }
     const { versions } = this.o;
+    const t0 = performance.now();
     const aggregated = aggregateWithReport(this.o.strategy, versions.adapter, updates);
+    const aggregateMs = Math.round(performance.now() - t0);
+    if (aggregateMs >= (this.o.slowAggregationMs ?? SLOW_AGGREGATION_MS)) {
+      const strategy = this.o.strategy.name;
+      this.o.log.warn(
+        {
+          round: r.round,
+          strategy,
+          ms: aggregateMs,
+          hint: strategy.startsWith('gate-')
+            ? 'the gate scores every update with the TypeScript reference model in this process; ' +
+              'for a model this size choose a strategy without gate- (--aggregation)'
+            : undefined,
+        },
+        'slow aggregation: the cloud answered nothing while it ran',
+      );
+    }
     const next = aggregated.adapter;
     // every refusal is logged and recorded with the round (the operator's /api/admin/rounds);
     // the refused participants stay in `participants`: they took part, their update did not count
@@ -458,7 +484,10 @@ export class Rounds {
     // persisted: now it may be told
     this.o.metrics.rounds.inc({ outcome: 'recorded' });
     const evicted = versions.lastEvicted;
-    this.o.log.info({ round: r.round, version: rec.version, loss, users, tokens, evicted }, 'round recorded');
+    this.o.log.info(
+      { round: r.round, version: rec.version, loss, users, tokens, evicted, aggregateMs },
+      'round recorded',
+    );
     this.o.edges.broadcast(encodeMessage('cloudToEdge', 'round-end', { round: r.round, version: rec.version }));
     const turns = [...r.edges.values()].flatMap((t) =>
       t.completed.map((u) => ({ edgeId: t.edgeId, userId: u.userId, tokens: u.tokens, losses: u.losses })),

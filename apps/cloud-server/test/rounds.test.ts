@@ -104,6 +104,7 @@ function setup(o: {
   scheme?: TrainingScheme;
   stepsPerUser?: number;
   roundTimeoutMs?: number;
+  slowAggregationMs?: number;
 }): Setup {
   const lora = { r: 2, alpha: 4, targets: ['attn.c_attn' as const] };
   const store = RoundStore.open(mkdtempSync(join(tmpdir(), 'splitllm-rounds-')), {
@@ -145,6 +146,7 @@ function setup(o: {
     minUsers: 1,
     maxRounds: 0,
     roundTimeoutMs: o.roundTimeoutMs ?? 60_000,
+    slowAggregationMs: o.slowAggregationMs,
     onRound: (s) => summaries.push(s),
   });
   open.push(rounds);
@@ -382,5 +384,23 @@ describe('the round lifecycle', () => {
     expect(rec.participants).toContain('user:a');
     expect(s.summaries[0].refused).toHaveLength(1);
     expect(s.warnings).toContain('update refused by the aggregation strategy');
+  });
+
+  it('warns when the aggregation holds the event loop past the limit, and not below it', async () => {
+    const slowMsg = 'slow aggregation: the cloud answered nothing while it ran';
+    // a limit of 0 ms: every aggregation is at least that long
+    const slow = setup({ waiting: { e1: 1 }, slowAggregationMs: 0 });
+    await started(slow);
+    await turn(slow, 'e1', 'a', 2, 1);
+    await upload(slow, 'e1', ['a']);
+    expect(slow.store.latest().version).toBe(1);
+    expect(slow.warnings).toContain(slowMsg);
+    // the default limit (10 s): FedAvg of one tiny update is far below it
+    const quick = setup({ waiting: { e1: 1 } });
+    await started(quick);
+    await turn(quick, 'e1', 'a', 2, 1);
+    await upload(quick, 'e1', ['a']);
+    expect(quick.store.latest().version).toBe(1);
+    expect(quick.warnings).not.toContain(slowMsg);
   });
 });
