@@ -20,14 +20,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { BenchResults, PointResult } from '../../packages/cli/src/bench/results';
-
-/** One line of gpumem.csv. */
-export interface MemSample {
-  /** Unix time, seconds */
-  t: number;
-  pid: number;
-  mib: number;
-}
+import { type MemSample, parseMemCsv, textTable } from './report-io';
 
 /** A point's figures: device memory from the samples (null: none), RSS from results.json (MiB). */
 export interface PointMemory {
@@ -51,27 +44,6 @@ export interface PointMemory {
 
 /** A point's time, Unix seconds, widened by this on each side (see the header). */
 const WINDOW_SLACK_S = 1;
-
-/** gpumem.csv's samples and the source its first line names. */
-export function parseMemCsv(text: string): { source: string; samples: MemSample[] } {
-  let source = 'unknown';
-  const samples: MemSample[] = [];
-  const lines = text.split('\n');
-  // read while gpumem.py still writes: a last line without its newline may be cut short, so it is left out
-  if (!text.endsWith('\n')) lines.pop();
-  for (const [i, line] of lines.entries()) {
-    if (line.startsWith('#')) {
-      source = line.slice(1).trim();
-      continue;
-    }
-    if (line.trim() === '' || line.startsWith('time_s')) continue;
-    const cells = line.split(',').map(Number);
-    if (cells.length !== 3 || !cells.every(Number.isFinite))
-      throw new Error(`gpumem csv line ${i + 1}: expected time_s,pid,used_mib, got "${line}"`);
-    samples.push({ t: cells[0], pid: cells[1], mib: cells[2] });
-  }
-  return { source, samples };
-}
 
 const maxOf = (xs: number[]): number | null => (xs.length === 0 ? null : Math.max(...xs));
 const toMib = (bytes: number | null | undefined): number | null => (bytes == null ? null : bytes / 2 ** 20);
@@ -210,12 +182,6 @@ function cells(r: PointMemory): string[] {
     mibText(r.edgeMaxRssMib),
     mibText(r.serversRssMib),
   ];
-}
-
-/** Columns padded: the first left-aligned, the others right-aligned. */
-function textTable(rows: string[][]): string[] {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
 }
 
 function main(): void {

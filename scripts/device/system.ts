@@ -36,6 +36,7 @@ import { issueJoinToken, logTail, type Part, startPart } from '../../packages/cl
 import { nodeKernelDevice, chooseVulkanIcd } from '../../packages/lora-kernels/src/node';
 import { GPT2_SMALL_CONFIG, type Gpt2Config, randomGpt2Weights } from '../../packages/model/src/index';
 import { writeGpt2Dir } from '../../packages/model/src/node/index';
+import { type MemSample, parseMemCsv, textTable } from './report-io';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DATA = join(ROOT, 'packages/assets/data/sotu/train');
@@ -589,41 +590,9 @@ function summarize(r: SimResult) {
   };
 }
 
-interface MemRow {
-  t: number;
-  pid: number;
-  mib: number;
-}
-
-function readMem(file: string | undefined): { rows: MemRow[]; source: string } {
-  if (!file || !existsSync(file)) return { rows: [], source: 'none' };
-  const rows: MemRow[] = [];
-  let source = 'unknown';
-  for (const line of readFileSync(file, 'utf8').split('\n')) {
-    if (line.startsWith('#')) {
-      source = line.slice(1).trim();
-      continue;
-    }
-    const [t, pid, m] = line.split(',');
-    if (t === 'time_s' || !m) continue;
-    rows.push({ t: Number(t), pid: Number(pid), mib: Number(m) });
-  }
-  return { rows, source };
-}
-
-/** Rows as columns: the first column left-aligned, the others right-aligned. */
-function table(rows: string[][]): string[] {
-  const widths: number[] = [];
-  // a two-cell row (a label and a message) does not set the widths
-  for (const r of rows.filter((x) => x.length > 2)) {
-    for (const [i, c] of r.entries()) widths[i] = Math.max(widths[i] ?? 0, c.length);
-  }
-  return rows.map((r) =>
-    r
-      .map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : r.length === 2 ? c : c.padStart(widths[i])))
-      .join('  ')
-      .trimEnd(),
-  );
+function readMem(file: string | undefined): { samples: MemSample[]; source: string } {
+  if (!file || !existsSync(file)) return { samples: [], source: 'none' };
+  return parseMemCsv(readFileSync(file, 'utf8'));
 }
 
 function reportCommand(argv: string[]): void {
@@ -647,12 +616,12 @@ function reportCommand(argv: string[]): void {
   const mem = readMem(o.mem);
   const peakOf = (pid: number | null | undefined) => {
     if (!pid) return Number.NaN;
-    const xs = mem.rows.filter((r) => r.pid === pid).map((r) => r.mib);
+    const xs = mem.samples.filter((r) => r.pid === pid).map((r) => r.mib);
     return xs.length ? Math.max(...xs) : Number.NaN;
   };
   /** the whole card's peak used memory between two Unix times (s), and what was used just before */
   const card = (from: number, to: number) => {
-    const xs = mem.rows.filter((r) => r.pid === 0);
+    const xs = mem.samples.filter((r) => r.pid === 0);
     const during = xs.filter((r) => r.t >= from && r.t <= to).map((r) => r.mib);
     const before = xs.filter((r) => r.t < from).map((r) => r.mib);
     return {
@@ -716,10 +685,10 @@ function reportCommand(argv: string[]): void {
       ...[s.userEdgeWireMs, s.edgeCloudWireMs, s.otherMs, s.stepMs].map((x) => fmt(x)),
     ]);
   }
-  for (const l of table(simRows)) p(l);
+  for (const l of textTable(simRows)) p(l);
   p();
   p("where a step's time goes (median ms)");
-  for (const l of table(timeRows)) p(l);
+  for (const l of textTable(timeRows)) p(l);
   p();
   const memRows: string[][] = [['process', 'pid', 'device MiB (peak)', 'RSS MiB (peak)']];
   for (const r of sims) {
@@ -733,14 +702,14 @@ function reportCommand(argv: string[]): void {
     }
   }
   if (torch) memRows.push(['torch+peft', String(torch.pid ?? '-'), fmt(peakOf(Number(torch.pid)), 0), '-']);
-  for (const l of table(memRows)) p(l);
+  for (const l of textTable(memRows)) p(l);
   const cardRows: string[][] = [['whole card', 'used before (MiB)', 'peak during (MiB)']];
   const cardPeaks: Record<string, { peak: number; before: number }> = {};
   for (const r of sims) cardPeaks[r.name] = card(r.startedAt / 1000, r.endedAt / 1000);
   if (torch?.started_at) cardPeaks['torch+peft'] = card(Number(torch.started_at), Number(torch.ended_at));
   for (const [name, c] of Object.entries(cardPeaks)) cardRows.push([name, fmt(c.before, 0), fmt(c.peak, 0)]);
   p();
-  for (const l of table(cardRows)) p(l);
+  for (const l of textTable(cardRows)) p(l);
   p();
   const ratios: Record<string, number> = {};
   if (torch && torch.median_ms !== undefined) {

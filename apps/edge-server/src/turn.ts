@@ -142,9 +142,9 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
   const releaseSnapshot = before ? deps.held.hold(trainStateBytes(train.adapter)) : () => undefined;
   const waiter = cloud.waiterFor(userId);
   // the user's time so far: from each prompt to the frame that answers it
-  let userMs = 0;
+  const userTurnTime = { ms: 0 };
   const fromUser = <M>(type: string, check: (m: M) => void): ExpectOptions<M> => {
-    const left = spec.turnBudgetMs === undefined ? Infinity : Math.max(0, spec.turnBudgetMs - userMs);
+    const left = spec.turnBudgetMs === undefined ? Infinity : Math.max(0, spec.turnBudgetMs - userTurnTime.ms);
     const byDeadline = left < spec.userTimeoutMs;
     return {
       timeoutMs: Math.min(spec.userTimeoutMs, left),
@@ -155,7 +155,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
       check,
     };
   };
-  /** Runs `fn` and adds its duration to `into.ms` (a step's phase times), even when it throws. */
+  /** Runs `fn` and adds its duration to `into.ms` (a step's phase or the turn's user time), even when it throws. */
   const timed = async <R>(into: { ms: number }, fn: () => Promise<R>): Promise<R> => {
     const t0 = performance.now();
     try {
@@ -165,14 +165,7 @@ export async function relayTurn(spec: TurnSpec, deps: TurnDeps): Promise<TurnRes
     }
   };
   /** Waits for the user's frame as `user.expect` does, adding the wait to the user's time. */
-  const fromUserTimed = async <R>(wait: () => Promise<R>): Promise<R> => {
-    const t0 = performance.now();
-    try {
-      return await wait();
-    } finally {
-      userMs += performance.now() - t0;
-    }
-  };
+  const fromUserTimed = <R>(wait: () => Promise<R>): Promise<R> => timed(userTurnTime, wait);
   const forwardCheck = (step: number) => (m: Incoming<'userToEdge', 'forward'>) => {
     expectRoundStep(m, round, step);
     expectShape(m.h, 'h', [B, T, D]);
