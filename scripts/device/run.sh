@@ -203,8 +203,9 @@ main() {
   fi
 
   # issue 18, part 2: the WGSL matmul variants at n^3 (GFLOPS, checked against the reference at the first
-  # size), then the user segment's step at GPT-2 small shapes: the variants timed on this adapter, and
-  # the variant chosen before 'blocked8x8' existed, each with its per-kernel profile
+  # size), then the user segment's step and its head at GPT-2 small shapes: the variants and the head's
+  # split-K timed on this adapter, and the variant chosen before 'blocked8x8' existed without split-K,
+  # each with its per-kernel profile (the head's per chunk)
   if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
     step "WGSL matmul variants and the engine's step: skipped (SKIP_KERNELS=1)"
   else
@@ -217,7 +218,7 @@ main() {
     limited "$KERNEL_LIMIT" node --import tsx packages/lora-kernels/scripts/bench-engine.ts --steps 10 --profile \
       "${small[@]}" || fail "engine step (variants timed)"
     limited "$KERNEL_LIMIT" node --import tsx packages/lora-kernels/scripts/bench-engine.ts --steps 10 --profile \
-      --matmul blocked "${small[@]}" || fail "engine step (matmul blocked)"
+      --matmul blocked --head-split-k 1 "${small[@]}" || fail "engine step (matmul blocked, no split-K)"
   fi
 
   step "checkpoint"

@@ -2,10 +2,13 @@
  * Benchmark (not a test): milliseconds per user-segment training step of the engine.
  *
  *   pnpm exec tsx packages/lora-kernels/scripts/bench-engine.ts [--batch 4] [--seq 64]
- *       [--steps 5] [--variants auto|gpu|software] [--matmul V] [--low-rank V] [--gpt2-small] [--profile]
+ *       [--steps 5] [--variants auto|gpu|software] [--matmul V] [--low-rank V] [--head-split-k S]
+ *       [--gpt2-small] [--profile]
  *
- * --matmul / --low-rank override the variant of the full-size / rank-r products. --profile times
- * every dispatch of the step alone and prints the kernels that take the most time.
+ * --matmul / --low-rank override the variant of the full-size / rank-r products, --head-split-k the
+ * slices of the head's dy = dlogits W (1: none). --profile times every dispatch of the step and of
+ * one head chunk alone and prints the kernels that take the most time. The head's step (labels on
+ * the device) is timed and printed apart from the segment's.
  *
  * Runs on the shipped model's user segment (default split: embedding + block 0) and with
  * --gpt2-small also on a GPT-2 small-shaped one (random weights, embedding + blocks [0, 3)).
@@ -25,6 +28,7 @@ const { values: opt } = parseArgs({
     'gpt2-small': { type: 'boolean', default: false },
     matmul: { type: 'string' },
     'low-rank': { type: 'string' },
+    'head-split-k': { type: 'string' },
     profile: { type: 'boolean', default: false },
   },
 });
@@ -35,9 +39,13 @@ console.log(`adapter: ${gpu.adapter.name} (fallback: ${gpu.adapter.isFallbackAda
 for (const v of [opt.matmul, opt['low-rank']])
   if (v !== undefined && !MATMUL_VARIANTS.includes(v as MatmulVariant))
     throw new Error(`unknown matmul variant ${v}: ${MATMUL_VARIANTS.join(', ')}`);
+const headSplitK = opt['head-split-k'] === undefined ? undefined : Number(opt['head-split-k']);
+if (headSplitK !== undefined && !(Number.isInteger(headSplitK) && headSplitK >= 1))
+  throw new Error(`--head-split-k must be a positive integer, got ${opt['head-split-k']}`);
 const override = {
   ...(opt.matmul ? { matmul: opt.matmul as MatmulVariant } : {}),
   ...(opt['low-rank'] ? { lowRank: opt['low-rank'] as MatmulVariant } : {}),
+  ...(headSplitK === undefined ? {} : { headSplitK }),
 };
 const o = {
   batch: Number(opt.batch),

@@ -1,7 +1,9 @@
 /**
  * Times the user-segment engine's training step: upload ids, forward, read back h1, upload
- * dL/dh1, backward, AdamW (what the user tier does per step, without the network). Used by
- * bench-kernels.ts and bench-engine.ts.
+ * dL/dh1, backward, AdamW (what the user tier does per step, without the network); and apart, the
+ * LM head's step with the labels on the device (upload hL and the targets, every chunk's norm,
+ * logits, cross-entropy and dy, read back dL/dhL and the loss terms), which the user tier runs
+ * between the edge's reply and its backward. Used by bench-kernels.ts and bench-engine.ts.
  */
 import {
   DEFAULT_ADAMW,
@@ -79,7 +81,17 @@ export async function benchUserSegmentStep(
     const t2 = performance.now();
     if (s >= WARMUP) times.push({ fwd: t1 - t0, bwd: t2 - t1, total: t2 - t0 });
   }
-  if (o.profile) await profileStep(gpu, engine, med3(times.map((t) => t.total)));
+  const M = B * T;
+  const hL = rng.fillNormal(new Float32Array(M * model.config.nEmbd), 1);
+  const targets = Int32Array.from({ length: M }, () => rng.int(model.config.vocabSize));
+  const headMs: number[] = [];
+  for (let s = 0; s < WARMUP + steps; s++) {
+    const t0 = performance.now();
+    await engine.headStep(hL, targets);
+    if (s >= WARMUP) headMs.push(performance.now() - t0);
+  }
+  if (o.profile) await profileStep(gpu, engine, med3(times.map((t) => t.total)), med3(headMs), M);
+  const R = engine.headChunkRows;
   engine.destroy();
   const med = (f: (t: (typeof times)[0]) => number) => times.map(f).sort((a, b) => a - b)[Math.floor(times.length / 2)];
   console.log(
@@ -91,6 +103,11 @@ export async function benchUserSegmentStep(
       `matmul ${variants.matmul}, rank-r ${variants.lowRank}, ` +
       `layernorm ${variants.layernorm}, attention ${variants.attention} [${why}]; median of ${steps}`,
   );
+  console.log(
+    `${label}: head (labels on the device, V=${model.config.vocabSize}): ${med3(headMs).toFixed(1)} ms per step ` +
+      `(${M} rows in ${Math.ceil(M / R)} chunks of ${R}; dy = dlogits W split-K ${variants.headSplitK}); ` +
+      `median of ${steps}`,
+  );
   return { msPerStep: med((t) => t.total) };
 }
 
@@ -101,9 +118,17 @@ const med3 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.lengt
  * run alone (submit, wait), median of 5, less the median of an empty submit-and-wait (the fixed
  * cost of one round trip to the GPU); summed per kernel configuration (the pipeline's key). The
  * sum is the step's kernel time without overlap; `step - kernels` is what the step spends
- * elsewhere: uploads, the read-back of h1, the finite check of dL/dh1, submits and waits.
+ * elsewhere: uploads, the read-back of h1, the finite check of dL/dh1, submits and waits. The head's
+ * chunk is profiled the same way and printed apart, against the head's step (whose chunks are all
+ * full but maybe the last: chunks x one chunk's kernels is its kernel time to within that one).
  */
-async function profileStep(gpu: GpuContext, engine: UserSegmentEngine, stepMs: number): Promise<void> {
+async function profileStep(
+  gpu: GpuContext,
+  engine: UserSegmentEngine,
+  stepMs: number,
+  headMs: number,
+  rows: number,
+): Promise<void> {
   const lists = engine.stepDispatches();
   const alone = async (ds: Dispatch[]) => {
     const ms: number[] = [];
@@ -139,4 +164,20 @@ async function profileStep(gpu: GpuContext, engine: UserSegmentEngine, stepMs: n
   const top = [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, 12);
   for (const [key, { ms, n }] of top)
     console.log(`    ${ms.toFixed(3).padStart(8)} ms  ${String(n).padStart(3)} x  ${key}`);
+
+  const chunk = engine.headChunkDispatches();
+  const chunks = Math.ceil(rows / engine.headChunkRows);
+  const each: string[] = [];
+  let chunkMs = 0;
+  for (const d of chunk) {
+    const ms = Math.max(0, (await alone([d])) - empty);
+    chunkMs += ms;
+    each.push(`    ${ms.toFixed(3).padStart(8)} ms  ${gpu.keyOf(d.pipeline)} ${d.workgroups.join('x')} workgroups`);
+  }
+  console.log(
+    `  head profile: ${chunk.length} dispatches per chunk of ${engine.headChunkRows} rows, kernels alone ` +
+      `${chunkMs.toFixed(2)} ms a chunk, ~${(chunks * chunkMs).toFixed(2)} ms for ${chunks} chunks, ` +
+      `of a ${headMs.toFixed(2)} ms head step`,
+  );
+  for (const line of each) console.log(line);
 }

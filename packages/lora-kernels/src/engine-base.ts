@@ -55,6 +55,8 @@ export interface KernelVariants {
   lowRank?: MatmulVariant;
   layernorm?: LayerNormVariant;
   attention?: AttentionVariant;
+  /** the LM head's dy = dlogits W in this many slices of V (1: none; > 1 runs on 'blocked' and 'blocked8x8') */
+  headSplitK?: number;
 }
 
 /** Variants that are fastest on CPU (software Vulkan) adapters, measured on SwiftShader. */
@@ -63,6 +65,7 @@ export const SOFTWARE_ADAPTER_VARIANTS: Required<KernelVariants> = {
   lowRank: 'registers',
   layernorm: 'thread',
   attention: 'naive',
+  headSplitK: 1,
 };
 
 export interface UserEngineOptions {
@@ -325,10 +328,16 @@ export abstract class UserEngineBase {
     };
   }
 
-  /** The head's options: a chunk per step's rows at most, the engine's matmul and row (norm) variants. */
+  /** The head's options: a chunk per step's rows at most, the engine's matmul and row (norm) variants, its split-K. */
   protected headOptions(): LmHeadOptions {
     const o = this.options;
-    return { rows: o.batch * o.seq, chunkRows: o.headChunkRows, matmul: this.mm.variant, rowVariant: this.row.variant };
+    return {
+      rows: o.batch * o.seq,
+      chunkRows: o.headChunkRows,
+      matmul: this.mm.variant,
+      rowVariant: this.row.variant,
+      splitK: o.variants?.headSplitK,
+    };
   }
 
   /** Takes over what the subclass built and records the AdamW step of every pair. */
@@ -364,6 +373,11 @@ export abstract class UserEngineBase {
   /** The step's dispatch lists, in order (for a benchmark's per-kernel profile; not for running). */
   stepDispatches(): { forward: readonly Dispatch[]; backward: readonly Dispatch[]; optimizer: readonly Dispatch[] } {
     return { forward: this.forwardDispatches, backward: this.backwardDispatches, optimizer: this.optimizerDispatches };
+  }
+
+  /** The head's dispatches for one full chunk of rows, in order (for a benchmark's profile and tests). */
+  headChunkDispatches(): readonly Dispatch[] {
+    return this.head.chunkDispatches();
   }
 
   /** Forward: returns h1 = x_k [batch*seq, D]; keeps what the backward needs on the GPU. */

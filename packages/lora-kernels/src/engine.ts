@@ -79,7 +79,10 @@ interface BlockBuffers {
 }
 
 /** Bytes this engine would allocate (to say clearly when a model does not fit). */
-export function userEngineBytes(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 'lora' | 'batch' | 'seq'>): number {
+export function userEngineBytes(
+  c: Gpt2Config,
+  o: Pick<UserEngineOptions, 'k' | 'lora' | 'batch' | 'seq' | 'variants'>,
+): number {
   const M = o.batch * o.seq;
   const D = c.nEmbd;
   const I = c.nInner;
@@ -96,7 +99,7 @@ export function userEngineBytes(c: Gpt2Config, o: Pick<UserEngineOptions, 'k' | 
   floats += M * (D + D + I + I + 3 * D + D + D) + probs + M * o.lora.r; // backward scratch
   floats += 2 * D; // ln_f
   // the head: chunk rows as headChunkRows gives on an adapter whose binding limit is over the budget
-  floats += headFloats(c, M, budgetChunkRows(M, c.vocabSize));
+  floats += headFloats(c, M, budgetChunkRows(M, c.vocabSize), o.variants?.headSplitK);
   return floats * 4;
 }
 

@@ -111,7 +111,7 @@ function llamaConfigOf(model: AnyModel): LlamaConfig {
 /** Bytes this engine would allocate (to say clearly when a model does not fit). */
 export function llamaUserEngineBytes(
   c: LlamaConfig,
-  o: Pick<UserEngineOptions, 'k' | 'lora' | 'batch' | 'seq'>,
+  o: Pick<UserEngineOptions, 'k' | 'lora' | 'batch' | 'seq' | 'variants'>,
 ): number {
   const M = o.batch * o.seq;
   const D = c.hiddenSize;
@@ -133,7 +133,7 @@ export function llamaUserEngineBytes(
   floats += M * (D + 3 * F + D + Q + Q + 2 * KV) + probs + M * r; // backward scratch
   floats += o.seq * c.headDim; // rope cos / sin
   // the head: chunk rows as headChunkRows gives on an adapter whose binding limit is over the budget
-  floats += llamaHeadFloats(c, M, budgetChunkRows(M, c.vocabSize));
+  floats += llamaHeadFloats(c, M, budgetChunkRows(M, c.vocabSize), o.variants?.headSplitK);
   return floats * 4;
 }
 

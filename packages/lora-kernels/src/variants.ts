@@ -8,16 +8,25 @@
 import type { Gpt2Config } from '@splitllm/model';
 import { DEFAULT_LOW_RANK_VARIANT, SOFTWARE_ADAPTER_VARIANTS, type KernelVariants } from './engine';
 import type { AdapterSummary, GpuContext } from './gpu';
-import { budgetChunkRows } from './kernels/head';
+import { budgetChunkRows, HEAD_LOGITS_BUDGET_BYTES } from './kernels/head';
 import { DEFAULT_LAYERNORM_VARIANT } from './kernels/layernorm';
 import { DEFAULT_ATTENTION_VARIANT } from './kernels/attention';
-import { DEFAULT_MATMUL_VARIANT, timeMatmulVariants, type TimedMatmul } from './kernels/matmul';
+import {
+  DEFAULT_MATMUL_VARIANT,
+  SPLIT_K_VARIANTS,
+  splitKSlices,
+  timeMatmulVariants,
+  timeSplitK,
+  type MatmulDims,
+  type TimedMatmul,
+} from './kernels/matmul';
 
 export const GPU_DEFAULT_VARIANTS: Required<KernelVariants> = {
   matmul: DEFAULT_MATMUL_VARIANT,
   lowRank: DEFAULT_LOW_RANK_VARIANT,
   layernorm: DEFAULT_LAYERNORM_VARIANT,
   attention: DEFAULT_ATTENTION_VARIANT,
+  headSplitK: 1,
 };
 
 /** A CPU implementation of WebGPU/Vulkan rather than a GPU. */
@@ -30,6 +39,8 @@ export interface EngineShapes {
   full: TimedMatmul[];
   /** LoRA's rank-r products */
   lowRank: TimedMatmul[];
+  /** the LM head's dy = dlogits W for a full chunk, [R, V] x [V, D] ('nn'): the product split-K is timed on */
+  headBackward?: MatmulDims;
 }
 
 /** One step's products, as the engine runs them (what stepMatmulShapes builds the timing list from). */
@@ -76,7 +87,24 @@ export function stepMatmulShapes(p: StepProducts): EngineShapes {
     { M: D, K: M, N: r, layouts: ['tn'] },
     { M: r, K: M, N, layouts: ['tn'] },
   ];
-  return { full: merged(full), lowRank: merged(lowRank) };
+  return { full: merged(full), lowRank: merged(lowRank), headBackward: { M: R, K: V, N: D } };
+}
+
+/**
+ * The split-K counts timed for the head's dy = dlogits W: powers of two up to 64, each while it
+ * gives more slices of V than the last (slices are whole multiples of 16 long, so a short V runs
+ * fewer) and its partials (slices x R x D floats) stay within the head's logits budget.
+ */
+export function headSplitKCandidates(d: MatmulDims): number[] {
+  const out = [1];
+  let last = 1;
+  for (let s = 2; s <= 64; s *= 2) {
+    const { slices } = splitKSlices(d.K, s);
+    if (slices <= last || slices * d.M * d.N * 4 > HEAD_LOGITS_BUDGET_BYTES) break;
+    out.push(s);
+    last = slices;
+  }
+  return out;
 }
 
 /** Equal products (same sizes and layouts) as one, with their counts added. */
@@ -117,7 +145,8 @@ export interface VariantChoice {
 
 /**
  * Variants for this adapter: the software set on CPU adapters; on a GPU the defaults, with the
- * full-size and the rank-r matmul variants timed at `shapes` when given.
+ * full-size and the rank-r matmul variants timed at `shapes` when given, and then, where the
+ * full-size one runs split-K, the head's dy product timed at each of headSplitKCandidates.
  */
 export async function chooseKernelVariants(gpu: GpuContext, shapes?: EngineShapes): Promise<VariantChoice> {
   if (isSoftwareAdapter(gpu.adapter)) {
@@ -130,8 +159,18 @@ export async function chooseKernelVariants(gpu: GpuContext, shapes?: EngineShape
   const full = await timeMatmulVariants(gpu, shapes.full, { runs: 3 });
   const low = await timeMatmulVariants(gpu, shapes.lowRank, { runs: 3 });
   const list = (ts: typeof full) => ts.map((t) => `${t.variant} ${t.ms.toFixed(2)} ms`).join(', ');
+  const matmul = full[0].variant;
+  let headSplitK = 1;
+  let split = '';
+  const head = shapes.headBackward;
+  if (head && SPLIT_K_VARIANTS.includes(matmul)) {
+    const timed = await timeSplitK(gpu, head, 'nn', matmul, headSplitKCandidates(head));
+    headSplitK = timed[0].splitK;
+    const each = timed.map((t) => `${t.splitK} ${t.ms.toFixed(2)} ms`).join(', ');
+    split = `; head dy ${head.M}x${head.K}x${head.N} split-K: ${each}`;
+  }
   return {
-    variants: { ...GPU_DEFAULT_VARIANTS, matmul: full[0].variant, lowRank: low[0].variant },
-    reason: `GPU adapter: matmul timed at the engine's shapes (full-size: ${list(full)}; rank-r: ${list(low)})`,
+    variants: { ...GPU_DEFAULT_VARIANTS, matmul, lowRank: low[0].variant, headSplitK },
+    reason: `GPU adapter: matmul timed at the engine's shapes (full-size: ${list(full)}; rank-r: ${list(low)}${split})`,
   };
 }

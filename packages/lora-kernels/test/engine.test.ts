@@ -34,8 +34,14 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { GpuContext, GpuError } from '../src/gpu';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
-import { chooseKernelVariants, engineMatmulShapes, GPU_DEFAULT_VARIANTS, isSoftwareAdapter } from '../src/variants';
-import { MATMUL_VARIANTS } from '../src/kernels/matmul';
+import {
+  chooseKernelVariants,
+  engineMatmulShapes,
+  GPU_DEFAULT_VARIANTS,
+  headSplitKCandidates,
+  isSoftwareAdapter,
+} from '../src/variants';
+import { MATMUL_VARIANTS, SPLIT_K_VARIANTS, timeSplitK } from '../src/kernels/matmul';
 import {
   adapterWithRandomB,
   batchOf,
@@ -254,12 +260,34 @@ describe('kernel variants per adapter', () => {
     const hw = await chooseKernelVariants(asGpu, {
       full: [{ M: 16, K: 32, N: 48 }],
       lowRank: [{ M: 16, K: 32, N: 4 }],
+      headBackward: { M: 8, K: 301, N: 24 },
     });
     expect(MATMUL_VARIANTS).toContain(hw.variants.matmul);
     expect(MATMUL_VARIANTS).toContain(hw.variants.lowRank);
     // every candidate (all variants but 'naive') with its time, for both kinds of product
     const times = `(\\w+ [\\d.]+ ms, ){${MATMUL_VARIANTS.length - 2}}\\w+ [\\d.]+ ms`;
-    expect(hw.reason).toMatch(new RegExp(`timed at the engine's shapes \\(full-size: ${times}; rank-r: ${times}\\)`));
+    // then, where the full-size variant runs split-K, the head's dy at each candidate count for V = 301
+    const splitTimed = SPLIT_K_VARIANTS.includes(hw.variants.matmul);
+    const split = splitTimed ? '; head dy 8x301x24 split-K: (\\d+ [\\d.]+ ms, ){5}\\d+ [\\d.]+ ms' : '';
+    expect(hw.reason).toMatch(
+      new RegExp(`timed at the engine's shapes \\(full-size: ${times}; rank-r: ${times}${split}\\)$`),
+    );
+    expect(splitTimed ? [1, 2, 4, 8, 16, 32] : [1]).toContain(hw.variants.headSplitK);
     expect(hw.variants.layernorm).toBe(GPU_DEFAULT_VARIANTS.layernorm);
+  });
+
+  it("the head's split-K candidates and their timing", async () => {
+    // GPT-2 small's chunk of 128 rows: every power of two to 64 (which runs as 63 slices of 800;
+    // 63 x 128 x 768 floats: 24 MiB)
+    expect(headSplitKCandidates({ M: 128, K: 50257, N: 768 })).toEqual([1, 2, 4, 8, 16, 32, 64]);
+    // 512 rows: the partials' budget (32 MiB) stops at 16
+    expect(headSplitKCandidates({ M: 512, K: 50257, N: 768 })).toEqual([1, 2, 4, 8, 16]);
+    // V = 301: 8, 16 and 32 run as 7, 10 and 19 slices; 64 would run as 19 too
+    expect(headSplitKCandidates({ M: 8, K: 301, N: 24 })).toEqual([1, 2, 4, 8, 16, 32]);
+    const gpu = await testDevice();
+    const timed = await timeSplitK(gpu, { M: 8, K: 301, N: 24 }, 'nn', 'blocked', [1, 2, 8], 1);
+    expect(timed.map((t) => t.splitK).sort((a, b) => a - b)).toEqual([1, 2, 8]);
+    for (let i = 1; i < timed.length; i++) expect(timed[i].ms).toBeGreaterThanOrEqual(timed[i - 1].ms);
+    expect(timed.every((t) => t.ms > 0)).toBe(true);
   });
 });

@@ -39,6 +39,7 @@ import { describe, expect, it } from 'vitest';
 import { SOFTWARE_ADAPTER_VARIANTS, UserSegmentEngine, type KernelVariants } from '../src/engine';
 import { GpuError } from '../src/gpu';
 import {
+  budgetChunkRows,
   CROSS_ENTROPY_VARIANTS,
   createCrossEntropyScale,
   HEAD_LOGITS_BUDGET_BYTES,
@@ -47,6 +48,7 @@ import {
   softmaxCrossEntropyForwardBackward,
 } from '../src/kernels/head';
 import { GPU_DEFAULT_VARIANTS } from '../src/variants';
+import { splitKSlices } from '../src/kernels/matmul';
 import { adapterWithRandomB, maxRelErr, randn, scaledRandomModel, testDevice } from './harness';
 
 const TOL_LOSS = 1e-5;
@@ -170,6 +172,20 @@ describe('head chunk rule', () => {
     expect(err?.message).toMatch(/one row of 1024 logits needs 4096 bytes, over .* maxStorageBufferBindingSize 4000/);
     expect(() => headChunkRows(big, 10, 1024, 0)).toThrow(/chunk rows must be a positive integer/);
   });
+
+  it('budgetChunkRows is the rule on an adapter whose binding limit is over the budget', async () => {
+    const big = { ...(await testDevice()).adapter, maxStorageBufferBindingSize: 2 ** 30 };
+    // the size estimate and the variant timing's head products use it before any adapter is at hand
+    for (const [rows, V] of [
+      [512, 50257],
+      [100_000, 1024],
+      [58, 1024],
+      [4096, 49152],
+      [3, 2_000_000],
+    ])
+      expect(budgetChunkRows(rows, V), `${rows} rows, V ${V}`).toBe(headChunkRows(big, rows, V));
+    expect(budgetChunkRows(512, 50257)).toBe(128);
+  });
 });
 
 interface EngineCase {
@@ -221,6 +237,26 @@ const engineCases: EngineCase[] = [
     chunks: [4, 5],
   },
   {
+    // dy = dlogits wte in 4 slices of V = 1024 (256 each), summed by the reduce pass
+    name: 'shipped model, forced chunks of 5, GPU-tuned kernels, head split-K 4',
+    model: shipped,
+    B: 2,
+    T: 29,
+    chunkRows: 5,
+    variants: { ...GPU_DEFAULT_VARIANTS, headSplitK: 4 },
+    chunks: [11, 3],
+  },
+  {
+    // V = 301 in slices of 48 (8 asked for, 7 run: the last one 13 long); blocked8x8 this time
+    name: 'random model (V=301, D=48), chunks of 7, blocked8x8, head split-K 8',
+    model: randomModel,
+    B: 3,
+    T: 11,
+    chunkRows: 7,
+    variants: { ...GPU_DEFAULT_VARIANTS, matmul: 'blocked8x8', headSplitK: 8 },
+    chunks: [4, 5],
+  },
+  {
     name: 'random model (V=301, D=48), chunks of 7, software-tuned kernels',
     model: randomModel,
     B: 3,
@@ -250,6 +286,14 @@ describe('UserSegmentEngine head against headLossStep / headLogits', () => {
       try {
         expect(Math.floor(M / engine.headChunkRows)).toBe(c.chunks[0]);
         expect(M % engine.headChunkRows).toBe(c.chunks[1]);
+        // split-K: dy's product runs as that many dispatch layers, then the reduce; else neither
+        const keys = engine.headChunkDispatches().map((d) => gpu.keyOf(d.pipeline));
+        const split = c.variants.headSplitK ?? 1;
+        expect(keys.includes('matmul-splitk-reduce'), 'the split-K reduce').toBe(split > 1);
+        if (split > 1) {
+          const sliced = engine.headChunkDispatches()[keys.indexOf('matmul-splitk-reduce') - 1];
+          expect(sliced.workgroups[2]).toBe(splitKSlices(cfg.vocabSize, split).slices);
+        }
         const rng = new Rng(M + cfg.vocabSize);
         for (let trial = 0; trial < 2; trial++) {
           const hL = hiddenOf(M, cfg.nEmbd, rng);

@@ -327,6 +327,7 @@ describe('either family', () => {
         { M: 32, K: 16, N: 4, layouts: ['tn'] },
         { M: 4, K: 16, N: 48, layouts: ['tn'] },
       ],
+      headBackward: { M: 16, K: 64, N: 32 },
     });
     expect(engineMatmulShapesOf(gpt2Config, 2, 8, 4, 3)).toEqual(engineMatmulShapes(gpt2Config, 2, 8, 4, 3));
     const o = { k: 2, lora: { r: 4, alpha: 8, targets: [...LLAMA_LORA_TARGETS] }, batch: 2, seq: 8 };

@@ -11,6 +11,8 @@ import {
   MATMUL_LAYOUTS,
   MATMUL_VARIANTS,
   pickFastestMatmul,
+  SPLIT_K_VARIANTS,
+  splitKSlices,
   type MatmulDims,
   type MatmulLayout,
 } from '../src/kernels/matmul';
@@ -115,6 +117,75 @@ describe('matmul kernels', () => {
     }
     const tiny = new GpuContext(real.device, { ...real.adapter, maxComputeInvocationsPerWorkgroup: 32 });
     expect(() => matmulWorkgroup(tiny, 'blocked')).toThrow(GpuError);
+  });
+
+  // [M, K, N, splitK]: K not a multiple of the slice quantum (16), a last slice shorter than the
+  // rest, more slices asked for than K has quanta (fewer run), K a multiple of 4 (the vec4 paths)
+  const SPLIT_SIZES: [number, number, number, number][] = [
+    [7, 1000, 9, 8],
+    [65, 333, 70, 3],
+    [36, 256, 40, 4],
+    [5, 40, 12, 16],
+    [130, 517, 67, 2],
+  ];
+  for (const variant of SPLIT_K_VARIANTS) {
+    it(`split-K ${variant}: every layout against the reference, with the epilogue on the reduce`, async () => {
+      const gpu = await testDevice();
+      const rng = new Rng(23);
+      for (const layout of MATMUL_LAYOUTS) {
+        for (let s = 0; s < SPLIT_SIZES.length; s++) {
+          const [M, K, N, splitK] = SPLIT_SIZES[s];
+          const d = { M, K, N };
+          const withBias = s % 2 === 0;
+          const accumulate = s % 3 === 1;
+          const alpha = s === 2 ? 0.25 : 1;
+          const a = randn(M * K, rng);
+          const b = randn(K * N, rng);
+          const bias = randn(N, rng);
+          const c0 = randn(M * N, rng);
+          const prod = reference(layout, a, b, d);
+          const want = prod.map((p, i) => alpha * p + (withBias ? bias[i % N] : 0) + (accumulate ? c0[i] : 0));
+          const { slices } = splitKSlices(K, splitK);
+          const bufs = {
+            a: gpu.storage(a),
+            b: gpu.storage(b),
+            c: gpu.storage(accumulate ? c0 : new Float32Array(M * N)),
+            bias: withBias ? gpu.storage(bias) : undefined,
+            partials: gpu.storage(slices * M * N * 4),
+          };
+          const dispatches = matmul(gpu, bufs, d, { layout, variant, accumulate, alpha, splitK });
+          expect(dispatches, 'the sliced product, then the reduce').toHaveLength(2);
+          expect(dispatches[0].workgroups[2], `${M}x${K}x${N} in ${splitK}`).toBe(slices);
+          const got = await runAndRead(gpu, dispatches, bufs.c, M * N);
+          // K up to 1000 float32 products summed in up to 8 slices: ~sqrt(K) * 6e-8 (2e-6) of the scale
+          expect(maxRelErr(got, want), `${variant} ${layout} ${M}x${K}x${N} splitK ${splitK}`).toBeLessThan(TOL);
+          for (const x of Object.values(bufs)) x?.destroy();
+        }
+      }
+    });
+  }
+
+  it('split-K slices: multiples of 16, fewer when K is short, one without a split', () => {
+    expect(splitKSlices(50257, 8)).toEqual({ kSlice: 6288, slices: 8 });
+    expect(splitKSlices(1000, 8)).toEqual({ kSlice: 128, slices: 8 });
+    expect(splitKSlices(40, 16)).toEqual({ kSlice: 16, slices: 3 });
+    expect(splitKSlices(333, 1)).toEqual({ kSlice: 333, slices: 1 });
+    expect(splitKSlices(0, 4)).toEqual({ kSlice: 0, slices: 1 });
+    expect(() => splitKSlices(100, 0)).toThrow(/positive integer/);
+  });
+
+  it('split-K refuses the variants without it, and a missing or short partials buffer', async () => {
+    const gpu = await testDevice();
+    const [M, K, N] = [8, 64, 8];
+    const base = { a: gpu.storage(M * K * 4), b: gpu.storage(K * N * 4), c: gpu.storage(M * N * 4) };
+    const partials = gpu.storage(4 * M * N * 4);
+    expect(() => matmul(gpu, { ...base, partials }, { M, K, N }, { variant: 'registers', splitK: 4 })).toThrow(
+      /splitK runs on blocked and blocked8x8, not 'registers'/,
+    );
+    expect(() => matmul(gpu, base, { M, K, N }, { variant: 'blocked', splitK: 4 })).toThrow(/needs a partials buffer/);
+    expect(() =>
+      matmul(gpu, { ...base, partials: gpu.storage(M * N * 4) }, { M, K, N }, { variant: 'blocked', splitK: 4 }),
+    ).toThrow(/partials needs 256 floats/);
   });
 
   it('K = 0 gives bias (or keeps C when accumulating)', async () => {

@@ -11,7 +11,9 @@
  * Never more logits than one chunk of rows: rows go through in chunks of R (headChunkRows), and
  * each chunk runs, in one compute pass on chunk-sized scratch: ln_f forward, logits = y wte^T
  * (the matmul kernels, 'nt'), the fused cross-entropy kernel below (loss terms, and dlogits
- * written over the logits in place), dy = dlogits wte (matmul 'nn'), ln_f backward. Copies
+ * written over the logits in place), dy = dlogits wte (matmul 'nn'), ln_f backward. dy's
+ * contraction runs over all of V for only R x D outputs, so it may run split-K (`splitK`, a
+ * per-adapter setting that chooseKernelVariants times; kernels/matmul.ts). Copies
  * between the passes move the chunk's rows of hL and targets in and its rows of dL/dhL and loss
  * terms out. The count is taken from the targets on the CPU before any chunk runs, so 1/count
  * scales dlogits inside each chunk; the per-row loss terms are summed on the CPU in float64.
@@ -40,7 +42,7 @@
 import { IGNORE_INDEX, type Gpt2Config } from '@splitllm/model';
 import { GpuError, type AdapterSummary, type Dispatch, type GpuContext } from '../gpu';
 import { layerNormBackward, layerNormForward, type LayerNormVariant } from './layernorm';
-import { DEFAULT_MATMUL_VARIANT, matmul, type MatmulVariant } from './matmul';
+import { DEFAULT_MATMUL_VARIANT, matmul, splitKSlices, type MatmulVariant } from './matmul';
 
 export type CrossEntropyVariant = 'thread' | 'workgroup';
 export const CROSS_ENTROPY_VARIANTS: readonly CrossEntropyVariant[] = ['thread', 'workgroup'];
@@ -239,17 +241,22 @@ export function headChunkRows(adapter: AdapterSummary, rows: number, V: number, 
   }
   if (cap !== undefined && !(Number.isInteger(cap) && cap >= 1))
     throw new Error(`head: chunk rows must be a positive integer, got ${cap}`);
-  let r = Math.floor(Math.min(adapter.maxStorageBufferBindingSize, HEAD_LOGITS_BUDGET_BYTES) / perRow);
-  if (r >= ROW_TILE) r -= r % ROW_TILE;
+  const r = wholeRowTiles(Math.floor(Math.min(adapter.maxStorageBufferBindingSize, HEAD_LOGITS_BUDGET_BYTES) / perRow));
   return Math.max(1, Math.min(r, rows, cap ?? Number.POSITIVE_INFINITY));
+}
+
+/** r rounded down to whole 64-row tiles when that leaves at least one. */
+function wholeRowTiles(r: number): number {
+  return r >= ROW_TILE ? r - (r % ROW_TILE) : r;
 }
 
 /**
  * Chunk rows at the budget alone, i.e. headChunkRows on an adapter whose binding limit is over
- * the budget (for an engine's size estimate, made before any adapter is at hand).
+ * the budget (for an engine's size estimate and the variant timing's shapes, made before any
+ * adapter is at hand): GPT-2's V = 50257 gives 128.
  */
 export function budgetChunkRows(rows: number, V: number): number {
-  return Math.max(1, Math.min(rows, Math.floor(HEAD_LOGITS_BUDGET_BYTES / (4 * V))));
+  return Math.max(1, Math.min(rows, wholeRowTiles(Math.floor(HEAD_LOGITS_BUDGET_BYTES / (4 * V)))));
 }
 
 /**
@@ -257,13 +264,26 @@ export function budgetChunkRows(rows: number, V: number): number {
  * dL/dhL, loss terms) and the chunk scratch (h, targets, y, logits, dy, dh, loss terms and the
  * norm's `normStats` floats per row).
  */
-export function chunkedHeadFloats(D: number, V: number, rows: number, R: number, normStats: number): number {
-  return rows * (2 * D + 2) + R * (4 * D + 2 + normStats + V);
+export function chunkedHeadFloats(
+  D: number,
+  V: number,
+  rows: number,
+  R: number,
+  normStats: number,
+  splitK = 1,
+): number {
+  return rows * (2 * D + 2) + R * (4 * D + 2 + normStats + V) + splitKPartialFloats(R, V, D, splitK);
+}
+
+/** Floats of the split-K partials of dy = dlogits W for a chunk of R rows (0 without a split). */
+export function splitKPartialFloats(R: number, V: number, D: number, splitK: number): number {
+  const { slices } = splitKSlices(V, splitK);
+  return slices > 1 ? slices * R * D : 0;
 }
 
 /** Floats the GPT-2 head allocates for `rows` rows in chunks of R (ln_f keeps mean and rstd). */
-export function headFloats(c: Gpt2Config, rows: number, R: number): number {
-  return chunkedHeadFloats(c.nEmbd, c.vocabSize, rows, R, 2);
+export function headFloats(c: Gpt2Config, rows: number, R: number, splitK = 1): number {
+  return chunkedHeadFloats(c.nEmbd, c.vocabSize, rows, R, 2, splitK);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,6 +305,8 @@ export interface LmHeadOptions {
   matmul?: MatmulVariant;
   /** the final norm and cross-entropy (both row reductions) */
   rowVariant?: LayerNormVariant;
+  /** dy = dlogits W in this many slices of V (default 1; > 1 needs a SPLIT_K_VARIANTS matmul) */
+  splitK?: number;
 }
 
 export interface HeadStepResult {
@@ -387,6 +409,9 @@ export class ChunkedHead {
     const n = norm({ h: this.h, y, dy, dh: this.dh, chunkRows: R, scratch: buf });
 
     const mm = o.matmul ?? DEFAULT_MATMUL_VARIANT;
+    const splitK = o.splitK ?? 1;
+    const partialFloats = splitKPartialFloats(R, V, D, splitK);
+    const partials = partialFloats > 0 ? buf(partialFloats, 'head-chunk-dy-partials') : undefined;
     const logitsOf = (rows: number) =>
       matmul(gpu, { a: y, b: shape.head, c: this.logits }, { M: rows, K: D, N: V }, { layout: 'nt', variant: mm });
     const chunk = (rows: number): Dispatch[] => [
@@ -398,13 +423,23 @@ export class ChunkedHead {
         { rows, V },
         { variant: o.rowVariant },
       ),
-      ...matmul(gpu, { a: this.logits, b: shape.head, c: dy }, { M: rows, K: V, N: D }, { layout: 'nn', variant: mm }),
+      ...matmul(
+        gpu,
+        { a: this.logits, b: shape.head, c: dy, partials },
+        { M: rows, K: V, N: D },
+        { layout: 'nn', variant: mm, splitK },
+      ),
       ...n.backward(rows),
     ];
     this.full = chunk(R);
     const tailRows = M % R;
     this.tail = tailRows ? chunk(tailRows) : [];
     this.oneRow = [...n.forward(1), ...logitsOf(1)];
+  }
+
+  /** One full chunk's dispatches, in order (for a benchmark's profile and tests; not for running). */
+  chunkDispatches(): readonly Dispatch[] {
+    return this.full;
   }
 
   /** Loss, count and dL/dhL for hL [rows, D] and targets [rows]. */

@@ -18,8 +18,8 @@ import { ChunkedHead, chunkedHeadFloats, type LmHeadOptions } from './head';
 import { rmsNormBackward, rmsNormForward } from './rmsnorm';
 
 /** Floats the head allocates for `rows` rows in chunks of R (RMSNorm keeps rstd only). */
-export function llamaHeadFloats(c: LlamaConfig, rows: number, R: number): number {
-  return chunkedHeadFloats(c.hiddenSize, c.vocabSize, rows, R, 1);
+export function llamaHeadFloats(c: LlamaConfig, rows: number, R: number, splitK = 1): number {
+  return chunkedHeadFloats(c.hiddenSize, c.vocabSize, rows, R, 1, splitK);
 }
 
 export interface LlamaLmHeadWeights {

@@ -40,6 +40,15 @@
  *   the same at 4096^3 (2026-11-28): blocked 17610/17367/17626, blocked8x8 32728/34758/33306
  *                              (49-52% of its 67 TFLOPS fp32 peak), registers 18865/7076/15237
  * Every variant handles sizes that are not multiples of its tile (guarded loads and stores).
+ *
+ * Split-K ('blocked' and 'blocked8x8', `splitK` > 1): K is cut into slices of a multiple of 16,
+ * one per dispatch layer (workgroup z); each layer writes its raw partial product to its own
+ * [M, N] slab of a `partials` scratch, and a second kernel (`matmul-splitk-reduce`) sums the slabs
+ * in slice order and applies the epilogue (alpha, bias, accumulate). It is for a product whose
+ * M x N gives far fewer workgroups than the GPU has cores while K is long: the LM head's
+ * dy = dlogits W, [R, V] x [V, D] with K = V = 50257, runs a chunk of R = 128 rows on 6 (128x128)
+ * or 24 (64x64) workgroups, each looping over all of V, on a card with 132 SMs. The kernels' K
+ * range is a uniform (kSlice; kSlice = K without split-K), so one pipeline serves both.
  * `pickFastestMatmul` times the variants on the device and returns the fastest (on the H200,
  * 'tiled' wins the skinny LoRA products with N = r = 8, 'blocked' the 512x768x2304 one).
  *
@@ -73,6 +82,8 @@ export interface MatmulBuffers {
   c: GPUBuffer;
   /** [N], added to every row of C */
   bias?: GPUBuffer;
+  /** split-K only: scratch for the slices' partial products, splitK x M x N floats at least */
+  partials?: GPUBuffer;
 }
 
 export interface MatmulOptions {
@@ -82,6 +93,11 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** scale on the product (default 1) */
   alpha?: number;
+  /**
+   * K in this many slices (default 1: none), summed by a second pass (see the header): 'blocked'
+   * and 'blocked8x8' only, with `partials` bound. Fewer run when K is short (splitKSlices).
+   */
+  splitK?: number;
 }
 
 /** Everything a WGSL source depends on; one pipeline per distinct config. */
@@ -105,13 +121,16 @@ const BK8 = 8; // 'blocked8x8': K-slab per workgroup buffer (two buffers)
 function header(c: MatmulShaderConfig): string {
   const t = (v: boolean | undefined) => (v ? 'vec4<f32>' : 'f32');
   return /* wgsl */ `
-// flags: bit 0 add bias, bit 1 accumulate into C (runtime: one pipeline serves every epilogue)
-struct Dims { M: u32, N: u32, K: u32, alpha: f32, flags: u32 };
+// flags: bit 0 add bias, bit 1 accumulate into C (runtime: one pipeline serves every epilogue),
+// bit 2 split-K: this layer's raw partial product to its slab of C (the partials), no epilogue.
+// kSlice: the K range of layer z is [z kSlice, min(K, (z + 1) kSlice)) ('blocked', 'blocked8x8').
+struct Dims { M: u32, N: u32, K: u32, alpha: f32, flags: u32, kSlice: u32 };
 @group(0) @binding(0) var<storage, read> A: array<${t(c.vecA)}>;
 @group(0) @binding(1) var<storage, read> B: array<${t(c.vecB)}>;
 @group(0) @binding(2) var<storage, read_write> C: array<${t(c.vecC)}>;
 @group(0) @binding(3) var<uniform> d: Dims;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+var<private> slab: u32; // split-K: where this layer's [M, N] partial product starts in C
 `;
 }
 
@@ -129,6 +148,7 @@ fn b_at(k: u32, n: u32) -> f32 { return ${b}; }
 const scalarStore = /* wgsl */ `
 fn store(m: u32, n: u32, acc: f32) {
   let i = m * d.N + n;
+  if ((d.flags & 4u) != 0u) { C[slab + i] = acc; return; }
   var o = d.alpha * acc;
   if ((d.flags & 1u) != 0u) { o += bias[n]; }
   if ((d.flags & 2u) != 0u) { o += C[i]; }
@@ -210,21 +230,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         @builtin(local_invocation_index) li: u32) {
   let m0 = wid.y * BM;
   let n0 = wid.x * BN;
+  let kLo = wid.z * d.kSlice;
+  let kHi = min(d.K, kLo + d.kSlice);
+  slab = wid.z * d.M * d.N;
   // acc[i][j] is C[m0 + lid.y + i*TY, n0 + lid.x + j*TX]
   var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-  for (var k0 = 0u; k0 < d.K; k0 += BK) {
+  for (var k0 = kLo; k0 < kHi; k0 += BK) {
     for (var idx = li; idx < BM * BK; idx += NT) {
       ${aRC}
       let gm = m0 + r; let gk = k0 + c;
       var v = 0.0;
-      if (gm < d.M && gk < d.K) { v = a_at(gm, gk); }
+      if (gm < d.M && gk < kHi) { v = a_at(gm, gk); }
       As[c * AP + r] = v;
     }
     for (var idx = li; idx < BK * BN; idx += NT) {
       ${bRC}
       let gk = k0 + r; let gn = n0 + c;
       var v = 0.0;
-      if (gk < d.K && gn < d.N) { v = b_at(gk, gn); }
+      if (gk < kHi && gn < d.N) { v = b_at(gk, gn); }
       Bs[r * BP + c] = v;
     }
     workgroupBarrier();
@@ -278,13 +301,22 @@ function blocked8x8Wgsl(c: MatmulShaderConfig): string {
   const L = c.layout;
   const aAlongK = L !== 'tn'; // A stored [M,K]: contiguous over k
   const bAlongK = L === 'nt'; // B stored [N,K]: contiguous over k
-  // a vec4 of global memory at (row r, col c4..c4+3) of the stored matrix (rows x cols), zero
-  // outside; `vec` when bound as vec4 (cols % 4 == 0: a vec4 is all in or all out)
-  const load = (buf: string, vec: boolean | undefined, rows: string, cols: string, r: string, c4: string) =>
+  // a vec4 of global memory at (row r, col c4..c4+3) of the stored matrix (row stride `stride`),
+  // zero outside rows < `rows`, cols < `cols` (the K side bounded by this layer's kHi); `vec` when
+  // bound as vec4 (stride % 4 == 0, and kHi is K or a multiple of 16: a vec4 is all in or all out)
+  const load = (
+    buf: string,
+    vec: boolean | undefined,
+    rows: string,
+    cols: string,
+    stride: string,
+    r: string,
+    c4: string,
+  ) =>
     vec
-      ? `select(vec4<f32>(0.0), ${buf}[(${r} * ${cols} + ${c4}) / 4u], ${r} < ${rows} && ${c4} < ${cols})`
+      ? `select(vec4<f32>(0.0), ${buf}[(${r} * ${stride} + ${c4}) / 4u], ${r} < ${rows} && ${c4} < ${cols})`
       : `vec4<f32>(${[0, 1, 2, 3]
-          .map((q) => `ld_${buf}(${r} < ${rows} && ${c4} + ${q}u < ${cols}, ${r} * ${cols} + ${c4} + ${q}u)`)
+          .map((q) => `ld_${buf}(${r} < ${rows} && ${c4} + ${q}u < ${cols}, ${r} * ${stride} + ${c4} + ${q}u)`)
           .join(', ')})`;
   const scalarLoader = (buf: string) => `
 fn ld_${buf}(ok: bool, i: u32) -> f32 { if (ok) { return ${buf}[i]; } return 0.0; }`;
@@ -300,8 +332,8 @@ fn ld_${buf}(ok: bool, i: u32) -> f32 { if (ok) { return ${buf}[i]; } return 0.0
     const idx = `(li + ${p * NT}u)`;
     // along k: row = m (or n) = idx / 2, k = (idx % 2) * 4; else row = k = idx / Q, col = (idx % Q) * 4
     return alongK
-      ? load(which, vec, outer, 'd.K', `(${o} + ${idx} / 2u)`, `(${k0} + (${idx} % 2u) * 4u)`)
-      : load(which, vec, 'd.K', outer, `(${k0} + ${idx} / ${Q}u)`, `(${o} + (${idx} % ${Q}u) * 4u)`);
+      ? load(which, vec, outer, 'kHi', 'd.K', `(${o} + ${idx} / 2u)`, `(${k0} + (${idx} % 2u) * 4u)`)
+      : load(which, vec, 'kHi', outer, outer, `(${k0} + ${idx} / ${Q}u)`, `(${o} + (${idx} % ${Q}u) * 4u)`);
   };
   const put = (which: 'A' | 'B', p: number, v: string, buf: string) => {
     const alongK = which === 'A' ? aAlongK : bAlongK;
@@ -346,6 +378,7 @@ fn ld_${buf}(ok: bool, i: u32) -> f32 { if (ok) { return ${buf}[i]; } return 0.0
 fn put4(m: u32, n: u32, acc: vec4<f32>) {
   if (m >= d.M || n >= d.N) { return; }
   let i = (m * d.N + n) / 4u;
+  if ((d.flags & 4u) != 0u) { C[slab / 4u + i] = acc; return; }
   var o = d.alpha * acc;
   if ((d.flags & 1u) != 0u) { o += vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]); }
   if ((d.flags & 2u) != 0u) { o += C[i]; }
@@ -379,14 +412,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         @builtin(local_invocation_index) li: u32) {
   let m0 = wid.y * ${BM}u;
   let n0 = wid.x * ${BN}u;
+  let kLo = wid.z * d.kSlice;
+  let kHi = min(d.K, kLo + d.kSlice);
+  slab = wid.z * d.M * d.N;
   ${acc.map((a) => `var ${a} = vec4<f32>(0.0);`).join(' ')}
   ${decl}
-  ${fetchAll('0u', 'n')}
+  ${fetchAll('kLo', 'n')}
   ${putAll('0u')}
   workgroupBarrier();
   var buf = 0u;
-  for (var k0 = 0u; k0 < d.K; k0 += ${K8}u) {
-    let more = k0 + ${K8}u < d.K;
+  for (var k0 = kLo; k0 < kHi; k0 += ${K8}u) {
+    let more = k0 + ${K8}u < kHi;
     if (more) {
     ${fetchAll(`(k0 + ${K8}u)`, 'n')}
     }
@@ -624,9 +660,50 @@ function checkDims(d: MatmulDims): void {
   }
 }
 
+/** The variants that run split-K (MatmulOptions.splitK). */
+export const SPLIT_K_VARIANTS: readonly MatmulVariant[] = ['blocked', 'blocked8x8'];
+
+/** A split-K slice is a multiple of this many k's: whole K-slabs of both variants (16 and 8), whole vec4s. */
+export const SPLIT_K_QUANTUM = 16;
+
+/**
+ * The K range per layer and the number of layers that `splitK` slices of K come to: slices are
+ * rounded up to a multiple of SPLIT_K_QUANTUM, so a short K runs in fewer (at least 1).
+ */
+export function splitKSlices(K: number, splitK: number): { kSlice: number; slices: number } {
+  if (!Number.isInteger(splitK) || splitK < 1)
+    throw new Error(`matmul: splitK must be a positive integer, got ${splitK}`);
+  if (splitK === 1 || K === 0) return { kSlice: K, slices: 1 };
+  const kSlice = ceilDiv(ceilDiv(K, splitK), SPLIT_K_QUANTUM) * SPLIT_K_QUANTUM;
+  return { kSlice, slices: ceilDiv(K, kSlice) };
+}
+
+const SPLIT_K_REDUCE_WG = 64;
+
+/** C = alpha (sum over the slices' partial products, in slice order) (+ bias) (+ C). */
+export const SPLIT_K_REDUCE_WGSL = /* wgsl */ `
+// flags: bit 0 add bias, bit 1 accumulate into C (as the matmul kernels')
+struct Reduce { count: u32, N: u32, slices: u32, alpha: f32, flags: u32 };
+@group(0) @binding(0) var<storage, read> P: array<f32>;
+@group(0) @binding(1) var<storage, read_write> C: array<f32>;
+@group(0) @binding(2) var<uniform> u: Reduce;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@compute @workgroup_size(${SPLIT_K_REDUCE_WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  for (var i = gid.x; i < u.count; i += nwg.x * ${SPLIT_K_REDUCE_WG}u) {
+    var s = 0.0;
+    for (var z = 0u; z < u.slices; z++) { s += P[z * u.count + i]; }
+    var o = u.alpha * s;
+    if ((u.flags & 1u) != 0u) { o += bias[i % u.N]; }
+    if ((u.flags & 2u) != 0u) { o += C[i]; }
+    C[i] = o;
+  }
+}`;
+
 /**
  * Builds the dispatch for C = alpha op(A) op(B) (+ bias) (+ C); the uniform buffer and bind group
- * are created here, once. Returns [] when C is empty.
+ * are created here, once. Returns [] when C is empty. With splitK > 1: two dispatches, the sliced
+ * product into `partials` and the reduce into C.
  */
 export function matmul(
   gpu: GpuContext,
@@ -643,12 +720,32 @@ export function matmul(
   checkSize(buffers.b, K * N, 'B');
   checkSize(buffers.c, M * N, 'C');
   if (buffers.bias) checkSize(buffers.bias, N, 'bias');
+  const { kSlice, slices } = splitKSlices(K, options.splitK ?? 1);
+  const split = slices > 1;
+  if ((options.splitK ?? 1) > 1) {
+    if (!SPLIT_K_VARIANTS.includes(variant))
+      throw new Error(`matmul: splitK runs on ${SPLIT_K_VARIANTS.join(' and ')}, not '${variant}'`);
+    if (!buffers.partials) throw new Error('matmul: splitK needs a partials buffer');
+  }
+  if (split && buffers.partials) checkSize(buffers.partials, slices * M * N, 'partials');
   const c = shaderConfig(gpu, dims, layout, variant);
   const pipeline = gpu.pipeline(configKey(c), matmulWgsl(c));
+  const alpha = options.alpha ?? 1;
   const flags = (buffers.bias ? 1 : 0) | (options.accumulate ? 2 : 0);
-  const uniform = gpu.uniform([dims.M, dims.N, dims.K, options.alpha ?? 1, flags], new Set([3]), 'matmul-dims');
-  const bound = [buffers.a, buffers.b, buffers.c, uniform, buffers.bias ?? noBias(gpu)];
-  return [gpu.dispatchOf(pipeline, bound, workgroups(c, dims))];
+  const bias = buffers.bias ?? noBias(gpu);
+  const [wx, wy] = workgroups(c, dims);
+  if (!split) {
+    const uniform = gpu.uniform([M, N, K, alpha, flags, kSlice], new Set([3]), 'matmul-dims');
+    return [gpu.dispatchOf(pipeline, [buffers.a, buffers.b, buffers.c, uniform, bias], [wx, wy])];
+  }
+  const partials = buffers.partials as GPUBuffer;
+  const sliced = gpu.uniform([M, N, K, 1, 4, kSlice], new Set([3]), 'matmul-dims');
+  const reduce = gpu.pipeline('matmul-splitk-reduce', SPLIT_K_REDUCE_WGSL);
+  const reduceDims = gpu.uniform([M * N, N, slices, alpha, flags], new Set([3]), 'matmul-splitk-reduce');
+  return [
+    gpu.dispatchOf(pipeline, [buffers.a, buffers.b, partials, sliced, noBias(gpu)], [wx, wy, slices]),
+    gpu.dispatchOf(reduce, [partials, buffers.c, reduceDims, bias], [gpu.gridStrideGroups(M * N, SPLIT_K_REDUCE_WG)]),
+  ];
 }
 
 /** FLOPs of one matmul (2 per multiply-add). */
@@ -740,6 +837,45 @@ export async function timeMatmulVariants(
     for (const t of temps) t.destroy();
   }
   return results.sort((x, y) => x.ms - y.ms);
+}
+
+export interface SplitKTiming {
+  splitK: number;
+  /** median ms of the product (and its reduce) */
+  ms: number;
+}
+
+/**
+ * Times one product on this device at each split-K count (1: none) with `variant`, after one
+ * untimed run of each, and returns them fastest first. Inputs are zeros, as timeMatmulVariants'.
+ */
+export async function timeSplitK(
+  gpu: GpuContext,
+  dims: MatmulDims,
+  layout: MatmulLayout,
+  variant: MatmulVariant,
+  counts: readonly number[],
+  runs = 3,
+): Promise<SplitKTiming[]> {
+  const { M, K, N } = dims;
+  const most = Math.max(...counts.map((s) => splitKSlices(K, s).slices));
+  const a = gpu.storage(M * K * 4, 'pick-a');
+  const b = gpu.storage(K * N * 4, 'pick-b');
+  const c = gpu.storage(M * N * 4, 'pick-c');
+  const partials = most > 1 ? gpu.storage(most * M * N * 4, 'pick-partials') : undefined;
+  try {
+    const planned = counts.map((splitK) => ({
+      splitK,
+      dispatches: matmul(gpu, { a, b, c, partials }, dims, { layout, variant, splitK }),
+    }));
+    for (const p of planned) gpu.run(p.dispatches);
+    await gpu.finish();
+    const results: SplitKTiming[] = [];
+    for (const p of planned) results.push({ splitK: p.splitK, ms: await timeDispatches(gpu, p.dispatches, runs, 0) });
+    return results.sort((x, y) => x.ms - y.ms);
+  } finally {
+    for (const t of [a, b, c, partials]) t?.destroy();
+  }
 }
 
 /** The fastest variant on this device for these sizes (see timeMatmulVariants). */

@@ -80,7 +80,9 @@ export class WgslUserTrainer implements UserTrainer {
     const rows = isLlamaConfig(c)
       ? `rmsnorm ${v.layernorm}, gqa-attention ${v.attention}`
       : `layernorm ${v.layernorm}, attention ${v.attention}`;
-    const matmuls = `matmul ${v.matmul}, low-rank ${v.lowRank}`;
+    // the head's split-K only where timing chose one (software adapters never split)
+    const split = v.headSplitK > 1 ? ` (head dy split-K ${v.headSplitK})` : '';
+    const matmuls = `matmul ${v.matmul}${split}, low-rank ${v.lowRank}`;
     const description = `wgsl on ${gpu.adapter.name} (${kind}): kernels ${matmuls}, ${rows}`;
     return new WgslUserTrainer(gpu, engine, choice.variants, description, c, o);
   }
