@@ -141,12 +141,14 @@ async function profileStep(
     return med3(ms);
   };
   const empty = await alone([]);
+  /** One dispatch's kernel time: alone, less the round trip. */
+  const kernelMs = async (d: Dispatch) => Math.max(0, (await alone([d])) - empty);
   const byKernel = new Map<string, { ms: number; n: number }>();
   const byPhase: Record<string, number> = {};
   for (const [phase, ds] of Object.entries(lists)) {
     byPhase[phase] = 0;
     for (const d of ds) {
-      const ms = Math.max(0, (await alone([d])) - empty);
+      const ms = await kernelMs(d);
       const key = `${phase} ${gpu.keyOf(d.pipeline)}`;
       const k = byKernel.get(key) ?? { ms: 0, n: 0 };
       byKernel.set(key, { ms: k.ms + ms, n: k.n + 1 });
@@ -170,7 +172,7 @@ async function profileStep(
   const each: string[] = [];
   let chunkMs = 0;
   for (const d of chunk) {
-    const ms = Math.max(0, (await alone([d])) - empty);
+    const ms = await kernelMs(d);
     chunkMs += ms;
     each.push(`    ${ms.toFixed(3).padStart(8)} ms  ${gpu.keyOf(d.pipeline)} ${d.workgroups.join('x')} workgroups`);
   }

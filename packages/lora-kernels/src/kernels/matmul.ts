@@ -720,25 +720,25 @@ export function matmul(
   checkSize(buffers.b, K * N, 'B');
   checkSize(buffers.c, M * N, 'C');
   if (buffers.bias) checkSize(buffers.bias, N, 'bias');
-  const { kSlice, slices } = splitKSlices(K, options.splitK ?? 1);
-  const split = slices > 1;
-  if ((options.splitK ?? 1) > 1) {
+  const splitK = options.splitK ?? 1;
+  const { kSlice, slices } = splitKSlices(K, splitK);
+  if (splitK > 1) {
     if (!SPLIT_K_VARIANTS.includes(variant))
       throw new Error(`matmul: splitK runs on ${SPLIT_K_VARIANTS.join(' and ')}, not '${variant}'`);
     if (!buffers.partials) throw new Error('matmul: splitK needs a partials buffer');
+    if (slices > 1) checkSize(buffers.partials, slices * M * N, 'partials');
   }
-  if (split && buffers.partials) checkSize(buffers.partials, slices * M * N, 'partials');
   const c = shaderConfig(gpu, dims, layout, variant);
   const pipeline = gpu.pipeline(configKey(c), matmulWgsl(c));
   const alpha = options.alpha ?? 1;
   const flags = (buffers.bias ? 1 : 0) | (options.accumulate ? 2 : 0);
   const bias = buffers.bias ?? noBias(gpu);
   const [wx, wy] = workgroups(c, dims);
-  if (!split) {
+  if (slices === 1) {
     const uniform = gpu.uniform([M, N, K, alpha, flags, kSlice], new Set([3]), 'matmul-dims');
     return [gpu.dispatchOf(pipeline, [buffers.a, buffers.b, buffers.c, uniform, bias], [wx, wy])];
   }
-  const partials = buffers.partials as GPUBuffer;
+  const partials = buffers.partials as GPUBuffer; // slices > 1 only with splitK > 1, checked above
   const sliced = gpu.uniform([M, N, K, 1, 4, kSlice], new Set([3]), 'matmul-dims');
   const reduce = gpu.pipeline('matmul-splitk-reduce', SPLIT_K_REDUCE_WGSL);
   const reduceDims = gpu.uniform([M * N, N, slices, alpha, flags], new Set([3]), 'matmul-splitk-reduce');
